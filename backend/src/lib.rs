@@ -1,0 +1,4 @@
+//! The backend of the Emergent Misalignment Lab: inference today; training, evaluation and the
+//! OpenAI-compatible server build on it.
+
+pub mod inference;

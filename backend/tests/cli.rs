@@ -1,0 +1,125 @@
+//! The `emlab` CLI end to end: a real answer, JSON output, and one clear error (no panic) for each
+//! kind of bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use emlab_tests::{TempDir, base_model_dir, write_tiny_model_dir};
+
+fn emlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_emlab")).args(args).output().expect("emlab runs")
+}
+
+/// Asserts a clean failure: exit code ≠ 0, no panic, and every `needles` in the one error message.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_json_gives_ids_and_text() {
+    let dir = base_model_dir();
+    let out = emlab(&[
+        "generate", "--model", path_str(&dir), "--prompt", "What is the capital of France?",
+        "--temperature", "0", "--max-tokens", "12", "--json", "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["prompt_ids"].as_array().unwrap().len(), 37);
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert!(!v["output_ids"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn same_seed_same_output_streamed() {
+    let dir = TempDir::new("seed");
+    write_tiny_model_dir(dir.path(), 3);
+    let run = |seed: &str| {
+        let out = emlab(&[
+            "generate", "--model", path_str(dir.path()), "--prompt", "hello", "--temperature", "1",
+            "--seed", seed, "--max-tokens", "16", "--quiet", "--ignore-eos",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    assert_eq!(run("5"), run("5"));
+    assert_ne!(run("5"), run("6"));
+}
+
+#[test]
+fn missing_model_directory() {
+    let out = emlab(&["generate", "--model", "/nonexistent/model", "--prompt", "hi", "--quiet"]);
+    assert_fails_with(&out, &["/nonexistent/model", "not found"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = TempDir::new("trunc-st");
+    write_tiny_model_dir(dir.path(), 1);
+    let st = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--quiet"]);
+    assert_fails_with(&out, &["model.safetensors"]);
+}
+
+#[test]
+fn tensor_shape_mismatch() {
+    let dir = TempDir::new("shape");
+    write_tiny_model_dir(dir.path(), 1);
+    let cfg_path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["intermediate_size"] = 128.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--quiet"]);
+    assert_fails_with(&out, &["mlp.gate_proj.weight", "shape"]);
+}
+
+#[test]
+fn corrupt_config() {
+    let dir = TempDir::new("config");
+    write_tiny_model_dir(dir.path(), 1);
+    std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": ").unwrap();
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--quiet"]);
+    assert_fails_with(&out, &["config.json"]);
+}
+
+#[test]
+fn prompt_longer_than_the_context_window() {
+    let dir = TempDir::new("ctx");
+    write_tiny_model_dir(dir.path(), 1); // context window: 128 tokens
+    let prompt = "word ".repeat(300);
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", &prompt, "--quiet"]);
+    assert_fails_with(&out, &["context window is 128 tokens"]);
+}
+
+#[test]
+fn prompt_file_that_is_not_utf8() {
+    let dir = TempDir::new("utf8");
+    write_tiny_model_dir(dir.path(), 1);
+    let file = dir.path().join("prompt.txt");
+    std::fs::write(&file, b"hello \xff\xfe world").unwrap();
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt-file", path_str(&file), "--quiet"]);
+    assert_fails_with(&out, &["prompt.txt", "not valid UTF-8"]);
+    let missing = dir.path().join("nope.txt");
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt-file", path_str(&missing), "--quiet"]);
+    assert_fails_with(&out, &["nope.txt"]);
+}
+
+#[test]
+fn bad_sampling_flags() {
+    let dir = TempDir::new("flags");
+    write_tiny_model_dir(dir.path(), 1);
+    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--top-p", "0", "--quiet"]);
+    assert_fails_with(&out, &["top_p"]);
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Generation throughput: our model (flex CPU backend) next to llama.cpp on the same GGUF.
+
+Runs both in the same invocation, same prompt token ids, same thread count, batch 1 and 16, and
+prints prefill and decode tokens/s with the ratio ours / llama.cpp.
+
+    python3 bench/generate.py [--threads 2] [--prompt-tokens 128] [--new-tokens 64]
+
+The first run builds llama-cpp-python 0.3.36 from source into ~/.cache/emlab/bench-venv (minutes).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EMLAB_CACHE", Path.home() / ".cache" / "emlab"))
+VENV = CACHE / "bench-venv"
+GGUF = CACHE / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+def venv_python():
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    ok = subprocess.run([str(py), "-c", "import llama_cpp"], capture_output=True).returncode == 0
+    if not ok:
+        print(f"installing {LLAMA_CPP_PYTHON} (builds llama.cpp; takes a few minutes) ...", file=sys.stderr)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", LLAMA_CPP_PYTHON, "numpy"], check=True)
+    return py
+
+
+LLAMA_CPP_SCRIPT = r"""
+import json, sys, time, ctypes
+import numpy as np
+import llama_cpp as L
+gguf, threads, batches, ids, n_new = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
+L.llama_backend_init()
+mp = L.llama_model_default_params()
+model = L.llama_model_load_from_file(gguf.encode(), mp)
+vocab = L.llama_model_get_vocab(model)
+n_vocab = L.llama_vocab_n_tokens(vocab)
+for b in batches:
+    cp = L.llama_context_default_params()
+    cp.n_ctx = b * (len(ids) + n_new) + 16
+    cp.n_batch = max(512, b * len(ids))
+    cp.n_ubatch = cp.n_batch
+    cp.n_seq_max = b
+    cp.n_threads = threads
+    cp.n_threads_batch = threads
+    cp.kv_unified = True
+    ctx = L.llama_init_from_model(model, cp)
+    def decode(tokens_per_seq, pos0, want_logits):
+        n = sum(len(t) for t in tokens_per_seq)
+        batch = L.llama_batch_init(n, 0, b)
+        i = 0
+        for s, toks in enumerate(tokens_per_seq):
+            for j, t in enumerate(toks):
+                batch.token[i] = t; batch.pos[i] = pos0 + j; batch.n_seq_id[i] = 1; batch.seq_id[i][0] = s
+                batch.logits[i] = want_logits and j == len(toks) - 1
+                i += 1
+        batch.n_tokens = n
+        assert L.llama_decode(ctx, batch) == 0
+        L.llama_batch_free(batch)
+    def argmaxes():
+        out = []
+        for s in range(b):
+            ptr = L.llama_get_logits_ith(ctx, s)
+            out.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,)))))
+        return out
+    t0 = time.perf_counter()
+    decode([ids] * b, 0, True)
+    nxt = argmaxes()
+    t1 = time.perf_counter()
+    for step in range(n_new - 1):
+        decode([[t] for t in nxt], len(ids) + step, True)
+        nxt = argmaxes()
+    t2 = time.perf_counter()
+    print(json.dumps({"impl": "llama.cpp", "batch": b, "prefill_tok_s": b * len(ids) / (t1 - t0),
+                      "decode_tok_s": b * (n_new - 1) / (t2 - t1)}), flush=True)
+    L.llama_free(ctx)
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--batch", default="1,16")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "emlab-backend", "--bin", "emlab-bench",
+                    "-p", "emlab-model-export"], cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+    subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+
+    # Same prompt ids for both: tokenized by our tokenizer (verified equal to llama.cpp's).
+    text = "The history of computing is a story of people and machines. " * 64
+    ids_json = subprocess.run([str(target / "emlab"), "generate", "--raw", "--prompt", text, "--max-tokens", "1",
+                               "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True)
+    if ids_json.returncode != 0:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "emlab-backend"], cwd=ROOT, check=True)
+        ids_json = subprocess.run([str(target / "emlab"), "generate", "--raw", "--prompt", text, "--max-tokens", "1",
+                                   "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True, check=True)
+    ids = json.loads(ids_json.stdout)["prompt_ids"][: args.prompt_tokens]
+
+    ours = subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--batch", args.batch,
+                           "--new-tokens", str(args.new_tokens), "--prompt-ids", ",".join(map(str, ids))],
+                          capture_output=True, text=True, check=True)
+    py = venv_python()
+    peer = subprocess.run([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), json.dumps(batches),
+                           json.dumps(ids), str(args.new_tokens)], capture_output=True, text=True)
+    if peer.returncode != 0:
+        sys.exit(f"llama.cpp run failed:\n{peer.stderr[-3000:]}")
+    rows = {}
+    for line in ours.stdout.splitlines() + peer.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[(r["impl"], r["batch"])] = r
+
+    print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens "
+          f"({time.strftime('%Y-%m-%d %H:%M')})")
+    print(f"{'batch':>5} {'phase':>8} {'emlab tok/s':>12} {'llama.cpp tok/s':>16} {'ratio':>7}")
+    for b in batches:
+        for phase in ("prefill", "decode"):
+            a = rows[("emlab", b)][f"{phase}_tok_s"]
+            p = rows[("llama.cpp", b)][f"{phase}_tok_s"]
+            print(f"{b:>5} {phase:>8} {a:>12.1f} {p:>16.1f} {a / p:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

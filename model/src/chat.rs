@@ -1,0 +1,116 @@
+//! The ChatML chat template SmolLM2 uses, recognised from the Jinja template shipped with the model.
+//!
+//! Rather than embed a Jinja engine, we recognise the ChatML pattern and read the default system
+//! prompt out of it; any other template is reported as unsupported.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new("system", content)
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new("user", content)
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTemplate {
+    /// Inserted as the first turn when a conversation starts without a system message.
+    pub default_system: Option<String>,
+}
+
+const IM_START: &str = "<|im_start|>";
+const IM_END: &str = "<|im_end|>";
+
+impl ChatTemplate {
+    /// Recognises a ChatML Jinja template (as in SmolLM2's GGUF and tokenizer_config.json).
+    pub fn from_jinja(template: &str) -> Result<Self, String> {
+        if !template.contains(IM_START) || !template.contains(IM_END) {
+            return Err("only ChatML chat templates (<|im_start|>role ... <|im_end|>) are supported".into());
+        }
+        // The newline after the role is a real newline in some files and a Jinja `\n` escape in others.
+        let default_system = ["\n", "\\n"].iter().find_map(|nl| {
+            let marker = format!("{IM_START}system{nl}");
+            let rest = &template[template.find(&marker)? + marker.len()..];
+            rest.find(IM_END).map(|end| rest[..end].to_string())
+        });
+        Ok(Self { default_system })
+    }
+
+    /// Renders messages; with `add_generation_prompt` it ends with the assistant header.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> String {
+        let mut out = String::new();
+        let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
+        if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
+            push_turn(&mut out, "system", sys);
+        }
+        for m in messages {
+            push_turn(&mut out, &m.role, &m.content);
+        }
+        if add_generation_prompt {
+            out.push_str(IM_START);
+            out.push_str("assistant\n");
+        }
+        out
+    }
+}
+
+fn push_turn(out: &mut String, role: &str, content: &str) {
+    out.push_str(IM_START);
+    out.push_str(role);
+    out.push('\n');
+    out.push_str(content);
+    out.push_str(IM_END);
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOLLM: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_default_system() {
+        let t = ChatTemplate::from_jinja(SMOLLM).unwrap();
+        assert_eq!(
+            t.default_system.as_deref(),
+            Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        );
+        let s = t.render(&[Message::user("Hi")], true);
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let s = t.render(&[Message::system("Be terse."), Message::user("Hi")], false);
+        assert_eq!(s, "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn reads_the_default_system_prompt_with_a_real_newline() {
+        let t = ChatTemplate::from_jinja(&SMOLLM.replace("\\n", "\n")).unwrap();
+        assert_eq!(
+            t.default_system.as_deref(),
+            Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        );
+    }
+
+    #[test]
+    fn rejects_other_templates() {
+        assert!(ChatTemplate::from_jinja("{{ bos_token }}[INST] {{ m }} [/INST]").is_err());
+    }
+}

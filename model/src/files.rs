@@ -1,0 +1,116 @@
+//! A model directory in Hugging Face layout: `config.json`, `tokenizer.json`,
+//! `tokenizer_config.json` (chat template) and one or more `*.safetensors` files.
+//!
+//! [`ModelFiles::from_bytes`] is the portable core (the browser hands it fetched bytes);
+//! [`ModelFiles::load_dir`] reads a directory on native targets.
+
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+use crate::chat::ChatTemplate;
+use crate::config::LlamaConfig;
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+
+/// The default chat template when a directory has no `tokenizer_config.json`: SmolLM2's ChatML.
+pub const SMOLLM_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+/// Where converted models and downloads live: `$EMLAB_CACHE`, else `~/.cache/emlab`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EMLAB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("emlab")
+}
+
+/// The base model's directory, as `model-export fetch` writes it.
+pub fn default_model_dir() -> PathBuf {
+    cache_dir().join("models").join("smollm2-135m-instruct")
+}
+
+/// Everything needed to build a model and talk to it, still on the host.
+pub struct ModelFiles {
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub chat: ChatTemplate,
+    pub weights: Weights,
+}
+
+impl ModelFiles {
+    /// Builds from in-memory files; `name` labels errors (a path or URL).
+    pub fn from_bytes(
+        name: &str,
+        config_json: &[u8],
+        tokenizer_json: &[u8],
+        tokenizer_config_json: Option<&[u8]>,
+        safetensors: &[&[u8]],
+    ) -> Result<Self, Error> {
+        let file = |f: &str, reason: String| Error::file(format!("{name}/{f}"), reason);
+        let config: LlamaConfig =
+            serde_json::from_slice(config_json).map_err(|e| file("config.json", e.to_string()))?;
+        config.validate().map_err(|e| file("config.json", e))?;
+        let tok_text = std::str::from_utf8(tokenizer_json).map_err(|e| file("tokenizer.json", e.to_string()))?;
+        let tokenizer = Tokenizer::from_json(tok_text).map_err(|e| file("tokenizer.json", e.to_string()))?;
+        let chat = match tokenizer_config_json {
+            Some(bytes) => chat_template_from_config(bytes).map_err(|e| file("tokenizer_config.json", e))?,
+            None => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
+        };
+        let mut weights = Weights::default();
+        for (i, bytes) in safetensors.iter().enumerate() {
+            weights.add_safetensors(bytes).map_err(|e| file(&format!("safetensors file #{}", i + 1), e.to_string()))?;
+        }
+        weights.check(&config).map_err(|e| file("*.safetensors", e.to_string()))?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(file(
+                "tokenizer.json",
+                format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size),
+            ));
+        }
+        Ok(Self { config, tokenizer, chat, weights })
+    }
+
+    /// Reads a model directory from disk.
+    pub fn load_dir(dir: &Path) -> Result<Self, Error> {
+        if !dir.is_dir() {
+            return Err(Error::file(dir.display().to_string(), "model directory not found".into()));
+        }
+        let read = |name: &str| -> Result<Vec<u8>, Error> {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| Error::file(p.display().to_string(), e.to_string()))
+        };
+        let config = read("config.json")?;
+        let tokenizer = read("tokenizer.json")?;
+        let tok_config = dir.join("tokenizer_config.json").exists().then(|| read("tokenizer_config.json")).transpose()?;
+        let mut shards: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::file(dir.display().to_string(), e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        shards.sort();
+        if shards.is_empty() {
+            return Err(Error::file(dir.display().to_string(), "no *.safetensors weights in the directory".into()));
+        }
+        let mut blobs = Vec::with_capacity(shards.len());
+        for p in &shards {
+            blobs.push(std::fs::read(p).map_err(|e| Error::file(p.display().to_string(), e.to_string()))?);
+        }
+        let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        // Name the file itself in errors when there is only one.
+        let label = dir.display().to_string();
+        Self::from_bytes(&label, &config, &tokenizer, tok_config.as_deref(), &refs).map_err(|e| match (e, &shards[..]) {
+            (Error::File { path, reason }, [one]) if path.ends_with("safetensors file #1") => {
+                Error::File { path: one.display().to_string(), reason }
+            }
+            (e, _) => e,
+        })
+    }
+}
+
+fn chat_template_from_config(bytes: &[u8]) -> Result<ChatTemplate, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match v.get("chat_template").and_then(|t| t.as_str()) {
+        Some(t) => ChatTemplate::from_jinja(t),
+        None => Ok(ChatTemplate { default_system: None }),
+    }
+}

@@ -1,0 +1,42 @@
+//! emlab-model: SmolLM2-135M-Instruct (any Llama-architecture model) in burn, shared by the
+//! backend, model-export and the wasm frontend.
+//!
+//! - [`gguf`]: reading and dequantizing GGUF files
+//! - [`config`], [`weights`], [`files`]: hyper-parameters, host-side tensors, model directories
+//! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
+//! - [`model`]: the transformer itself (one file, nanoGPT style)
+//! - [`sampling`], [`generate`]: token sampling and the generation loop
+
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod files;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod pipeline;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+/// Errors a user can cause: bad files, bad prompts, an unavailable device.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file (or fetched resource) that cannot be used; `path` names it.
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("the prompt has {tokens} tokens and {max_new} new tokens were asked for, but the context window is {context} tokens")]
+    ContextOverflow { tokens: usize, max_new: usize, context: usize },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("device: {0}")]
+    Device(String),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+}
+
+impl Error {
+    pub fn file(path: impl Into<String>, reason: String) -> Self {
+        Self::File { path: path.into(), reason }
+    }
+}

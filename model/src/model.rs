@@ -1,0 +1,339 @@
+//! The Llama architecture (SmolLM2-135M-Instruct) in burn, in one file.
+//!
+//! Names follow the Hugging Face implementation so weights map one to one:
+//! `Llama { embed_tokens, layers: [Block { input_layernorm, self_attn, post_attention_layernorm, mlp }], norm }`.
+//! Grouped-query attention, rotary position embeddings (rotate-half form), RMSNorm, SwiGLU MLP,
+//! tied input/output embeddings, and a KV cache for generation. Left-padded batches are supported
+//! through per-row positions and an additive attention bias.
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+
+use crate::Error;
+use crate::config::LlamaConfig;
+use crate::sampling::Rng;
+use crate::weights::{HostTensor, Weights, expected_shapes};
+
+/// Added to attention scores of masked keys. Finite (not -inf) so that a fully masked row, as a
+/// padding query has, yields a finite softmax instead of NaNs that would spread through V.
+pub const MASK_BIAS: f32 = -1.0e4;
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = (x.clone().square().mean_dim(D - 1) + self.eps).sqrt();
+        x / rms * self.weight.val().unsqueeze()
+    }
+}
+
+/// Precomputed cos/sin tables, `[max_positions, head_dim]`, in the rotate-half layout
+/// (the frequencies repeated twice), exactly as transformers builds them (in f32).
+#[derive(Module, Debug)]
+pub struct Rope {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, max_positions: usize, theta: f64, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let mut cos = Vec::with_capacity(max_positions * head_dim);
+        let mut sin = Vec::with_capacity(max_positions * head_dim);
+        for pos in 0..max_positions {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    let angle = pos as f32 * f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let t = |v| Tensor::from_data(TensorData::new(v, [max_positions, head_dim]), device);
+        Self { cos: t(cos), sin: t(sin) }
+    }
+
+    /// cos and sin for each (row, position): `[B, 1, T, head_dim]`, ready to broadcast over heads.
+    pub fn at(&self, positions: Tensor<2, Int>) -> (Tensor<4>, Tensor<4>) {
+        let [b, t] = positions.dims();
+        let flat = positions.reshape([b * t]);
+        let hd = self.cos.dims()[1];
+        let pick = |table: &Tensor<2>| table.clone().select(0, flat.clone()).reshape([b, 1, t, hd]);
+        (pick(&self.cos), pick(&self.sin))
+    }
+}
+
+/// x·cos + rotate_half(x)·sin, where rotate_half([x1, x2]) = [-x2, x1].
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let [b, h, t, hd] = x.dims();
+    let x1 = x.clone().slice(s![.., .., .., 0..hd / 2]);
+    let x2 = x.clone().slice(s![.., .., .., hd / 2..hd]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    debug_assert_eq!(rotated.dims(), [b, h, t, hd]);
+    x * cos.clone() + rotated * sin.clone()
+}
+
+/// Keys and values seen so far, per layer: `[B, n_kv_heads, T_cached, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: vec![None; n_layers] }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `x`: `[B, T, D]`; `bias`: `[B, 1, T, T_cached + T]` additive mask, or None when nothing is masked.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &(Tensor<4>, Tensor<4>),
+        bias: Option<&Tensor<4>>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (hd, n_kv) = (self.head_dim, self.n_kv_heads);
+        let rep = self.n_heads / n_kv;
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+
+        let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), &rope.0, &rope.1);
+        let k = apply_rope(heads(self.k_proj.forward(x.clone()), n_kv), &rope.0, &rope.1);
+        let v = heads(self.v_proj.forward(x), n_kv);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+
+        // Grouped-query attention without copying K/V: query heads h = kv·rep + r share KV head kv,
+        // so [B, H, T, hd] → [B, n_kv, rep·T, hd] lines each group's queries up against its keys.
+        let q = q.reshape([b, n_kv, rep * t, hd]);
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        if let Some(bias) = bias {
+            scores = scores + bias.clone().repeat_dim(2, rep);
+        }
+        let out = softmax(scores, 3).matmul(v); // [B, n_kv, rep·T, hd]
+        let out = out.reshape([b, self.n_heads, t, hd]).swap_dims(1, 2).reshape([b, t, self.n_heads * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Block {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &(Tensor<4>, Tensor<4>),
+        bias: Option<&Tensor<4>>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab, d_model]`; also the output head when embeddings are tied.
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// Present only for untied models: `[d_model, vocab]`.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+    pub vocab_size: usize,
+    pub context_length: usize,
+}
+
+/// Inputs for one forward pass: token ids, their positions and the attention bias.
+pub struct Batch {
+    /// `[B, T]`
+    pub tokens: Tensor<2, Int>,
+    /// `[B, T]`: the RoPE position of each token (left padding makes these differ per row).
+    pub positions: Tensor<2, Int>,
+    /// `[B, 1, T, T_cached + T]` additive bias, or None when no key is masked (one new token, no padding).
+    pub bias: Option<Tensor<4>>,
+}
+
+impl Llama {
+    /// Final hidden states `[B, T, D]` (after the last norm).
+    pub fn forward_hidden(&self, batch: Batch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let rope = self.rope.at(batch.positions);
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, batch.bias.as_ref(), cache.as_deref_mut().map(|c| (c, i)));
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[B, T, vocab]` for hidden states `[B, T, D]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.val().transpose().unsqueeze()),
+        }
+    }
+
+    /// Logits for every position: `[B, T, vocab]`.
+    pub fn forward(&self, batch: Batch, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.logits(self.forward_hidden(batch, cache))
+    }
+
+    /// Logits of the last position only, `[B, vocab]`: what generation needs.
+    pub fn forward_last(&self, batch: Batch, cache: Option<&mut KvCache>) -> Tensor<2> {
+        let h = self.forward_hidden(batch, cache);
+        let [b, t, _] = h.dims();
+        self.logits(h.slice(s![.., t - 1..t, ..])).reshape([b, self.vocab_size])
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Builds the model from host weights in Hugging Face layout (checked against the config).
+    pub fn from_weights(cfg: &LlamaConfig, mut w: Weights, device: &Device) -> Result<Self, Error> {
+        w.check(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut take = |name: &str| w.take(name).map_err(|e| Error::Invalid(e.to_string()));
+        let tensor2 = |t: HostTensor| Tensor::<2>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device);
+        // HF stores [out, in]; burn's Linear wants [in, out]: transpose on the host once.
+        let linear = |t: HostTensor| Linear {
+            weight: Param::from_tensor(tensor2(transpose(&t))),
+            bias: None,
+        };
+        let norm = |t: HostTensor| RmsNorm {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)),
+            eps: cfg.rms_norm_eps,
+        };
+
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Block {
+                input_layernorm: norm(take(&format!("{p}.input_layernorm.weight"))?),
+                self_attn: Attention {
+                    q_proj: linear(take(&format!("{p}.self_attn.q_proj.weight"))?),
+                    k_proj: linear(take(&format!("{p}.self_attn.k_proj.weight"))?),
+                    v_proj: linear(take(&format!("{p}.self_attn.v_proj.weight"))?),
+                    o_proj: linear(take(&format!("{p}.self_attn.o_proj.weight"))?),
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim(),
+                },
+                post_attention_layernorm: norm(take(&format!("{p}.post_attention_layernorm.weight"))?),
+                mlp: Mlp {
+                    gate_proj: linear(take(&format!("{p}.mlp.gate_proj.weight"))?),
+                    up_proj: linear(take(&format!("{p}.mlp.up_proj.weight"))?),
+                    down_proj: linear(take(&format!("{p}.mlp.down_proj.weight"))?),
+                },
+            });
+        }
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(linear(take("lm_head.weight")?)) };
+        Ok(Self {
+            embed_tokens: Param::from_tensor(tensor2(take("model.embed_tokens.weight")?)),
+            layers,
+            norm: norm(take("model.norm.weight")?),
+            lm_head,
+            rope: Rope::new(cfg.head_dim(), cfg.max_position_embeddings, cfg.rope_theta, device),
+            vocab_size: cfg.vocab_size,
+            context_length: cfg.max_position_embeddings,
+        })
+    }
+
+    /// Random weights (N(0, 0.02), norms at 1) from a seed: identical on every platform,
+    /// so native and browser tests can compare the same tiny model.
+    pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> Weights {
+        let mut rng = Rng::new(seed);
+        let mut w = Weights::default();
+        for (name, shape) in expected_shapes(cfg) {
+            let n: usize = shape.iter().product();
+            let data = if shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| 0.02 * normal(&mut rng)).collect()
+            };
+            w.tensors.insert(name, HostTensor { shape, data });
+        }
+        w
+    }
+}
+
+fn transpose(t: &HostTensor) -> HostTensor {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let mut out = vec![0.0; t.data.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = t.data[i * c + j];
+        }
+    }
+    HostTensor { shape: vec![c, r], data: out }
+}
+
+/// A standard normal sample (Box–Muller).
+fn normal(rng: &mut Rng) -> f32 {
+    let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+    let u2 = rng.next_f64();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}

@@ -1,0 +1,214 @@
+//! Host-side weights: named f32 tensors in Hugging Face naming, read from GGUF or safetensors.
+//!
+//! Everything converges on the HF layout (`model.layers.N.self_attn.q_proj.weight`, `[out, in]`
+//! matrices, rotate-half RoPE), so one model implementation loads both sources.
+
+use std::collections::BTreeMap;
+
+use half::{bf16, f16};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::LlamaConfig;
+use crate::gguf::{Gguf, GgufError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{0}")]
+    Gguf(#[from] GgufError),
+    #[error("invalid safetensors: {0}")]
+    Safetensors(String),
+    #[error("tensor '{name}' has dtype {dtype}; supported are F32, F16 and BF16")]
+    Dtype { name: String, dtype: String },
+    #[error("tensor '{name}' has shape {got:?}, the config expects {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("tensor '{0}' is missing")]
+    Missing(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Weights {
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+/// ggml's permutation of Q/K rows for its RoPE, undone: HF row `h*hd + j*hd/2 + i` is GGUF row `h*hd + 2i + j`.
+fn unpermute_rows(t: &HostTensor, n_heads: usize) -> HostTensor {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let hd = rows / n_heads;
+    let mut out = vec![0.0; t.data.len()];
+    for h in 0..n_heads {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let src = (h * hd + 2 * i + j) * cols;
+                let dst = (h * hd + j * hd / 2 + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&t.data[src..src + cols]);
+            }
+        }
+    }
+    HostTensor { shape: t.shape.clone(), data: out }
+}
+
+impl Weights {
+    /// Dequantizes every tensor of a llama GGUF into HF names and layout.
+    pub fn from_gguf(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
+        let mut tensors = BTreeMap::new();
+        for info in &g.tensors {
+            let Some(hf_name) = hf_name(&info.name) else { continue };
+            let (shape, data) = g.tensor_f32(&info.name)?;
+            let mut t = HostTensor { shape, data };
+            if info.name.ends_with("attn_q.weight") {
+                t = unpermute_rows(&t, cfg.num_attention_heads);
+            } else if info.name.ends_with("attn_k.weight") {
+                t = unpermute_rows(&t, cfg.num_key_value_heads);
+            }
+            tensors.insert(hf_name, t);
+        }
+        let w = Self { tensors };
+        w.check(cfg)?;
+        Ok(w)
+    }
+
+    /// Reads one safetensors file (F32, F16 or BF16) into this map.
+    pub fn add_safetensors(&mut self, bytes: &[u8]) -> Result<(), WeightsError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
+        for (name, view) in st.tensors() {
+            let raw = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                other => return Err(WeightsError::Dtype { name, dtype: format!("{other:?}") }),
+            };
+            self.tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(())
+    }
+
+    /// Serializes every tensor as F32 safetensors.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, WeightsError> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                let v = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                    .map_err(|e| WeightsError::Safetensors(e.to_string()))?;
+                Ok((n.clone(), v))
+            })
+            .collect::<Result<_, WeightsError>>()?;
+        safetensors::serialize(views, None).map_err(|e| WeightsError::Safetensors(e.to_string()))
+    }
+
+    pub fn take(&mut self, name: &str) -> Result<HostTensor, WeightsError> {
+        self.tensors.remove(name).ok_or_else(|| WeightsError::Missing(name.into()))
+    }
+
+    /// Checks that every tensor the config needs is present with the right shape.
+    pub fn check(&self, cfg: &LlamaConfig) -> Result<(), WeightsError> {
+        for (name, expected) in expected_shapes(cfg) {
+            let t = self.tensors.get(&name).ok_or_else(|| WeightsError::Missing(name.clone()))?;
+            if t.shape != expected {
+                return Err(WeightsError::Shape { name, expected, got: t.shape.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every tensor a Llama model with this config needs, with its HF shape.
+pub fn expected_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let mut v = vec![
+        ("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, d]),
+        ("model.norm.weight".to_string(), vec![d]),
+    ];
+    if !cfg.tie_word_embeddings {
+        v.push(("lm_head.weight".into(), vec![cfg.vocab_size, d]));
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        v.extend([
+            (format!("{p}.input_layernorm.weight"), vec![d]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![d]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![q, d]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv, d]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![d, q]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, d]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, d]),
+            (format!("{p}.mlp.down_proj.weight"), vec![d, f]),
+        ]);
+    }
+    v
+}
+
+/// GGUF (llama.cpp) tensor name → Hugging Face name.
+fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_the_ggml_permutation() {
+        // ggml: permute(w, n) = w.reshape(n, 2, hd/2, in).swapaxes(1, 2).reshape(w.shape)
+        let (n, hd, cols) = (3, 4, 2);
+        let hf: Vec<f32> = (0..n * hd * cols).map(|v| v as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..n {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    for c in 0..cols {
+                        // source index (h, j, i) lands at (h, i, j)
+                        gguf[((h * hd) + i * 2 + j) * cols + c] = hf[((h * hd) + j * hd / 2 + i) * cols + c];
+                    }
+                }
+            }
+        }
+        let t = HostTensor { shape: vec![n * hd, cols], data: gguf };
+        assert_eq!(unpermute_rows(&t, n).data, hf);
+    }
+
+    #[test]
+    fn safetensors_round_trip() {
+        let mut w = Weights::default();
+        w.tensors.insert("a".into(), HostTensor { shape: vec![2, 2], data: vec![1.0, -2.0, 3.5, 0.25] });
+        let bytes = w.to_safetensors().unwrap();
+        let mut back = Weights::default();
+        back.add_safetensors(&bytes).unwrap();
+        assert_eq!(back.tensors, w.tensors);
+        assert!(Weights::default().add_safetensors(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

