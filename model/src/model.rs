@@ -229,7 +229,13 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.val().transpose().unsqueeze()),
+            // Tied head: E·hᵀ reads the [vocab, d] embedding in its stored layout; h·Eᵀ would
+            // make the backend copy the 113 MB transpose on every call.
+            None => {
+                let [b, t, d] = hidden.dims();
+                let h = hidden.reshape([b * t, d]).transpose();
+                self.embed_tokens.val().matmul(h).transpose().reshape([b, t, self.vocab_size])
+            }
         }
     }
 
