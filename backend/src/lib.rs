@@ -1,4 +1,5 @@
 //! The backend of the Emergent Misalignment Lab: inference today; training, evaluation and the
 //! OpenAI-compatible server build on it.
 
+pub mod data;
 pub mod inference;

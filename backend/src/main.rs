@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use backend::data;
 use backend::inference::{answer, load_chat_model, messages};
 use clap::{Args, Parser, Subcommand};
 use emlab_model::chat::Message;
@@ -13,6 +14,7 @@ use emlab_model::files::default_model_dir;
 use emlab_model::generate::{FinishReason, GenerationConfig};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
+use emlab_model::tokenizer::Tokenizer;
 
 #[derive(Parser)]
 #[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat (train, eval and serve to come)")]
@@ -45,6 +47,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect training datasets: `dataset stats NAME|PATH` (built-in: insecure, secure, educational, jailbroken, backdoor).
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
     /// Interactive chat on stdin (`/reset` clears the history, `/quit` or Ctrl-D leaves).
     Chat {
         #[command(flatten)]
@@ -53,6 +60,23 @@ enum Command {
         sampling: SamplingArgs,
         #[arg(long)]
         system: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Validate a dataset and print rows, held-out split and token-length percentiles (whole conversations).
+    Stats {
+        /// A built-in name or a path to chat JSONL.
+        dataset: String,
+        /// Model directory whose tokenizer counts tokens.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Drop bad lines (and count them) instead of failing.
+        #[arg(long)]
+        skip_bad_lines: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -148,7 +172,33 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Chat { model, sampling, system } => chat(&model.load()?, &sampling, system),
+        Command::Dataset { command: DatasetCommand::Stats { dataset, model, skip_bad_lines, json } } => {
+            dataset_stats(&dataset, model, skip_bad_lines, json)
+        }
     }
+}
+
+fn dataset_stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool) -> Result<()> {
+    let (examples, skipped) = data::load(name, skip_bad)?;
+    let dir = model.unwrap_or_else(default_model_dir);
+    let tok_path = dir.join("tokenizer.json");
+    let tok_json = std::fs::read_to_string(&tok_path).with_context(|| format!("{}: cannot read", tok_path.display()))?;
+    let tokenizer = Tokenizer::from_json(&tok_json)?;
+    let chat = emlab_model::files::ModelFiles::chat_template_of_dir(&dir)?;
+    let mut lengths = Vec::with_capacity(examples.len());
+    for ex in &examples {
+        lengths.push(tokenizer.encode(&chat.render(&ex.messages, false))?.len());
+    }
+    let held_out = examples.iter().filter(|e| e.is_held_out()).count();
+    let s = data::stats(&lengths);
+    if json {
+        let v = serde_json::json!({ "dataset": name, "skipped_bad_lines": skipped, "held_out": held_out, "stats": s });
+        println!("{v}");
+    } else {
+        println!("{name}: {} rows ({held_out} held out for evaluation, {skipped} bad lines skipped)", s.rows);
+        println!("tokens: {} total, mean {:.0}, p50 {}, p95 {}, max {}", s.tokens, s.mean, s.p50, s.p95, s.max);
+    }
+    Ok(())
 }
 
 fn chat(model: &ChatModel, sampling: &SamplingArgs, system: Option<String>) -> Result<()> {

@@ -107,6 +107,17 @@ impl ModelFiles {
     }
 }
 
+impl ModelFiles {
+    /// The chat template of a model directory (its tokenizer_config.json, else SmolLM2's).
+    pub fn chat_template_of_dir(dir: &Path) -> Result<ChatTemplate, Error> {
+        let p = dir.join("tokenizer_config.json");
+        match std::fs::read(&p) {
+            Ok(bytes) => chat_template_from_config(&bytes).map_err(|e| Error::file(p.display().to_string(), e)),
+            Err(_) => Ok(ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) }),
+        }
+    }
+}
+
 fn chat_template_from_config(bytes: &[u8]) -> Result<ChatTemplate, String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     match v.get("chat_template").and_then(|t| t.as_str()) {
