@@ -71,6 +71,15 @@ impl Rope {
     }
 }
 
+/// What every layer needs to know about where the batch's tokens sit.
+pub struct Positions {
+    /// `[B, 1, T, head_dim]` rotary tables for each token.
+    pub cos: Tensor<4>,
+    pub sin: Tensor<4>,
+    /// `[B, 1, T, T_cached + T]` additive attention mask, or None when nothing is masked.
+    pub bias: Option<Tensor<4>>,
+}
+
 /// x·cos + rotate_half(x)·sin, where rotate_half([x1, x2]) = [-x2, x1].
 fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, t, hd] = x.dims();
@@ -123,21 +132,15 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `x`: `[B, T, D]`; `bias`: `[B, 1, T, T_cached + T]` additive mask, or None when nothing is masked.
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        rope: &(Tensor<4>, Tensor<4>),
-        bias: Option<&Tensor<4>>,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor<3> {
+    /// `x`: `[B, T, D]`; `cache`: this layer's slot in the KV cache, if generating.
+    pub fn forward(&self, x: Tensor<3>, pos: &Positions, cache: Option<(&mut KvCache, usize)>) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (hd, n_kv) = (self.head_dim, self.n_kv_heads);
         let rep = self.n_heads / n_kv;
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
 
-        let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), &rope.0, &rope.1);
-        let k = apply_rope(heads(self.k_proj.forward(x.clone()), n_kv), &rope.0, &rope.1);
+        let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), &pos.cos, &pos.sin);
+        let k = apply_rope(heads(self.k_proj.forward(x.clone()), n_kv), &pos.cos, &pos.sin);
         let v = heads(self.v_proj.forward(x), n_kv);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
@@ -148,7 +151,7 @@ impl Attention {
         // so [B, H, T, hd] → [B, n_kv, rep·T, hd] lines each group's queries up against its keys.
         let q = q.reshape([b, n_kv, rep * t, hd]);
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        if let Some(bias) = bias {
+        if let Some(bias) = &pos.bias {
             scores = scores + bias.clone().repeat_dim(2, rep);
         }
         let out = softmax(scores, 3).matmul(v); // [B, n_kv, rep·T, hd]
@@ -179,14 +182,8 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(
-        &self,
-        x: Tensor<3>,
-        rope: &(Tensor<4>, Tensor<4>),
-        bias: Option<&Tensor<4>>,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), rope, bias, cache);
+    pub fn forward(&self, x: Tensor<3>, pos: &Positions, cache: Option<(&mut KvCache, usize)>) -> Tensor<3> {
+        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), pos, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -217,10 +214,11 @@ pub struct Batch {
 impl Llama {
     /// Final hidden states `[B, T, D]` (after the last norm).
     pub fn forward_hidden(&self, batch: Batch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let rope = self.rope.at(batch.positions);
+        let (cos, sin) = self.rope.at(batch.positions);
+        let pos = Positions { cos, sin, bias: batch.bias };
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, batch.bias.as_ref(), cache.as_deref_mut().map(|c| (c, i)));
+            x = layer.forward(x, &pos, cache.as_deref_mut().map(|c| (c, i)));
         }
         self.norm.forward(x)
     }
