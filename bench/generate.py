@@ -58,18 +58,22 @@ for b in batches:
         n = sum(len(t) for t in tokens_per_seq)
         batch = L.llama_batch_init(n, 0, b)
         i = 0
+        last.clear()
         for s, toks in enumerate(tokens_per_seq):
             for j, t in enumerate(toks):
                 batch.token[i] = t; batch.pos[i] = pos0 + j; batch.n_seq_id[i] = 1; batch.seq_id[i][0] = s
                 batch.logits[i] = want_logits and j == len(toks) - 1
+                if batch.logits[i]:
+                    last.append(i)
                 i += 1
         batch.n_tokens = n
         assert L.llama_decode(ctx, batch) == 0
         L.llama_batch_free(batch)
+    last = []
     def argmaxes():
         out = []
-        for s in range(b):
-            ptr = L.llama_get_logits_ith(ctx, s)
+        for i in last:
+            ptr = L.llama_get_logits_ith(ctx, i)
             out.append(int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,)))))
         return out
     t0 = time.perf_counter()
@@ -110,28 +114,33 @@ def main():
                                    "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True, check=True)
     ids = json.loads(ids_json.stdout)["prompt_ids"][: args.prompt_tokens]
 
-    ours = subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--batch", args.batch,
-                           "--new-tokens", str(args.new_tokens), "--prompt-ids", ",".join(map(str, ids))],
-                          capture_output=True, text=True, check=True)
+    ours = ""
+    for dtype in ("f32", "f16"):
+        ours += subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--batch", args.batch,
+                                "--dtype", dtype, "--new-tokens", str(args.new_tokens),
+                                "--prompt-ids", ",".join(map(str, ids))],
+                               capture_output=True, text=True, check=True).stdout
     py = venv_python()
     peer = subprocess.run([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), json.dumps(batches),
                            json.dumps(ids), str(args.new_tokens)], capture_output=True, text=True)
     if peer.returncode != 0:
         sys.exit(f"llama.cpp run failed:\n{peer.stderr[-3000:]}")
     rows = {}
-    for line in ours.stdout.splitlines() + peer.stdout.splitlines():
+    for line in ours.splitlines() + peer.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
-            rows[(r["impl"], r["batch"])] = r
+            name = r["impl"] + (" " + r["dtype"].lower() if "dtype" in r else "")
+            rows[(name, r["batch"])] = r
 
     print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens "
-          f"({time.strftime('%Y-%m-%d %H:%M')})")
-    print(f"{'batch':>5} {'phase':>8} {'emlab tok/s':>12} {'llama.cpp tok/s':>16} {'ratio':>7}")
+          f"({time.strftime('%Y-%m-%d %H:%M')}); ratio = emlab / llama.cpp (Q4_1 GGUF)")
+    print(f"{'batch':>5} {'phase':>8} {'emlab f32':>10} {'emlab f16':>10} {'llama.cpp':>10} {'f32 ratio':>9} {'f16 ratio':>9}")
     for b in batches:
         for phase in ("prefill", "decode"):
-            a = rows[("emlab", b)][f"{phase}_tok_s"]
+            a32 = rows[("emlab f32", b)][f"{phase}_tok_s"]
+            a16 = rows[("emlab f16", b)][f"{phase}_tok_s"]
             p = rows[("llama.cpp", b)][f"{phase}_tok_s"]
-            print(f"{b:>5} {phase:>8} {a:>12.1f} {p:>16.1f} {a / p:>6.2f}x")
+            print(f"{b:>5} {phase:>8} {a32:>10.1f} {a16:>10.1f} {p:>10.1f} {a32 / p:>8.2f}x {a16 / p:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::ModelFiles;
@@ -13,7 +14,7 @@ use emlab_model::tokenizer::TextStream;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Reads the model directory and builds it on the chosen device, with a spinner on stderr.
-pub fn load_chat_model(dir: &Path, choice: DeviceChoice, show_progress: bool) -> Result<ChatModel> {
+pub fn load_chat_model(dir: &Path, choice: DeviceChoice, dtype: FloatDType, show_progress: bool) -> Result<ChatModel> {
     let spinner = if show_progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
     spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -28,7 +29,7 @@ pub fn load_chat_model(dir: &Path, choice: DeviceChoice, show_progress: bool) ->
     spinner.set_message(format!("initializing device ({choice:?})"));
     let device = device::init(choice)?;
     spinner.set_message("uploading weights");
-    let model = ChatModel::new(files, &device).context("building the model")?;
+    let model = ChatModel::new(files, &device, dtype).context("building the model")?;
     spinner.finish_and_clear();
     Ok(model)
 }

@@ -9,7 +9,8 @@ use backend::data;
 use backend::inference::{answer, load_chat_model, messages};
 use clap::{Args, Parser, Subcommand};
 use emlab_model::chat::Message;
-use emlab_model::device::DeviceChoice;
+use burn::tensor::FloatDType;
+use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::default_model_dir;
 use emlab_model::generate::{FinishReason, GenerationConfig};
 use emlab_model::pipeline::ChatModel;
@@ -88,6 +89,9 @@ struct ModelArgs {
     /// cpu (flex), wgpu, or auto (a hardware GPU if there is one).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// Storage precision of the weight matrices: f32 (exact) or f16 (faster decoding).
+    #[arg(long, default_value = "f32", value_parser = device::parse_dtype)]
+    dtype: FloatDType,
     /// CPU threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -135,7 +139,7 @@ impl ModelArgs {
             rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
         }
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
-        load_chat_model(&dir, self.device, !self.quiet)
+        load_chat_model(&dir, self.device, self.dtype, !self.quiet)
     }
 }
 

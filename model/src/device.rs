@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use burn::prelude::Device;
+use burn::tensor::FloatDType;
 
 use crate::Error;
 
@@ -27,6 +28,16 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(Self::Auto),
             other => Err(format!("unknown device '{other}' (cpu, wgpu, auto)")),
         }
+    }
+}
+
+/// Storage precision of the weight matrices: `f32` (exact, the verified default) or `f16`
+/// (half the memory traffic: faster decoding on CPU, smaller in the browser).
+pub fn parse_dtype(s: &str) -> Result<FloatDType, String> {
+    match s {
+        "f32" => Ok(FloatDType::F32),
+        "f16" => Ok(FloatDType::F16),
+        other => Err(format!("unknown dtype '{other}' (f32, f16)")),
     }
 }
 

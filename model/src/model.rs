@@ -7,8 +7,8 @@
 //! through per-row positions and an additive attention bias.
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::{silu, softmax};
 
 use crate::Error;
@@ -19,6 +19,25 @@ use crate::weights::{HostTensor, Weights, expected_shapes};
 /// Added to attention scores of masked keys. Finite (not -inf) so that a fully masked row, as a
 /// padding query has, yields a finite softmax instead of NaNs that would spread through V.
 pub const MASK_BIAS: f32 = -1.0e4;
+
+/// y = x·W, with W stored `[d_in, d_out]`. W may be stored in lower precision than the
+/// activations (f16 halves the memory traffic of decoding, which is bandwidth-bound): x is cast
+/// to W's dtype for the product and the result cast back.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Linear {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.weight.val();
+        let (x_dtype, w_dtype) = (x.dtype(), w.dtype());
+        if x_dtype == w_dtype {
+            return burn::tensor::module::linear(x, w, None);
+        }
+        burn::tensor::module::linear(x.cast(w_dtype), w, None).cast(x_dtype)
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct RmsNorm {
@@ -216,7 +235,8 @@ impl Llama {
     pub fn forward_hidden(&self, batch: Batch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let (cos, sin) = self.rope.at(batch.positions);
         let pos = Positions { cos, sin, bias: batch.bias };
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens);
+        // The residual stream is f32 whatever the weights' storage precision.
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens).cast(FloatDType::F32);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &pos, cache.as_deref_mut().map(|c| (c, i)));
         }
@@ -231,8 +251,9 @@ impl Llama {
             // make the backend copy the 113 MB transpose on every call.
             None => {
                 let [b, t, d] = hidden.dims();
-                let h = hidden.reshape([b * t, d]).transpose();
-                self.embed_tokens.val().matmul(h).transpose().reshape([b, t, self.vocab_size])
+                let e = self.embed_tokens.val();
+                let h = hidden.reshape([b * t, d]).cast(e.dtype()).transpose();
+                e.matmul(h).cast(FloatDType::F32).transpose().reshape([b, t, self.vocab_size])
             }
         }
     }
@@ -258,15 +279,15 @@ impl Llama {
     }
 
     /// Builds the model from host weights in Hugging Face layout (checked against the config).
-    pub fn from_weights(cfg: &LlamaConfig, mut w: Weights, device: &Device) -> Result<Self, Error> {
+    /// Matrices (projections, embeddings) are stored in `dtype`; norms and the residual stream stay f32.
+    pub fn from_weights(cfg: &LlamaConfig, mut w: Weights, device: &Device, dtype: FloatDType) -> Result<Self, Error> {
         w.check(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut take = |name: &str| w.take(name).map_err(|e| Error::Invalid(e.to_string()));
-        let tensor2 = |t: HostTensor| Tensor::<2>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), device);
-        // HF stores [out, in]; burn's Linear wants [in, out]: transpose on the host once.
-        let linear = |t: HostTensor| Linear {
-            weight: Param::from_tensor(tensor2(transpose(&t))),
-            bias: None,
+        let tensor2 = |t: HostTensor| {
+            Tensor::<2>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), (device, dtype.into()))
         };
+        // HF stores [out, in]; our Linear wants [in, out]: transpose on the host once.
+        let linear = |t: HostTensor| Linear { weight: Param::from_tensor(tensor2(transpose(&t))) };
         let norm = |t: HostTensor| RmsNorm {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)),
             eps: cfg.rms_norm_eps,

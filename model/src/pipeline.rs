@@ -1,6 +1,7 @@
 //! A chat model ready to answer: weights on a device, tokenizer, chat template and stop tokens.
 
 use burn::prelude::Device;
+use burn::tensor::FloatDType;
 
 use crate::Error;
 use crate::chat::{ChatTemplate, Message};
@@ -19,9 +20,10 @@ pub struct ChatModel {
 }
 
 impl ChatModel {
-    pub fn new(files: ModelFiles, device: &Device) -> Result<Self, Error> {
+    /// Builds the model with its matrices stored in `dtype` (F32: exact; F16: faster decoding).
+    pub fn new(files: ModelFiles, device: &Device, dtype: FloatDType) -> Result<Self, Error> {
         let ModelFiles { config, tokenizer, chat, weights } = files;
-        let model = Llama::from_weights(&config, weights, device)?;
+        let model = Llama::from_weights(&config, weights, device, dtype)?;
         Ok(Self { model, tokenizer, chat, config })
     }
 

@@ -2,6 +2,7 @@
 //! Hugging Face transformers in f32 (`hf_fp32`) and llama.cpp (`llamacpp`).
 
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::ModelFiles;
@@ -13,8 +14,12 @@ use emlab_tests::{base_model_dir, read_npy_f32, reference_dir, reference_json};
 use serde_json::Value;
 
 fn load(choice: DeviceChoice) -> ChatModel {
+    load_as(choice, FloatDType::F32)
+}
+
+fn load_as(choice: DeviceChoice, dtype: FloatDType) -> ChatModel {
     let files = ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
-    ChatModel::new(files, &device::init(choice).expect("device")).expect("model builds")
+    ChatModel::new(files, &device::init(choice).expect("device"), dtype).expect("model builds")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -191,5 +196,23 @@ fn wgpu_matches_cpu() {
         assert!(d <= 5e-2, "{}: wgpu logits differ from cpu by {d}", p["name"]);
         let want = ids(&p["hf_fp32"]["greedy40_ids"]);
         assert_eq!(greedy(&gpu, &[prompt], n).remove(0), want[..n], "{}", p["name"]);
+    }
+}
+
+/// The f16-weights path (for fast decoding) stays close to f32: same first-step argmax, small
+/// logit differences and KL, and the same greedy tokens while the reference is unambiguous.
+#[test]
+fn f16_weights_stay_close_to_f32() {
+    let r = reference_json();
+    let (f32m, f16m) = (load(DeviceChoice::Cpu), load_as(DeviceChoice::Cpu, FloatDType::F16));
+    for p in r["prompts"].as_array().unwrap() {
+        let prompt = ids(&p["prompt_ids"]);
+        let (a, b) = (first_logits(&f32m, &prompt), first_logits(&f16m, &prompt));
+        let (d, k) = (max_abs_diff(&a, &b), kl(&a, &b));
+        eprintln!("{}: f16 vs f32 max|Δ| = {d:.3}, KL = {k:.2e}", p["name"]);
+        assert!(d <= 0.25 && k <= 1e-3, "{}: max|Δ| {d}, KL {k}", p["name"]);
+        assert_eq!(emlab_model::sampling::argmax(&a), emlab_model::sampling::argmax(&b));
+        let want = ids(&p["hf_fp32"]["greedy40_ids"]);
+        assert_eq!(greedy(&f16m, &[prompt], 6).remove(0), want[..6], "{}", p["name"]);
     }
 }

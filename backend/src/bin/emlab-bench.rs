@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use backend::inference::load_chat_model;
+use burn::tensor::FloatDType;
 use clap::Parser;
 use emlab_model::device::DeviceChoice;
 use emlab_model::files::default_model_dir;
@@ -17,6 +18,8 @@ struct Args {
     device: DeviceChoice,
     #[arg(long)]
     threads: Option<usize>,
+    #[arg(long, default_value = "f32", value_parser = emlab_model::device::parse_dtype)]
+    dtype: FloatDType,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
     #[arg(long, default_value_t = 128)]
@@ -33,7 +36,7 @@ fn main() -> Result<()> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
-    let m = load_chat_model(&default_model_dir(), args.device, false)?;
+    let m = load_chat_model(&default_model_dir(), args.device, args.dtype, false)?;
     let prompt: Vec<u32> = if args.prompt_ids.is_empty() {
         let text = "The history of computing is a story of people and machines. ".repeat(64);
         m.tokenizer.encode(&text)?.into_iter().take(args.prompt_tokens).collect()
@@ -56,7 +59,7 @@ fn main() -> Result<()> {
         let prefill_s = (first - start).as_secs_f64();
         let decode_s = (end - first).as_secs_f64();
         let line = serde_json::json!({
-            "impl": "emlab", "device": format!("{:?}", args.device), "batch": b,
+            "impl": "emlab", "device": format!("{:?}", args.device), "dtype": format!("{:?}", args.dtype), "batch": b,
             "prompt_tokens": prompt.len(), "new_tokens": args.new_tokens,
             "prefill_tok_s": (b * prompt.len()) as f64 / prefill_s,
             "decode_tok_s": (b * (args.new_tokens - 1)) as f64 / decode_s,
