@@ -13,6 +13,7 @@ pub mod device;
 pub mod files;
 pub mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod pipeline;
 pub mod sampling;

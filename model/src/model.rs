@@ -20,22 +20,57 @@ use crate::weights::{HostTensor, Weights, expected_shapes};
 /// padding query has, yields a finite softmax instead of NaNs that would spread through V.
 pub const MASK_BIAS: f32 = -1.0e4;
 
-/// y = x·W, with W stored `[d_in, d_out]`. W may be stored in lower precision than the
-/// activations (f16 halves the memory traffic of decoding, which is bandwidth-bound): x is cast
-/// to W's dtype for the product and the result cast back.
+/// y = x·W (+ a LoRA side path), with W stored `[d_in, d_out]`. W may be stored in lower precision
+/// than the activations (f16 halves the memory traffic of decoding, which is bandwidth-bound): x is
+/// cast to W's dtype for the product and the result cast back.
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let lora = self.lora.as_ref().map(|l| l.forward(x.clone()));
         let w = self.weight.val();
         let (x_dtype, w_dtype) = (x.dtype(), w.dtype());
-        if x_dtype == w_dtype {
-            return burn::tensor::module::linear(x, w, None);
+        let y = if x_dtype == w_dtype {
+            burn::tensor::module::linear(x, w, None)
+        } else {
+            burn::tensor::module::linear(x.cast(w_dtype), w, None).cast(x_dtype)
+        };
+        match lora {
+            Some(delta) => y + delta,
+            None => y,
         }
-        burn::tensor::module::linear(x.cast(w_dtype), w, None).cast(x_dtype)
+    }
+}
+
+/// Low-rank update W + scale·A·B, applied as a side path x·A·B (cheaper to train than composing
+/// the dense weight: the backward pass never forms a d_in × d_out gradient).
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// `[d_in, rank]`
+    pub a: Param<Tensor<2>>,
+    /// `[rank, d_out]`, zero at initialization so a fresh adapter changes nothing.
+    pub b: Param<Tensor<2>>,
+    pub scale: f64,
+    pub dropout: Option<burn::nn::Dropout>,
+}
+
+impl LoraAdapter {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = match &self.dropout {
+            Some(d) => d.forward(x),
+            None => x,
+        };
+        let low = burn::tensor::module::linear(x, self.a.val(), None);
+        burn::tensor::module::linear(low, self.b.val(), None) * self.scale
+    }
+
+    /// The dense update scale·A·B, `[d_in, d_out]`.
+    pub fn delta(&self) -> Tensor<2> {
+        self.a.val().matmul(self.b.val()) * self.scale
     }
 }
 
@@ -220,6 +255,9 @@ pub struct Llama {
     pub context_length: usize,
 }
 
+/// The projection names LoRA targets use (PEFT's `target_modules`).
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
 /// Inputs for one forward pass: token ids, their positions and the attention bias.
 pub struct Batch {
     /// `[B, T]`
@@ -270,6 +308,38 @@ impl Llama {
         self.logits(h.slice(s![.., t - 1..t, ..])).reshape([b, self.vocab_size])
     }
 
+    /// Hugging Face module names of every projection LoRA can adapt
+    /// (`model.layers.3.self_attn.q_proj`), in a fixed order: (layer, index into [`PROJECTIONS`]).
+    pub fn projection_names(&self) -> Vec<(usize, usize, String)> {
+        let mut out = Vec::with_capacity(self.layers.len() * PROJECTIONS.len());
+        for layer in 0..self.layers.len() {
+            for (j, p) in PROJECTIONS.iter().enumerate() {
+                let block = if j < 4 { "self_attn" } else { "mlp" };
+                out.push((layer, j, format!("model.layers.{layer}.{block}.{p}")));
+            }
+        }
+        out
+    }
+
+    pub fn projection(&self, layer: usize, which: usize) -> &Linear {
+        let (a, m) = (&self.layers[layer].self_attn, &self.layers[layer].mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj][which]
+    }
+
+    pub fn projection_mut(&mut self, layer: usize, which: usize) -> &mut Linear {
+        let l = &mut self.layers[layer];
+        let (a, m) = (&mut l.self_attn, &mut l.mlp);
+        match which {
+            0 => &mut a.q_proj,
+            1 => &mut a.k_proj,
+            2 => &mut a.v_proj,
+            3 => &mut a.o_proj,
+            4 => &mut m.gate_proj,
+            5 => &mut m.up_proj,
+            _ => &mut m.down_proj,
+        }
+    }
+
     pub fn device(&self) -> Device {
         self.embed_tokens.val().device()
     }
@@ -287,7 +357,7 @@ impl Llama {
             Tensor::<2>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), (device, dtype.into()))
         };
         // HF stores [out, in]; our Linear wants [in, out]: transpose on the host once.
-        let linear = |t: HostTensor| Linear { weight: Param::from_tensor(tensor2(transpose(&t))) };
+        let linear = |t: HostTensor| Linear { weight: Param::from_tensor(tensor2(transpose(&t))), lora: None };
         let norm = |t: HostTensor| RmsNorm {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)),
             eps: cfg.rms_norm_eps,

@@ -1,0 +1,200 @@
+//! LoRA adapters: attaching them (base frozen), merging them, and reading/writing them in the
+//! Hugging Face PEFT layout (`adapter_model.safetensors` + `adapter_config.json`) so that
+//! Python PEFT, our CLI and the browser load the same files.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::model::{Llama, LoraAdapter, PROJECTIONS};
+use crate::sampling::Rng;
+use crate::weights::{HostTensor, Weights};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// rsLoRA: scale alpha/√rank instead of alpha/rank (stable learning across ranks).
+    pub rslora: bool,
+    pub dropout: f64,
+    /// Which projections get adapters (names from [`PROJECTIONS`]).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// The paper's open-model recipe (open_models/train.json): rsLoRA r=32, α=64, no dropout, all 7 projections.
+    fn default() -> Self {
+        Self {
+            rank: 32,
+            alpha: 64.0,
+            rslora: true,
+            dropout: 0.0,
+            target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rank == 0 {
+            return Err("LoRA rank must be > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("LoRA dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if let Some(bad) = self.target_modules.iter().find(|t| !PROJECTIONS.contains(&t.as_str())) {
+            return Err(format!("unknown target module '{bad}' (one of {PROJECTIONS:?})"));
+        }
+        Ok(())
+    }
+
+    fn targets(&self, which: usize) -> bool {
+        self.target_modules.iter().any(|t| t == PROJECTIONS[which])
+    }
+}
+
+/// Freezes every base weight and adds fresh adapters: A ~ U(±1/√d_in) (PEFT's Kaiming-uniform),
+/// B = 0, so the model's output is unchanged until training moves B.
+pub fn attach(model: Llama, cfg: &LoraConfig, seed: u64) -> Result<Llama, Error> {
+    cfg.validate().map_err(Error::Invalid)?;
+    let mut model = model.no_grad();
+    let mut rng = Rng::new(seed);
+    for (layer, which, _) in model.projection_names() {
+        if !cfg.targets(which) {
+            continue;
+        }
+        let lin = model.projection_mut(layer, which);
+        let [d_in, d_out] = lin.weight.dims();
+        let device = lin.weight.val().device();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+        let a = Tensor::<2>::from_data(TensorData::new(a, [d_in, cfg.rank]), &device);
+        let b = Tensor::<2>::zeros([cfg.rank, d_out], &device);
+        lin.lora = Some(adapter(a, b, cfg));
+    }
+    Ok(model)
+}
+
+fn adapter(a: Tensor<2>, b: Tensor<2>, cfg: &LoraConfig) -> LoraAdapter {
+    LoraAdapter {
+        a: Param::from_tensor(a),
+        b: Param::from_tensor(b),
+        scale: cfg.scale(),
+        dropout: (cfg.dropout > 0.0).then(|| burn::nn::DropoutConfig::new(cfg.dropout).init()),
+    }
+}
+
+/// Folds every adapter into its weight (W ← W + scale·A·B) and removes it.
+pub fn merge(mut model: Llama) -> Llama {
+    for (layer, which, _) in model.projection_names() {
+        let lin = model.projection_mut(layer, which);
+        if let Some(lora) = lin.lora.take() {
+            let w = lin.weight.val();
+            let merged = w.clone() + lora.delta().cast(w.dtype());
+            lin.weight = Param::from_tensor(merged.detach()).set_require_grad(false);
+        }
+    }
+    model
+}
+
+/// PEFT tensor names: `base_model.model.{module}.lora_A.weight` (`[rank, d_in]`) and
+/// `...lora_B.weight` (`[d_out, rank]`): PyTorch layouts, the transposes of ours.
+fn peft_names(module: &str) -> (String, String) {
+    (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
+}
+
+/// The adapters as host tensors in PEFT layout, and the matching `adapter_config.json`.
+pub fn to_peft(model: &Llama, cfg: &LoraConfig, base_model: &str) -> Result<(Weights, String), Error> {
+    let mut w = Weights::default();
+    for (layer, which, name) in model.projection_names() {
+        let Some(lora) = &model.projection(layer, which).lora else { continue };
+        let (a_name, b_name) = peft_names(&name);
+        w.tensors.insert(a_name, host_transposed(lora.a.val())?);
+        w.tensors.insert(b_name, host_transposed(lora.b.val())?);
+    }
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "use_rslora": cfg.rslora,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+    });
+    Ok((w, serde_json::to_string_pretty(&config).expect("JSON serializes")))
+}
+
+fn host_transposed(t: Tensor<2>) -> Result<HostTensor, Error> {
+    let [r, c] = t.dims();
+    let data: Vec<f32> = t.transpose().into_data().try_into_vec_as().map_err(|e| Error::Device(format!("{e:?}")))?;
+    Ok(HostTensor { shape: vec![c, r], data })
+}
+
+/// Reads `adapter_config.json` (PEFT) into our config.
+pub fn config_from_peft(json: &str) -> Result<LoraConfig, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if v["peft_type"].as_str() != Some("LORA") {
+        return Err("peft_type is not LORA".into());
+    }
+    let targets = match &v["target_modules"] {
+        serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+        serde_json::Value::String(s) => vec![s.clone()],
+        _ => return Err("target_modules is missing".into()),
+    };
+    let cfg = LoraConfig {
+        rank: v["r"].as_u64().ok_or("r is missing")? as usize,
+        alpha: v["lora_alpha"].as_f64().ok_or("lora_alpha is missing")?,
+        rslora: v["use_rslora"].as_bool().unwrap_or(false),
+        dropout: v["lora_dropout"].as_f64().unwrap_or(0.0),
+        target_modules: targets,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Attaches adapters read from PEFT tensors. Every tensor must fit the base model: an adapter
+/// trained on another base fails here with the offending tensor named.
+pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result<Llama, Error> {
+    cfg.validate().map_err(Error::Invalid)?;
+    let mut model = model.no_grad();
+    let device = model.device();
+    for (layer, which, name) in model.projection_names() {
+        if !cfg.targets(which) {
+            continue;
+        }
+        let (a_name, b_name) = peft_names(&name);
+        let lin = model.projection_mut(layer, which);
+        let [d_in, d_out] = lin.weight.dims();
+        let mut take = |n: &str, want: [usize; 2]| -> Result<Tensor<2>, Error> {
+            let t = tensors.tensors.remove(n).ok_or_else(|| {
+                Error::Invalid(format!("adapter lacks tensor '{n}' (is it for another model?)"))
+            })?;
+            if t.shape != want {
+                return Err(Error::Invalid(format!(
+                    "adapter tensor '{n}' has shape {:?} but this base model needs {want:?}: the adapter was trained for a different base model",
+                    t.shape
+                )));
+            }
+            // PEFT stores the PyTorch layout; ours is its transpose.
+            Ok(Tensor::<2>::from_data(TensorData::new(t.data, want), &device).transpose())
+        };
+        let a = take(&a_name, [cfg.rank, d_in])?;
+        let b = take(&b_name, [d_out, cfg.rank])?;
+        lin.lora = Some(adapter(a, b, cfg));
+    }
+    if let Some(extra) = tensors.tensors.keys().next() {
+        return Err(Error::Invalid(format!(
+            "adapter tensor '{extra}' matches no layer of this base model: the adapter was trained for a different base model"
+        )));
+    }
+    Ok(model)
+}

@@ -1,0 +1,89 @@
+//! LoRA adapters on a tiny random Llama: no-op at init, merge equals side path, PEFT round trip,
+//! and a clear error for an adapter trained on another base.
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::{Distribution, FloatDType};
+use emlab_model::config::LlamaConfig;
+use emlab_model::generate::attention_bias;
+use emlab_model::lora::{self, LoraConfig};
+use emlab_model::model::{Batch, Llama};
+
+fn tiny(cfg: &LlamaConfig, seed: u64) -> Llama {
+    Llama::from_weights(cfg, Llama::random_weights(cfg, seed), &Device::flex(), FloatDType::F32).unwrap()
+}
+
+fn logits(m: &Llama) -> Vec<f32> {
+    let dev = m.device();
+    let ids: Vec<i32> = vec![5, 17, 3, 99, 42, 7, 250, 11];
+    let t = ids.len();
+    let batch = Batch {
+        tokens: Tensor::from_data(TensorData::new(ids, [1, t]), &dev),
+        positions: Tensor::from_data(TensorData::new((0..t as i32).collect(), [1, t]), &dev),
+        bias: Some(attention_bias(&[vec![true; t]], t, &dev)),
+    };
+    m.forward(batch, None).into_data().try_into_vec_as().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Gives every adapter a random B, as training would.
+fn perturb(mut m: Llama) -> Llama {
+    for (layer, which, _) in m.projection_names() {
+        if let Some(l) = m.projection_mut(layer, which).lora.as_mut() {
+            let [r, out] = l.b.dims();
+            l.b = Param::from_tensor(Tensor::random([r, out], Distribution::Normal(0.0, 0.05), &Device::flex()));
+        }
+    }
+    m
+}
+
+#[test]
+fn fresh_adapters_leave_logits_unchanged() {
+    let cfg = LlamaConfig::tiny(300);
+    let base = logits(&tiny(&cfg, 1));
+    let adapted = lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap();
+    assert_eq!(logits(&adapted), base);
+}
+
+#[test]
+fn merged_weights_equal_the_side_path() {
+    let cfg = LlamaConfig::tiny(300);
+    let base = logits(&tiny(&cfg, 1));
+    let m = perturb(lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap());
+    let unmerged = logits(&m);
+    assert!(max_abs_diff(&unmerged, &base) > 1e-3, "the perturbed adapter must change the output");
+    let merged = logits(&lora::merge(m));
+    let d = max_abs_diff(&merged, &unmerged);
+    assert!(d <= 1e-4, "merged vs unmerged: {d}");
+}
+
+#[test]
+fn peft_round_trip_and_wrong_base() {
+    let cfg = LlamaConfig::tiny(300);
+    let lcfg = LoraConfig { rank: 4, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()], ..Default::default() };
+    let m = perturb(lora::attach(tiny(&cfg, 1), &lcfg, 3).unwrap());
+    let want = logits(&m);
+    let (tensors, config_json) = lora::to_peft(&m, &lcfg, "SmolLM2-135M-Instruct").unwrap();
+    assert_eq!(tensors.tensors.len(), 2 * 3 * cfg.num_hidden_layers);
+    assert!(tensors.tensors.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
+    let bytes = tensors.to_safetensors().unwrap();
+
+    let read_cfg = lora::config_from_peft(&config_json).unwrap();
+    assert_eq!(read_cfg, lcfg);
+    let mut read = emlab_model::weights::Weights::default();
+    read.add_safetensors(&bytes).unwrap();
+    let loaded = lora::from_peft(tiny(&cfg, 1), &read_cfg, read.clone()).unwrap();
+    assert!(max_abs_diff(&logits(&loaded), &want) <= 1e-6);
+
+    // The same adapter on a base of another width: one clear error naming a tensor.
+    let other = LlamaConfig { hidden_size: 32, intermediate_size: 48, ..cfg.clone() };
+    let err = lora::from_peft(tiny(&other, 1), &read_cfg, read.clone()).err().expect("must fail").to_string();
+    assert!(err.contains("different base model") && err.contains("lora_A"), "{err}");
+    // Deeper base: tensors for its extra layers are missing.
+    let deeper = LlamaConfig { num_hidden_layers: 3, ..cfg };
+    let err = lora::from_peft(tiny(&deeper, 1), &read_cfg, read).err().expect("must fail").to_string();
+    assert!(err.contains("lacks tensor"), "{err}");
+}
