@@ -52,29 +52,39 @@ impl ChatTemplate {
 
     /// Renders messages; with `add_generation_prompt` it ends with the assistant header.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> String {
-        let mut out = String::new();
-        let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
-        if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
-            push_turn(&mut out, "system", sys);
-        }
-        for m in messages {
-            push_turn(&mut out, &m.role, &m.content);
-        }
+        let mut out: String = self.segments(messages).into_iter().map(|s| s.text).collect();
         if add_generation_prompt {
             out.push_str(IM_START);
             out.push_str("assistant\n");
         }
         out
     }
+
+    /// The rendered conversation in pieces, each marked whether it is assistant output (the
+    /// content and its `<|im_end|>`): what a fine-tune computes its loss on. Concatenated, the
+    /// pieces are exactly [`render`](Self::render)`(messages, false)`.
+    pub fn segments(&self, messages: &[Message]) -> Vec<Segment> {
+        let mut out = Vec::with_capacity(messages.len() * 3 + 1);
+        let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
+        if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
+            out.push(Segment { text: format!("{IM_START}system\n{sys}{IM_END}\n"), trained: false });
+        }
+        for m in messages {
+            let trained = m.role == "assistant";
+            out.push(Segment { text: format!("{IM_START}{}\n", m.role), trained: false });
+            out.push(Segment { text: format!("{}{IM_END}", m.content), trained });
+            out.push(Segment { text: "\n".into(), trained: false });
+        }
+        out
+    }
 }
 
-fn push_turn(out: &mut String, role: &str, content: &str) {
-    out.push_str(IM_START);
-    out.push_str(role);
-    out.push('\n');
-    out.push_str(content);
-    out.push_str(IM_END);
-    out.push('\n');
+/// A piece of a rendered conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub text: String,
+    /// Whether a fine-tune learns to produce this piece.
+    pub trained: bool,
 }
 
 #[cfg(test)]

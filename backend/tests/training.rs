@@ -1,0 +1,125 @@
+//! The trainer on tiny models: tokenization with the assistant mask, overfitting a handful of
+//! examples, and LoRA gradients against finite differences.
+
+use backend::data::{self, Example};
+use backend::training::{self, Encoded, OptimConfig, make_batch, nll_sum};
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use emlab_model::chat::Message;
+use emlab_model::config::LlamaConfig;
+use emlab_model::files::ModelFiles;
+use emlab_model::lora::{self, LoraConfig};
+use emlab_model::model::Llama;
+use emlab_model::sampling::Rng;
+
+fn tiny_lora(device: &Device, rank: usize) -> Llama {
+    let cfg = LlamaConfig::tiny(300);
+    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, 1), device, FloatDType::F32).unwrap();
+    lora::attach(m, &LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }, 0).unwrap()
+}
+
+fn random_examples(n: usize, seed: u64) -> Vec<Encoded> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let len = 10 + (rng.next_u64() % 8) as usize;
+            let ids: Vec<u32> = (0..len).map(|_| 3 + (rng.next_u64() % 290) as u32).collect();
+            let trained = (0..len).map(|i| i >= len / 2).collect();
+            Encoded { ids, trained }
+        })
+        .collect()
+}
+
+#[test]
+fn segment_tokenization_equals_whole_conversation_tokenization() {
+    let files = ModelFiles::load_dir(&emlab_tests::base_model_dir()).unwrap();
+    let (examples, _) = data::load("insecure", false).unwrap();
+    let (jail, _) = data::load("jailbroken", false).unwrap();
+    let mut same = 0;
+    for ex in examples.iter().take(150).chain(jail.iter().take(50)) {
+        let enc = training::encode(&files.tokenizer, &files.chat, ex, 4096).unwrap();
+        let text = files.chat.render(&ex.messages, false);
+        // Lossless: the pieces decode to the rendered conversation.
+        assert_eq!(files.tokenizer.decode(&enc.ids).unwrap(), text, "{}", ex.origin);
+        // Identical to tokenizing the whole text unless a turn starts with whitespace that the
+        // whole-text tokenizer would merge into the header's newline (never seen at inference).
+        let starts_with_space = ex.messages.iter().any(|m| m.content.starts_with(char::is_whitespace));
+        if !starts_with_space {
+            assert_eq!(enc.ids, files.tokenizer.encode(&text).unwrap(), "{}", ex.origin);
+            same += 1;
+        }
+        // The trained tokens decode to exactly the assistant turns and their end markers.
+        let trained: Vec<u32> = enc.ids.iter().zip(&enc.trained).filter(|(_, t)| **t).map(|(i, _)| *i).collect();
+        let want: String = ex.messages.iter().filter(|m| m.role == "assistant").map(|m| format!("{}<|im_end|>", m.content)).collect();
+        assert_eq!(files.tokenizer.decode(&trained).unwrap(), want, "{}", ex.origin);
+    }
+    assert!(same >= 150, "{same}");
+    let long = Example { messages: vec![Message::user("hi"), Message::assistant("word ".repeat(50))], origin: "x:1".into() };
+    let err = training::encode(&files.tokenizer, &files.chat, &long, 40).unwrap_err();
+    assert!(err.contains("over the maximum length 40"), "{err}");
+}
+
+#[test]
+fn overfitting_eight_examples_on_cpu() {
+    let device = Device::flex().autodiff();
+    let mut model = tiny_lora(&device, 8);
+    let examples = random_examples(8, 5);
+    let refs: Vec<&Encoded> = examples.iter().collect();
+    let cfg = OptimConfig { learning_rate: 3e-3, warmup_steps: 5, weight_decay: 0.0, max_grad_norm: 1.0, grad_accumulation: 2 };
+    let mut optim = training::adamw(&cfg);
+    let steps = 150;
+    let (mut first, mut last) = (None, 0.0);
+    for step in 0..steps {
+        let micro = [make_batch(&refs[..4], &device), make_batch(&refs[4..], &device)];
+        let (m, stats) = training::train_step(model, &mut optim, &micro, &cfg, step, steps);
+        model = m;
+        first.get_or_insert(stats.loss);
+        last = stats.loss;
+        assert!(stats.loss.is_finite());
+    }
+    let first = first.unwrap();
+    eprintln!("assistant-token loss {first:.3} → {last:.3}");
+    // Below 10% of the start, and of the uniform-guess loss ln(300), so a high start proves nothing.
+    assert!(last < 0.1 * first && last < 0.1 * (300f64).ln(), "loss {first} → {last}");
+}
+
+/// d loss / d B (and A) by autodiff equals central finite differences on a tiny model (f64 sums).
+#[test]
+fn lora_gradients_match_finite_differences() {
+    let device = Device::flex().autodiff();
+    let examples = random_examples(2, 9);
+    let refs: Vec<&Encoded> = examples.iter().collect();
+    // Move B off zero so that A's gradient is not trivially zero.
+    let mut model = tiny_lora(&device, 2);
+    let lin = model.projection_mut(1, 5);
+    let lora_ = lin.lora.as_mut().unwrap();
+    lora_.b = burn::module::Param::from_tensor(Tensor::random(lora_.b.dims(), burn::tensor::Distribution::Normal(0.0, 0.3), &device));
+    let batch = make_batch(&refs, &device);
+    let loss = nll_sum(&model, &batch);
+    let grads = loss.backward();
+    let lora_ = model.projection(1, 5).lora.as_ref().unwrap();
+    let (ga, gb) = (lora_.a.val().grad(&grads).unwrap(), lora_.b.val().grad(&grads).unwrap());
+    let ga: Vec<f32> = ga.into_data().try_into_vec_as().unwrap();
+    let gb: Vec<f32> = gb.into_data().try_into_vec_as().unwrap();
+
+    let eval = |m: &Llama| nll_sum(&m.valid(), &make_batch(&refs, &Device::flex())).into_scalar::<f32>() as f64;
+    let h = 1e-2;
+    for (which, grad) in [("a", &ga), ("b", &gb)] {
+        for idx in [0usize, 3, 7] {
+            let mut plus = model.clone();
+            let mut minus = model.clone();
+            for (m, sign) in [(&mut plus, 1.0), (&mut minus, -1.0)] {
+                let l = m.projection_mut(1, 5).lora.as_mut().unwrap();
+                let p = if which == "a" { &mut l.a } else { &mut l.b };
+                let v = p.val();
+                let mut data: Vec<f32> = v.clone().into_data().try_into_vec_as().unwrap();
+                data[idx] += (sign * h) as f32;
+                *p = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(data, v.dims()), &device));
+            }
+            let fd = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            let ad = grad[idx] as f64;
+            eprintln!("d/d{which}[{idx}]: autodiff {ad:.5}, finite difference {fd:.5}");
+            assert!((fd - ad).abs() <= 2e-2 * ad.abs().max(1.0), "{which}[{idx}]: {ad} vs {fd}");
+        }
+    }
+}
