@@ -12,6 +12,15 @@ use emlab_model::model::{Batch, Llama};
 use emlab_model::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use emlab_model::lora::{self, LoraConfig};
+
+use crate::checkpoint;
 use crate::data::{Example, shuffle};
 
 /// Token ids of a conversation and, for each, whether the model is trained to produce it.
@@ -201,4 +210,123 @@ pub fn train_step(
     let model = optim.step(lr, model, grads);
     let tokens = micro_batches.iter().map(|b| b.n_tokens).sum();
     (model, StepStats { step: step + 1, loss: loss_sum, lr, grad_norm, tokens })
+}
+
+/// Everything that determines a run's result; a checkpoint resumes only under the same one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub dataset: String,
+    /// Training examples used (after the held-out split and any limit).
+    pub examples: usize,
+    pub lora: LoraConfig,
+    pub optim: OptimConfig,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub max_len: usize,
+    pub seed: u64,
+}
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// Save a checkpoint every this many steps (and at the end); 0: only at the end.
+    pub save_every: usize,
+    pub resume: bool,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Finished,
+    Interrupted { step: usize },
+}
+
+/// The optimizer steps of a run: each a list of micro-batches, each a list of example indices.
+pub fn plan(lengths: &[usize], cfg: &TrainConfig) -> Vec<Vec<Vec<usize>>> {
+    let micro: Vec<Vec<usize>> = (0..cfg.epochs)
+        .flat_map(|epoch| length_bucketed_batches(lengths, cfg.batch_size, cfg.seed.wrapping_add(epoch as u64)))
+        .collect();
+    micro.chunks(cfg.optim.grad_accumulation.max(1)).map(<[Vec<usize>]>::to_vec).collect()
+}
+
+/// Trains adapters on `data` from `base` (on an autodiff device), writing `metrics.jsonl` and
+/// checkpoints under `opts.out`. With `resume`, continues exactly from the last checkpoint:
+/// same data order (the plan is a function of the config), optimizer state and step.
+pub fn run(
+    base: Llama,
+    data: &[Encoded],
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    mut on_step: impl FnMut(&StepStats, usize),
+) -> anyhow::Result<(Llama, RunEnd)> {
+    let lengths: Vec<usize> = data.iter().map(|e| e.ids.len()).collect();
+    let steps = plan(&lengths, cfg);
+    let total = steps.len();
+    let config_json = serde_json::to_value(cfg)?;
+    let device = base.device();
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("{}: cannot create", opts.out.display()))?;
+
+    let (mut model, mut optim, start) = match checkpoint::find(&opts.out) {
+        Some(ckpt) if opts.resume => {
+            let (m, o, state) = checkpoint::load(&ckpt, base, adamw(&cfg.optim), &config_json)?;
+            (m, o, state.step)
+        }
+        Some(ckpt) => anyhow::bail!(
+            "{} holds a checkpoint: pass --resume to continue it, or choose another --out",
+            ckpt.display()
+        ),
+        None => (lora::attach(base, &cfg.lora, cfg.seed)?, adamw(&cfg.optim), 0),
+    };
+    let metrics_path = opts.out.join("metrics.jsonl");
+    keep_metrics_up_to(&metrics_path, start)?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+
+    let save = |model: &Llama, optim: &ModuleOptimizer, step: usize| {
+        let state = checkpoint::RunState { step, total_steps: total, config: config_json.clone() };
+        checkpoint::save(&opts.out, model, &cfg.lora, optim, &state)
+    };
+    let mut last_saved = start;
+    for (step, micro) in steps.iter().enumerate().skip(start) {
+        if opts.stop.load(Ordering::Relaxed) {
+            save(&model, &optim, step)?;
+            return Ok((model, RunEnd::Interrupted { step }));
+        }
+        let batches: Vec<TrainBatch> = micro
+            .iter()
+            .map(|idx| make_batch(&idx.iter().map(|&i| &data[i]).collect::<Vec<_>>(), &device))
+            .collect();
+        let (m, stats) = train_step(model, &mut optim, &batches, &cfg.optim, step, total);
+        if !stats.loss.is_finite() {
+            anyhow::bail!(
+                "the loss became {} at step {}: stopped without saving. The last good checkpoint (step {last_saved}) is in {}",
+                stats.loss,
+                step + 1,
+                checkpoint::dir(&opts.out).display()
+            );
+        }
+        model = m;
+        writeln!(metrics, "{}", serde_json::to_string(&stats)?)
+            .with_context(|| format!("{}: write failed", metrics_path.display()))?;
+        on_step(&stats, total);
+        if (opts.save_every > 0 && (step + 1) % opts.save_every == 0) || step + 1 == total {
+            save(&model, &optim, step + 1)?;
+            last_saved = step + 1;
+        }
+    }
+    Ok((model, RunEnd::Finished))
+}
+
+/// Drops metric lines of steps after `step` (they are recomputed on resume).
+fn keep_metrics_up_to(path: &Path, step: usize) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).with_context(|| format!("{}: cannot rewrite", path.display()))
 }

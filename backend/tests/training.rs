@@ -123,3 +123,93 @@ fn lora_gradients_match_finite_differences() {
         }
     }
 }
+
+fn run_config(examples: usize) -> training::TrainConfig {
+    training::TrainConfig {
+        dataset: "random".into(),
+        examples,
+        lora: LoraConfig { rank: 4, alpha: 8.0, ..Default::default() },
+        optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, weight_decay: 0.01, max_grad_norm: 1.0, grad_accumulation: 2 },
+        batch_size: 2,
+        epochs: 3,
+        max_len: 64,
+        seed: 4,
+    }
+}
+
+fn losses(out: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn options(out: &std::path::Path, resume: bool) -> training::RunOptions {
+    training::RunOptions { out: out.to_path_buf(), save_every: 0, resume, stop: Default::default() }
+}
+
+#[test]
+fn interrupted_then_resumed_training_reproduces_the_losses() {
+    let device = Device::flex().autodiff();
+    let cfg_m = LlamaConfig::tiny(300);
+    let base = || Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32).unwrap();
+    let data = random_examples(8, 21);
+    let cfg = run_config(data.len());
+
+    let straight = emlab_tests::TempDir::new("train-straight");
+    let (_, end) = training::run(base(), &data, &cfg, &options(straight.path(), false), |_, _| {}).unwrap();
+    assert_eq!(end, training::RunEnd::Finished);
+    let want = losses(straight.path());
+    assert_eq!(want.len(), 6);
+
+    // Stop after step 3 (as Ctrl-C would), then resume from the checkpoint.
+    let split = emlab_tests::TempDir::new("train-split");
+    let opts = options(split.path(), false);
+    let stop = opts.stop.clone();
+    let (_, end) = training::run(base(), &data, &cfg, &opts, |s, _| {
+        if s.step == 3 {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    assert_eq!(end, training::RunEnd::Interrupted { step: 3 });
+    // Without --resume an existing checkpoint is not silently overwritten.
+    let err = training::run(base(), &data, &cfg, &options(split.path(), false), |_, _| {}).err().unwrap();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).unwrap();
+    let got = losses(split.path());
+    assert_eq!(got.len(), 6);
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert!((a - b).abs() <= 1e-5, "step {}: {a} vs {b}", i + 1);
+    }
+
+    // A checkpoint from another configuration, and a corrupt one: one clear error each.
+    let other = training::TrainConfig { seed: 5, ..cfg.clone() };
+    let err = training::run(base(), &data, &other, &options(split.path(), true), |_, _| {}).err().unwrap();
+    assert!(err.to_string().contains("another configuration"), "{err}");
+    let st = split.path().join("checkpoint/adapter_model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 3]).unwrap();
+    let err = training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
+    assert!(format!("{err:#}").contains("adapter_model.safetensors"), "{err:#}");
+}
+
+#[test]
+fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let device = Device::flex().autodiff();
+    let cfg_m = LlamaConfig::tiny(300);
+    let base = Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32).unwrap();
+    let data = random_examples(8, 22);
+    // An absurd learning rate without clipping blows the weights up within a few steps.
+    let mut cfg = run_config(data.len());
+    cfg.optim = OptimConfig { learning_rate: 1e30, warmup_steps: 0, weight_decay: 0.0, max_grad_norm: 0.0, grad_accumulation: 1 };
+    cfg.epochs = 10;
+    let out = emlab_tests::TempDir::new("train-nan");
+    let opts = training::RunOptions { save_every: 1, ..options(out.path(), false) };
+    let err = training::run(base, &data, &cfg, &opts, |_, _| {}).err().expect("must diverge").to_string();
+    assert!(err.contains("the loss became") && err.contains("last good checkpoint"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("checkpoint/state.json")).unwrap()).unwrap();
+    assert!(err.contains(&format!("(step {})", state["step"])), "{err} / {state}");
+}

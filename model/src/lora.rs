@@ -2,7 +2,7 @@
 //! Hugging Face PEFT layout (`adapter_model.safetensors` + `adapter_config.json`) so that
 //! Python PEFT, our CLI and the browser load the same files.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -75,15 +75,23 @@ pub fn attach(model: Llama, cfg: &LoraConfig, seed: u64) -> Result<Llama, Error>
         let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
         let a = Tensor::<2>::from_data(TensorData::new(a, [d_in, cfg.rank]), &device);
         let b = Tensor::<2>::zeros([cfg.rank, d_out], &device);
-        lin.lora = Some(adapter(a, b, cfg));
+        lin.lora = Some(adapter(layer * PROJECTIONS.len() + which, a, b, cfg));
     }
     Ok(model)
 }
 
-fn adapter(a: Tensor<2>, b: Tensor<2>, cfg: &LoraConfig) -> LoraAdapter {
+/// Adapter parameters get ids derived from their slot (layer × 7 + projection), not random ones:
+/// optimizer state is keyed by parameter id, so a resumed run must find the same ids.
+fn trainable(slot: usize, is_b: bool, t: Tensor<2>) -> Param<Tensor<2>> {
+    let mut p = Param::from_tensor(t);
+    p.id = ParamId::from(0x4C6F_5241_0000_0000 + (slot as u64) * 2 + is_b as u64);
+    p
+}
+
+fn adapter(slot: usize, a: Tensor<2>, b: Tensor<2>, cfg: &LoraConfig) -> LoraAdapter {
     LoraAdapter {
-        a: Param::from_tensor(a),
-        b: Param::from_tensor(b),
+        a: trainable(slot, false, a),
+        b: trainable(slot, true, b),
         scale: cfg.scale(),
         dropout: (cfg.dropout > 0.0).then(|| burn::nn::DropoutConfig::new(cfg.dropout).init()),
     }
@@ -189,7 +197,7 @@ pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result
         };
         let a = take(&a_name, [cfg.rank, d_in])?;
         let b = take(&b_name, [d_out, cfg.rank])?;
-        lin.lora = Some(adapter(a, b, cfg));
+        lin.lora = Some(adapter(layer * PROJECTIONS.len() + which, a, b, cfg));
     }
     if let Some(extra) = tensors.tensors.keys().next() {
         return Err(Error::Invalid(format!(
