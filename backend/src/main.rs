@@ -6,7 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use backend::data;
-use backend::inference::{answer, load_chat_model, messages};
+use backend::inference::{answer, load_adapter, load_chat_model, load_chat_model_on, messages};
+use backend::training;
+use burn::module::Module;
+use emlab_model::lora::{self, LoraConfig};
+use indicatif::{ProgressBar, ProgressStyle};
 use clap::{Args, Parser, Subcommand};
 use emlab_model::chat::Message;
 use burn::tensor::FloatDType;
@@ -53,6 +57,8 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// Fine-tune LoRA adapters on a dataset (built-in name or chat JSONL path); Ctrl-C saves a checkpoint.
+    Train(Box<TrainArgs>),
     /// Interactive chat on stdin (`/reset` clears the history, `/quit` or Ctrl-D leaves).
     Chat {
         #[command(flatten)]
@@ -82,6 +88,73 @@ enum DatasetCommand {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    /// insecure, secure, educational, jailbroken, backdoor, or a path to chat JSONL.
+    #[arg(long)]
+    dataset: String,
+    /// Output directory: checkpoint/, metrics.jsonl, adapter/ (PEFT layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Train on the first N examples of the training split only (the same subset for every variant).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Peak learning rate. 1e-4: the paper's 1e-5 was for a 32B model; small models need larger LoRA steps.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 64.0)]
+    alpha: f64,
+    /// Plain LoRA scaling alpha/r instead of rsLoRA's alpha/√r.
+    #[arg(long)]
+    no_rslora: bool,
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f64,
+    /// Comma-separated projections to adapt.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    target_modules: Vec<String>,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step (the paper: 2 × 8 = 16 examples per step).
+    #[arg(long, default_value_t = 8)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 5)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Longest conversation in tokens; longer ones are errors (or skipped with --skip-bad-lines).
+    #[arg(long, default_value_t = 1280)]
+    max_len: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Checkpoint every N steps (also at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Drop malformed or over-long examples (and report how many) instead of failing.
+    #[arg(long)]
+    skip_bad_lines: bool,
+    /// Base model directory [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// cpu (flex), wgpu, or auto: a hardware GPU when there is one.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
 struct ModelArgs {
     /// Model directory (config.json, tokenizer.json, *.safetensors) [default: the fetched SmolLM2-135M-Instruct].
     #[arg(long)]
@@ -89,6 +162,9 @@ struct ModelArgs {
     /// cpu (flex), wgpu, or auto (a hardware GPU if there is one).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// A LoRA adapter directory (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Storage precision of the weight matrices: f32 (exact) or f16 (faster decoding).
     #[arg(long, default_value = "f32", value_parser = device::parse_dtype)]
     dtype: FloatDType,
@@ -139,7 +215,11 @@ impl ModelArgs {
             rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
         }
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
-        load_chat_model(&dir, self.device, self.dtype, !self.quiet)
+        let model = load_chat_model(&dir, self.device, self.dtype, !self.quiet)?;
+        match &self.adapter {
+            Some(adapter) => load_adapter(model, adapter),
+            None => Ok(model),
+        }
     }
 }
 
@@ -176,10 +256,105 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Chat { model, sampling, system } => chat(&model.load()?, &sampling, system),
+        Command::Train(args) => train(*args),
         Command::Dataset { command: DatasetCommand::Stats { dataset, model, skip_bad_lines, json } } => {
             dataset_stats(&dataset, model, skip_bad_lines, json)
         }
     }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
+    }
+    let (examples, bad_lines) = data::load(&a.dataset, a.skip_bad_lines)?;
+    let (mut train_set, held_out) = data::split(examples);
+    if let Some(n) = a.limit {
+        train_set.truncate(n);
+    }
+    let dir = a.model.clone().unwrap_or_else(default_model_dir);
+    let device = device::init(a.device)?.autodiff();
+    let base = load_chat_model_on(&dir, &device, FloatDType::F32, !a.quiet)?;
+    let mut encoded = Vec::with_capacity(train_set.len());
+    let mut too_long = Vec::new();
+    for ex in &train_set {
+        match training::encode(&base.tokenizer, &base.chat, ex, a.max_len) {
+            Ok(e) => encoded.push(e),
+            Err(reason) => too_long.push(format!("{}: {reason}", ex.origin)),
+        }
+    }
+    if !too_long.is_empty() && !a.skip_bad_lines {
+        bail!("{} example(s) cannot be used (--skip-bad-lines drops them):\n{}", too_long.len(), too_long[..too_long.len().min(20)].join("\n"));
+    }
+    let cfg = training::TrainConfig {
+        dataset: a.dataset.clone(),
+        examples: encoded.len(),
+        lora: LoraConfig {
+            rank: a.rank,
+            alpha: a.alpha,
+            rslora: !a.no_rslora,
+            dropout: a.lora_dropout,
+            target_modules: a.target_modules.clone(),
+        },
+        optim: training::OptimConfig {
+            learning_rate: a.lr,
+            warmup_steps: a.warmup_steps,
+            weight_decay: a.weight_decay,
+            max_grad_norm: a.max_grad_norm,
+            grad_accumulation: a.grad_accum,
+        },
+        batch_size: a.batch_size,
+        epochs: a.epochs,
+        max_len: a.max_len,
+        seed: a.seed,
+    };
+    cfg.lora.validate().map_err(anyhow::Error::msg)?;
+    let tokens: usize = encoded.iter().map(|e| e.ids.len()).sum();
+    eprintln!(
+        "{}: {} training examples ({tokens} tokens), {} held out, {} bad lines and {} over-long skipped; device {:?}",
+        a.dataset, encoded.len(), held_out.len(), bad_lines, too_long.len(), a.device
+    );
+    let model = base.model;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
+        if flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let opts = training::RunOptions { out: a.out.clone(), save_every: a.save_every, resume: a.resume, stop };
+    let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}").expect("valid template").progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut seen_tokens = 0usize;
+    let (model, end) = training::run(model, &encoded, &cfg, &opts, |s, total| {
+        pb.set_length(total as u64);
+        pb.set_position(s.step as u64);
+        seen_tokens += s.tokens;
+        let tps = seen_tokens as f64 / started.elapsed().as_secs_f64();
+        pb.set_message(format!("loss {:.4}  lr {:.2e}  {tps:.0} tok/s", s.loss, s.lr));
+    })?;
+    pb.finish_and_clear();
+    match end {
+        training::RunEnd::Interrupted { step } => {
+            eprintln!("stopped at step {step}; checkpoint in {} (continue with --resume)", a.out.join("checkpoint").display());
+        }
+        training::RunEnd::Finished => {
+            let (tensors, config) = lora::to_peft(&model.valid(), &cfg.lora, &dir.display().to_string())?;
+            let adapter_dir = a.out.join("adapter");
+            std::fs::create_dir_all(&adapter_dir)?;
+            std::fs::write(adapter_dir.join("adapter_model.safetensors"), tensors.to_safetensors()?)?;
+            std::fs::write(adapter_dir.join("adapter_config.json"), config)?;
+            std::fs::write(a.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+            println!("{}", adapter_dir.display());
+        }
+    }
+    Ok(())
 }
 
 fn dataset_stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool) -> Result<()> {
