@@ -41,10 +41,6 @@ pub fn parse_dtype(s: &str) -> Result<FloatDType, String> {
     }
 }
 
-pub fn is_cpu(device: &Device) -> bool {
-    *device == Device::flex()
-}
-
 /// Initializes the chosen device (native: synchronous). wgpu's runtime can be initialized only
 /// once per process, so the result is kept for later calls.
 #[cfg(not(target_family = "wasm"))]
