@@ -5,3 +5,15 @@ pub mod checkpoint;
 pub mod data;
 pub mod inference;
 pub mod training;
+
+/// Sets the CPU thread count of the flex backend (its global rayon pool); None keeps all cores.
+/// Must run before the first tensor operation.
+pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = n {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("setting the thread count: {e}"))?;
+    }
+    Ok(())
+}

@@ -211,9 +211,7 @@ impl SamplingArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<ChatModel> {
-        if let Some(n) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
-        }
+        backend::set_threads(self.threads)?;
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
         let model = load_chat_model(&dir, self.device, self.dtype, !self.quiet)?;
         match &self.adapter {
@@ -264,9 +262,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn train(a: TrainArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the thread count")?;
-    }
+    backend::set_threads(a.threads)?;
     let (examples, bad_lines) = data::load(&a.dataset, a.skip_bad_lines)?;
     let (mut train_set, held_out) = data::split(examples);
     if let Some(n) = a.limit {

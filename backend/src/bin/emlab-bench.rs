@@ -33,9 +33,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
+    backend::set_threads(args.threads)?;
     let m = load_chat_model(&default_model_dir(), args.device, args.dtype, false)?;
     let prompt: Vec<u32> = if args.prompt_ids.is_empty() {
         let text = "The history of computing is a story of people and machines. ".repeat(64);
