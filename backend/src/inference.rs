@@ -11,7 +11,6 @@ use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::ModelFiles;
 use emlab_model::generate::{Flow, Generation, GenerationConfig, block_on};
 use emlab_model::lora;
-use emlab_model::weights::Weights;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::tokenizer::TextStream;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,14 +41,12 @@ pub fn load_chat_model_on(dir: &Path, device: &Device, dtype: FloatDType, show_p
 
 /// Attaches a PEFT-layout LoRA adapter (adapter_config.json + adapter_model.safetensors).
 pub fn load_adapter(mut model: ChatModel, dir: &Path) -> Result<ChatModel> {
-    let cfg_path = dir.join("adapter_config.json");
-    let st_path = dir.join("adapter_model.safetensors");
-    let cfg_text = std::fs::read_to_string(&cfg_path).with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-    let cfg = lora::config_from_peft(&cfg_text).map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
-    let bytes = std::fs::read(&st_path).with_context(|| format!("{}: cannot read", st_path.display()))?;
-    let mut tensors = Weights::default();
-    tensors.add_safetensors(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", st_path.display()))?;
-    model.model = lora::from_peft(model.model, &cfg, tensors).map_err(|e| anyhow::anyhow!("{}: {e}", st_path.display()))?;
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).with_context(|| format!("{}: cannot read (is {} a PEFT adapter directory?)", p.display(), dir.display()))
+    };
+    let (config, tensors) = (read("adapter_config.json")?, read("adapter_model.safetensors")?);
+    model.model = lora::from_peft_files(model.model, &config, &tensors).map_err(|e| anyhow::anyhow!("{}/{e}", dir.display()))?;
     Ok(model)
 }
 
@@ -91,4 +88,39 @@ pub fn messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
     }
     m.push(Message::user(prompt));
     m
+}
+
+/// The logits of every position of one sequence, row-major `[ids.len(), vocab]`.
+pub fn all_logits(model: &emlab_model::model::Llama, ids: &[u32]) -> Result<Vec<f32>> {
+    use burn::prelude::*;
+    let device = model.device();
+    let t = ids.len();
+    let batch = emlab_model::model::Batch {
+        tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), &device),
+        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), &device),
+        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, &device)),
+    };
+    let logits = model.forward(batch, None);
+    emlab_model::generate::block_on(logits.into_data_async())
+        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))
+}
+
+/// Writes a little-endian f32 array in NumPy's .npy format (version 1.0).
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dims: String = shape.iter().map(|d| format!("{d}, ")).collect();
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
+    // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64, ending in \n.
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    header.push_str(&" ".repeat(pad % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -53,20 +53,33 @@ pub fn convert_gguf(gguf: &Path, out: &Path, show_progress: bool) -> Result<()> 
     let safetensors = c.weights.to_safetensors()?;
     spinner.inc(1);
 
+    write_model_dir(
+        out,
+        &[
+            ("config.json", serde_json::to_string_pretty(&c.config)?.into_bytes()),
+            ("tokenizer.json", c.tokenizer_json.into_bytes()),
+            ("tokenizer_config.json", c.tokenizer_config_json.into_bytes()),
+            ("model.safetensors", safetensors),
+        ],
+    )?;
+    spinner.finish_and_clear();
+    Ok(())
+}
+
+/// Writes the files of a model directory under a temporary name, then renames it into place
+/// (replacing any previous `out`), so a reader never sees a half-written model.
+pub fn write_model_dir(out: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
     let tmp = parent.join(format!(".{}.partial", out.file_name().unwrap_or_default().to_string_lossy()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot clear", tmp.display()))?;
     }
-    atomic_write(&tmp.join("config.json"), serde_json::to_string_pretty(&c.config)?.as_bytes())?;
-    atomic_write(&tmp.join("tokenizer.json"), c.tokenizer_json.as_bytes())?;
-    atomic_write(&tmp.join("tokenizer_config.json"), c.tokenizer_config_json.as_bytes())?;
-    atomic_write(&tmp.join("model.safetensors"), &safetensors)?;
+    for (name, bytes) in files {
+        atomic_write(&tmp.join(name), bytes)?;
+    }
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot move into place", out.display()))?;
-    spinner.finish_and_clear();
-    Ok(())
+    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot move into place", out.display()))
 }

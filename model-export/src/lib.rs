@@ -2,6 +2,7 @@
 
 pub mod base;
 pub mod convert;
+pub mod merge;
 
 use std::io::Write;
 use std::path::Path;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use model_export::base::{default_model_dir, ensure_base_model};
 use model_export::convert::convert_gguf;
+use model_export::merge::merge_adapter;
 
 #[derive(Parser)]
 #[command(name = "model-export", version, about = "Get, convert and pack the models of the Emergent Misalignment Lab")]
@@ -32,6 +33,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fold a LoRA adapter (PEFT layout) into the base weights: a full model directory for `emlab generate --model`.
+    Merge {
+        /// Adapter directory (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Base model directory [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +55,10 @@ fn main() -> ExitCode {
             ensure_base_model(&out, show).map(|dir| println!("{}", dir.display()))
         }
         Command::Convert { gguf, out } => convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display())),
+        Command::Merge { adapter, model, out } => {
+            let base = model.unwrap_or_else(default_model_dir);
+            merge_adapter(&base, &adapter, &out, show).map(|()| println!("{}", out.display()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -169,6 +169,16 @@ pub fn config_from_peft(json: &str) -> Result<LoraConfig, String> {
     Ok(cfg)
 }
 
+/// Attaches an adapter from the bytes of its two PEFT files (native and browser alike).
+/// Errors name the file at fault.
+pub fn from_peft_files(model: Llama, config_json: &[u8], safetensors: &[u8]) -> Result<Llama, Error> {
+    let text = std::str::from_utf8(config_json).map_err(|e| Error::file("adapter_config.json", e.to_string()))?;
+    let cfg = config_from_peft(text).map_err(|e| Error::file("adapter_config.json", e))?;
+    let mut tensors = Weights::default();
+    tensors.add_safetensors(safetensors).map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))?;
+    from_peft(model, &cfg, tensors).map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))
+}
+
 /// Attaches adapters read from PEFT tensors. Every tensor must fit the base model: an adapter
 /// trained on another base fails here with the offending tensor named.
 pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result<Llama, Error> {

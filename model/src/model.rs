@@ -397,6 +397,35 @@ impl Llama {
         })
     }
 
+    /// The weights back on the host in Hugging Face layout, f32 (the inverse of [`Llama::from_weights`];
+    /// adapters still attached are ignored: [`crate::lora::merge`] first). Reads synchronously, so
+    /// native or the CPU backend only.
+    pub fn to_weights(&self) -> Result<Weights, Error> {
+        let host = |t: Tensor<2>| -> Result<HostTensor, Error> {
+            let shape = t.dims().to_vec();
+            let data = t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;
+            Ok(HostTensor { shape, data })
+        };
+        let mut w = Weights::default();
+        let mut put = |name: String, t: HostTensor| {
+            w.tensors.insert(name, t);
+        };
+        for (layer, which, name) in self.projection_names() {
+            put(format!("{name}.weight"), transpose(&host(self.projection(layer, which).weight.val())?));
+        }
+        for (i, block) in self.layers.iter().enumerate() {
+            for (norm, n) in [("input_layernorm", &block.input_layernorm), ("post_attention_layernorm", &block.post_attention_layernorm)] {
+                put(format!("model.layers.{i}.{norm}.weight"), host(n.weight.val().unsqueeze_dim(0))?.flatten());
+            }
+        }
+        put("model.norm.weight".into(), host(self.norm.weight.val().unsqueeze_dim(0))?.flatten());
+        put("model.embed_tokens.weight".into(), host(self.embed_tokens.val())?);
+        if let Some(head) = &self.lm_head {
+            put("lm_head.weight".into(), transpose(&host(head.weight.val())?));
+        }
+        Ok(w)
+    }
+
     /// Random weights (N(0, 0.02), embeddings N(0, 0.3), norms at 1) from a seed: identical on every platform,
     /// so native and browser tests can compare the same tiny model.
     pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> Weights {
@@ -415,6 +444,13 @@ impl Llama {
             w.tensors.insert(name, HostTensor { shape, data });
         }
         w
+    }
+}
+
+impl HostTensor {
+    /// `[1, n]` → `[n]`.
+    fn flatten(self) -> Self {
+        HostTensor { shape: vec![self.data.len()], data: self.data }
     }
 }
 
