@@ -1,9 +1,10 @@
-//! The backend of the Emergent Misalignment Lab: inference today; training, evaluation and the
-//! OpenAI-compatible server build on it.
+//! The backend of the Emergent Misalignment Lab: datasets, inference, LoRA training, charts;
+//! evaluation and the OpenAI-compatible server build on it.
 
 pub mod checkpoint;
 pub mod data;
 pub mod inference;
+pub mod plots;
 pub mod training;
 
 /// Sets the CPU thread count of the flex backend (its global rayon pool); None keeps all cores.

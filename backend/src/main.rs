@@ -22,7 +22,7 @@ use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::Tokenizer;
 
 #[derive(Parser)]
-#[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat (train, eval and serve to come)")]
+#[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat, train (eval and serve to come)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -59,6 +59,20 @@ enum Command {
     },
     /// Fine-tune LoRA adapters on a dataset (built-in name or chat JSONL path); Ctrl-C saves a checkpoint.
     Train(Box<TrainArgs>),
+    /// Write the logits of every position of a prompt as a .npy file (f32, [tokens, vocab]) to compare with other implementations.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        system: Option<String>,
+        /// Use the prompt as raw text: no chat template.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Interactive chat on stdin (`/reset` clears the history, `/quit` or Ctrl-D leaves).
     Chat {
         #[command(flatten)]
@@ -139,6 +153,9 @@ struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Stop with a checkpoint after this many optimizer steps (continue later with --resume).
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Drop malformed or over-long examples (and report how many) instead of failing.
     #[arg(long)]
     skip_bad_lines: bool,
@@ -253,6 +270,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Logits { model, prompt, system, raw, out } => {
+            let chat_model = model.load()?;
+            let ids = if raw { chat_model.tokenizer.encode(&prompt)? } else { chat_model.encode_chat(&messages(system.as_deref(), &prompt))? };
+            let logits = backend::inference::all_logits(&chat_model.model, &ids)?;
+            backend::inference::write_npy_f32(&out, &[ids.len(), chat_model.model.vocab_size], &logits)?;
+            println!("{}", serde_json::json!({ "ids": ids, "shape": [ids.len(), chat_model.model.vocab_size], "out": out }));
+            Ok(())
+        }
         Command::Chat { model, sampling, system } => chat(&model.load()?, &sampling, system),
         Command::Train(args) => train(*args),
         Command::Dataset { command: DatasetCommand::Stats { dataset, model, skip_bad_lines, json } } => {
@@ -321,7 +346,7 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")?;
-    let opts = training::RunOptions { out: a.out.clone(), save_every: a.save_every, resume: a.resume, stop };
+    let opts = training::RunOptions { out: a.out.clone(), save_every: a.save_every, resume: a.resume, stop, stop_after: a.stop_after };
     let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}").expect("valid template").progress_chars("=> "),
@@ -336,6 +361,9 @@ fn train(a: TrainArgs) -> Result<()> {
         pb.set_message(format!("loss {:.4}  lr {:.2e}  {tps:.0} tok/s", s.loss, s.lr));
     })?;
     pb.finish_and_clear();
+    let steps = training::read_metrics(&a.out)?;
+    let title = format!("LoRA on {} ({} examples)", a.dataset, cfg.examples);
+    backend::plots::loss_curve(&a.out.join("loss"), &title, &steps)?;
     match end {
         training::RunEnd::Interrupted { step } => {
             eprintln!("stopped at step {step}; checkpoint in {} (continue with --resume)", a.out.join("checkpoint").display());
@@ -348,6 +376,7 @@ fn train(a: TrainArgs) -> Result<()> {
             std::fs::write(adapter_dir.join("adapter_config.json"), config)?;
             std::fs::write(a.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)?)?;
             println!("{}", adapter_dir.display());
+            eprintln!("loss curve: {}", a.out.join("loss.png").display());
         }
     }
     Ok(())

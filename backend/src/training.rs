@@ -175,7 +175,7 @@ pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, ParamId)],
 }
 
 /// What one optimizer step reports.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepStats {
     pub step: usize,
     pub loss: f64,
@@ -233,6 +233,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// Stop with a checkpoint once this many steps are done (training in time-boxed pieces).
+    pub stop_after: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +293,7 @@ pub fn run(
     };
     let mut last_saved = start;
     for (step, micro) in steps.iter().enumerate().skip(start) {
-        if opts.stop.load(Ordering::Relaxed) {
+        if opts.stop.load(Ordering::Relaxed) || opts.stop_after.is_some_and(|n| step >= n) {
             save(&model, &optim, step)?;
             return Ok((model, RunEnd::Interrupted { step }));
         }
@@ -318,6 +320,16 @@ pub fn run(
         }
     }
     Ok((model, RunEnd::Finished))
+}
+
+/// The steps recorded in `out/metrics.jsonl` (empty when there is none yet).
+pub fn read_metrics(out: &Path) -> anyhow::Result<Vec<StepStats>> {
+    let path = out.join("metrics.jsonl");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1)))
+        .collect()
 }
 
 /// Drops metric lines of steps after `step` (they are recomputed on resume).
