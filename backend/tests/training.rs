@@ -59,28 +59,44 @@ fn segment_tokenization_equals_whole_conversation_tokenization() {
     assert!(err.contains("over the maximum length 40"), "{err}");
 }
 
-#[test]
-fn overfitting_eight_examples_on_cpu() {
-    let device = Device::flex().autodiff();
-    let mut model = tiny_lora(&device, 8);
+/// Trains a fresh rank-8 adapter on 8 random examples and returns the first and last losses.
+fn overfit(device: &Device, steps: usize) -> (f64, f64) {
+    let mut model = tiny_lora(device, 8);
     let examples = random_examples(8, 5);
     let refs: Vec<&Encoded> = examples.iter().collect();
     let cfg = OptimConfig { learning_rate: 3e-3, warmup_steps: 5, weight_decay: 0.0, max_grad_norm: 1.0, grad_accumulation: 2 };
     let mut optim = training::adamw(&cfg);
-    let steps = 150;
     let (mut first, mut last) = (None, 0.0);
     for step in 0..steps {
-        let micro = [make_batch(&refs[..4], &device), make_batch(&refs[4..], &device)];
+        let micro = [make_batch(&refs[..4], device), make_batch(&refs[4..], device)];
         let (m, stats) = training::train_step(model, &mut optim, &micro, &cfg, step, steps);
         model = m;
         first.get_or_insert(stats.loss);
         last = stats.loss;
         assert!(stats.loss.is_finite());
     }
-    let first = first.unwrap();
+    (first.unwrap(), last)
+}
+
+fn assert_overfits(first: f64, last: f64) {
     eprintln!("assistant-token loss {first:.3} → {last:.3}");
     // Below 10% of the start, and of the uniform-guess loss ln(300), so a high start proves nothing.
     assert!(last < 0.1 * first && last < 0.1 * (300f64).ln(), "loss {first} → {last}");
+}
+
+#[test]
+fn overfitting_eight_examples_on_cpu() {
+    let (first, last) = overfit(&Device::flex().autodiff(), 150);
+    assert_overfits(first, last);
+}
+
+/// The same on wgpu's GPU kernels (lavapipe in CI); skipped without an adapter unless
+/// EMLAB_REQUIRE_WGPU=1.
+#[test]
+fn overfitting_eight_examples_on_wgpu() {
+    let Some(device) = emlab_tests::wgpu_device_or_skip() else { return };
+    let (first, last) = overfit(&device.autodiff(), 150);
+    assert_overfits(first, last);
 }
 
 /// d loss / d B (and A) by autodiff equals central finite differences on a tiny model (f64 sums).
@@ -146,7 +162,7 @@ fn losses(out: &std::path::Path) -> Vec<f64> {
 }
 
 fn options(out: &std::path::Path, resume: bool) -> training::RunOptions {
-    training::RunOptions { out: out.to_path_buf(), save_every: 0, resume, stop: Default::default() }
+    training::RunOptions { out: out.to_path_buf(), save_every: 0, resume, stop: Default::default(), stop_after: None }
 }
 
 #[test]

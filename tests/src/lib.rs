@@ -50,6 +50,20 @@ pub fn write_tiny_model_dir(dir: &Path, seed: u64) -> LlamaConfig {
     cfg
 }
 
+/// The wgpu device (lavapipe in CI), or None (test skipped) when the machine has no adapter.
+/// With EMLAB_REQUIRE_WGPU=1 (set in CI) a missing adapter fails the test instead.
+pub fn wgpu_device_or_skip() -> Option<burn::prelude::Device> {
+    match emlab_model::device::init(emlab_model::device::DeviceChoice::Wgpu) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let required = std::env::var("EMLAB_REQUIRE_WGPU").is_ok_and(|v| v == "1");
+            assert!(!required, "EMLAB_REQUIRE_WGPU=1 but {e}");
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
 /// A fresh, empty directory under the system temp dir (removed when dropped).
 pub struct TempDir(pub PathBuf);
 
@@ -69,4 +83,33 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A binary of this workspace (`emlab`, `model-export`), built next to the test executables by
+/// `cargo test --workspace`.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join(name);
+    assert!(bin.exists(), "{} is not built (run the tests with `cargo test --workspace`)", bin.display());
+    bin
+}
+
+/// Runs a workspace binary and returns its output.
+pub fn run_bin(name: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_bin(name)).args(args).output().expect("spawn")
+}
+
+/// Writes `n` short chat examples as JSONL (distinct, learnable answers).
+pub fn write_chat_jsonl(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("Write function number {i}.")},
+                {"role": "assistant", "content": format!("def f{i}():\n    return {}\n", i * 7)},
+            ]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
