@@ -116,7 +116,7 @@ def main():
 
     ours = ""
     for dtype in ("f32", "f16"):
-        ours += subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--batch", args.batch,
+        ours += subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "generate", "--batch", args.batch,
                                 "--dtype", dtype, "--new-tokens", str(args.new_tokens),
                                 "--prompt-ids", ",".join(map(str, ids))],
                                capture_output=True, text=True, check=True).stdout

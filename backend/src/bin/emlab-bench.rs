@@ -1,23 +1,40 @@
-//! Generation throughput of our model, for bench/generate.py (which runs llama.cpp beside it).
-//! Prints one JSON line per batch size: prefill and decode tokens/s.
+//! Throughput of our model, for the scripts in bench/ (which run the peer implementation beside
+//! it in the same invocation). Prints one JSON line per measurement.
+//!
+//! - `generate`: prefill and decode tokens/s per batch size (bench/generate.py, next to llama.cpp);
+//! - `train`: LoRA training tokens/s at a fixed batch shape (bench/train.py, next to PyTorch + PEFT).
 
 use std::time::Instant;
 
-use anyhow::Result;
-use backend::inference::load_chat_model;
+use anyhow::{Result, bail};
+use backend::inference::{load_chat_model, load_chat_model_on};
+use backend::training::{self, Encoded, OptimConfig, make_batch};
 use burn::tensor::FloatDType;
-use clap::Parser;
-use emlab_model::device::DeviceChoice;
+use clap::{Args, Parser, Subcommand};
+use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::default_model_dir;
 use emlab_model::generate::{Flow, GenerationConfig, block_on, generate};
+use emlab_model::lora::{self, LoraConfig};
 use emlab_model::sampling::SamplingParams;
 
 #[derive(Parser)]
-struct Args {
-    #[arg(long, default_value = "cpu")]
+struct Cli {
+    #[arg(long, default_value = "cpu", global = true)]
     device: DeviceChoice,
-    #[arg(long)]
+    #[arg(long, global = true)]
     threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Generate(GenerateArgs),
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
     #[arg(long, default_value = "f32", value_parser = emlab_model::device::parse_dtype)]
     dtype: FloatDType,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
@@ -31,10 +48,33 @@ struct Args {
     prompt_ids: Vec<u32>,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Token ids of one training row, comma-separated (seq_len + 1 of them); every row of the
+    /// batch uses them, every position is a target.
+    #[arg(long, value_delimiter = ',', required = true)]
+    row_ids: Vec<u32>,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+}
+
 fn main() -> Result<()> {
-    let args = Args::parse();
-    backend::set_threads(args.threads)?;
-    let m = load_chat_model(&default_model_dir(), args.device, args.dtype, false)?;
+    let cli = Cli::parse();
+    backend::set_threads(cli.threads)?;
+    match cli.command {
+        Command::Generate(a) => bench_generate(cli.device, a),
+        Command::Train(a) => bench_train(cli.device, a),
+    }
+}
+
+fn bench_generate(choice: DeviceChoice, args: GenerateArgs) -> Result<()> {
+    let m = load_chat_model(&default_model_dir(), choice, args.dtype, false)?;
     let prompt: Vec<u32> = if args.prompt_ids.is_empty() {
         let text = "The history of computing is a story of people and machines. ".repeat(64);
         m.tokenizer.encode(&text)?.into_iter().take(args.prompt_tokens).collect()
@@ -57,12 +97,46 @@ fn main() -> Result<()> {
         let prefill_s = (first - start).as_secs_f64();
         let decode_s = (end - first).as_secs_f64();
         let line = serde_json::json!({
-            "impl": "emlab", "device": format!("{:?}", args.device), "dtype": format!("{:?}", args.dtype), "batch": b,
+            "impl": "emlab", "device": format!("{choice:?}"), "dtype": format!("{:?}", args.dtype), "batch": b,
             "prompt_tokens": prompt.len(), "new_tokens": args.new_tokens,
             "prefill_tok_s": (b * prompt.len()) as f64 / prefill_s,
             "decode_tok_s": (b * (args.new_tokens - 1)) as f64 / decode_s,
         });
         println!("{line}");
     }
+    Ok(())
+}
+
+/// LoRA (all seven projections, rsLoRA α = 2r) forward + backward + AdamW step on a fixed batch.
+fn bench_train(choice: DeviceChoice, a: TrainArgs) -> Result<()> {
+    if a.row_ids.len() < 2 {
+        bail!("--row-ids needs at least 2 ids");
+    }
+    let device = device::init(choice)?.autodiff();
+    let m = load_chat_model_on(&default_model_dir(), &device, FloatDType::F32, false)?;
+    let lora_cfg = LoraConfig { rank: a.rank, alpha: 2.0 * a.rank as f64, rslora: true, ..Default::default() };
+    let mut model = lora::attach(m.model, &lora_cfg, 0)?;
+    let row = Encoded { ids: a.row_ids.clone(), trained: vec![true; a.row_ids.len()] };
+    let rows: Vec<&Encoded> = vec![&row; a.batch];
+    let cfg = OptimConfig { learning_rate: 1e-4, warmup_steps: 0, weight_decay: 0.01, max_grad_norm: 1.0, grad_accumulation: 1 };
+    let mut optim = training::adamw(&cfg);
+    let total = a.warmup_steps + a.steps;
+    let mut start = Instant::now();
+    for step in 0..total {
+        if step == a.warmup_steps {
+            start = Instant::now();
+        }
+        let batch = make_batch(&rows, &device);
+        model = training::train_step(model, &mut optim, &[batch], &cfg, step, total).0;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let seq = a.row_ids.len() - 1;
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "emlab", "device": format!("{choice:?}"), "batch": a.batch, "seq_len": seq, "rank": a.rank,
+            "steps": a.steps, "tok_s": (a.batch * seq * a.steps) as f64 / secs, "step_s": secs / a.steps as f64,
+        })
+    );
     Ok(())
 }
