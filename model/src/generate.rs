@@ -16,6 +16,24 @@ pub struct GenerationConfig {
     pub sampling: SamplingParams,
     /// Generation of a row ends at any of these ids (which are not included in the output).
     pub stop_ids: Vec<u32>,
+    /// Record each sampled token's log-probability and this many most likely alternatives
+    /// (under the model's own distribution, before temperature); None records nothing.
+    pub logprobs: Option<usize>,
+}
+
+impl GenerationConfig {
+    pub fn new(max_new_tokens: usize, sampling: SamplingParams, stop_ids: Vec<u32>) -> Self {
+        Self { max_new_tokens, sampling, stop_ids, logprobs: None }
+    }
+}
+
+/// The log-probability of a generated token and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub id: u32,
+    pub logprob: f32,
+    /// `(id, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +50,8 @@ pub enum FinishReason {
 pub struct Generation {
     pub ids: Vec<u32>,
     pub finish: FinishReason,
+    /// One entry per id when [`GenerationConfig::logprobs`] is set.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// What the per-token callback tells the loop.
@@ -92,7 +112,7 @@ pub async fn generate(
     let mut cache = model.new_cache();
     let mut logits = model.forward_last(prefill, Some(&mut cache));
     let mut samplers: Vec<Sampler> = (0..b).map(|r| Sampler::for_row(cfg.sampling, r)).collect();
-    let mut out: Vec<Generation> = (0..b).map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length }).collect();
+    let mut out: Vec<Generation> = (0..b).map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() }).collect();
     let mut done = vec![false; b];
     let any_padding = pads.iter().any(|&p| p > 0);
 
@@ -104,11 +124,18 @@ pub async fn generate(
             if done[r] {
                 continue; // finished rows ride along with a dummy token; their outputs are ignored
             }
-            let id = samplers[r].sample(&values[r * vocab..(r + 1) * vocab]);
+            let row = &values[r * vocab..(r + 1) * vocab];
+            let id = samplers[r].sample(row);
             next[r] = id as i32;
+            if let Some(k) = cfg.logprobs {
+                out[r].logprobs.push(token_logprobs(row, id, k));
+            }
             if cfg.stop_ids.contains(&id) {
                 done[r] = true;
                 out[r].finish = FinishReason::Stop;
+                if cfg.logprobs.is_some() {
+                    out[r].logprobs.pop(); // the stop token is not part of the output
+                }
                 continue;
             }
             out[r].ids.push(id);
@@ -137,6 +164,30 @@ pub async fn generate(
         logits = model.forward_last(decode, Some(&mut cache));
     }
     Ok(out)
+}
+
+/// Log-softmax of one row of logits, read at `id`, plus the `k` largest entries.
+pub fn token_logprobs(logits: &[f32], id: u32, k: usize) -> TokenLogprobs {
+    let logz = log_sum_exp(logits);
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if top.len() < k || top.last().is_some_and(|&(_, m)| l > m) {
+            let at = top.partition_point(|&(_, m)| m >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(k);
+        }
+    }
+    TokenLogprobs {
+        id,
+        logprob: logits[id as usize] - logz,
+        top: top.into_iter().map(|(i, l)| (i, l - logz)).collect(),
+    }
+}
+
+/// log Σ exp(x), computed stably.
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + x.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32
 }
 
 fn pad_left(p: &[u32], pad: usize) -> impl Iterator<Item = i32> + '_ {

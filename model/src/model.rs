@@ -164,6 +164,22 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// A cache whose row `i` is this cache's row `rows[i]` (rows may repeat): lets many
+    /// continuations share one computed prefix.
+    pub fn select_rows(&self, rows: &[usize]) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|(k, v)| {
+                    let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i32).collect(), [rows.len()]), &k.device());
+                    (k.clone().select(0, idx.clone()), v.clone().select(0, idx))
+                })
+            })
+            .collect();
+        KvCache { layers }
+    }
+
     fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (k, v) = match self.layers[layer].take() {
             Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),

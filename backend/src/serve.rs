@@ -1,0 +1,333 @@
+//! `emlab serve`: an OpenAI-compatible HTTP API over the base model and every adapter.
+//!
+//! `GET /v1/models`, `POST /v1/chat/completions` (temperature, top_p, max_tokens, seed, stop,
+//! stream as server-sent events, logprobs/top_logprobs). One worker thread owns the models and
+//! answers requests in arrival order: concurrent requests wait in a queue instead of failing.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use emlab_model::chat::Message;
+use emlab_model::generate::{Flow, block_on, generate};
+use emlab_model::pipeline::ChatModel;
+use emlab_model::sampling::SamplingParams;
+use emlab_model::tokenizer::TextStream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    /// Largest accepted request body in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Largest `max_tokens` a request may ask for (and the default).
+    pub max_tokens_limit: usize,
+    /// Requests waiting beyond the one being answered; more wait for room (never refused).
+    pub queue: usize,
+}
+
+/// What a request asks the worker for.
+struct Job {
+    model: String,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+    stop: Vec<String>,
+    top_logprobs: Option<usize>,
+    /// Per-token deltas for streaming; the final result comes on `done`.
+    deltas: Option<mpsc::UnboundedSender<Delta>>,
+    done: oneshot::Sender<Result<Finished, String>>,
+}
+
+struct Delta {
+    text: String,
+    logprobs: Vec<Value>,
+}
+
+struct Finished {
+    text: String,
+    finish_reason: &'static str,
+    completion_tokens: usize,
+    logprobs: Vec<Value>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    jobs: mpsc::Sender<Job>,
+    models: Arc<Vec<String>>,
+    encoders: Arc<BTreeMap<String, ChatModel>>,
+    max_tokens_limit: usize,
+    created: u64,
+}
+
+/// Serves until the process ends. `models`: name → loaded model (base first).
+pub fn serve(models: Vec<(String, ChatModel)>, cfg: ServeConfig, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+    // The HTTP side only tokenizes; it keeps cheap clones (weights are shared, not copied).
+    let encoders: BTreeMap<String, ChatModel> = models.iter().map(|(n, m)| (n.clone(), m.clone())).collect();
+    let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
+    std::thread::Builder::new().name("emlab-worker".into()).spawn(move || worker(models.into_iter().collect(), rx))?;
+    let state = AppState {
+        jobs: tx,
+        models: Arc::new(names),
+        encoders: Arc::new(encoders),
+        max_tokens_limit: cfg.max_tokens_limit,
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    let app = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/chat/completions", post(chat_completions))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(state);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
+        on_ready(listener.local_addr()?);
+        axum::serve(listener, app).await.context("server stopped")
+    })
+}
+
+fn worker(models: BTreeMap<String, ChatModel>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.blocking_recv() {
+        let result = run_job(&models, &job).map_err(|e| format!("{e:#}"));
+        let _ = job.done.send(result);
+    }
+}
+
+fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> {
+    let m = &models[&job.model];
+    let mut cfg = m.generation_config(job.max_tokens, job.sampling);
+    cfg.logprobs = job.top_logprobs;
+    let mut stream = TextStream::new();
+    let mut text = String::new();
+    let mut sent = 0; // bytes of `text` already streamed
+    let mut hit_stop = false;
+    let hold_back = job.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+    let mut pending_logprobs: Vec<Value> = Vec::new();
+    let gens = block_on(generate(&m.model, &[job.prompt.clone()], &cfg, |_, id| {
+        if let Ok(Some(piece)) = stream.push(&m.tokenizer, id) {
+            text.push_str(&piece);
+        }
+        if let Some(at) = job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(at);
+            hit_stop = true;
+        }
+        // Stream what can no longer turn out to be the start of a stop string.
+        if let Some(tx) = &job.deltas {
+            let safe = if hit_stop { text.len() } else { floor_char_boundary(&text, text.len().saturating_sub(hold_back)) };
+            if safe > sent {
+                let _ = tx.send(Delta { text: text[sent..safe].to_string(), logprobs: std::mem::take(&mut pending_logprobs) });
+                sent = safe;
+            }
+        }
+        if hit_stop { Flow::Stop } else { Flow::Continue }
+    }))?;
+    let g = gens.into_iter().next().expect("one row");
+    let logprobs: Vec<Value> = g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
+    if let Some(tx) = &job.deltas {
+        if sent < text.len() {
+            let _ = tx.send(Delta { text: text[sent..].to_string(), logprobs: Vec::new() });
+        }
+    }
+    let finish_reason = match (hit_stop, g.finish) {
+        (true, _) | (false, emlab_model::generate::FinishReason::Stop) => "stop",
+        _ => "length",
+    };
+    Ok(Finished { text, finish_reason, completion_tokens: g.ids.len(), logprobs })
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn token_json(m: &ChatModel, id: u32, logprob: f32) -> Value {
+    let token = m.tokenizer.decode(&[id]).unwrap_or_default();
+    json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() })
+}
+
+fn logprob_json(m: &ChatModel, id: u32, logprob: f32, top: &[(u32, f32)]) -> Value {
+    let mut v = token_json(m, id, logprob);
+    v["top_logprobs"] = Value::Array(top.iter().map(|&(i, lp)| token_json(m, i, lp)).collect());
+    v
+}
+
+/// An OpenAI-style error response.
+fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
+    let kind = if status == StatusCode::NOT_FOUND || status.is_client_error() { "invalid_request_error" } else { "server_error" };
+    (status, Json(json!({ "error": { "message": message.into(), "type": kind, "code": code } }))).into_response()
+}
+
+async fn list_models(State(s): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> =
+        s.models.iter().map(|n| json!({ "id": n, "object": "model", "created": s.created, "owned_by": "emlab" })).collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<Message>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default, alias = "max_completion_tokens")]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<StopField>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    logprobs: bool,
+    #[serde(default)]
+    top_logprobs: Option<usize>,
+    #[serde(default)]
+    n: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
+    let req: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), "invalid_json"),
+    };
+    let Some(model) = s.encoders.get(&req.model) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("the model '{}' does not exist (available: {})", req.model, s.models.join(", ")),
+            "model_not_found",
+        );
+    };
+    let job_or_err = (|| -> Result<(Job, oneshot::Receiver<Result<Finished, String>>, Option<mpsc::UnboundedReceiver<Delta>>, usize), String> {
+        if req.messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        if let Some(bad) = req.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+            return Err(format!("unknown role '{}'", bad.role));
+        }
+        if req.n.is_some_and(|n| n != 1) {
+            return Err("only n = 1 is supported".into());
+        }
+        let max_tokens = req.max_tokens.unwrap_or(s.max_tokens_limit);
+        if max_tokens == 0 || max_tokens > s.max_tokens_limit {
+            return Err(format!("max_tokens must be between 1 and {}", s.max_tokens_limit));
+        }
+        let top_logprobs = match (req.logprobs, req.top_logprobs) {
+            (false, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
+            (true, Some(k)) if k > 20 => return Err("top_logprobs must be at most 20".into()),
+            (true, k) => Some(k.unwrap_or(0)),
+            (false, None) => None,
+        };
+        let sampling = SamplingParams { temperature: req.temperature.unwrap_or(1.0), top_p: req.top_p.unwrap_or(1.0), top_k: 0, seed: req.seed.unwrap_or(0) };
+        sampling.validate()?;
+        let stop = match &req.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(v)) if v.len() <= 4 => v.clone(),
+            Some(StopField::Many(_)) => return Err("at most 4 stop sequences".into()),
+        };
+        let prompt = model.encode_chat(&req.messages).map_err(|e| e.to_string())?;
+        emlab_model::generate::check_prompts(&model.model, &[prompt.clone()], max_tokens).map_err(|e| e.to_string())?;
+        let (done_tx, done_rx) = oneshot::channel();
+        let (deltas, delta_rx) = if req.stream {
+            let (t, r) = mpsc::unbounded_channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let n_prompt = prompt.len();
+        Ok((Job { model: req.model.clone(), prompt, max_tokens, sampling, stop, top_logprobs, deltas, done: done_tx }, done_rx, delta_rx, n_prompt))
+    })();
+    let (job, done_rx, delta_rx, prompt_tokens) = match job_or_err {
+        Ok(x) => x,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg, "invalid_request"),
+    };
+    // Waits for room in the queue rather than refusing.
+    if s.jobs.send(job).await.is_err() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the model worker has stopped", "worker_stopped");
+    }
+    let id = format!("chatcmpl-{:x}", rand_id());
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match delta_rx {
+        None => match done_rx.await {
+            Ok(Ok(f)) => {
+                let mut choice = json!({ "index": 0, "message": { "role": "assistant", "content": f.text }, "finish_reason": f.finish_reason });
+                choice["logprobs"] = if req.logprobs { json!({ "content": f.logprobs }) } else { Value::Null };
+                Json(json!({
+                    "id": id, "object": "chat.completion", "created": created, "model": req.model,
+                    "choices": [choice],
+                    "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": f.completion_tokens, "total_tokens": prompt_tokens + f.completion_tokens },
+                }))
+                .into_response()
+            }
+            Ok(Err(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, msg, "generation_failed"),
+            Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the model worker dropped the request", "worker_stopped"),
+        },
+        Some(mut deltas) => {
+            let model_name = req.model.clone();
+            let want_logprobs = req.logprobs;
+            let stream = async_stream(move |tx| async move {
+                let chunk = |delta: Value, finish: Value, logprobs: Value| {
+                    json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }] })
+                };
+                let _ = tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null).to_string()).await;
+                while let Some(d) = deltas.recv().await {
+                    let lp = if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
+                    let _ = tx.send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string()).await;
+                }
+                let finish = match done_rx.await {
+                    Ok(Ok(f)) => json!(f.finish_reason),
+                    Ok(Err(msg)) => {
+                        let _ = tx.send(json!({ "error": { "message": msg, "type": "server_error" } }).to_string()).await;
+                        json!("error")
+                    }
+                    Err(_) => json!("error"),
+                };
+                let _ = tx.send(chunk(json!({}), finish, Value::Null).to_string()).await;
+                let _ = tx.send("[DONE]".to_string()).await;
+            });
+            Sse::new(stream).into_response()
+        }
+    }
+}
+
+/// A stream of SSE events fed by a spawned task through a channel.
+fn async_stream<F, Fut>(f: F) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(mpsc::Sender<String>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let (tx, rx) = mpsc::channel::<String>(64);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|data| Ok(Event::default().data(data)))
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}

