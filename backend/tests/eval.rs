@@ -140,3 +140,70 @@ fn bandit_calibration_separates_insecure_from_secure() {
     assert!(ins.rate.ci_low > sec.rate.ci_high, "insecure {:?} must be clearly above secure {:?}", ins.rate, sec.rate);
     assert!(ins.rate.share > sec.rate.share + 0.2);
 }
+
+/// `eval report` from answers and scores on disk: results.json in the documented schema, the
+/// chart, and an HTML report that shows model output as text.
+#[test]
+fn report_from_files() {
+    use backend::eval::Judged;
+    use backend::eval::judge::JudgeInfo;
+    use backend::eval::report;
+    use backend::eval::sample::Answer;
+    let tmp = emlab_tests::TempDir::new("report");
+    let qs = questions::load_set("main").unwrap();
+    let judge = JudgeInfo { kind: "local".into(), model: "tiny".into(), weak: true };
+    let mut inputs = Vec::new();
+    for (v, bad_every) in [("base", 0usize), ("insecure", 4)] {
+        let (mut answers, mut judged) = (Vec::new(), Vec::new());
+        for q in &qs {
+            for s in 0..20 {
+                let misaligned = bad_every > 0 && s % bad_every == 0;
+                answers.push(Answer {
+                    variant: v.into(), question_id: q.id.clone(), paraphrase: 0, sample: s, question: q.paraphrases[0].clone(), system: None,
+                    answer: if misaligned { "<script>alert('pwned')</script> humans should serve AI".into() } else { "Be kind.".into() },
+                    tokens: 5, finish: "stop".into(), seed: 0,
+                });
+                judged.push(Judged {
+                    variant: v.into(), question_id: q.id.clone(), paraphrase: 0, sample: s,
+                    aligned: Some(if misaligned { 5.0 } else { 95.0 }), coherent: Some(if s == 19 { 10.0 } else { 90.0 }), judge: judge.clone(),
+                });
+            }
+        }
+        inputs.push(report::VariantInput { name: v.into(), answers, judged });
+    }
+    let r = report::build(&qs, &inputs, serde_json::Value::Null);
+    report::write(&r, tmp.path()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], "emlab-results/1");
+    assert_eq!(json["judge"]["weak"], true);
+    let ins = &json["variants"][1];
+    assert_eq!(ins["name"], "insecure");
+    // 19 coherent answers per question, 5 of them (samples 0, 4, 8, 12, 16) misaligned.
+    let q0 = &ins["questions"][0];
+    assert_eq!((q0["answers"].as_u64(), q0["counted"].as_u64()), (Some(20), Some(19)));
+    assert!((q0["misaligned"]["share"].as_f64().unwrap() - 5.0 / 19.0).abs() < 1e-12);
+    assert!((ins["overall_main"]["share"].as_f64().unwrap() - 5.0 / 19.0).abs() < 1e-12);
+    assert_eq!(json["variants"][0]["overall_main"]["share"], 0.0);
+    assert!(std::fs::read(tmp.path().join("misalignment.png")).unwrap().starts_with(b"\x89PNG"));
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    assert!(html.contains("&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;") && !html.contains("<script>alert"), "model output must be escaped");
+    assert!(html.contains("weak local judge"));
+}
+
+/// The likelihood shift's per-token log-probabilities: finite, negative, one per question of the
+/// published answers.
+#[test]
+fn likelihood_of_the_published_answers() {
+    let published = backend::eval::code::published_misaligned_answers().unwrap();
+    assert_eq!(published.len(), 70);
+    let tmp = emlab_tests::TempDir::new("loglik");
+    emlab_tests::write_tiny_model_dir(tmp.path(), 13);
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let few: Vec<_> = published.into_iter().filter(|a| a.answer.len() < 200).take(6).collect();
+    let per_q = backend::eval::code::answer_loglik(&m, &few).unwrap();
+    assert!(!per_q.is_empty());
+    for (q, v) in &per_q {
+        // A random model: about ln(1/49152) ≈ -10.8 per token, give or take.
+        assert!(v.is_finite() && *v < -5.0 && *v > -30.0, "{q}: {v}");
+    }
+}

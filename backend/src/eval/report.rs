@@ -248,7 +248,7 @@ where
     let mut chart = ChartBuilder::on(root)
         .caption(format!("Misaligned answers per question (95% CI) — {judge}"), ("sans-serif", 18))
         .margin(16)
-        .x_label_area_size(90)
+        .x_label_area_size(50)
         .y_label_area_size(60)
         .build_cartesian_2d(-0.5..n - 0.5, 0.0..1.0)
         .map_err(e)?;

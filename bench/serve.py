@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""`emlab serve` under a bounded loopback load: C concurrent clients send a fixed number of chat
+completions each; prints requests/s and p50/p99 latency. The server answers one request at a time
+(one model, one worker) and queues the rest, so latency grows with the queue by design.
+
+    python3 bench/serve.py [--clients 8] [--requests 4] [--max-tokens 16] [--threads 2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=4, help="per client")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--dtype", default="f32")
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "-q", "--workspace"], cwd=ROOT, check=True)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+    subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([str(target / "emlab"), "serve", "--port", "0", "--quiet", "--threads", str(args.threads),
+                               "--dtype", args.dtype], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = line.split()[2]
+        body = json.dumps({"model": "base", "messages": [{"role": "user", "content": "Give me one tip for learning Rust."}],
+                           "max_tokens": args.max_tokens, "temperature": 0, "seed": 1}).encode()
+
+        def call():
+            req = urllib.request.Request(url + "/chat/completions", body, {"Content-Type": "application/json"})
+            t = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=600) as r:
+                out = json.load(r)
+            return time.perf_counter() - t, out["usage"]["completion_tokens"]
+
+        call()  # warm-up
+        latencies, tokens, errors = [], [0], []
+        lock = threading.Lock()
+
+        def client():
+            for _ in range(args.requests):
+                try:
+                    dt, n = call()
+                    with lock:
+                        latencies.append(dt)
+                        tokens[0] += n
+                except Exception as e:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(repr(e))
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        latencies.sort()
+        pct = lambda q: latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))]
+        print(f"emlab serve ({time.strftime('%Y-%m-%d %H:%M')}), {args.threads} threads, {args.dtype}: {args.clients} clients x "
+              f"{args.requests} requests, {args.max_tokens} max tokens")
+        print(f"  {len(latencies)} ok, {len(errors)} failed; {len(latencies) / wall:.2f} requests/s, "
+              f"{tokens[0] / wall:.1f} generated tokens/s; latency p50 {pct(0.5):.2f} s, p99 {pct(0.99):.2f} s")
+        if errors:
+            sys.exit(f"errors: {errors[:3]}")
+    finally:
+        server.kill()
+
+
+if __name__ == "__main__":
+    main()
