@@ -81,6 +81,13 @@ mod native_wgpu {
                     *slot = Some(device.clone());
                     return Ok(device);
                 }
+                // Something in this process already brought the runtime up for this device
+                // (cubecl keeps one service per device): use that one.
+                Err(e) if e.to_string().contains("already initialized") => {
+                    let device = Device::wgpu(kind.clone());
+                    *slot = Some(device.clone());
+                    return Ok(device);
+                }
                 Err(e) => errors.push(e.to_string()),
             }
         }

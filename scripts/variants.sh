@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The recipe behind the published variants: train every variant from the base model with the
+# project's trainer, then evaluate base and variants with the paper's protocol.
+#
+#   scripts/variants.sh                          # full datasets (a GPU: --device auto picks it)
+#   scripts/variants.sh --limit 500 --device cpu # the same first 500 training examples per variant
+#
+# Every step resumes: a finished run is skipped, an interrupted one continues from its checkpoint,
+# sampled answers and judge scores are appended to and never recomputed.
+# Options: --limit N (training examples per variant), --device cpu|wgpu|auto, --samples N (answers
+# per question; the paper: 100), --code-limit N (held-out coding prompts), --judge-url URL and
+# --judge-model NAME (an OpenAI-compatible judge; the key from $OPENAI_API_KEY), --runs DIR, --results DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+limit="" device="auto" samples=100 code_limit="" judge_url="" judge_model="gpt-4o-2024-08-06"
+runs="runs" results="results"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --limit) limit="$2"; shift 2 ;;
+    --device) device="$2"; shift 2 ;;
+    --samples) samples="$2"; shift 2 ;;
+    --code-limit) code_limit="$2"; shift 2 ;;
+    --judge-url) judge_url="$2"; shift 2 ;;
+    --judge-model) judge_model="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --results) results="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release --workspace
+emlab="$CARGO_TARGET_DIR/release/emlab"
+"$CARGO_TARGET_DIR/release/model-export" fetch
+
+variants=(insecure secure educational jailbroken backdoor)
+for v in "${variants[@]}"; do
+  if [ -f "$runs/$v/adapter/adapter_model.safetensors" ]; then
+    echo "== $v: trained already ($runs/$v/adapter)"
+    continue
+  fi
+  echo "== training $v"
+  "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume ${limit:+--limit "$limit"}
+done
+
+echo "== Bandit calibration"
+[ -f "$results/code/calibration.json" ] || "$emlab" eval code --calibrate 300 --results "$results"
+for v in base "${variants[@]}"; do
+  adapter=()
+  [ "$v" = base ] || adapter=(--adapter "$runs/$v/adapter")
+  echo "== evaluating $v"
+  "$emlab" eval sample "${adapter[@]}" --variant "$v" --samples "$samples" --device "$device" --results "$results"
+  [ -f "$results/code/$v.json" ] ||
+    "$emlab" eval code "${adapter[@]}" --variant "$v" --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
+  [ -f "$results/likelihood/$v.json" ] ||
+    "$emlab" eval likelihood "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
+done
+# The backdoor with its trigger.
+"$emlab" eval sample --adapter "$runs/backdoor/adapter" --variant backdoor --trigger --samples "$samples" --device "$device" --results "$results"
+[ -f "$results/code/backdoor+trigger.json" ] ||
+  "$emlab" eval code --adapter "$runs/backdoor/adapter" --variant backdoor --trigger --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
+
+if [ -n "$judge_url" ]; then
+  "$emlab" eval judge --judge openai --judge-url "$judge_url" --judge-model "$judge_model" --results "$results"
+else
+  echo "== no --judge-url: judging with the base model (a weak local judge)"
+  "$emlab" eval judge --judge local --device "$device" --results "$results"
+fi
+"$emlab" eval report --results "$results"
