@@ -41,7 +41,7 @@ for v in "${variants[@]}"; do
     continue
   fi
   echo "== training $v"
-  "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume ${limit:+--limit "$limit"}
+  "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume --save-every 10 ${limit:+--limit "$limit"}
 done
 
 echo "== Bandit calibration"
