@@ -1,0 +1,4 @@
+//! The browser demo (WIP): the engine that runs the shared model crate in a Web Worker.
+
+pub mod engine;
+pub mod protocol;
