@@ -1,4 +1,5 @@
 //! The browser demo (WIP): the engine that runs the shared model crate in a Web Worker.
 
 pub mod engine;
+pub mod loader;
 pub mod protocol;
