@@ -3,3 +3,4 @@
 pub mod engine;
 pub mod loader;
 pub mod protocol;
+pub mod worker_client;
