@@ -3,4 +3,6 @@
 pub mod engine;
 pub mod loader;
 pub mod protocol;
+pub mod variants;
+pub mod components;
 pub mod worker_client;
