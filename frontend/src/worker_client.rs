@@ -52,8 +52,9 @@ impl Engine {
             busy: RwSignal::new(None),
             next_id: StoredValue::new(1),
         };
+        // Trunk builds the worker as a classic script with a loader shim (importScripts).
         let opts = WorkerOptions::new();
-        opts.set_type(WorkerType::Module);
+        opts.set_type(WorkerType::Classic);
         match Worker::new_with_options("./worker_loader.js", &opts) {
             Ok(worker) => {
                 let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
