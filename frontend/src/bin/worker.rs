@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use emlab_frontend::engine;
-use emlab_frontend::loader::{self, FileEntry, Manifest};
+use emlab_frontend::loader::{self, Manifest};
 use emlab_frontend::protocol::{FromWorker, GenerateRequest, ToWorker};
 use emlab_model::chat::Message;
 use emlab_model::files::ModelFiles;
@@ -104,8 +104,15 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
         done += entry.bytes;
         files.insert(entry.name.clone(), bytes);
     }
+    // Files split for strict hosts arrive as NAME.part000, NAME.part001, …: join them in order.
+    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in &manifest.files {
+        let bytes = files.remove(&entry.name).unwrap_or_default();
+        joined.entry(whole_name(&entry.name)).or_default().extend(bytes);
+    }
+    let files = joined;
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
-    let shards: Vec<&[u8]> = manifest.files.iter().filter(|f: &&FileEntry| f.name.starts_with("base/") && f.name.ends_with(".safetensors")).map(|f| files[&f.name].as_slice()).collect();
+    let shards: Vec<&[u8]> = vec![get("base/model.safetensors")?.as_slice()];
     let model_files = ModelFiles::from_bytes(
         "base",
         get("base/config.json")?,
@@ -123,10 +130,10 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     let mut st = state.borrow_mut();
     st.adapters.clear();
     st.built.clear();
-    for f in &manifest.files {
-        if let Some(name) = f.name.strip_prefix("adapters/").and_then(|r| r.strip_suffix("/adapter_config.json")) {
+    for (fname, bytes) in &files {
+        if let Some(name) = fname.strip_prefix("adapters/").and_then(|r| r.strip_suffix("/adapter_config.json")) {
             let tensors = format!("adapters/{name}/adapter_model.safetensors");
-            st.adapters.insert(name.to_string(), (files[&f.name].clone(), get(&tensors)?.clone()));
+            st.adapters.insert(name.to_string(), (bytes.clone(), get(&tensors)?.clone()));
         }
     }
     st.built.insert("base".into(), base.clone());
@@ -135,6 +142,14 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     variants.extend(st.adapters.keys().cloned());
     post(&FromWorker::Ready { device: compute.label.into(), notice: compute.notice, variants });
     Ok(())
+}
+
+/// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
+fn whole_name(name: &str) -> String {
+    match name.rsplit_once(".part") {
+        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => stem.to_string(),
+        _ => name.to_string(),
+    }
 }
 
 /// The model of a variant, built on first use (base weights shared, adapter attached).
