@@ -33,6 +33,8 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromWorker {
+    /// The worker's code is running and listening (messages sent before this would be lost).
+    Started,
     Progress { file: String, loaded: u64, total: u64, from_cache: bool },
     Ready { device: String, notice: Option<String>, variants: Vec<String> },
     Token { id: u64, text: String },

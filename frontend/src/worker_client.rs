@@ -39,6 +39,8 @@ pub struct Engine {
     queue: StoredValue<VecDeque<GenerateRequest>, LocalStorage>,
     busy: RwSignal<Option<u64>>,
     next_id: StoredValue<u64>,
+    /// What to load once the worker says it is listening.
+    load: StoredValue<ToWorker>,
 }
 
 impl Engine {
@@ -51,6 +53,7 @@ impl Engine {
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
             next_id: StoredValue::new(1),
+            load: StoredValue::new(ToWorker::Load { models_url, force_cpu }),
         };
         // Trunk builds the worker as a classic script with a loader shim (importScripts).
         let opts = WorkerOptions::new();
@@ -72,7 +75,6 @@ impl Engine {
                 worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
                 on_error.forget();
                 engine.worker.set_value(Some(worker));
-                engine.send(&ToWorker::Load { models_url, force_cpu });
             }
             Err(e) => engine.status.set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}"))),
         }
@@ -89,6 +91,7 @@ impl Engine {
 
     fn on_message(&self, msg: FromWorker) {
         match msg {
+            FromWorker::Started => self.send(&self.load.get_value()),
             FromWorker::Progress { file, loaded, total, from_cache } => self.status.set(EngineStatus::Loading { file, loaded, total, from_cache }),
             FromWorker::Ready { device, notice, variants } => {
                 self.status.set(EngineStatus::Ready { device, notice, variants });

@@ -56,7 +56,7 @@ try {
   const page = await context.newPage();
   page.on("console", (m) => console.log(`[page] ${m.text()}`));
   await page.goto(base);
-  await page.waitForSelector("progress, text=Model ready", { timeout: 120_000 });
+  await page.waitForSelector(".status", { timeout: 120_000 });
   check(true, "the page loads and shows loading progress");
   const first = await greedyAnswer(page, "webgpu-first-visit");
   check(first.startsWith(expected.text) || expected.text.startsWith(first.trim()), `greedy answer equals native: ${JSON.stringify(first)} vs ${JSON.stringify(expected.text)}`);

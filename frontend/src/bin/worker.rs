@@ -88,6 +88,7 @@ fn main() {
     });
     scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
     onmessage.forget(); // lives as long as the worker
+    post(&FromWorker::Started);
 }
 
 async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> Result<(), String> {
