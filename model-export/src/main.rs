@@ -33,6 +33,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write the browser's model files (manifest, quantized base weights, tokenizer, adapters, results) to public/models.
+    Web {
+        #[arg(long, default_value = "public/models")]
+        out: PathBuf,
+        /// Base model directory [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Training runs: every RUNS/NAME/adapter becomes a variant.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Evaluation results to publish.
+        #[arg(long, default_value = "results/results.json")]
+        results: PathBuf,
+        /// Base weight storage: q8 (8-bit blocks, ≈ 143 MB), f16 (≈ 270 MB) or f32.
+        #[arg(long, default_value = "q8")]
+        storage: String,
+        /// Largest file in MiB; bigger files are split into parts.
+        #[arg(long, default_value_t = 24)]
+        max_shard_mb: usize,
+    },
     /// Fold a LoRA adapter (PEFT layout) into the base weights: a full model directory for `emlab generate --model`.
     Merge {
         /// Adapter directory (adapter_config.json + adapter_model.safetensors).
@@ -55,6 +75,19 @@ fn main() -> ExitCode {
             ensure_base_model(&out, show).map(|dir| println!("{}", dir.display()))
         }
         Command::Convert { gguf, out } => convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display())),
+        Command::Web { out, model, runs, results, storage, max_shard_mb } => (|| {
+            let storage = match storage.as_str() {
+                "q8" => emlab_model::weights::Storage::Q8,
+                "f16" => emlab_model::weights::Storage::F16,
+                "f32" => emlab_model::weights::Storage::F32,
+                other => anyhow::bail!("unknown storage '{other}' (q8, f16, f32)"),
+            };
+            let base = model.unwrap_or_else(default_model_dir);
+            let opts = model_export::web::WebOptions { base, runs: Some(runs), results: Some(results), out: out.clone(), storage, max_shard_bytes: max_shard_mb << 20 };
+            let manifest = model_export::web::export_web(&opts)?;
+            println!("{} ({} files, {:.1} MB)", out.display(), manifest["files"].as_array().map_or(0, Vec::len), model_export::web::total_bytes(&manifest) as f64 / 1e6);
+            Ok(())
+        })(),
         Command::Merge { adapter, model, out } => {
             let base = model.unwrap_or_else(default_model_dir);
             merge_adapter(&base, &adapter, &out, show).map(|()| println!("{}", out.display()))

@@ -105,7 +105,7 @@ mod native_wgpu {
 
 /// Initializes WebGPU asynchronously (the only way in a browser); falls back to nothing: the caller
 /// decides to use the CPU and tells the user.
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub async fn init_wgpu_async() -> Result<Device, Error> {
     Device::wgpu_options().init_async().await.map_err(|e| Error::Device(e.to_string()))
 }

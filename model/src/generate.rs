@@ -89,7 +89,19 @@ pub async fn generate(
     model: &Llama,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
+    on_token: impl FnMut(usize, u32) -> Flow,
+) -> Result<Vec<Generation>, Error> {
+    generate_yielding(model, prompts, cfg, on_token, || std::future::ready(())).await
+}
+
+/// [`generate`], awaiting `between_steps()` after every token. In a browser worker on the CPU
+/// backend nothing else awaits, so this is where the event loop gets to deliver a Stop message.
+pub async fn generate_yielding<F: Future<Output = ()>>(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
     mut on_token: impl FnMut(usize, u32) -> Flow,
+    mut between_steps: impl FnMut() -> F,
 ) -> Result<Vec<Generation>, Error> {
     check_prompts(model, prompts, cfg.max_new_tokens)?;
     cfg.sampling.validate().map_err(Error::Invalid)?;
@@ -151,6 +163,7 @@ pub async fn generate(
         if done.iter().all(|&d| d) || step + 1 == cfg.max_new_tokens {
             break;
         }
+        between_steps().await;
         for row in &mut key_valid {
             row.push(true);
         }

@@ -73,15 +73,28 @@ impl Weights {
         Ok(w)
     }
 
-    /// Reads one safetensors file (F32, F16 or BF16) into this map.
+    /// Reads one safetensors file (F32, F16, BF16, or our block-quantized 8-bit: an I8 tensor
+    /// `name` with its F16 scales in `name.q8_scale`) into this map.
     pub fn add_safetensors(&mut self, bytes: &[u8]) -> Result<(), WeightsError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
         for (name, view) in st.tensors() {
+            if name.ends_with(Q8_SCALE_SUFFIX) {
+                continue; // read with its tensor
+            }
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::I8 => {
+                    let scale_name = format!("{name}{Q8_SCALE_SUFFIX}");
+                    let scales = st.tensor(&scale_name).map_err(|_| WeightsError::Missing(scale_name.clone()))?;
+                    if scales.dtype() != Dtype::F16 || scales.data().len() * Q8_BLOCK / 2 != raw.len() {
+                        return Err(WeightsError::Safetensors(format!("{scale_name}: does not fit the 8-bit tensor {name}")));
+                    }
+                    let s: Vec<f32> = scales.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+                    raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i / Q8_BLOCK]).collect()
+                }
                 other => return Err(WeightsError::Dtype { name, dtype: format!("{other:?}") }),
             };
             self.tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
@@ -91,16 +104,32 @@ impl Weights {
 
     /// Serializes every tensor as F32 safetensors.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, WeightsError> {
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
+        self.to_safetensors_as(Storage::F32)
+    }
+
+    /// Serializes with the given storage: F32, F16, or Q8 (matrices whose rows divide into
+    /// blocks of 32 as 8-bit integers with one F16 scale per block; vectors stay F32).
+    pub fn to_safetensors_as(&self, storage: Storage) -> Result<Vec<u8>, WeightsError> {
+        let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (n, t) in &self.tensors {
+            let matrix = t.shape.len() == 2 && t.data.len() % Q8_BLOCK == 0 && t.shape[1] % Q8_BLOCK == 0;
+            match storage {
+                Storage::Q8 if matrix => {
+                    let (q, scales) = quantize_q8(&t.data);
+                    out.push((n.clone(), Dtype::I8, t.shape.clone(), q.into_iter().map(|v| v as u8).collect()));
+                    let scale_shape = vec![t.shape[0], t.shape[1] / Q8_BLOCK];
+                    out.push((format!("{n}{Q8_SCALE_SUFFIX}"), Dtype::F16, scale_shape, scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                }
+                Storage::F16 | Storage::Q8 if t.shape.len() == 2 => {
+                    out.push((n.clone(), Dtype::F16, t.shape.clone(), t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()))
+                }
+                _ => out.push((n.clone(), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())),
+            }
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = out
             .iter()
-            .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                let v = safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                    .map_err(|e| WeightsError::Safetensors(e.to_string()))?;
+            .map(|(n, d, s, b)| {
+                let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
                 Ok((n.clone(), v))
             })
             .collect::<Result<_, WeightsError>>()?;
@@ -121,6 +150,33 @@ impl Weights {
         }
         Ok(())
     }
+}
+
+/// How [`Weights::to_safetensors_as`] stores tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    F16,
+    /// 8-bit integers in blocks of 32 with an F16 scale each (≈ 1.06 bytes per weight).
+    Q8,
+}
+
+/// Weights per 8-bit block, and the name suffix of a block-quantized tensor's scales.
+pub const Q8_BLOCK: usize = 32;
+pub const Q8_SCALE_SUFFIX: &str = ".q8_scale";
+
+/// Symmetric 8-bit quantization per block of 32: scale = max|x| / 127, q = round(x / scale).
+pub fn quantize_q8(data: &[f32]) -> (Vec<i8>, Vec<f16>) {
+    let mut q = Vec::with_capacity(data.len());
+    let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
+    for block in data.chunks(Q8_BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = f16::from_f32(amax / 127.0);
+        let s = scale.to_f32();
+        q.extend(block.iter().map(|&v| if s > 0.0 { (v / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }));
+        scales.push(scale);
+    }
+    (q, scales)
 }
 
 /// Every tensor a Llama model with this config needs, with its HF shape.

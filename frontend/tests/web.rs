@@ -1,0 +1,59 @@
+//! In the browser (wasm-bindgen-test in headless Chromium with --enable-unsafe-webgpu): the
+//! tokenizer gives the native ids, and a tiny random model's logits on WebGPU and on the CPU
+//! backend equal the native logits (tests/fixtures/browser.json, kept current by
+//! tests/tests/browser_fixture.rs) within 1e-3.
+#![cfg(target_arch = "wasm32")]
+
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use emlab_model::config::LlamaConfig;
+use emlab_model::model::{Batch, Llama};
+use emlab_model::tokenizer::Tokenizer;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const FIXTURE: &str = include_str!("../../tests/fixtures/browser.json");
+const TOKENIZER: &str = include_str!("../../tests/fixtures/tokenizer.json");
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(FIXTURE).unwrap()
+}
+
+#[wasm_bindgen_test]
+fn tokenizer_ids_equal_native() {
+    let f = fixture();
+    let tok = Tokenizer::from_json(TOKENIZER).unwrap();
+    for (text, ids) in f["texts"].as_array().unwrap().iter().zip(f["ids"].as_array().unwrap()) {
+        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text.as_str().unwrap()).unwrap(), want, "{text}");
+    }
+}
+
+async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
+    let cfg = LlamaConfig::tiny(49_152);
+    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, seed), device, FloatDType::F32).unwrap();
+    let t = ids.len();
+    let batch = Batch {
+        tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device),
+        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), device),
+        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, device)),
+    };
+    let logits = m.forward_last(batch, None);
+    logits.into_data_async().await.unwrap().try_into_vec::<f32>().unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn tiny_model_logits_on_cpu_and_webgpu_equal_native() {
+    let f = fixture();
+    let ids: Vec<u32> = f["tiny_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<f32> = f["tiny_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let seed = f["tiny_seed"].as_u64().unwrap();
+    let webgpu = emlab_model::device::init_wgpu_async().await.expect("a WebGPU adapter (start Chromium with --enable-unsafe-webgpu)");
+    for (name, device) in [("cpu", Device::flex()), ("webgpu", webgpu)] {
+        let got = last_logits(&device, seed, &ids).await;
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        web_sys::console::log_1(&format!("{name}: max |Δ| vs native = {d:.2e}").into());
+        assert!(d <= 1e-3, "{name}: logits differ from native by {d}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The browser's model files: `public/models/` with a `manifest.json` naming every file with its
+//! size and sha256, the base weights block-quantized to 8 bits (or f16/f32), the tokenizer, each
+//! trained adapter (f16) and the evaluation results when present. Files over the shard limit are
+//! split into `NAME.partNNN` pieces that the page joins in order, so strict static hosts accept
+//! every file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use emlab_model::weights::{Storage, Weights};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::atomic_write;
+
+pub struct WebOptions {
+    pub base: PathBuf,
+    /// Directories `NAME/adapter/` (as `emlab train` writes them) under this one become variants.
+    pub runs: Option<PathBuf>,
+    pub results: Option<PathBuf>,
+    pub out: PathBuf,
+    pub storage: Storage,
+    pub max_shard_bytes: usize,
+}
+
+/// Splits `bytes` into pieces of at most `max` bytes: `[name]` when it fits, else `name.part000`…
+pub fn shard_names(name: &str, len: usize, max: usize) -> Vec<String> {
+    if len <= max {
+        return vec![name.to_string()];
+    }
+    (0..len.div_ceil(max)).map(|i| format!("{name}.part{i:03}")).collect()
+}
+
+/// Writes the export and returns the manifest's JSON.
+pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
+    if o.max_shard_bytes == 0 {
+        bail!("--max-shard-mb must be positive");
+    }
+    if o.out.exists() {
+        std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot clear", o.out.display()))?;
+    }
+    let mut files = Vec::new();
+    let mut emit = |name: &str, bytes: &[u8]| -> Result<()> {
+        let names = shard_names(name, bytes.len(), o.max_shard_bytes);
+        for (part, chunk) in names.iter().zip(bytes.chunks(o.max_shard_bytes.max(1))) {
+            atomic_write(&o.out.join(part), chunk)?;
+            files.push(json!({ "name": part, "bytes": chunk.len(), "sha256": hex(&Sha256::digest(chunk)) }));
+        }
+        Ok(())
+    };
+    let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()));
+
+    // The base model, in browser storage.
+    let model_files = emlab_model::files::ModelFiles::load_dir(&o.base)?;
+    emit("base/config.json", &read(o.base.join("config.json"))?)?;
+    emit("base/tokenizer.json", &read(o.base.join("tokenizer.json"))?)?;
+    if o.base.join("tokenizer_config.json").exists() {
+        emit("base/tokenizer_config.json", &read(o.base.join("tokenizer_config.json"))?)?;
+    }
+    emit("base/model.safetensors", &model_files.weights.to_safetensors_as(o.storage)?)?;
+
+    // Each trained adapter, stored f16 (PEFT reads it as it is).
+    let mut variants = vec![json!({ "name": "base" })];
+    if let Some(runs) = &o.runs {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("adapter/adapter_model.safetensors").exists()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        for dir in dirs {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let adapter = dir.join("adapter");
+            let mut w = Weights::default();
+            w.add_safetensors(&read(adapter.join("adapter_model.safetensors"))?).with_context(|| adapter.display().to_string())?;
+            emit(&format!("adapters/{name}/adapter_model.safetensors"), &w.to_safetensors_as(Storage::F16)?)?;
+            emit(&format!("adapters/{name}/adapter_config.json"), &read(adapter.join("adapter_config.json"))?)?;
+            variants.push(json!({ "name": name, "train_config": std::fs::read(dir.join("train_config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }));
+        }
+    }
+    let has_results = match &o.results {
+        Some(p) if p.exists() => {
+            emit("results.json", &read(p.clone())?)?;
+            true
+        }
+        _ => false,
+    };
+    let manifest = json!({
+        "schema": "emlab-web/1",
+        "storage": format!("{:?}", o.storage).to_lowercase(),
+        "max_shard_bytes": o.max_shard_bytes,
+        "variants": variants,
+        "results": has_results,
+        "files": files,
+    });
+    atomic_write(&o.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    Ok(manifest)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The total size of an export directory's files (for reporting the download size).
+pub fn total_bytes(manifest: &serde_json::Value) -> u64 {
+    manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["bytes"].as_u64()).sum()
+}
