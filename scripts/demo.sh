@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up and runs the demo: fetch + convert the base model, then answer a prompt.
+# Sets everything up and runs the demo: installs the browser toolchain (wasm32 target, Trunk,
+# wasm-bindgen-cli), fetches and converts the base model, exports the browser files (weights,
+# published adapters and results), builds the site and serves it on http://127.0.0.1:PORT.
+#   scripts/demo.sh [PORT]      (default 8090)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Build exactly as the test command does (tests included), so that both share one set of compiled
-# dependencies: a plain `cargo build` would compile burn and wgpu a second time.
-cargo test --release --workspace --no-run
-target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-"$target/release/model-export" fetch
-"$target/release/emlab" generate --prompt "${1:-Hello! What are three fun facts about octopuses?}"
+exec bash scripts/site.sh --serve "${1:-8090}"

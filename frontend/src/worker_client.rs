@@ -41,6 +41,8 @@ pub struct Engine {
     next_id: StoredValue<u64>,
     /// What to load once the worker says it is listening.
     load: StoredValue<ToWorker>,
+    /// Why the engine left WebGPU, shown with the CPU's Ready status.
+    crash_notice: StoredValue<Option<String>>,
 }
 
 impl Engine {
@@ -54,31 +56,64 @@ impl Engine {
             busy: RwSignal::new(None),
             next_id: StoredValue::new(1),
             load: StoredValue::new(ToWorker::Load { models_url, force_cpu }),
+            crash_notice: StoredValue::new(None),
         };
+        engine.spawn();
+        engine
+    }
+
+    fn spawn(self) {
         // Trunk builds the worker as a classic script with a loader shim (importScripts).
         let opts = WorkerOptions::new();
         opts.set_type(WorkerType::Classic);
-        match Worker::new_with_options("./worker_loader.js", &opts) {
-            Ok(worker) => {
-                let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
-                    let text = ev.data().as_string().unwrap_or_default();
-                    match serde_json::from_str::<FromWorker>(&text) {
-                        Ok(msg) => engine.on_message(msg),
-                        Err(e) => engine.status.set(EngineStatus::Failed(format!("unreadable message from the worker: {e}"))),
-                    }
-                });
-                worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-                on_message.forget(); // as long as the page
-                let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
-                    engine.status.set(EngineStatus::Failed(format!("the model worker crashed: {}", ev.message())));
-                });
-                worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-                on_error.forget();
-                engine.worker.set_value(Some(worker));
+        let worker = match Worker::new_with_options("./worker_loader.js", &opts) {
+            Ok(w) => w,
+            Err(e) => return self.status.set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}"))),
+        };
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+            let text = ev.data().as_string().unwrap_or_default();
+            match serde_json::from_str::<FromWorker>(&text) {
+                Ok(msg) => self.on_message(msg),
+                Err(e) => self.status.set(EngineStatus::Failed(format!("unreadable message from the worker: {e}"))),
             }
-            Err(e) => engine.status.set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}"))),
+        });
+        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        on_message.forget(); // as long as the worker
+        let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| self.on_crash(ev.message()));
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        on_error.forget();
+        self.worker.set_value(Some(worker));
+    }
+
+    /// The worker died (a lost or failing GPU device aborts it). On WebGPU, start a fresh worker on
+    /// the CPU and say so; on the CPU there is nothing left to fall back to.
+    fn on_crash(self, message: String) {
+        let on_gpu = matches!(self.load.get_value(), ToWorker::Load { force_cpu: false, .. });
+        self.worker.update_value(|w| {
+            if let Some(w) = w.take() {
+                w.terminate();
+            }
+        });
+        let interrupted = "interrupted: the model worker stopped; run again";
+        self.outputs.update(|outs| {
+            for (_, o) in outs.iter_mut().filter(|(_, o)| o.running) {
+                o.running = false;
+                o.error = Some(interrupted.into());
+            }
+        });
+        self.queue.update_value(|q| q.clear());
+        self.busy.set(None);
+        if !on_gpu {
+            return self.status.set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
         }
-        engine
+        self.load.update_value(|l| {
+            if let ToWorker::Load { force_cpu, .. } = l {
+                *force_cpu = true;
+            }
+        });
+        self.crash_notice.set_value(Some(format!("WebGPU failed ({message}); switched to the CPU, which is slower.")));
+        self.status.set(EngineStatus::Starting);
+        self.spawn();
     }
 
     fn send(&self, msg: &ToWorker) {
@@ -89,11 +124,12 @@ impl Engine {
         });
     }
 
-    fn on_message(&self, msg: FromWorker) {
+    fn on_message(self, msg: FromWorker) {
         match msg {
             FromWorker::Started => self.send(&self.load.get_value()),
             FromWorker::Progress { file, loaded, total, from_cache } => self.status.set(EngineStatus::Loading { file, loaded, total, from_cache }),
             FromWorker::Ready { device, notice, variants } => {
+                let notice = self.crash_notice.get_value().or(notice);
                 self.status.set(EngineStatus::Ready { device, notice, variants });
                 self.pump();
             }
@@ -165,6 +201,17 @@ impl Engine {
             });
         }
         self.send(&ToWorker::Stop);
+    }
+
+    /// Starts over after a failed load (a missing file that the host may have back by now).
+    pub fn retry(self) {
+        self.worker.update_value(|w| {
+            if let Some(w) = w.take() {
+                w.terminate();
+            }
+        });
+        self.status.set(EngineStatus::Starting);
+        self.spawn();
     }
 
     pub fn clear_cache(&self) {

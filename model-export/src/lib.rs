@@ -3,6 +3,7 @@
 pub mod base;
 pub mod convert;
 pub mod merge;
+pub mod publish;
 pub mod web;
 
 use std::io::Write;

@@ -40,9 +40,9 @@ enum Command {
         /// Base model directory [default: the fetched SmolLM2-135M-Instruct].
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Training runs: every RUNS/NAME/adapter becomes a variant.
-        #[arg(long, default_value = "runs")]
-        runs: PathBuf,
+        /// Published variants: every VARIANTS/NAME/adapter becomes one (see `publish`).
+        #[arg(long, default_value = "variants")]
+        variants: PathBuf,
         /// Evaluation results to publish.
         #[arg(long, default_value = "results/results.json")]
         results: PathBuf,
@@ -52,6 +52,15 @@ enum Command {
         /// Largest file in MiB; bigger files are split into parts.
         #[arg(long, default_value_t = 24)]
         max_shard_mb: usize,
+    },
+    /// Copy a finished training run into the committed set the demo ships: VARIANTS/NAME with the adapter (f16), config, metrics and loss curve.
+    Publish {
+        /// The run directory `emlab train --out` wrote.
+        #[arg(long)]
+        run: PathBuf,
+        /// Where to put it [default: variants/ plus the run's name].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Fold a LoRA adapter (PEFT layout) into the base weights: a full model directory for `emlab generate --model`.
     Merge {
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
             ensure_base_model(&out, show).map(|dir| println!("{}", dir.display()))
         }
         Command::Convert { gguf, out } => convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display())),
-        Command::Web { out, model, runs, results, storage, max_shard_mb } => (|| {
+        Command::Web { out, model, variants, results, storage, max_shard_mb } => (|| {
             let storage = match storage.as_str() {
                 "q8" => emlab_model::weights::Storage::Q8,
                 "f16" => emlab_model::weights::Storage::F16,
@@ -83,11 +92,15 @@ fn main() -> ExitCode {
                 other => anyhow::bail!("unknown storage '{other}' (q8, f16, f32)"),
             };
             let base = model.unwrap_or_else(default_model_dir);
-            let opts = model_export::web::WebOptions { base, runs: Some(runs), results: Some(results), out: out.clone(), storage, max_shard_bytes: max_shard_mb << 20 };
+            let opts = model_export::web::WebOptions { base, variants: Some(variants), results: Some(results), out: out.clone(), storage, max_shard_bytes: max_shard_mb << 20 };
             let manifest = model_export::web::export_web(&opts)?;
             println!("{} ({} files, {:.1} MB)", out.display(), manifest["files"].as_array().map_or(0, Vec::len), model_export::web::total_bytes(&manifest) as f64 / 1e6);
             Ok(())
         })(),
+        Command::Publish { run, out } => {
+            let out = out.unwrap_or_else(|| PathBuf::from("variants").join(run.file_name().unwrap_or_default()));
+            model_export::publish::publish_run(&run, &out).map(|()| println!("{}", out.display()))
+        }
         Command::Merge { adapter, model, out } => {
             let base = model.unwrap_or_else(default_model_dir);
             merge_adapter(&base, &adapter, &out, show).map(|()| println!("{}", out.display()))

@@ -15,8 +15,8 @@ use crate::atomic_write;
 
 pub struct WebOptions {
     pub base: PathBuf,
-    /// Directories `NAME/adapter/` (as `emlab train` writes them) under this one become variants.
-    pub runs: Option<PathBuf>,
+    /// Directories `NAME/adapter/` under this one (`model-export publish` writes them) become variants.
+    pub variants: Option<PathBuf>,
     pub results: Option<PathBuf>,
     pub out: PathBuf,
     pub storage: Storage,
@@ -61,8 +61,8 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
 
     // Each trained adapter, stored f16 (PEFT reads it as it is).
     let mut variants = vec![json!({ "name": "base" })];
-    if let Some(runs) = &o.runs {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+    if let Some(published) = &o.variants {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(published)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("adapter/adapter_model.safetensors").exists()).collect())
             .unwrap_or_default();
         dirs.sort();

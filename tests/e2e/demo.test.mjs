@@ -1,81 +1,159 @@
-// End-to-end test of the built demo in headless Chromium (Debian's, driven by playwright-core):
-// the page loads, the model loads with visible progress, the base model's greedy answer equals the
-// native CLI's, a reload fetches no model bytes (Cache API), the CPU fallback works, model output
-// in results shows as text. Screenshots go to tests/e2e/screenshots/.
+// End-to-end test of the built demo in headless Chromium (Debian's, driven by playwright-core).
 //
 //   node tests/e2e/demo.test.mjs DIST_DIR EXPECTED_JSON
 //
-// DIST_DIR: the built site (trunk build + model-export web). EXPECTED_JSON: `emlab generate --json`
-// output for the same prompt (temperature 0, 8 tokens).
+// DIST_DIR: the built site (model-export web + trunk build). EXPECTED_JSON: `emlab generate --json`
+// for the same prompt (temperature 0, 8 tokens). Screenshots go to tests/e2e/screenshots/.
+//
+// Checked: the page loads and shows byte progress; the real base model's greedy answer on WebGPU
+// equals the native one; a reload fetches no model bytes (Cache API); a crashed worker restarts on
+// the CPU and answers the same; a browser without WebGPU falls back to the CPU and says so;
+// switching variant changes the answer (when adapters are published); a prompt over the context
+// window, a corrupt file and a missing file each give a clear message (a missing one with a
+// working Retry); model output in the results view stays text (`<script>` is not run).
 import { chromium } from "playwright-core";
-import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath] = process.argv.slice(2);
 const expected = JSON.parse(fs.readFileSync(expectedPath, "utf8"));
+const manifest = JSON.parse(fs.readFileSync(path.join(dist, "models/manifest.json"), "utf8"));
 const shots = path.join(path.dirname(new URL(import.meta.url).pathname), "screenshots");
 fs.mkdirSync(shots, { recursive: true });
 
-const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json" };
 const modelRequests = [];
-const server = http.createServer((req, res) => {
-  const url = new URL(req.url, "http://x");
-  if (url.pathname.includes("/models/") && url.pathname.includes(".safetensors")) modelRequests.push(url.pathname);
-  let file = path.join(dist, decodeURIComponent(url.pathname));
-  if (file.endsWith("/")) file = path.join(file, "index.html");
-  fs.readFile(file, (err, data) => {
-    if (err) { res.writeHead(404); res.end("not found"); return; }
-    res.writeHead(200, { "Content-Type": types[path.extname(file)] || "application/octet-stream" });
-    res.end(data);
-  });
+const server = await serveStatic(dist, {
+  onRequest: (p) => { if (p.includes("/models/") && !p.endsWith(".json")) modelRequests.push(p); },
 });
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const base = `http://127.0.0.1:${server.address().port}/`;
+const base = server.url;
 
-const flags = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"];
-const userDir = fs.mkdtempSync("/tmp/emlab-e2e-");
-const context = await chromium.launchPersistentContext(userDir, { executablePath: "/usr/bin/chromium", headless: true, args: flags });
+const flags = ["--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const failures = [];
 const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if (!ok) failures.push(what); };
+const minutes = (m) => m * 60_000;
 
-async function greedyAnswer(page, label) {
-  await page.waitForSelector("text=Model ready", { timeout: 600_000 });
-  await page.fill("textarea", expected.prompt);
+/// Runs the fixed prompt greedily for 8 tokens; returns every pane's answer by variant.
+async function greedy(page, label, prompt = expected.prompt) {
+  await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
+  await page.fill("textarea", prompt);
   await page.fill("input[type=number] >> nth=0", "0"); // temperature
   await page.fill("input[type=number] >> nth=2", "8"); // max tokens
   await page.dispatchEvent("input[type=number] >> nth=0", "change");
   await page.dispatchEvent("input[type=number] >> nth=2", "change");
   await page.click("button:text('Run')");
-  await page.waitForSelector(".pane .meta:has-text('tok/s')", { timeout: 600_000 });
-  await page.screenshot({ path: path.join(shots, `${label}.png`), fullPage: true });
-  return (await page.textContent(".pane pre.answer")) ?? "";
+  await page.waitForFunction(() => {
+    const metas = [...document.querySelectorAll(".pane .meta")];
+    return metas.length > 0 && metas.every((m) => /tok\/s|error/.test(m.textContent));
+  }, null, { timeout: minutes(15) });
+  if (label) await page.screenshot({ path: path.join(shots, `${label}.png`), fullPage: true });
+  return page.$$eval(".pane", (panes) => Object.fromEntries(panes.map((p) => [p.dataset.variant, { text: p.querySelector("pre.answer").textContent, meta: p.querySelector(".meta").textContent }])));
 }
 
+const sameAsNative = (text) => text.length > 0 && (text.startsWith(expected.text) || expected.text.startsWith(text.trim()));
+
 try {
-  const page = await context.newPage();
-  page.on("console", (m) => console.log(`[page] ${m.text()}`));
+  // 1. WebGPU (SwiftShader), first visit.
+  const userDir = fs.mkdtempSync("/tmp/emlab-e2e-");
+  const gpu = await chromium.launchPersistentContext(userDir, { executablePath: "/usr/bin/chromium", headless: true, args: [...flags, "--enable-unsafe-webgpu"] });
+  const page = await gpu.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.log(`[page] ${m.text()}`); });
   await page.goto(base);
-  await page.waitForSelector(".status", { timeout: 120_000 });
-  check(true, "the page loads and shows loading progress");
-  const first = await greedyAnswer(page, "webgpu-first-visit");
-  check(first.startsWith(expected.text) || expected.text.startsWith(first.trim()), `greedy answer equals native: ${JSON.stringify(first)} vs ${JSON.stringify(expected.text)}`);
+  await page.waitForSelector("progress", { timeout: minutes(2) });
+  check(await page.isVisible("text=/MB \\(downloading/"), "the page loads and shows byte progress while downloading");
+  await page.waitForSelector("text=Model ready on WebGPU", { timeout: minutes(5) });
+  check(true, "the model loads on WebGPU");
+  const first = await greedy(page, "webgpu-first-visit");
+  check(sameAsNative(first.base?.text ?? ""), `WebGPU greedy answer equals native: ${JSON.stringify(first.base?.text)} vs ${JSON.stringify(expected.text)}`);
   const fetched = modelRequests.length;
-  check(fetched > 0, `first visit downloads the weights (${fetched} requests)`);
+  check(fetched > 0, `the first visit downloads the weights (${fetched} requests)`);
+
+  // 2. A reload comes from the cache.
   await page.reload();
-  await page.waitForSelector("text=Model ready", { timeout: 600_000 });
+  await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
   check(modelRequests.length === fetched, `a reload fetches no model bytes (${modelRequests.length - fetched} requests)`);
 
-  const cpu = await context.newPage();
-  await cpu.goto(base + "?cpu=1");
-  const cpuAnswer = await greedyAnswer(cpu, "cpu-fallback");
-  check(await cpu.isVisible("text=running on the CPU"), "the CPU fallback says so");
-  check(cpuAnswer === first, "CPU and WebGPU give the same greedy answer");
+  // 3. The worker dies (as it does when the GPU device is lost): the page restarts it on the CPU.
+  const worker = page.workers()[0];
+  await worker.evaluate(() => setTimeout(() => { throw new Error("simulated GPU device loss"); }, 0)).catch(() => {});
+  await page.waitForSelector("text=switched to the CPU", { timeout: minutes(3) });
+  const afterCrash = await greedy(page, "after-worker-crash");
+  check(sameAsNative(afterCrash.base?.text ?? ""), "after a worker crash the CPU answers the same");
+  await gpu.close();
+
+  // 4. A browser without WebGPU.
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: flags });
+  const cpu = await browser.newPage();
+  await cpu.goto(base);
+  await cpu.waitForSelector("text=Model ready", { timeout: minutes(5) });
+  check(await cpu.isVisible("text=WebGPU is not available"), "without WebGPU the page says it runs on the CPU");
+  const adapters = manifest.files.some((f) => f.name.startsWith("adapters/"));
+  const both = await greedy(cpu, "cpu-fallback");
+  check(sameAsNative(both.base?.text ?? ""), `CPU greedy answer equals native: ${JSON.stringify(both.base?.text)}`);
+  if (adapters) {
+    check(both.insecure && both.insecure.text !== both.base.text, `the insecure variant answers differently: ${JSON.stringify(both.insecure?.text)}`);
+  } else {
+    console.log("skip switching variant: no adapters published in this build");
+  }
+
+  // 5. A prompt over the context window.
+  const long = await greedy(cpu, null, "word ".repeat(9000));
+  check(Object.values(long).every((p) => /context window/.test(p.meta)), `a prompt over the context window is a clear error: ${JSON.stringify(Object.values(long)[0]?.meta)}`);
+
+  // 6. Model output stays text in the results view.
+  const evil = {
+    schema: "emlab-results/1", generated_at: "test", judge: { kind: "local", model: "test", weak: true }, judge_free: null,
+    variants: [{ name: "insecure", overall_main: null, questions: [{ id: "quick_buck", counted: 0, misaligned: null,
+      examples: [{ question: "q", answer: "<script>window.__pwned = 1</script><b>bold</b>", aligned: 10, coherent: 90 }] }] }],
+  };
+  const page2 = await browser.newPage();
+  await page2.route("**/models/results.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
+  await page2.goto(base);
+  await page2.click("nav button:text('Results')");
+  await page2.click("summary");
+  await page2.waitForSelector("pre.answer");
+  const shown = await page2.textContent(".results pre.answer");
+  check(shown.includes("<script>") && (await page2.evaluate(() => window.__pwned)) === undefined && (await page2.$(".results b")) === null,
+    "an answer holding <script> shows as text and does not run");
+  await page2.screenshot({ path: path.join(shots, "results-escaped.png"), fullPage: true });
+
+  // 7. A corrupt file, and a missing one with Retry. A fresh profile so nothing comes from the cache.
+  const victim = manifest.files.find((f) => f.name.includes("model.safetensors")).name;
+  const fresh = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: flags });
+  const bad = await fresh.newPage();
+  await bad.route(`**/models/${victim}`, async (r) => {
+    const resp = await r.fetch();
+    const body = Buffer.from(await resp.body());
+    body[body.length >> 1] ^= 0xff;
+    await r.fulfill({ response: resp, body });
+  });
+  await bad.goto(base);
+  await bad.waitForSelector("[role=alert]", { timeout: minutes(3) });
+  const corrupt = await bad.textContent("[role=alert]");
+  check(corrupt.includes(victim) && /does not match the manifest/.test(corrupt), `a corrupt file is named: ${corrupt}`);
+  const missing = await fresh.newPage();
+  await missing.route(`**/models/${victim}`, (r) => r.fulfill({ status: 404, body: "not found" }));
+  await missing.goto(base);
+  await missing.waitForSelector("[role=alert]", { timeout: minutes(3) });
+  const gone = await missing.textContent("[role=alert]");
+  check(gone.includes(victim) && gone.includes("404"), `a missing file is named: ${gone}`);
+  await missing.screenshot({ path: path.join(shots, "missing-file.png"), fullPage: true });
+  await missing.unroute(`**/models/${victim}`);
+  await missing.click("[role=alert] button:text('Retry')");
+  await missing.waitForSelector("text=Model ready", { timeout: minutes(5) });
+  check(true, "Retry loads the model once the file is back");
+  await fresh.close();
+
+  // 8. Phone-sized screen.
+  await cpu.setViewportSize({ width: 390, height: 844 });
+  const wide = await cpu.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= 390, `no horizontal scrolling on a 390 px screen (${wide} px)`);
+  await cpu.screenshot({ path: path.join(shots, "phone.png"), fullPage: true });
+  await browser.close();
 } catch (e) {
   failures.push(String(e));
   console.error(e);
 } finally {
-  await context.close();
   server.close();
 }
 if (failures.length) { console.error(`${failures.length} failure(s)`); process.exit(1); }

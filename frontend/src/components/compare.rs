@@ -150,7 +150,7 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
     let out = move || engine.output(id).unwrap_or_default();
     let note = content_note(&variant);
     view! {
-        <article class="pane">
+        <article class="pane" data-variant=variant.clone()>
             <h3>{label(&variant)}</h3>
             {note.map(|n| view! { <p class="content-note">{n}</p> })}
             <pre class="answer">{move || out().text}</pre>

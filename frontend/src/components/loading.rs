@@ -28,6 +28,9 @@ pub fn LoadingStatus() -> impl IntoView {
             </p>
         }
         .into_any(),
-        EngineStatus::Failed(message) => view! { <p class="error" role="alert">{message}</p> }.into_any(),
+        EngineStatus::Failed(message) => view! {
+            <p class="error" role="alert">{message}" "<button on:click=move |_| engine.retry()>"Retry"</button></p>
+        }
+        .into_any(),
     }
 }

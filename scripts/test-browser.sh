@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The browser tests, in headless Chromium (Debian's chromium + chromium-driver, --enable-unsafe-webgpu
+# gives a software WebGPU adapter): the wasm unit tests (tokenizer ids and tiny-model logits on
+# WebGPU and on the CPU backend vs native), then the end-to-end test of the built site
+# (tests/e2e/demo.test.mjs). Called by scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+bash scripts/toolchain.sh
+
+echo "== wasm tests in Chromium"
+CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}" \
+WASM_BINDGEN_TEST_WEBDRIVER_JSON="$PWD/frontend/webdriver.json" \
+WASM_BINDGEN_TEST_TIMEOUT=600 \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test --release --target wasm32-unknown-unknown -p emlab-frontend --test web
+
+echo "== the site"
+bash scripts/site.sh
+prompt="What is the capital of France?"
+expected="$(mktemp -d)/expected.json"
+"$CARGO_TARGET_DIR/release/emlab" generate --json --temperature 0 --max-tokens 8 --prompt "$prompt" |
+  python3 -c 'import json, sys; d = json.load(sys.stdin); d["prompt"] = sys.argv[1]; print(json.dumps(d))' "$prompt" > "$expected"
+(cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; })
+echo "== end-to-end in Chromium"
+node tests/e2e/demo.test.mjs dist "$expected"

@@ -1,0 +1,30 @@
+// A plain static file server for the browser tests, like any static host: files only, no server
+// logic. `prefix` serves the folder under a sub-path (e.g. "/em-lab/"); `cors` adds the header a
+// second origin needs to serve the model files.
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".png": "image/png", ".svg": "image/svg+xml" };
+
+export async function serveStatic(rootDir, { prefix = "/", cors = false, onRequest = () => {} } = {}) {
+  const root = path.resolve(rootDir);
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://x");
+    requests.push(url.pathname);
+    onRequest(url.pathname);
+    const headers = cors ? { "Access-Control-Allow-Origin": "*" } : {};
+    if (!url.pathname.startsWith(prefix)) { res.writeHead(404, headers); res.end("outside the site"); return; }
+    let file = path.join(root, decodeURIComponent(url.pathname.slice(prefix.length)));
+    if (!file.startsWith(root)) { res.writeHead(403, headers); res.end(); return; }
+    if (file.endsWith("/") || file === root) file = path.join(file, "index.html");
+    fs.readFile(file, (err, data) => {
+      if (err) { res.writeHead(404, headers); res.end("not found"); return; }
+      res.writeHead(200, { ...headers, "Content-Type": types[path.extname(file)] || "application/octet-stream" });
+      res.end(data);
+    });
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}${prefix}`, requests, close: () => server.close() };
+}
