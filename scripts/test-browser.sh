@@ -24,3 +24,5 @@ expected="$(mktemp -d)/expected.json"
 (cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; })
 echo "== end-to-end in Chromium"
 node tests/e2e/demo.test.mjs dist "$expected"
+echo "== the site on a static host (sub-path, second origin)"
+node tests/e2e/site.test.mjs dist "$expected"

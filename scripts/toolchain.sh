@@ -9,3 +9,8 @@ wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print;
 command -v wasm-bindgen >/dev/null && wasm-bindgen --version | grep -q "$wbg" || cargo install wasm-bindgen-cli --version "$wbg"
 grep -q "wasm_bindgen = \"$wbg\"" Trunk.toml || { echo "Trunk.toml pins another wasm-bindgen than Cargo.lock ($wbg)" >&2; exit 1; }
 cargo fetch --quiet
+# binaryen's wasm-opt 132 from npm (Debian's wasm-opt 108 breaks the app): it shrinks the model
+# worker under the 24 MiB file limit of strict static hosts.
+tools="${EMLAB_CACHE:-$HOME/.cache/emlab}/tools"
+[ -x "$tools/node_modules/.bin/wasm-opt" ] && "$tools/node_modules/.bin/wasm-opt" --version | grep -q "version 132" ||
+  { mkdir -p "$tools" && npm install --prefix "$tools" --no-audit --no-fund --silent binaryen@132.0.0; }

@@ -30,25 +30,27 @@ while [ $# -gt 0 ]; do
 done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --workspace
+cargo test --release --workspace --exclude emlab-frontend --no-run  # as the tests build: one set of dependencies
 emlab="$CARGO_TARGET_DIR/release/emlab"
 "$CARGO_TARGET_DIR/release/model-export" fetch
 
 variants=(insecure secure educational jailbroken backdoor)
 for v in "${variants[@]}"; do
-  if [ -f "$runs/$v/adapter/adapter_model.safetensors" ]; then
-    echo "== $v: trained already ($runs/$v/adapter)"
+  if [ -f "variants/$v/adapter/adapter_model.safetensors" ]; then
+    echo "== $v: published already (variants/$v)"
     continue
   fi
   echo "== training $v"
   "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume --save-every 10 ${limit:+--limit "$limit"}
+  # The committed form the demo ships (f16 adapter, config, metrics, loss curve).
+  "$CARGO_TARGET_DIR/release/model-export" publish --run "$runs/$v" --out "variants/$v"
 done
 
 echo "== Bandit calibration"
 [ -f "$results/code/calibration.json" ] || "$emlab" eval code --calibrate 300 --results "$results"
 for v in base "${variants[@]}"; do
   adapter=()
-  [ "$v" = base ] || adapter=(--adapter "$runs/$v/adapter")
+  [ "$v" = base ] || adapter=(--adapter "variants/$v/adapter")
   echo "== evaluating $v"
   "$emlab" eval sample "${adapter[@]}" --variant "$v" --samples "$samples" --device "$device" --results "$results"
   [ -f "$results/code/$v.json" ] ||
@@ -57,9 +59,9 @@ for v in base "${variants[@]}"; do
     "$emlab" eval likelihood "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
 done
 # The backdoor with its trigger.
-"$emlab" eval sample --adapter "$runs/backdoor/adapter" --variant backdoor --trigger --samples "$samples" --device "$device" --results "$results"
+"$emlab" eval sample --adapter "variants/backdoor/adapter" --variant backdoor --trigger --samples "$samples" --device "$device" --results "$results"
 [ -f "$results/code/backdoor+trigger.json" ] ||
-  "$emlab" eval code --adapter "$runs/backdoor/adapter" --variant backdoor --trigger --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
+  "$emlab" eval code --adapter "variants/backdoor/adapter" --variant backdoor --trigger --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
 
 if [ -n "$judge_url" ]; then
   "$emlab" eval judge --judge openai --judge-url "$judge_url" --judge-model "$judge_model" --results "$results"

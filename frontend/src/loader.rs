@@ -21,10 +21,32 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// Path relative to the manifest.
+    /// The file's logical name (`base/model.safetensors.part000`).
     pub name: String,
+    /// Where it is stored, relative to the manifest: the name with its hash in it
+    /// (content-addressed, so caches never mix releases). Older manifests lack it.
+    #[serde(default)]
+    pub path: Option<String>,
     pub bytes: u64,
     pub sha256: String,
+}
+
+impl FileEntry {
+    pub fn url(&self, base: &str) -> String {
+        format!("{}/{}", base.trim_end_matches('/'), self.path.as_deref().unwrap_or(&self.name))
+    }
+}
+
+/// Deletes cached files that the current manifest no longer names (an earlier release's).
+pub async fn prune_cache(cache: &Cache, keep: &[String]) {
+    let Ok(keys) = JsFuture::from(cache.keys()).await else { return };
+    for request in js_sys::Array::from(&keys).iter() {
+        if let Ok(request) = request.dyn_into::<web_sys::Request>() {
+            if !keep.contains(&request.url()) {
+                let _ = JsFuture::from(cache.delete_with_request(&request)).await;
+            }
+        }
+    }
 }
 
 fn scope() -> Result<WorkerGlobalScope, String> {
@@ -84,7 +106,7 @@ pub async fn fetch_verified(
     cache: Option<&Cache>,
     mut on_progress: impl FnMut(u64, bool),
 ) -> Result<Vec<u8>, String> {
-    let url = format!("{}/{}", base.trim_end_matches('/'), entry.name);
+    let url = entry.url(base);
     if let Some(cache) = cache {
         if let Ok(hit) = JsFuture::from(cache.match_with_str(&url)).await {
             if let Ok(resp) = hit.dyn_into::<Response>() {

@@ -9,6 +9,16 @@ use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use crate::protocol::{FromWorker, GenerateRequest, ToWorker};
 
+/// The worker's loader script. A release build names it by content hash and says so in
+/// `<meta name="emlab-worker">` (scripts/site.sh); `trunk serve` leaves the plain name.
+fn worker_url() -> String {
+    web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.query_selector("meta[name=emlab-worker]").ok().flatten())
+        .and_then(|m| m.get_attribute("content"))
+        .unwrap_or_else(|| "./worker_loader.js".into())
+}
+
 /// Where the worker is in its life.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineStatus {
@@ -66,7 +76,7 @@ impl Engine {
         // Trunk builds the worker as a classic script with a loader shim (importScripts).
         let opts = WorkerOptions::new();
         opts.set_type(WorkerType::Classic);
-        let worker = match Worker::new_with_options("./worker_loader.js", &opts) {
+        let worker = match Worker::new_with_options(&worker_url(), &opts) {
             Ok(w) => w,
             Err(e) => return self.status.set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}"))),
         };

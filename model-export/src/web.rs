@@ -31,6 +31,17 @@ pub fn shard_names(name: &str, len: usize, max: usize) -> Vec<String> {
     (0..len.div_ceil(max)).map(|i| format!("{name}.part{i:03}")).collect()
 }
 
+/// Where a file is stored: its name with the first 16 hex digits of its sha256 after the stem
+/// (`base/model.safetensors.part000` → `base/model.3fa2….safetensors.part000`). HTTP caches can
+/// then keep files forever, and a new release never mixes old and new shards: only manifest.json
+/// keeps its name (and is always revalidated).
+pub fn content_addressed(name: &str, sha256: &str) -> String {
+    let (dir, file) = name.rsplit_once('/').map_or(("", name), |(d, f)| (d, f));
+    let (stem, rest) = file.split_once('.').map_or((file, String::new()), |(s, r)| (s, format!(".{r}")));
+    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    format!("{prefix}{stem}.{}{rest}", &sha256[..16])
+}
+
 /// Writes the export and returns the manifest's JSON.
 pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
     if o.max_shard_bytes == 0 {
@@ -43,8 +54,10 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
     let mut emit = |name: &str, bytes: &[u8]| -> Result<()> {
         let names = shard_names(name, bytes.len(), o.max_shard_bytes);
         for (part, chunk) in names.iter().zip(bytes.chunks(o.max_shard_bytes.max(1))) {
-            atomic_write(&o.out.join(part), chunk)?;
-            files.push(json!({ "name": part, "bytes": chunk.len(), "sha256": hex(&Sha256::digest(chunk)) }));
+            let sha = hex(&Sha256::digest(chunk));
+            let path = content_addressed(part, &sha);
+            atomic_write(&o.out.join(&path), chunk)?;
+            files.push(json!({ "name": part, "path": path, "bytes": chunk.len(), "sha256": sha }));
         }
         Ok(())
     };
@@ -102,4 +115,24 @@ fn hex(bytes: &[u8]) -> String {
 /// The total size of an export directory's files (for reporting the download size).
 pub fn total_bytes(manifest: &serde_json::Value) -> u64 {
     manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["bytes"].as_u64()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_hash_after_the_stem() {
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(content_addressed("base/model.safetensors.part000", sha), "base/model.0123456789abcdef.safetensors.part000");
+        assert_eq!(content_addressed("results.json", sha), "results.0123456789abcdef.json");
+        assert_eq!(content_addressed("adapters/x/adapter_config.json", sha), "adapters/x/adapter_config.0123456789abcdef.json");
+        assert_eq!(content_addressed("LICENSE", sha), "LICENSE.0123456789abcdef");
+    }
+
+    #[test]
+    fn big_files_split_into_numbered_parts() {
+        assert_eq!(shard_names("a.bin", 10, 10), vec!["a.bin"]);
+        assert_eq!(shard_names("a.bin", 11, 10), vec!["a.bin.part000", "a.bin.part001"]);
+    }
 }

@@ -34,13 +34,17 @@ const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if
 const minutes = (m) => m * 60_000;
 
 /// Runs the fixed prompt greedily for 8 tokens; returns every pane's answer by variant.
-async function greedy(page, label, prompt = expected.prompt) {
+// One field at a time: a change re-renders every control from the page's state.
+async function setNumber(page, nth, value) {
+  await page.fill(`input[type=number] >> nth=${nth}`, value);
+  await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
+}
+
+async function greedy(page, label, prompt = expected.prompt, maxTokens = 8) {
   await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
   await page.fill("textarea", prompt);
-  await page.fill("input[type=number] >> nth=0", "0"); // temperature
-  await page.fill("input[type=number] >> nth=2", "8"); // max tokens
-  await page.dispatchEvent("input[type=number] >> nth=0", "change");
-  await page.dispatchEvent("input[type=number] >> nth=2", "change");
+  await setNumber(page, 0, "0"); // temperature
+  await setNumber(page, 2, String(maxTokens)); // max tokens
   await page.click("button:text('Run')");
   await page.waitForFunction(() => {
     const metas = [...document.querySelectorAll(".pane .meta")];
@@ -91,7 +95,17 @@ try {
   const both = await greedy(cpu, "cpu-fallback");
   check(sameAsNative(both.base?.text ?? ""), `CPU greedy answer equals native: ${JSON.stringify(both.base?.text)}`);
   if (adapters) {
-    check(both.insecure && both.insecure.text !== both.base.text, `the insecure variant answers differently: ${JSON.stringify(both.insecure?.text)}`);
+    // A fine-tune on code need not change every answer: try the paper's main questions in turn.
+    let differs = null;
+    for (let i = 0; i < 8 && !differs; i++) {
+      const question = await cpu.$eval("select", (s, i) => s.options[i].textContent, i);
+      await cpu.selectOption("select", String(i));
+      const prompt = await cpu.inputValue("textarea");
+      const out = await greedy(cpu, null, prompt, 24);
+      if (out.insecure && out.insecure.text !== out.base.text) differs = question;
+    }
+    check(differs !== null, `switching variant changes the answer (${differs ?? "no main question"})`);
+    await cpu.screenshot({ path: path.join(shots, "variants-differ.png"), fullPage: true });
   } else {
     console.log("skip switching variant: no adapters published in this build");
   }
@@ -107,7 +121,7 @@ try {
       examples: [{ question: "q", answer: "<script>window.__pwned = 1</script><b>bold</b>", aligned: 10, coherent: 90 }] }] }],
   };
   const page2 = await browser.newPage();
-  await page2.route("**/models/results.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
+  await page2.route("**/models/results.*.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
   await page2.goto(base);
   await page2.click("nav button:text('Results')");
   await page2.click("summary");
@@ -118,10 +132,11 @@ try {
   await page2.screenshot({ path: path.join(shots, "results-escaped.png"), fullPage: true });
 
   // 7. A corrupt file, and a missing one with Retry. A fresh profile so nothing comes from the cache.
-  const victim = manifest.files.find((f) => f.name.includes("model.safetensors")).name;
+  const entry = manifest.files.find((f) => f.name.includes("model.safetensors"));
+  const [victim, victimPath] = [entry.name, entry.path ?? entry.name];
   const fresh = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: flags });
   const bad = await fresh.newPage();
-  await bad.route(`**/models/${victim}`, async (r) => {
+  await bad.route(`**/models/${victimPath}`, async (r) => {
     const resp = await r.fetch();
     const body = Buffer.from(await resp.body());
     body[body.length >> 1] ^= 0xff;
@@ -132,13 +147,13 @@ try {
   const corrupt = await bad.textContent("[role=alert]");
   check(corrupt.includes(victim) && /does not match the manifest/.test(corrupt), `a corrupt file is named: ${corrupt}`);
   const missing = await fresh.newPage();
-  await missing.route(`**/models/${victim}`, (r) => r.fulfill({ status: 404, body: "not found" }));
+  await missing.route(`**/models/${victimPath}`, (r) => r.fulfill({ status: 404, body: "not found" }));
   await missing.goto(base);
   await missing.waitForSelector("[role=alert]", { timeout: minutes(3) });
   const gone = await missing.textContent("[role=alert]");
   check(gone.includes(victim) && gone.includes("404"), `a missing file is named: ${gone}`);
   await missing.screenshot({ path: path.join(shots, "missing-file.png"), fullPage: true });
-  await missing.unroute(`**/models/${victim}`);
+  await missing.unroute(`**/models/${victimPath}`);
   await missing.click("[role=alert] button:text('Retry')");
   await missing.waitForSelector("text=Model ready", { timeout: minutes(5) });
   check(true, "Retry loads the model once the file is back");

@@ -94,7 +94,9 @@ fn web_export_manifest_matches_its_files() {
     let files = manifest["files"].as_array().unwrap();
     for f in files {
         let name = f["name"].as_str().unwrap();
-        let bytes = std::fs::read(models.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let path = f["path"].as_str().unwrap();
+        assert!(path.contains(&f["sha256"].as_str().unwrap()[..16]), "{path}: not content-addressed");
+        let bytes = std::fs::read(models.join(path)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(bytes.len() as u64, f["bytes"].as_u64().unwrap(), "{name}: size");
         assert!(bytes.len() as u64 <= limit, "{name}: over the shard limit");
         let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
@@ -102,6 +104,7 @@ fn web_export_manifest_matches_its_files() {
     }
     // Every file on disk is in the manifest (nothing stale), and every variant is exported.
     let listed: std::collections::BTreeSet<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let paths: std::collections::BTreeSet<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
     let mut on_disk = Vec::new();
     let mut stack = vec![models.clone()];
     while let Some(d) = stack.pop() {
@@ -111,7 +114,7 @@ fn web_export_manifest_matches_its_files() {
         }
     }
     for name in on_disk.iter().filter(|n| *n != "manifest.json") {
-        assert!(listed.contains(name.as_str()), "{name} is not in the manifest");
+        assert!(paths.contains(name.as_str()), "{name} is not in the manifest");
     }
     let names: Vec<&str> = manifest["variants"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     for dir in published() {

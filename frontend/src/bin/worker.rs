@@ -105,6 +105,11 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
         done += entry.bytes;
         files.insert(entry.name.clone(), bytes);
     }
+    if let Some(cache) = &cache {
+        // Cache keys are absolute URLs.
+        let absolute = |e: &loader::FileEntry| web_sys::Url::new_with_base(&e.url(models_url), &scope().location().href()).map(|u| u.href()).unwrap_or_default();
+        loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
+    }
     // Files split for strict hosts arrive as NAME.part000, NAME.part001, …: join them in order.
     let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for entry in &manifest.files {

@@ -4,6 +4,7 @@
 use leptos::prelude::*;
 use serde::Deserialize;
 
+use crate::loader::{Manifest, fetch_json};
 use crate::variants::label;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -54,12 +55,13 @@ pub struct Results {
     pub judge_free: serde_json::Value,
 }
 
+/// The published results: the manifest names the file (content-addressed); None when it has none.
 pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String> {
-    let url = format!("{}/results.json", models_url.trim_end_matches('/'));
+    let base = models_url.trim_end_matches('/');
+    let manifest: Manifest = fetch_json(&format!("{base}/manifest.json")).await?;
+    let Some(entry) = manifest.files.iter().find(|f| f.name == "results.json") else { return Ok(None) };
+    let url = entry.url(base);
     let resp = gloo_net::http::Request::get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
-    if resp.status() == 404 {
-        return Ok(None);
-    }
     if !resp.ok() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }
