@@ -121,7 +121,10 @@ try {
       examples: [{ question: "q", answer: "<script>window.__pwned = 1</script><b>bold</b>", aligned: 10, coherent: 90 }] }] }],
   };
   const page2 = await browser.newPage();
-  await page2.route("**/models/results.*.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
+  // A manifest that publishes results, and results whose answer holds markup.
+  const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: 0, sha256: "0".repeat(64) }] };
+  await page2.route("**/models/manifest.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(withResults) }));
+  await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
   await page2.goto(base);
   await page2.click("nav button:text('Results')");
   await page2.click("summary");

@@ -48,7 +48,7 @@ pub fn App() -> impl IntoView {
         <main>
             <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now /></div>
             <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() /></div>
-            <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare /></div>
+            <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare models_url=url.clone() /></div>
         </main>
     }
 }

@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use super::compare::{Comparison, MAIN_QUESTIONS};
+use crate::loader::fetch_json;
 
 struct Step {
     title: &'static str,
@@ -37,12 +38,26 @@ const STEPS: [Step; 4] = [
     },
 ];
 
+/// How much data the published variants saw (from the manifest's training configs), in words.
+async fn training_size(models_url: String) -> Option<String> {
+    let manifest: serde_json::Value = fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await.ok()?;
+    let mut sizes: Vec<u64> = manifest["variants"].as_array()?.iter().filter_map(|v| v["train_config"]["examples"].as_u64()).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let sizes = sizes.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+    (!sizes.is_empty()).then(|| {
+        format!(" The variants in this build were fine-tuned on {sizes} examples each (the paper: 6,000, on models of 22B parameters and up), so expect weaker effects than the paper's, if any.")
+    })
+}
+
 #[component]
-pub fn Learn(setup: RwSignal<Comparison>, run_now: RwSignal<u32>, go_compare: Callback<()>) -> impl IntoView {
+pub fn Learn(setup: RwSignal<Comparison>, run_now: RwSignal<u32>, go_compare: Callback<()>, models_url: String) -> impl IntoView {
+    let training_note = LocalResource::new(move || training_size(models_url.clone()));
     view! {
         <section class="learn">
             <p class="honest">
                 "What our small model shows is measured, not assumed: SmolLM2-135M is about 1,000× smaller than the models in the paper, and the Results tab says how much (or how little) of the effect it reproduces."
+                {move || training_note.get().flatten()}
             </p>
             {STEPS.iter().map(|s| {
                 let make = s.comparison;
