@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"  # where toolchain.sh installs trunk and wasm-bindgen
 bash scripts/toolchain.sh
 # Built as the test command builds (tests included) so both share one set of compiled dependencies.
 cargo test --release --workspace --exclude emlab-frontend --no-run

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"  # where toolchain.sh installs trunk and wasm-bindgen
 bash scripts/toolchain.sh
 
 echo "== wasm tests in Chromium"

@@ -3,7 +3,13 @@
 # Rust), and wasm-bindgen-cli at exactly the version in Cargo.lock (Trunk.toml pins the same).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if command -v rustup >/dev/null; then
+  rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
+  echo "the wasm32-unknown-unknown target is missing (install Rust with rustup, then: rustup target add wasm32-unknown-unknown)" >&2
+  exit 1
+fi
 command -v trunk >/dev/null && trunk --version | grep -q "0.21.14" || cargo install trunk --version 0.21.14 --locked
 wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 command -v wasm-bindgen >/dev/null && wasm-bindgen --version | grep -q "$wbg" || cargo install wasm-bindgen-cli --version "$wbg"

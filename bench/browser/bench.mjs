@@ -55,10 +55,18 @@ async function ours(cpu) {
   for (const box of await page.$$(".variants input[type=checkbox]:checked")) {
     if (!(await box.evaluate((b) => b.parentElement.textContent.startsWith("Base")))) await box.click();
   }
+  // Timestamps of the answer text's growth: the first token, and the last.
   await page.evaluate(() => {
-    window.__t = { first: null, last: null };
-    new MutationObserver(() => { const now = performance.now(); window.__t.first ??= now; window.__t.last = now; })
-      .observe(document.querySelector(".panes"), { subtree: true, characterData: true, childList: true });
+    window.__t = { first: null, last: null, len: 0 };
+    new MutationObserver(() => {
+      const text = document.querySelector(".pane pre.answer")?.textContent ?? "";
+      if (text.length > window.__t.len) {
+        const now = performance.now();
+        window.__t.first ??= now;
+        window.__t.last = now;
+        window.__t.len = text.length;
+      }
+    }).observe(document.querySelector(".panes"), { subtree: true, characterData: true, childList: true });
   });
   const start = await page.evaluate(() => performance.now());
   await page.click("button:text('Run')");
@@ -67,7 +75,6 @@ async function ours(cpu) {
   const meta = await page.textContent(".pane .meta");
   const n = Number(meta.match(/(\d+) tokens/)[1]);
   await ctx.close();
-  // The last mutation is the meta line; the first is the first token.
   return { load_cold_s: cold, load_warm_s: warm, ttft_s: (times.first - start) / 1000, decode_tok_s: n > 1 ? (n - 1) / ((times.last - times.first) / 1000) : null, tokens: n };
 }
 

@@ -7,7 +7,8 @@
 // 2. The model files served from a second origin (another port, with CORS) through ?models=URL:
 //    the weights load from there.
 // 3. No file in the folder is over the limit (24 MiB unless given).
-// Both runs use the CPU path (Chromium without WebGPU): the host, not the GPU, is under test.
+// 4. A host that serves the weights as text/plain and gzips them on the wire: they still load.
+// All runs use the CPU path (Chromium without WebGPU): the host, not the GPU, is under test.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -62,6 +63,14 @@ try {
   check(answer2 === answer, "with ?models= on a second origin the answer is the same");
   check(models.requests.some((p) => p.includes("safetensors")), `the weights came from the second origin (${models.requests.length} requests)`);
   check(!site.requests.slice(before).some((p) => p.includes("/models/")), "and none from the site's own models/");
+  await context.close();
+
+  const careless = await serveStatic(dist, { prefix: "/em-lab/", mangleBinary: true });
+  const page3 = await (await browser.newContext()).newPage();
+  await page3.goto(careless.url);
+  const answer3 = await greedy(page3);
+  careless.close();
+  check(answer3 === answer, "weights served as text/plain with gzip on the wire load and answer the same");
 } catch (e) {
   failures.push(String(e));
   console.error(e);

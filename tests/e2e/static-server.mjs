@@ -1,13 +1,15 @@
 // A plain static file server for the browser tests, like any static host: files only, no server
 // logic. `prefix` serves the folder under a sub-path (e.g. "/em-lab/"); `cors` adds the header a
-// second origin needs to serve the model files.
+// second origin needs to serve the model files. `mangleBinary` acts like careless hosts do with
+// files they do not know: a generic content type, and gzip on the wire (Content-Encoding: gzip).
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
+import zlib from "node:zlib";
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".png": "image/png", ".svg": "image/svg+xml" };
 
-export async function serveStatic(rootDir, { prefix = "/", cors = false, onRequest = () => {} } = {}) {
+export async function serveStatic(rootDir, { prefix = "/", cors = false, mangleBinary = false, onRequest = () => {} } = {}) {
   const root = path.resolve(rootDir);
   const requests = [];
   const server = http.createServer((req, res) => {
@@ -21,7 +23,13 @@ export async function serveStatic(rootDir, { prefix = "/", cors = false, onReque
     if (file.endsWith("/") || file === root) file = path.join(file, "index.html");
     fs.readFile(file, (err, data) => {
       if (err) { res.writeHead(404, headers); res.end("not found"); return; }
-      res.writeHead(200, { ...headers, "Content-Type": types[path.extname(file)] || "application/octet-stream" });
+      const known = types[path.extname(file)];
+      if (mangleBinary && !known) {
+        res.writeHead(200, { ...headers, "Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip" });
+        res.end(zlib.gzipSync(data, { level: 1 }));
+        return;
+      }
+      res.writeHead(200, { ...headers, "Content-Type": known || "application/octet-stream" });
       res.end(data);
     });
   });
