@@ -134,9 +134,14 @@ pub fn read_jsonl(path: &Path, skip_bad: bool) -> Result<(Vec<Example>, usize)> 
     Ok((parsed.examples, parsed.errors.len()))
 }
 
-/// `datasets/emergent-misalignment` in this repository.
+/// The project's copy of the paper's data: `$EMLAB_DATASETS` when set; else the checkout this binary was built from; else
+/// `datasets/emergent-misalignment` under the current directory (a binary copied elsewhere).
 pub fn datasets_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emergent-misalignment")
+    if let Some(dir) = std::env::var_os("EMLAB_DATASETS") {
+        return PathBuf::from(dir);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/emergent-misalignment");
+    if built.exists() { built } else { PathBuf::from("datasets/emergent-misalignment") }
 }
 
 /// `datasets/emergent-misalignment/data`: the training sets.
