@@ -92,14 +92,8 @@ pub fn messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
 
 /// The logits of every position of one sequence, row-major `[ids.len(), vocab]`.
 pub fn all_logits(model: &emlab_model::model::Llama, ids: &[u32]) -> Result<Vec<f32>> {
-    use burn::prelude::*;
     let device = model.device();
-    let t = ids.len();
-    let batch = emlab_model::model::Batch {
-        tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), &device),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), &device),
-        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, &device)),
-    };
+    let batch = emlab_model::model::Batch::causal(ids, &device);
     let logits = model.forward(batch, None);
     emlab_model::generate::block_on(logits.into_data_async())
         .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?

@@ -33,12 +33,7 @@ fn tokenizer_ids_equal_native() {
 async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
     let cfg = LlamaConfig::tiny(49_152);
     let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, seed), device, FloatDType::F32).unwrap();
-    let t = ids.len();
-    let batch = Batch {
-        tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), device),
-        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, device)),
-    };
+    let batch = Batch::causal(&ids, device);
     let logits = m.forward_last(batch, None);
     logits.into_data_async().await.unwrap().try_into_vec::<f32>().unwrap()
 }

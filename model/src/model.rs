@@ -284,6 +284,18 @@ pub struct Batch {
     pub bias: Option<Tensor<4>>,
 }
 
+impl Batch {
+    /// One unpadded sequence, every position attending to those before it: a full causal pass.
+    pub fn causal(ids: &[u32], device: &Device) -> Batch {
+        let t = ids.len();
+        Batch {
+            tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device),
+            positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), device),
+            bias: Some(crate::generate::attention_bias(&[vec![true; t]], t, device)),
+        }
+    }
+}
+
 impl Llama {
     /// Final hidden states `[B, T, D]` (after the last norm).
     pub fn forward_hidden(&self, batch: Batch, mut cache: Option<&mut KvCache>) -> Tensor<3> {

@@ -22,12 +22,7 @@ fn tiny_logits() -> Vec<f32> {
 /// Logits of every position (as `emlab logits` computes them).
 fn backend_free_all_logits(m: &Llama, ids: &[u32]) -> Vec<f32> {
     let device = m.device();
-    let t = ids.len();
-    let batch = emlab_model::model::Batch {
-        tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), &device),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), &device),
-        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, &device)),
-    };
+    let batch = emlab_model::model::Batch::causal(&ids, &device);
     m.forward(batch, None).into_data().try_into_vec::<f32>().unwrap()
 }
 

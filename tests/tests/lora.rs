@@ -5,7 +5,6 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::{Distribution, FloatDType};
 use emlab_model::config::LlamaConfig;
-use emlab_model::generate::attention_bias;
 use emlab_model::lora::{self, LoraConfig};
 use emlab_model::model::{Batch, Llama};
 
@@ -15,13 +14,7 @@ fn tiny(cfg: &LlamaConfig, seed: u64) -> Llama {
 
 fn logits(m: &Llama) -> Vec<f32> {
     let dev = m.device();
-    let ids: Vec<i32> = vec![5, 17, 3, 99, 42, 7, 250, 11];
-    let t = ids.len();
-    let batch = Batch {
-        tokens: Tensor::from_data(TensorData::new(ids, [1, t]), &dev),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect(), [1, t]), &dev),
-        bias: Some(attention_bias(&[vec![true; t]], t, &dev)),
-    };
+    let batch = Batch::causal(&[5, 17, 3, 99, 42, 7, 250, 11], &dev);
     m.forward(batch, None).into_data().try_into_vec_as().unwrap()
 }
 

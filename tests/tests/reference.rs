@@ -1,7 +1,6 @@
 //! Our SmolLM2 against two implementations we did not write (tests/reference/SOURCE.md):
 //! Hugging Face transformers in f32 (`hf_fp32`) and llama.cpp (`llamacpp`).
 
-use burn::prelude::*;
 use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
 use emlab_model::device::{self, DeviceChoice};
@@ -29,12 +28,7 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Last-position logits of a prompt, computed without the KV cache path.
 fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
     let device = m.model.device();
-    let t = prompt.len();
-    let batch = Batch {
-        tokens: Tensor::from_data(TensorData::new(prompt.iter().map(|&i| i as i32).collect(), [1, t]), &device),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect(), [1, t]), &device),
-        bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, &device)),
-    };
+    let batch = Batch::causal(&prompt, &device);
     m.model.forward_last(batch, None).into_data().try_into_vec_as::<f32>().unwrap()
 }
 
@@ -140,12 +134,7 @@ fn teacher_forced_logits_match_transformers() {
         let prompt = ids(&p["prompt_ids"]);
         let cont = ids(&p["hf_fp32"]["greedy40_ids"]);
         let seq: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-        let t = seq.len();
-        let batch = Batch {
-            tokens: Tensor::from_data(TensorData::new(seq.iter().map(|&i| i as i32).collect(), [1, t]), &device),
-            positions: Tensor::from_data(TensorData::new((0..t as i32).collect(), [1, t]), &device),
-            bias: Some(emlab_model::generate::attention_bias(&[vec![true; t]], t, &device)),
-        };
+        let batch = Batch::causal(&seq, &device);
         let logits = m.model.forward(batch, None).into_data().try_into_vec_as::<f32>().unwrap();
         let vocab = m.model.vocab_size;
         let mut worst = 0.0f32;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
-use emlab_model::generate::{attention_bias, block_on};
+use emlab_model::generate::block_on;
 use emlab_model::model::{Batch, KvCache, Llama};
 use emlab_model::pipeline::ChatModel;
 use serde::{Deserialize, Serialize};
@@ -198,11 +198,7 @@ pub fn number_distribution(model: &Llama, prompt: &[u32], digits: &[u32; 10], mi
     let device = model.device();
     let t = prompt.len();
     let mut cache = model.new_cache();
-    let prefill = Batch {
-        tokens: Tensor::from_data(TensorData::new(prompt.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), &device),
-        positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), &device),
-        bias: Some(attention_bias(&[vec![true; t]], t, &device)),
-    };
+    let prefill = Batch::causal(&prompt, &device);
     let first = probs(model.forward_last(prefill, Some(&mut cache)))?;
     // Frontier: (digit string, its probability, row in `cache`), all strings of one length.
     let mut frontier: Vec<(String, f64, usize)> = Vec::new();
