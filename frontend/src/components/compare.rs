@@ -103,7 +103,7 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
                 {VARIANTS.iter().map(|&v| {
                     let present = move || available().iter().any(|a| a == v);
                     view! {
-                        <label class:missing=move || !present() title=move || if present() { String::new() } else { "not trained yet".into() }>
+                        <label data-variant=v class:missing=move || !present() title=move || if present() { String::new() } else { "not trained yet".into() }>
                             <input type="checkbox" disabled=move || !present()
                                 prop:checked=move || setup.get().variants.iter().any(|x| x == v)
                                 on:change=move |_| toggle(v.to_string()) />
