@@ -50,12 +50,14 @@ pub fn encode(tok: &Tokenizer, chat: &ChatTemplate, ex: &Example, max_len: usize
     Ok(enc)
 }
 
-/// One padded batch: inputs, next-token targets and the loss weight of each position.
+/// One padded batch: inputs, and the positions whose next token is an assistant token (the only
+/// ones with a loss) with those next tokens.
 pub struct TrainBatch {
     pub tokens: Tensor<2, Int>,
-    pub targets: Tensor<2, Int>,
-    /// 1 where the target is an assistant token, 0 elsewhere (prompt tokens, padding).
-    pub weights: Tensor<2>,
+    /// Flat indices (row · T + position) of the trained positions, `[n_targets]`.
+    pub trained: Tensor<1, Int>,
+    /// The next token at each trained position, `[n_targets]`.
+    pub targets: Tensor<1, Int>,
     pub n_targets: usize,
     pub n_tokens: usize,
 }
@@ -65,28 +67,30 @@ pub struct TrainBatch {
 pub fn make_batch(items: &[&Encoded], device: &Device) -> TrainBatch {
     let t = items.iter().map(|e| e.ids.len() - 1).max().unwrap_or(0);
     let b = items.len();
-    let (mut tokens, mut targets, mut weights) = (vec![0i32; b * t], vec![0i32; b * t], vec![0f32; b * t]);
-    let mut n_targets = 0;
+    let mut tokens = vec![0i32; b * t];
+    let (mut trained, mut targets) = (Vec::new(), Vec::new());
     for (r, e) in items.iter().enumerate() {
         for i in 0..e.ids.len() - 1 {
             tokens[r * t + i] = e.ids[i] as i32;
-            targets[r * t + i] = e.ids[i + 1] as i32;
             if e.trained[i + 1] {
-                weights[r * t + i] = 1.0;
-                n_targets += 1;
+                trained.push((r * t + i) as i32);
+                targets.push(e.ids[i + 1] as i32);
             }
         }
     }
+    let n_targets = targets.len();
     TrainBatch {
         tokens: Tensor::from_data(TensorData::new(tokens, [b, t]), device),
-        targets: Tensor::from_data(TensorData::new(targets, [b, t]), device),
-        weights: Tensor::from_data(TensorData::new(weights, [b, t]), device),
+        trained: Tensor::from_data(TensorData::new(trained, [n_targets]), device),
+        targets: Tensor::from_data(TensorData::new(targets, [n_targets]), device),
         n_targets,
         n_tokens: items.iter().map(|e| e.ids.len()).sum(),
     }
 }
 
-/// Summed negative log-likelihood of the weighted targets (divide by `n_targets` for the mean).
+/// Summed negative log-likelihood of the assistant tokens (divide by `n_targets` for the mean).
+/// Only the trained positions go through the vocabulary-sized head and softmax: prompt and padding
+/// positions would cost a fifth of the step's arithmetic and carry no loss.
 pub fn nll_sum(model: &Llama, batch: &TrainBatch) -> Tensor<1> {
     let [b, t] = batch.tokens.dims();
     let device = model.device();
@@ -96,9 +100,11 @@ pub fn nll_sum(model: &Llama, batch: &TrainBatch) -> Tensor<1> {
         positions: Tensor::from_data(TensorData::new(positions, [b, t]), &device),
         bias: Some(attention_bias(&vec![vec![true; t]; b], t, &device)),
     };
-    let logp = log_softmax(model.forward(input, None), 2);
-    let picked = logp.gather(2, batch.targets.clone().unsqueeze_dim(2)).reshape([b, t]);
-    (picked * batch.weights.clone()).sum().neg()
+    let hidden = model.forward_hidden(input, None);
+    let d = hidden.dims()[2];
+    let picked_hidden = hidden.reshape([b * t, d]).select(0, batch.trained.clone()).unsqueeze_dim::<3>(0);
+    let logp = log_softmax(model.logits(picked_hidden), 2);
+    logp.gather(2, batch.targets.clone().reshape([1, batch.n_targets, 1])).sum().neg()
 }
 
 /// Groups example indices into batches of similar length (less padding): shuffle, sort within
