@@ -51,7 +51,9 @@ enum Command {
         /// Use the prompt as raw text: no chat template.
         #[arg(long)]
         raw: bool,
-        /// Print one JSON object {"prompt_ids", "output_ids", "text"} instead of streaming.
+        /// Print one JSON object {"prompt_ids", "output_ids", "text", "tokens"} instead of streaming;
+        /// `tokens` gives each output token's text, log-probability and margin over the runner-up
+        /// (a small margin is a near-tie that another implementation's rounding may flip).
         #[arg(long)]
         json: bool,
     },
@@ -403,10 +405,19 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 chat_model.encode_chat(&messages(system.as_deref(), &prompt))?
             };
+            let cfg = GenerationConfig { logprobs: json.then_some(2).or(cfg.logprobs), ..cfg };
             let generation = answer(&chat_model, &prompt_ids, &cfg, !json)?;
             if json {
                 let text = chat_model.tokenizer.decode(&generation.ids)?;
-                let out = serde_json::json!({ "prompt_ids": prompt_ids, "output_ids": generation.ids, "text": text });
+                let mut tokens = Vec::new();
+                let mut before = 0;
+                for (i, lp) in generation.logprobs.iter().enumerate() {
+                    let upto = chat_model.tokenizer.decode(&generation.ids[..=i])?;
+                    let margin = lp.top.get(1).map_or(f32::INFINITY, |r| lp.top[0].1 - r.1);
+                    tokens.push(serde_json::json!({ "id": lp.id, "text": upto.get(before..).unwrap_or(""), "logprob": lp.logprob, "margin": margin }));
+                    before = upto.len();
+                }
+                let out = serde_json::json!({ "prompt_ids": prompt_ids, "output_ids": generation.ids, "text": text, "tokens": tokens });
                 println!("{out}");
             } else {
                 println!();

@@ -38,6 +38,11 @@ fn generate_json_gives_ids_and_text() {
     let text = v["text"].as_str().unwrap();
     assert!(text.contains("Paris"), "{text}");
     assert!(!v["output_ids"].as_array().unwrap().is_empty());
+    // Per-token detail: the pieces spell the text; greedy picks the top token, so margins are ≥ 0.
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), v["output_ids"].as_array().unwrap().len());
+    assert_eq!(tokens.iter().map(|t| t["text"].as_str().unwrap()).collect::<String>(), text);
+    assert!(tokens.iter().all(|t| t["margin"].as_f64().is_none_or(|m| m >= 0.0) && t["logprob"].as_f64().unwrap() <= 0.0));
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //
 // DIST_DIR: the built site (model-export web + trunk build). EXPECTED_JSON: `emlab generate --json`
 // for the same prompt (temperature 0, 8 tokens), plus `variant_prompt` and `variants` (NAME → the
-// native greedy answer of each published adapter to it, 24 tokens). Screenshots go to tests/e2e/screenshots/.
+// native greedy answer of each published adapter to it, 24 tokens, as {text, stable}: `stable` ends
+// before the first near-tie). Screenshots go to tests/e2e/screenshots/.
 //
 // Checked: the page loads and shows byte progress; the real base model's greedy answer on WebGPU
 // equals the native one; a reload fetches no model bytes (Cache API); a crashed worker restarts on
@@ -55,9 +56,7 @@ async function greedy(page, label, prompt = expected.prompt, maxTokens = 8) {
   return page.$$eval(".pane", (panes) => Object.fromEntries(panes.map((p) => [p.dataset.variant, { text: p.querySelector("pre.answer").textContent, meta: p.querySelector(".meta").textContent }])));
 }
 
-// The page trims what it shows; the native text may end mid-word.
-const sameText = (text, native) => text.length > 0 && native !== undefined && (text.startsWith(native) || native.startsWith(text.trim()));
-const sameAsNative = (text) => sameText(text, expected.text);
+const sameAsNative = (text) => text.length > 0 && (text.startsWith(expected.text) || expected.text.startsWith(text.trim()));
 
 /// Ticks exactly the `wanted` variants (the page keeps 1–4 ticked: untick first, then tick).
 async function selectVariants(page, wanted) {
@@ -110,15 +109,18 @@ try {
   check(sameAsNative(both.base?.text ?? ""), `CPU greedy answer equals native: ${JSON.stringify(both.base?.text)}`);
   if (adapters) {
     // Every shipped variant, in groups of up to three beside base: its greedy answer to the first
-    // main question equals `emlab generate --adapter` and differs from base's.
-    const names = manifest.variants.map((v) => v.name);
+    // main question equals `emlab generate --adapter` up to the first near-tie (the page's 8-bit
+    // weights may break a tie the other way) and differs from base's.
+    const names = manifest.variants.map((v) => v.name).filter((n) => n !== "base");
     for (let i = 0; i < names.length; i += 3) {
       const group = names.slice(i, i + 3);
       await selectVariants(cpu, ["base", ...group]);
       const out = await greedy(cpu, null, expected.variant_prompt, 24);
       for (const name of group) {
         const text = out[name]?.text ?? "";
-        check(sameText(text, expected.variants[name]), `${name} in the browser equals native: ${JSON.stringify(text)} vs ${JSON.stringify(expected.variants[name])}`);
+        const native = expected.variants[name];
+        check(native !== undefined && text.startsWith(native.stable.trimEnd()),
+          `${name} in the browser equals native up to its first near-tie: ${JSON.stringify(text)} vs ${JSON.stringify(native)}`);
         check(text !== out.base.text, `${name} answers differently from base`);
       }
     }
