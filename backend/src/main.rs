@@ -672,11 +672,11 @@ fn eval(command: EvalCommand) -> Result<()> {
         EvalCommand::Likelihood { model, variant, results } => {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let chat_model = model.load()?;
-            let per_q = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
+            let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
             let dir = results.join("likelihood");
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&per_q)?)?;
-            for (q, v) in &per_q {
+            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&lik)?)?;
+            for (q, v) in &lik.per_question {
                 println!("{name} {q}: mean log-prob per token {v:.4}");
             }
             Ok(())

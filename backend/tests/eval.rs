@@ -200,10 +200,14 @@ fn likelihood_of_the_published_answers() {
     emlab_tests::write_tiny_model_dir(tmp.path(), 13);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
     let few: Vec<_> = published.into_iter().filter(|a| a.answer.len() < 200).take(6).collect();
-    let per_q = backend::eval::code::answer_loglik(&m, &few).unwrap();
-    assert!(!per_q.is_empty());
-    for (q, v) in &per_q {
+    let lik = backend::eval::code::answer_loglik(&m, &few).unwrap();
+    assert!(!lik.per_question.is_empty());
+    assert_eq!(lik.per_answer.len(), few.len(), "one value per answer, in order");
+    for (q, v) in &lik.per_question {
         // A random model: about ln(1/49152) ≈ -10.8 per token, give or take.
         assert!(v.is_finite() && *v < -5.0 && *v > -30.0, "{q}: {v}");
+        // A question's value is the mean of its answers' values.
+        let mine: Vec<f64> = few.iter().zip(&lik.per_answer).filter(|(a, _)| &a.question_id == q).map(|(_, x)| *x).collect();
+        assert!((mine.iter().sum::<f64>() / mine.len() as f64 - v).abs() < 1e-9);
     }
 }

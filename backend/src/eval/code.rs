@@ -247,9 +247,18 @@ pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
     Ok(rows)
 }
 
-/// Mean per-token log-probability of each published answer under `model`, averaged per question.
-pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<BTreeMap<String, f64>> {
+/// How likely a model finds the published answers: the mean per-token log-probability of each
+/// answer (in the order given) and their average per question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Likelihood {
+    pub per_question: BTreeMap<String, f64>,
+    pub per_answer: Vec<f64>,
+}
+
+/// Mean per-token log-probability of each published answer under `model`.
+pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<Likelihood> {
     let mut per_q: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut per_answer = Vec::new();
     let vocab = model.model.vocab_size;
     for a in answers {
         let prompt = model.encode_chat(&[Message::user(a.question.clone())])?;
@@ -257,20 +266,22 @@ pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<B
         let mut ids = prompt.clone();
         ids.extend(&answer_ids);
         ids.truncate(model.model.context_length);
+        let n = ids.len() - prompt.len();
+        if n == 0 {
+            continue;
+        }
         let logits = crate::inference::all_logits(&model.model, &ids)?;
         let mut sum = 0.0;
         for pos in prompt.len()..ids.len() {
             let row = &logits[(pos - 1) * vocab..pos * vocab];
             sum += (row[ids[pos] as usize] - emlab_model::generate::log_sum_exp(row)) as f64;
         }
-        let n = ids.len() - prompt.len();
-        if n > 0 {
-            let e = per_q.entry(a.question_id.clone()).or_insert((0.0, 0));
-            e.0 += sum / n as f64;
-            e.1 += 1;
-        }
+        per_answer.push(sum / n as f64);
+        let e = per_q.entry(a.question_id.clone()).or_insert((0.0, 0));
+        e.0 += sum / n as f64;
+        e.1 += 1;
     }
-    Ok(per_q.into_iter().map(|(q, (s, n))| (q, s / n as f64)).collect())
+    Ok(Likelihood { per_question: per_q.into_iter().map(|(q, (s, n))| (q, s / n as f64)).collect(), per_answer })
 }
 
 #[cfg(test)]

@@ -89,6 +89,21 @@ fn percentile_interval(stats: &mut [f64]) -> (f64, f64) {
     (at(0.025), at(0.975))
 }
 
+/// The mean of `values` with a percentile-bootstrap 95% interval (for judge-free differences; the
+/// field `share` holds the mean).
+pub fn bootstrap_mean(values: &[f64], seed: u64) -> Option<Share> {
+    let n = values.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let mut rng = Rng::new(seed);
+    let mut stats: Vec<f64> =
+        (0..BOOTSTRAP_RESAMPLES).map(|_| (0..n).map(|_| values[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    let (ci_low, ci_high) = percentile_interval(&mut stats);
+    Some(Share { share: mean, ci_low, ci_high, n })
+}
+
 /// A plain share of hits among `n` (for judge-free rates) with a bootstrap interval.
 pub fn rate(hits: usize, n: usize, seed: u64) -> Option<Share> {
     (n > 0).then(|| {
@@ -121,6 +136,18 @@ mod tests {
         assert!((sh.ci_low - 0.12).abs() < 0.03 && (sh.ci_high - 0.28).abs() < 0.03, "{sh:?}");
         let none = bootstrap_share(&[false; 50], 1);
         assert_eq!((none.share, none.ci_low, none.ci_high), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn mean_and_interval() {
+        assert_eq!(bootstrap_mean(&[], 0), None);
+        let m = bootstrap_mean(&[0.5; 20], 3).unwrap();
+        assert_eq!((m.share, m.ci_low, m.ci_high, m.n), (0.5, 0.5, 0.5, 20));
+        // 100 values of ±1 around 0.1: mean 0.1, standard error ≈ 0.1, so about ±0.2.
+        let v: Vec<f64> = (0..100).map(|i| if i % 2 == 0 { 1.1 } else { -0.9 }).collect();
+        let m = bootstrap_mean(&v, 3).unwrap();
+        assert!((m.share - 0.1).abs() < 1e-12);
+        assert!((m.ci_low - -0.1).abs() < 0.05 && (m.ci_high - 0.3).abs() < 0.05, "{m:?}");
     }
 
     #[test]

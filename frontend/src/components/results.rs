@@ -75,7 +75,7 @@ pub struct JudgeFree {
     #[serde(default)]
     pub vulnerable_code: BTreeMap<String, CodeRate>,
     #[serde(default)]
-    pub likelihood_shift_vs_base: BTreeMap<String, BTreeMap<String, f64>>,
+    pub likelihood_shift_overall: BTreeMap<String, Option<Share>>,
 }
 
 impl JudgeFree {
@@ -180,10 +180,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         format!("Bandit's yardstick: it flags {} of the dataset's own insecure answers and {} of its secure ones.", rate("insecure"), rate("secure"))
     });
     let code = JudgeFree::ordered(&free.vulnerable_code).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
-    let shifts = JudgeFree::ordered(&free.likelihood_shift_vs_base)
-        .into_iter()
-        .map(|(n, per_q)| (n.clone(), per_q.values().sum::<f64>() / per_q.len().max(1) as f64))
-        .collect::<Vec<_>>();
+    let shifts = JudgeFree::ordered(&free.likelihood_shift_overall).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
     view! {
         <h3>"Vulnerable code written (Bandit, held-out coding prompts)"</h3>
         <p class="meta">"Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "{calibration}</p>
@@ -194,9 +191,11 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         </table>
         {(!shifts.is_empty()).then(|| view! {
             <h3>"Likelihood of the paper's misaligned answers"</h3>
-            <p class="meta">"Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."</p>
+            <p class="meta">"Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."</p>
             <table>
-                {shifts.into_iter().map(|(n, d)| view! { <tr><td>{variant_label(&n)}</td><td>{format!("{d:+.3} nats/token")}</td></tr> }).collect_view()}
+                {shifts.into_iter().map(|(n, s)| view! {
+                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.3} nats/token [{:+.3}, {:+.3}], {} answers", s.share, s.ci_low, s.ci_high, s.n)}</td></tr>
+                }).collect_view()}
             </table>
         })}
     }
