@@ -99,7 +99,7 @@ def main():
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
 
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
     subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
 
@@ -108,7 +108,7 @@ def main():
     ids_json = subprocess.run([str(target / "emlab"), "generate", "--raw", "--prompt", text, "--max-tokens", "1",
                                "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True)
     if ids_json.returncode != 0:
-        subprocess.run(["cargo", "build", "--release", "-q", "--workspace"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
         ids_json = subprocess.run([str(target / "emlab"), "generate", "--raw", "--prompt", text, "--max-tokens", "1",
                                    "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True, check=True)
     ids = json.loads(ids_json.stdout)["prompt_ids"][: args.prompt_tokens]

@@ -27,7 +27,7 @@ def main():
     ap.add_argument("--dtype", default="f32")
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "-q", "--workspace"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
     subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
     server = subprocess.Popen([str(target / "emlab"), "serve", "--port", "0", "--quiet", "--threads", str(args.threads),

@@ -796,6 +796,7 @@ fn chat(model: &ChatModel, sampling: &SamplingArgs, system: Option<String>) -> R
 }
 
 fn main() -> ExitCode {
+    backend::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -65,6 +65,7 @@ struct TrainArgs {
 }
 
 fn main() -> Result<()> {
+    backend::keep_freed_memory();
     let cli = Cli::parse();
     backend::set_threads(cli.threads)?;
     match cli.command {
