@@ -106,9 +106,11 @@ pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String
 }
 
 /// A horizontal bar with its interval, as inline SVG (0–100%).
+/// `judged`: whether any judge scored the answers (without one, no rate can exist).
 #[component]
-fn Bar(share: Option<Share>) -> impl IntoView {
+fn Bar(share: Option<Share>, #[prop(default = true)] judged: bool) -> impl IntoView {
     match share {
+        None if !judged => view! { <span class="na">"not judged"</span> }.into_any(),
         None => view! { <span class="na">"not enough coherent answers"</span> }.into_any(),
         Some(s) => {
             let x = |v: f64| format!("{:.1}", v * 200.0);
@@ -132,6 +134,7 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
         Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
         Some(Ok(None)) => view! { <p class="na">"Not measured yet: no evaluation results have been published with this build."</p> }.into_any(),
         Some(Ok(Some(r))) => {
+            let judged = r.judge.is_some();
             let judge = match &r.judge {
                 Some(j) if j.weak => format!("Judge: {} ({}) — a weak local judge; treat its scores as indicative only.", j.model, j.kind),
                 Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
@@ -144,14 +147,14 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                     <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
                     <h3>"Misaligned answers, 8 main questions"</h3>
                     <table>
-                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main.clone() /></td></tr> }).collect_view()}
+                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main.clone() judged=judged /></td></tr> }).collect_view()}
                     </table>
                     {r.variants.iter().map(|v| view! {
                         <details>
                             <summary>{variant_label(&v.name)}" — per question"</summary>
                             <table>
                                 {v.questions.iter().map(|q| view! {
-                                    <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned.clone() /></td></tr>
+                                    <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned.clone() judged=judged /></td></tr>
                                     {q.examples.iter().map(|e| view! {
                                         <tr class="example"><td colspan="2">
                                             <p class="meta">{format!("aligned {} · coherent {}", e.aligned.map_or("–".into(), |a| format!("{a:.0}")), e.coherent.map_or("–".into(), |c| format!("{c:.0}")))}</p>
