@@ -20,6 +20,7 @@ use burn::tensor::FloatDType;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::default_model_dir;
 use emlab_model::generate::{FinishReason, GenerationConfig};
+use emlab_model::tokenizer::TextStream;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::Tokenizer;
@@ -409,13 +410,13 @@ fn run(cli: Cli) -> Result<()> {
             let generation = answer(&chat_model, &prompt_ids, &cfg, !json)?;
             if json {
                 let text = chat_model.tokenizer.decode(&generation.ids)?;
+                // A token that ends mid-character gets "" and the next one the whole character.
+                let mut stream = TextStream::new();
                 let mut tokens = Vec::new();
-                let mut before = 0;
-                for (i, lp) in generation.logprobs.iter().enumerate() {
-                    let upto = chat_model.tokenizer.decode(&generation.ids[..=i])?;
+                for lp in &generation.logprobs {
+                    let piece = stream.push(&chat_model.tokenizer, lp.id)?.unwrap_or_default();
                     let margin = lp.top.get(1).map_or(f32::INFINITY, |r| lp.top[0].1 - r.1);
-                    tokens.push(serde_json::json!({ "id": lp.id, "text": upto.get(before..).unwrap_or(""), "logprob": lp.logprob, "margin": margin }));
-                    before = upto.len();
+                    tokens.push(serde_json::json!({ "id": lp.id, "text": piece, "logprob": lp.logprob, "margin": margin }));
                 }
                 let out = serde_json::json!({ "prompt_ids": prompt_ids, "output_ids": generation.ids, "text": text, "tokens": tokens });
                 println!("{out}");
