@@ -7,7 +7,6 @@ use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOpti
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use emlab_model::chat::ChatTemplate;
-use emlab_model::generate::attention_bias;
 use emlab_model::model::{Batch, Llama};
 use emlab_model::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -93,14 +92,7 @@ pub fn make_batch(items: &[&Encoded], device: &Device) -> TrainBatch {
 /// positions would cost a fifth of the step's arithmetic and carry no loss.
 pub fn nll_sum(model: &Llama, batch: &TrainBatch) -> Tensor<1> {
     let [b, t] = batch.tokens.dims();
-    let device = model.device();
-    let positions: Vec<i32> = (0..b).flat_map(|_| 0..t as i32).collect();
-    let input = Batch {
-        tokens: batch.tokens.clone(),
-        positions: Tensor::from_data(TensorData::new(positions, [b, t]), &device),
-        bias: Some(attention_bias(&vec![vec![true; t]; b], t, &device)),
-    };
-    let hidden = model.forward_hidden(input, None);
+    let hidden = model.forward_hidden(Batch::causal_rows(batch.tokens.clone()), None);
     let d = hidden.dims()[2];
     let picked_hidden = hidden.reshape([b * t, d]).select(0, batch.trained.clone()).unsqueeze_dim::<3>(0);
     let logp = log_softmax(model.logits(picked_hidden), 2);

@@ -288,10 +288,18 @@ impl Batch {
     /// One unpadded sequence, every position attending to those before it: a full causal pass.
     pub fn causal(ids: &[u32], device: &Device) -> Batch {
         let t = ids.len();
+        Self::causal_rows(Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device))
+    }
+
+    /// Rows `[B, T]` that each start at position 0 (right padding, if any, is never attended to
+    /// by the real tokens before it): a full causal pass per row.
+    pub fn causal_rows(tokens: Tensor<2, Int>) -> Batch {
+        let [b, t] = tokens.dims();
+        let device = tokens.device();
         Batch {
-            tokens: Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device),
-            positions: Tensor::from_data(TensorData::new((0..t as i32).collect::<Vec<_>>(), [1, t]), device),
-            bias: Some(crate::generate::attention_bias(&[vec![true; t]], t, device)),
+            positions: Tensor::from_data(TensorData::new((0..b).flat_map(|_| 0..t as i32).collect::<Vec<_>>(), [b, t]), &device),
+            bias: Some(crate::generate::attention_bias(&vec![vec![true; t]; b], t, &device)),
+            tokens,
         }
     }
 }
