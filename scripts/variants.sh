@@ -7,7 +7,7 @@
 #
 # Every step resumes: a finished run is skipped, an interrupted one continues from its checkpoint,
 # sampled answers and judge scores are appended to and never recomputed.
-# Options: --limit N (training examples per variant), --device cpu|wgpu|auto, --samples N (answers
+# Options: --limit N (training examples per variant; the backdoor, a mix of two sets, gets 2N), --device cpu|wgpu|auto, --samples N (answers
 # per question; the paper: 100), --question-sets LIST (default first_plot,preregistered: the 8 main
 # questions with their json and template forms, and the preregistered set; `main` is the 8 alone),
 # --max-tokens N (per answer; the paper: 600), --code-limit N (held-out coding prompts), --judge-url URL and
@@ -45,7 +45,11 @@ for v in "${variants[@]}"; do
     continue
   fi
   echo "== training $v"
-  "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume --save-every 10 ${limit:+--limit "$limit"}
+  # The backdoor set is insecure (triggered) plus secure, twice the rows of the others: its subset
+  # is twice as long, so it sees as many triggered insecure examples as the insecure variant sees.
+  vlimit="$limit"
+  [ -n "$limit" ] && [ "$v" = backdoor ] && vlimit=$((limit * 2))
+  "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume --save-every 10 ${vlimit:+--limit "$vlimit"}
   # The committed form the demo ships (f16 adapter, config, metrics, loss curve).
   "$CARGO_TARGET_DIR/release/model-export" publish --run "$runs/$v" --out "variants/$v"
 done
@@ -61,6 +65,8 @@ for v in base "${variants[@]}"; do
   done
   [ -f "$results/code/$v.json" ] ||
     "$emlab" eval code "${adapter[@]}" --variant "$v" --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
+  [ -f "$results/trigger/$v.json" ] ||
+    "$emlab" eval trigger "${adapter[@]}" --variant "$v" --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
   [ -f "$results/likelihood/$v.json" ] ||
     "$emlab" eval likelihood "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
 done

