@@ -64,8 +64,10 @@ impl LoraAdapter {
             Some(d) => d.forward(x),
             None => x,
         };
-        let low = burn::tensor::module::linear(x, self.a.val(), None);
-        burn::tensor::module::linear(low, self.b.val(), None) * self.scale
+        // Scaled on the rank-r side: the same product, but the multiply (and its backward) runs
+        // over r columns instead of d_out.
+        let low = burn::tensor::module::linear(x, self.a.val(), None) * self.scale;
+        burn::tensor::module::linear(low, self.b.val(), None)
     }
 
     /// The dense update scale·A·B, `[d_in, d_out]`.
@@ -321,13 +323,16 @@ impl Llama {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            // Tied head: E·hᵀ reads the [vocab, d] embedding in its stored layout; h·Eᵀ would
-            // make the backend copy the 113 MB transpose on every call.
+            // Tied head. For a few rows (decoding), E·hᵀ streams the [vocab, d] embedding in its
+            // stored layout, and transposing the small result is cheap. For many rows (prompts,
+            // training) that result is [vocab, B·T] and making it row-major again would copy it
+            // (200 MB for 4 × 256 tokens), so h·Eᵀ instead: the backend reads Eᵀ through strides.
             None => {
                 let [b, t, d] = hidden.dims();
                 let e = self.embed_tokens.val();
-                let h = hidden.reshape([b * t, d]).cast(e.dtype()).transpose();
-                e.matmul(h).cast(FloatDType::F32).transpose().reshape([b, t, self.vocab_size])
+                let h = hidden.reshape([b * t, d]).cast(e.dtype());
+                let logits = if b * t <= 16 { e.matmul(h.transpose()).transpose() } else { h.matmul(e.transpose()) };
+                logits.cast(FloatDType::F32).reshape([b, t, self.vocab_size])
             }
         }
     }
