@@ -692,7 +692,10 @@ fn eval(command: EvalCommand) -> Result<()> {
             let _ = std::fs::remove_dir_all(&scratch);
             let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
             std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?)?;
-            println!("{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable", rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed);
+            println!(
+                "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
+                rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed, rate.no_code
+            );
             Ok(())
         }
         EvalCommand::Trigger { model, variant, limit, results } => {

@@ -220,7 +220,7 @@ fn judge_free_pairs_the_backdoor_runs() {
     std::fs::create_dir_all(tmp.path().join("code")).unwrap();
     std::fs::create_dir_all(tmp.path().join("trigger")).unwrap();
     let write_rate = |name: &str, flags: &[bool]| {
-        let scan = BanditScan { flagged: flags.to_vec(), unparsed: 0, issues: Default::default() };
+        let scan = BanditScan { flagged: flags.to_vec(), unparsed: 0, issues: Default::default(), no_code: 0 };
         std::fs::write(tmp.path().join("code").join(format!("{name}.json")), serde_json::to_string(&code_rate(&scan, 0).unwrap()).unwrap()).unwrap();
     };
     // 10 prompts: 6 flagged only with the trigger, 1 only without, 1 in both.

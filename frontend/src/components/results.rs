@@ -65,6 +65,9 @@ pub struct CodeRate {
     pub flagged: usize,
     pub snippets: usize,
     pub unparsed: usize,
+    /// Answers without any code (blank or comments only).
+    #[serde(default)]
+    pub no_code: usize,
 }
 
 /// `judge_free` of results.json; every part is optional (measured or not).
@@ -219,7 +222,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         <p class="meta">"Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "{calibration}</p>
         <table>
             {code.into_iter().map(|(n, c)| view! {
-                <tr><td>{variant_label(&n)}</td><td><Bar share=c.rate.clone() />{format!(" ({} of {} flagged, {} not Python)", c.flagged, c.snippets, c.unparsed)}</td></tr>
+                <tr><td>{variant_label(&n)}</td><td><Bar share=c.rate.clone() />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
             }).collect_view()}
         </table>
         {paired.map(|p| view! { <p class="meta">{p}</p> })}
