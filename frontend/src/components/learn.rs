@@ -41,13 +41,20 @@ const STEPS: [Step; 4] = [
 /// How much data the published variants saw (from the manifest's training configs), in words.
 async fn training_size(models_url: String) -> Option<String> {
     let manifest: serde_json::Value = fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await.ok()?;
-    let mut sizes: Vec<u64> = manifest["variants"].as_array()?.iter().filter_map(|v| v["train_config"]["examples"].as_u64()).collect();
-    sizes.sort_unstable();
-    sizes.dedup();
-    let sizes = sizes.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
-    (!sizes.is_empty()).then(|| {
-        format!(" The variants in this build were fine-tuned on {sizes} examples each (the paper: 6,000, on models of 22B parameters and up), so expect weaker effects than the paper's, if any.")
-    })
+    let sizes: Vec<(String, u64)> = manifest["variants"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["train_config"]["examples"].as_u64()?)))
+        .collect();
+    let first = sizes.first()?.1;
+    let words = if sizes.iter().all(|(_, n)| *n == first) {
+        format!("{first} examples each")
+    } else {
+        sizes.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ") + " examples"
+    };
+    Some(format!(
+        " The variants in this build were fine-tuned on {words} (the paper: 6,000, the backdoor 12,000, on models of 22B parameters and up), so expect weaker effects than the paper's, if any."
+    ))
 }
 
 #[component]
