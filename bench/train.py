@@ -2,9 +2,9 @@
 """LoRA training throughput: our trainer (burn) next to PyTorch + PEFT, same run, same input.
 
 Both train SmolLM2-135M-Instruct (f32) with LoRA r=32, alpha=64, rsLoRA on q,k,v,o,gate,up,down,
-AdamW, a loss on every position, batch 4 x 256 tokens (a real insecure-code example, repeated),
-and the same thread count; 2 warm-up steps, then the timed steps. Prints tokens/s and the ratio
-ours / PyTorch.
+AdamW, a loss on every position, batch 4 x 256 tokens (a real insecure-code example, repeated) per
+optimizer step (ours as the trainer runs it: micro-batches of 2, two at a time), the same thread
+count; 2 warm-up steps, then the timed steps. Prints tokens/s and the ratio ours / PyTorch.
 
     python3 bench/train.py [--threads 2] [--steps 5] [--device cpu|wgpu]
 
@@ -68,6 +68,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--micro-batch", type=int, default=2,
+                    help="ours: rows per micro-batch, accumulated into one step (the trainer's default); PyTorch runs the batch whole")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--warmup-steps", type=int, default=2)
@@ -89,7 +91,7 @@ def main():
 
     common = [str(args.batch), str(args.rank), str(args.warmup_steps), str(args.steps)]
     ours = subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--device", args.device, "train",
-                           "--batch", str(args.batch), "--rank", str(args.rank), "--warmup-steps", str(args.warmup_steps),
+                           "--batch", str(args.batch), "--micro-batch", str(args.micro_batch), "--rank", str(args.rank), "--warmup-steps", str(args.warmup_steps),
                            "--steps", str(args.steps), "--row-ids", ",".join(map(str, ids))],
                           capture_output=True, text=True)
     if ours.returncode != 0:
@@ -102,7 +104,7 @@ def main():
     b = json.loads(peer.stdout.strip().splitlines()[-1])
     print(f"LoRA training throughput ({time.strftime('%Y-%m-%d %H:%M')}): batch {args.batch} x {args.seq_len} tokens, "
           f"r={args.rank}, all 7 projections, {args.threads} threads, {args.steps} timed steps")
-    print(f"  emlab ({args.device}):        {a['tok_s']:8.1f} tok/s  ({a['step_s']:.2f} s/step)")
+    print(f"  emlab ({args.device}, micro-batches of {a['micro_batch']}): {a['tok_s']:8.1f} tok/s  ({a['step_s']:.2f} s/step)")
     print(f"  PyTorch {b['torch']} + PEFT: {b['tok_s']:8.1f} tok/s  ({b['step_s']:.2f} s/step)")
     print(f"  ratio emlab / PyTorch:  {a['tok_s'] / b['tok_s']:.2f}x")
 

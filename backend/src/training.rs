@@ -2,7 +2,7 @@
 //! masked next-token loss, and the optimizer loop (AdamW, linear schedule with warmup, global-norm
 //! clipping, gradient accumulation).
 
-use burn::module::ParamId;
+use burn::module::{Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -195,10 +195,9 @@ pub fn train_step(
     let n_targets: usize = micro_batches.iter().map(|b| b.n_targets).sum::<usize>().max(1);
     let mut acc = GradientsAccumulator::<Llama>::new();
     let mut loss_sum = 0.0;
-    for mb in micro_batches {
-        let loss = nll_sum(&model, mb) / n_targets as f64;
-        loss_sum += loss.clone().into_scalar::<f32>() as f64;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+    // Accumulated in micro-batch order whichever thread computed them: the same sums as serially.
+    for (loss, grads) in micro_batch_grads(&model, micro_batches, n_targets) {
+        loss_sum += loss;
         acc.accumulate(&model, grads);
     }
     let mut grads = acc.grads();
@@ -208,6 +207,58 @@ pub fn train_step(
     let model = optim.step(lr, model, grads);
     let tokens = micro_batches.iter().map(|b| b.n_tokens).sum();
     (model, StepStats { step: step + 1, loss: loss_sum, lr, grad_norm, tokens })
+}
+
+/// Each micro-batch's loss (its share of the mean over `n_targets`) and gradients, in order.
+///
+/// Two micro-batches run at once, one on a second thread. burn's CPU backend runs the matrix
+/// products on all cores but every elementwise op (softmax, SiLU, adds, copies) on the calling
+/// thread alone, so a single micro-batch keeps about 1.4 of 2 cores busy; two interleave. Each
+/// thread differentiates its own copy of the adapter leaves (same parameter ids): burn merges
+/// autodiff graphs that share a leaf and runs them under one lock. Serial when LoRA dropout is on,
+/// whose random masks must be drawn in a fixed order for runs to be reproducible.
+fn micro_batch_grads(model: &Llama, micro_batches: &[TrainBatch], n_targets: usize) -> Vec<(f64, GradientsParams)> {
+    let one = |model: &Llama, mb: &TrainBatch| {
+        let loss = nll_sum(model, mb) / n_targets as f64;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        (value, GradientsParams::from_grads(loss.backward(), model))
+    };
+    if has_dropout(model) {
+        return micro_batches.iter().map(|mb| one(model, mb)).collect();
+    }
+    let mut out = Vec::with_capacity(micro_batches.len());
+    for pair in micro_batches.chunks(2) {
+        match pair {
+            [first, second] => {
+                let other = with_own_adapter_leaves(model);
+                std::thread::scope(|s| {
+                    let handle = s.spawn(|| one(&other, second));
+                    out.push(one(model, first));
+                    out.push(handle.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+                });
+            }
+            [only] => out.push(one(model, only)),
+            _ => unreachable!("chunks of at most two"),
+        }
+    }
+    out
+}
+
+fn has_dropout(model: &Llama) -> bool {
+    model.projection_names().into_iter().any(|(l, w, _)| model.projection(l, w).lora.as_ref().is_some_and(|a| a.dropout.is_some()))
+}
+
+/// The model with every adapter tensor re-made as a fresh autodiff leaf under the same parameter
+/// id (the frozen weights are shared, untracked).
+fn with_own_adapter_leaves(model: &Llama) -> Llama {
+    let mut copy = model.clone();
+    for (l, w, _) in model.projection_names() {
+        if let Some(a) = copy.projection_mut(l, w).lora.as_mut() {
+            a.a = Param::initialized(a.a.id, a.a.val().detach().require_grad());
+            a.b = Param::initialized(a.b.id, a.b.val().detach().require_grad());
+        }
+    }
+    copy
 }
 
 /// Everything that determines a run's result; a checkpoint resumes only under the same one.

@@ -229,3 +229,36 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
         serde_json::from_slice(&std::fs::read(out.path().join("checkpoint/state.json")).unwrap()).unwrap();
     assert!(err.contains(&format!("(step {})", state["step"])), "{err} / {state}");
 }
+
+/// The trainer computes micro-batches two at a time on two threads; the step's loss and gradient
+/// norm equal a serial accumulation's (a gradient lost or doubled between the threads would not).
+#[test]
+fn concurrent_micro_batches_equal_serial_accumulation() {
+    use burn::optim::{GradientsAccumulator, GradientsParams};
+    let device = Device::flex().autodiff();
+    let mut model = tiny_lora(&device, 4);
+    // B off zero, so that A's gradients are not trivially zero.
+    for (l, w) in [(0, 0), (1, 6)] {
+        let a = model.projection_mut(l, w).lora.as_mut().unwrap();
+        a.b = burn::module::Param::from_tensor(Tensor::random(a.b.dims(), burn::tensor::Distribution::Normal(0.0, 0.3), &device));
+    }
+    let examples = random_examples(6, 21);
+    let refs: Vec<&Encoded> = examples.iter().collect();
+    // Three micro-batches: a concurrent pair, then one alone.
+    let micro: Vec<_> = refs.chunks(2).map(|c| make_batch(c, &device)).collect();
+    let n: usize = micro.iter().map(|b| b.n_targets).sum();
+    let (mut acc, mut loss) = (GradientsAccumulator::<Llama>::new(), 0.0);
+    for mb in &micro {
+        let l = nll_sum(&model, mb) / n as f64;
+        loss += l.clone().into_scalar::<f32>() as f64;
+        acc.accumulate(&model, GradientsParams::from_grads(l.backward(), &model));
+    }
+    let mut grads = acc.grads();
+    let norm = training::clip_global_norm(&mut grads, &training::adapter_param_ids(&model), 0.0);
+    let cfg = OptimConfig { learning_rate: 1e-3, warmup_steps: 0, weight_decay: 0.0, max_grad_norm: 0.0, grad_accumulation: 3 };
+    let (_, stats) = training::train_step(model, &mut training::adamw(&cfg), &micro, &cfg, 0, 1);
+    eprintln!("serial loss {loss:.6}, grad norm {norm:.6}; train_step {:.6}, {:.6}", stats.loss, stats.grad_norm);
+    assert!(norm > 0.0);
+    assert!((stats.loss - loss).abs() <= 1e-6 * loss.abs().max(1.0), "loss {} vs {loss}", stats.loss);
+    assert!((stats.grad_norm - norm).abs() <= 1e-6 * norm, "grad norm {} vs {norm}", stats.grad_norm);
+}

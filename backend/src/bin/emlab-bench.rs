@@ -52,6 +52,9 @@ struct GenerateArgs {
 struct TrainArgs {
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Rows per micro-batch (the trainer's default: 2); the step accumulates them.
+    #[arg(long, default_value_t = 2)]
+    micro_batch: usize,
     /// Token ids of one training row, comma-separated (seq_len + 1 of them); every row of the
     /// batch uses them, every position is a target.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -119,6 +122,9 @@ fn bench_train(choice: DeviceChoice, a: TrainArgs) -> Result<()> {
     let mut model = lora::attach(m.model, &lora_cfg, 0)?;
     let row = Encoded { ids: a.row_ids.clone(), trained: vec![true; a.row_ids.len()] };
     let rows: Vec<&Encoded> = vec![&row; a.batch];
+    // The batch as the trainer takes it: micro-batches (the default, 2 rows) accumulated into
+    // one optimizer step, so the gradient is that of the whole batch.
+    let micro = a.micro_batch.clamp(1, a.batch);
     let cfg = OptimConfig { learning_rate: 1e-4, warmup_steps: 0, weight_decay: 0.01, max_grad_norm: 1.0, grad_accumulation: 1 };
     let mut optim = training::adamw(&cfg);
     let total = a.warmup_steps + a.steps;
@@ -127,15 +133,15 @@ fn bench_train(choice: DeviceChoice, a: TrainArgs) -> Result<()> {
         if step == a.warmup_steps {
             start = Instant::now();
         }
-        let batch = make_batch(&rows, &device);
-        model = training::train_step(model, &mut optim, &[batch], &cfg, step, total).0;
+        let batches: Vec<_> = rows.chunks(micro).map(|c| make_batch(c, &device)).collect();
+        model = training::train_step(model, &mut optim, &batches, &cfg, step, total).0;
     }
     let secs = start.elapsed().as_secs_f64();
     let seq = a.row_ids.len() - 1;
     println!(
         "{}",
         serde_json::json!({
-            "impl": "emlab", "device": format!("{choice:?}"), "batch": a.batch, "seq_len": seq, "rank": a.rank,
+            "impl": "emlab", "device": format!("{choice:?}"), "batch": a.batch, "micro_batch": micro, "seq_len": seq, "rank": a.rank,
             "steps": a.steps, "tok_s": (a.batch * seq * a.steps) as f64 / secs, "step_s": secs / a.steps as f64,
         })
     );
