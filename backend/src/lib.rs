@@ -23,15 +23,6 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a kill never leaves a
-/// half-written results file behind.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move into place", path.display()))
-}
-
 /// Sets the CPU thread count of the flex backend (its global rayon pool); None keeps all cores.
 /// Must run before the first tensor operation.
 pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {

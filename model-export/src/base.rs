@@ -140,7 +140,7 @@ impl BaseModel {
             pb.inc(n as u64);
         }
         pb.finish_and_clear();
-        atomic_write(out, &data)
+        Ok(atomic_write(out, &data)?)
     }
 }
 

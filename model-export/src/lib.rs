@@ -6,22 +6,9 @@ pub mod merge;
 pub mod publish;
 pub mod web;
 
-use std::io::Write;
-use std::path::Path;
-
-use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Writes a file in full or not at all: a temporary sibling, fsync, then rename.
-pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(data).and_then(|()| f.sync_all()).with_context(|| format!("{}: write failed", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot move into place", path.display()))
-}
+pub use emlab_model::files::atomic_write;
 
 /// A byte-counting progress bar on stderr (hidden when `show` is false).
 pub fn progress_bytes(len: u64, what: &str, show: bool) -> ProgressBar {

@@ -24,6 +24,20 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("emlab")
 }
 
+/// Writes a file in full or not at all: a temporary sibling, fsync, then rename. A kill or a full
+/// disk leaves the previous file (or none), never a half-written one.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let fail = |p: &Path, what: &str, e: std::io::Error| Error::file(p.display().to_string(), format!("{what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, "cannot create directory", e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| fail(&tmp, "cannot create", e))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| fail(&tmp, "write failed", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail(path, "cannot move into place", e))
+}
+
 /// The base model's directory, as `model-export fetch` writes it.
 pub fn default_model_dir() -> PathBuf {
     cache_dir().join("models").join("smollm2-135m-instruct")

@@ -176,10 +176,10 @@ pub fn judge_free(results: &Path) -> Result<serde_json::Value> {
     let mut code = read_dir("code")?;
     let calibration = code.remove("calibration");
     let likelihood = read_dir("likelihood")?;
-    if code.is_empty() && calibration.is_none() && likelihood.is_empty() && !results.join("trigger").is_dir() {
+    let trigger = read_dir("trigger")?;
+    if code.is_empty() && calibration.is_none() && likelihood.is_empty() && trigger.is_empty() {
         return Ok(serde_json::Value::Null);
     }
-    let trigger = read_dir("trigger")?;
     let backdoor = match (code.get("backdoor"), code.get("backdoor+trigger")) {
         (Some(off), Some(on)) => {
             // Paired by prompt: both runs answer the same held-out prompts in the same order.
