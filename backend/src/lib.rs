@@ -13,13 +13,18 @@ pub mod training;
 /// allocates and frees hundreds of MB of activations; by default the large blocks are mmap'd and
 /// unmapped each time, and every reuse pays a page fault and the kernel zeroing the page (a fifth
 /// of a step's time on the project machine). Call first thing in `main`; a no-op off glibc.
+///
+/// glibc caps `M_MMAP_THRESHOLD` at 32 MB, below the largest activations (the logits of a 4 × 256
+/// batch are 200 MB), so mmap is switched off instead (`M_MMAP_MAX` = 0). One arena: the worker
+/// threads' own arenas would otherwise be mmap'd heaps that glibc trims on its own schedule.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 
