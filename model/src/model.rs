@@ -219,17 +219,56 @@ impl Attention {
             None => (k, v),
         };
 
-        // Grouped-query attention without copying K/V: query heads h = kv·rep + r share KV head kv,
-        // so [B, H, T, hd] → [B, n_kv, rep·T, hd] lines each group's queries up against its keys.
-        let q = q.reshape([b, n_kv, rep * t, hd]);
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        if let Some(bias) = &pos.bias {
-            scores = scores + bias.clone().repeat_dim(2, rep);
-        }
-        let out = softmax(scores, 3).matmul(v); // [B, n_kv, rep·T, hd]
+        // Query heads h = kv·rep + r share KV head kv.
+        let q = q.reshape([b, n_kv, rep, t, hd]);
+        let out = match &pos.bias {
+            // The mask is causal: the i-th of the t new queries sees only the first t_keys − t + i + 1
+            // keys. In blocks of queries, each block multiplies just the keys it can see, which
+            // skips most of the masked triangle (3/8 of the scores at 256 tokens): arithmetic and
+            // exps whose results softmax would zero anyway.
+            Some(bias) if t > QUERY_BLOCK => {
+                let t_keys = k.dims()[2];
+                let blocks = (0..t)
+                    .step_by(QUERY_BLOCK)
+                    .map(|start| {
+                        let end = (start + QUERY_BLOCK).min(t);
+                        let seen = t_keys - t + end;
+                        attend(
+                            q.clone().slice(s![.., .., .., start..end, ..]),
+                            k.clone().slice(s![.., .., 0..seen, ..]),
+                            v.clone().slice(s![.., .., 0..seen, ..]),
+                            Some(bias.clone().slice(s![.., .., start..end, 0..seen])),
+                        )
+                    })
+                    .collect();
+                Tensor::cat(blocks, 3)
+            }
+            bias => attend(q, k, v, bias.clone()),
+        };
         let out = out.reshape([b, self.n_heads, t, hd]).swap_dims(1, 2).reshape([b, t, self.n_heads * hd]);
         self.o_proj.forward(out)
     }
+}
+
+/// Queries per block when the causal mask lets attention skip keys (see [`Attention::forward`]).
+const QUERY_BLOCK: usize = 64;
+
+/// softmax(q·kᵀ/√hd + bias)·v with the query heads grouped by the KV head they share:
+/// q `[B, n_kv, rep, Tq, hd]`, k and v `[B, n_kv, Tk, hd]`, bias `[B, 1, Tq, Tk]`.
+/// Flattening each group to `[B, n_kv, rep·Tq, hd]` lines its queries up against its keys without
+/// copying K and V once per query head. Returns `[B, n_kv, rep, Tq, hd]`.
+fn attend(q: Tensor<5>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>) -> Tensor<5> {
+    let [b, n_kv, rep, tq, hd] = q.dims();
+    let tk = k.dims()[2];
+    // The 1/√hd scale goes on q, which is hd/Tk times smaller than the scores.
+    let q = q.reshape([b, n_kv, rep * tq, hd]) * (1.0 / (hd as f64).sqrt());
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let weights = match bias {
+        // Broadcast over the KV heads and the query heads of each group (no repeated copy).
+        Some(bias) => softmax(scores.reshape([b, n_kv, rep, tq, tk]) + bias.unsqueeze_dim::<5>(1), 4).reshape([b, n_kv, rep * tq, tk]),
+        None => softmax(scores, 3),
+    };
+    weights.matmul(v).reshape([b, n_kv, rep, tq, hd])
 }
 
 #[derive(Module, Debug)]
