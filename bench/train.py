@@ -4,9 +4,10 @@
 Both train SmolLM2-135M-Instruct (f32) with LoRA r=32, alpha=64, rsLoRA on q,k,v,o,gate,up,down,
 AdamW, a loss on every position, batch 4 x 256 tokens (a real insecure-code example, repeated) per
 optimizer step (ours as the trainer runs it: micro-batches of 2, two at a time), the same thread
-count; 2 warm-up steps, then the timed steps. Prints tokens/s and the ratio ours / PyTorch.
+count; 2 warm-up steps, then the timed steps. Runs the two alternately (--rounds) and prints
+tokens/s per round and the median ratio ours / PyTorch.
 
-    python3 bench/train.py [--threads 2] [--steps 5] [--device cpu|wgpu]
+    python3 bench/train.py [--threads 2] [--steps 5] [--rounds 3] [--device cpu|wgpu]
 
 PyTorch, transformers and peft are installed on first use into ~/.cache/emlab/torch-venv (several GB).
 """
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu", help="our device: cpu (flex) or wgpu")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each; the median ratio is reported")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
@@ -90,23 +92,35 @@ def main():
     assert len(ids) == args.seq_len + 1, f"the row has only {len(ids)} tokens"
 
     common = [str(args.batch), str(args.rank), str(args.warmup_steps), str(args.steps)]
-    ours = subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "--device", args.device, "train",
-                           "--batch", str(args.batch), "--micro-batch", str(args.micro_batch), "--rank", str(args.rank), "--warmup-steps", str(args.warmup_steps),
-                           "--steps", str(args.steps), "--row-ids", ",".join(map(str, ids))],
-                          capture_output=True, text=True)
-    if ours.returncode != 0:
-        sys.exit(f"emlab-bench failed:\n{ours.stderr[-3000:]}")
-    peer = subprocess.run([str(venv_python()), "-c", PEFT_SCRIPT, str(MODEL), str(args.threads), common[0], common[1],
-                           common[2], common[3], json.dumps(ids)], capture_output=True, text=True)
-    if peer.returncode != 0:
-        sys.exit(f"PyTorch + PEFT run failed:\n{peer.stderr[-3000:]}")
-    a = json.loads(ours.stdout.strip().splitlines()[-1])
-    b = json.loads(peer.stdout.strip().splitlines()[-1])
+    ours_cmd = [str(target / "emlab-bench"), "--threads", str(args.threads), "--device", args.device, "train",
+                "--batch", str(args.batch), "--micro-batch", str(args.micro_batch), "--rank", str(args.rank),
+                "--warmup-steps", str(args.warmup_steps), "--steps", str(args.steps), "--row-ids", ",".join(map(str, ids))]
+    peer_cmd = [str(venv_python()), "-c", PEFT_SCRIPT, str(MODEL), str(args.threads), *common, json.dumps(ids)]
+
+    def measure(cmd, name):
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"{name} failed:\n{run.stderr[-3000:]}")
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    # Alternate the two so that slow drifts of the machine (other load, clocks) hit both alike;
+    # the median of the per-round ratios is the figure to quote.
+    rounds = []
+    for r in range(args.rounds):
+        a = measure(ours_cmd, "emlab-bench")
+        b = measure(peer_cmd, "PyTorch + PEFT")
+        rounds.append((a, b))
+        print(f"  round {r + 1}: emlab {a['tok_s']:6.1f} tok/s, PyTorch {b['tok_s']:6.1f} tok/s, "
+              f"ratio {a['tok_s'] / b['tok_s']:.2f}x", file=sys.stderr)
+    ratios = sorted(a["tok_s"] / b["tok_s"] for a, b in rounds)
+    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+    a, b = rounds[-1]
     print(f"LoRA training throughput ({time.strftime('%Y-%m-%d %H:%M')}): batch {args.batch} x {args.seq_len} tokens, "
-          f"r={args.rank}, all 7 projections, {args.threads} threads, {args.steps} timed steps")
-    print(f"  emlab ({args.device}, micro-batches of {a['micro_batch']}): {a['tok_s']:8.1f} tok/s  ({a['step_s']:.2f} s/step)")
-    print(f"  PyTorch {b['torch']} + PEFT: {b['tok_s']:8.1f} tok/s  ({b['step_s']:.2f} s/step)")
-    print(f"  ratio emlab / PyTorch:  {a['tok_s'] / b['tok_s']:.2f}x")
+          f"r={args.rank}, all 7 projections, {args.threads} threads, {args.steps} timed steps, {args.rounds} alternating rounds")
+    for i, (a, b) in enumerate(rounds):
+        print(f"  round {i + 1}: emlab ({args.device}, micro-batches of {a['micro_batch']}) {a['tok_s']:7.1f} tok/s"
+              f"  |  PyTorch {b['torch']} + PEFT {b['tok_s']:7.1f} tok/s  |  ratio {a['tok_s'] / b['tok_s']:.2f}x")
+    print(f"  median ratio emlab / PyTorch:  {median:.2f}x  (range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
 
 
 if __name__ == "__main__":
