@@ -14,6 +14,7 @@ PyTorch, transformers and peft are installed on first use into ~/.cache/emlab/to
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -112,15 +113,13 @@ def main():
         rounds.append((a, b))
         print(f"  round {r + 1}: emlab {a['tok_s']:6.1f} tok/s, PyTorch {b['tok_s']:6.1f} tok/s, "
               f"ratio {a['tok_s'] / b['tok_s']:.2f}x", file=sys.stderr)
-    ratios = sorted(a["tok_s"] / b["tok_s"] for a, b in rounds)
-    median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
-    a, b = rounds[-1]
+    ratios = [a["tok_s"] / b["tok_s"] for a, b in rounds]
     print(f"LoRA training throughput ({time.strftime('%Y-%m-%d %H:%M')}): batch {args.batch} x {args.seq_len} tokens, "
           f"r={args.rank}, all 7 projections, {args.threads} threads, {args.steps} timed steps, {args.rounds} alternating rounds")
     for i, (a, b) in enumerate(rounds):
         print(f"  round {i + 1}: emlab ({args.device}, micro-batches of {a['micro_batch']}) {a['tok_s']:7.1f} tok/s"
               f"  |  PyTorch {b['torch']} + PEFT {b['tok_s']:7.1f} tok/s  |  ratio {a['tok_s'] / b['tok_s']:.2f}x")
-    print(f"  median ratio emlab / PyTorch:  {median:.2f}x  (range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
+    print(f"  median ratio emlab / PyTorch:  {statistics.median(ratios):.2f}x  (range {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -216,10 +216,10 @@ pub fn train_step(
 /// micro-batch keeps about 1.4 of 2 cores busy; two interleave. They run as a `rayon::join` inside
 /// the backend's own thread pool, so the matrix products they start are shared out among the same
 /// threads: two OS threads of our own on top of the pool made four runnable threads on two cores
-/// (40× the context switches, a fifth less throughput). Each
-/// thread differentiates its own copy of the adapter leaves (same parameter ids): burn merges
-/// autodiff graphs that share a leaf and runs them under one lock. Serial when LoRA dropout is on,
-/// whose random masks must be drawn in a fixed order for runs to be reproducible.
+/// (40× the context switches, a fifth less throughput). Each micro-batch differentiates its own
+/// copy of the adapter leaves (same parameter ids): burn merges autodiff graphs that share a leaf
+/// and runs them under one lock. Serial when LoRA dropout is on, whose random masks must be drawn
+/// in a fixed order for runs to be reproducible.
 fn micro_batch_grads(model: &Llama, micro_batches: &[TrainBatch], n_targets: usize) -> Vec<(f64, GradientsParams)> {
     let one = |model: &Llama, mb: &TrainBatch| {
         let loss = nll_sum(model, mb) / n_targets as f64;

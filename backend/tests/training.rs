@@ -230,8 +230,8 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(err.contains(&format!("(step {})", state["step"])), "{err} / {state}");
 }
 
-/// The trainer computes micro-batches two at a time on two threads; the step's loss and gradient
-/// norm equal a serial accumulation's (a gradient lost or doubled between the threads would not).
+/// The trainer computes micro-batches two at a time (a `rayon::join`); the step's loss and gradient
+/// norm equal a serial accumulation's (a gradient lost or doubled between the two would not).
 #[test]
 fn concurrent_micro_batches_equal_serial_accumulation() {
     use burn::optim::{GradientsAccumulator, GradientsParams};
