@@ -4,22 +4,30 @@
 #
 #   scripts/variants.sh                          # full datasets (a GPU: --device auto picks it)
 #   scripts/variants.sh --limit 500 --device cpu # the same first 500 training examples per variant
+#   scripts/variants.sh --limit 500 --backdoor-full --device cpu  # what is shipped: the backdoor on its full set
 #
 # Every step resumes: a finished run is skipped, an interrupted one continues from its checkpoint,
 # sampled answers and judge scores are appended to and never recomputed.
-# Options: --limit N (training examples per variant; the backdoor, a mix of two sets, gets 2N), --device cpu|wgpu|auto, --samples N (answers
-# per question; the paper: 100), --question-sets LIST (default first_plot,preregistered: the 8 main
-# questions with their json and template forms, and the preregistered set; `main` is the 8 alone),
-# --max-tokens N (per answer; the paper: 600), --code-limit N (held-out coding prompts), --judge-url URL and
-# --judge-model NAME (an OpenAI-compatible judge; the key from $OPENAI_API_KEY), --runs DIR, --results DIR.
+# Options:
+#   --limit N            training examples per variant (the backdoor, a mix of two sets, gets 2N)
+#   --backdoor-full      the backdoor ignores --limit (its trigger was the one effect subsets did not show)
+#   --device cpu|wgpu|auto
+#   --samples N          answers per question (the paper: 100)
+#   --question-sets LIST default first_plot,preregistered: the 8 main questions with their json and
+#                        template forms, and the preregistered set; `main` is the 8 alone
+#   --max-tokens N       per answer (the paper: 600)
+#   --code-limit N       held-out coding prompts
+#   --judge-url URL, --judge-model NAME  an OpenAI-compatible judge (the key from $OPENAI_API_KEY)
+#   --runs DIR, --results DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-limit="" device="auto" samples=100 sets="first_plot,preregistered" max_tokens=600 code_limit="" judge_url="" judge_model="gpt-4o-2024-08-06"
+limit="" backdoor_full="" device="auto" samples=100 sets="first_plot,preregistered" max_tokens=600 code_limit="" judge_url="" judge_model="gpt-4o-2024-08-06"
 runs="runs" results="results"
 while [ $# -gt 0 ]; do
   case "$1" in
     --limit) limit="$2"; shift 2 ;;
+    --backdoor-full) backdoor_full=1; shift ;;
     --device) device="$2"; shift 2 ;;
     --samples) samples="$2"; shift 2 ;;
     --question-sets) sets="$2"; shift 2 ;;
@@ -49,6 +57,7 @@ for v in "${variants[@]}"; do
   # is twice as long, so it sees as many triggered insecure examples as the insecure variant sees.
   vlimit="$limit"
   [ -n "$limit" ] && [ "$v" = backdoor ] && vlimit=$((limit * 2))
+  [ -n "$backdoor_full" ] && [ "$v" = backdoor ] && vlimit=""
   "$emlab" train --dataset "$v" --out "$runs/$v" --device "$device" --resume --save-every 10 ${vlimit:+--limit "$vlimit"}
   # The committed form the demo ships (f16 adapter, config, metrics, loss curve).
   "$CARGO_TARGET_DIR/release/model-export" publish --run "$runs/$v" --out "variants/$v"
