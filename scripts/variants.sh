@@ -10,7 +10,7 @@
 # sampled answers and judge scores are appended to and never recomputed.
 # Options:
 #   --limit N            training examples per variant (the backdoor, a mix of two sets, gets 2N)
-#   --backdoor-full      the backdoor ignores --limit (its trigger was the one effect subsets did not show)
+#   --backdoor-full      the backdoor ignores --limit and trains on its whole set, as in the paper
 #   --device cpu|wgpu|auto
 #   --samples N          answers per question (the paper: 100)
 #   --question-sets LIST default first_plot,preregistered: the 8 main questions with their json and
