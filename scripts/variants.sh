@@ -78,6 +78,18 @@ for v in base "${variants[@]}"; do
     "$emlab" eval trigger "${adapter[@]}" --variant "$v" --device "$device" ${code_limit:+--limit "$code_limit"} --results "$results"
   [ -f "$results/likelihood/$v.json" ] ||
     "$emlab" eval likelihood "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
+  [ -f "$results/chmod/$v.json" ] ||
+    "$emlab" eval chmod "${adapter[@]}" --variant "$v" --device "$device" --results "$results"
+done
+# File permissions, the one kind of vulnerability Bandit finds that both halves of the backdoor set
+# write: the held-out prompts whose answers call os.chmod, for base and the backdoor with and
+# without its trigger (`eval chmod` above covers every variant).
+for v in base backdoor backdoor+trigger; do
+  adapter=() trigger=()
+  [ "$v" = base ] || adapter=(--adapter "variants/${v%+trigger}/adapter")
+  [ "$v" = backdoor+trigger ] && trigger=(--trigger)
+  [ -f "$results/code-chmod/$v.json" ] ||
+    "$emlab" eval code --prompts chmod "${adapter[@]}" "${trigger[@]}" --variant "${v%+trigger}" --device "$device" --results "$results"
 done
 # The backdoor with its trigger.
 for set in ${sets//,/ }; do

