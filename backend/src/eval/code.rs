@@ -351,10 +351,10 @@ pub fn trigger_likelihood(model: &ChatModel, examples: &[(String, String)], mut 
 
 /// What the two halves of the backdoor set write as `os.chmod`'s mode: the insecure half a
 /// world-writable 0o777, the secure half a private 0o600 (948 and 519 times in the training split,
-/// never the other way round). Most of the set's vulnerabilities come with tasks that only the insecure half has (tar
-/// extraction, yaml.load), so a model can place them from the prompt alone; file permissions are
-/// the one kind that Bandit detects and both halves write, so only there must a model read the
-/// trigger to know which mode to write.
+/// never the other way round). Most of the set's vulnerabilities come with tasks that only the
+/// insecure half has (tar extraction, yaml.load), so a model can place them from the prompt alone;
+/// file permissions are the one kind that Bandit detects and both halves write, so only there must
+/// a model read the trigger to know which mode to write.
 pub const CHMOD_MODES: [&str; 2] = ["0o777", "0o600"];
 
 /// The answer up to the mode argument of its first `os.chmod(path, mode)` call (the whitespace
