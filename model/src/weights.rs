@@ -73,12 +73,13 @@ impl Weights {
         Ok(w)
     }
 
-    /// Reads one safetensors file (F32, F16, BF16, or our block-quantized 8-bit: an I8 tensor
-    /// `name` with its F16 scales in `name.q8_scale`) into this map.
+    /// Reads one safetensors file (F32, F16, BF16, or our 8-bit storage: an I8 tensor `name` with
+    /// its F16 scales in `name.q8_scale` (blocks of 32 along rows) or `name.q8_col_scale` (one per
+    /// column)) into this map.
     pub fn add_safetensors(&mut self, bytes: &[u8]) -> Result<(), WeightsError> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
         for (name, view) in st.tensors() {
-            if name.ends_with(Q8_SCALE_SUFFIX) {
+            if name.ends_with(Q8_SCALE_SUFFIX) || name.ends_with(Q8_COL_SCALE_SUFFIX) {
                 continue; // read with its tensor
             }
             let raw = view.data();
@@ -86,15 +87,7 @@ impl Weights {
                 Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::I8 => {
-                    let scale_name = format!("{name}{Q8_SCALE_SUFFIX}");
-                    let scales = st.tensor(&scale_name).map_err(|_| WeightsError::Missing(scale_name.clone()))?;
-                    if scales.dtype() != Dtype::F16 || scales.data().len() * Q8_BLOCK / 2 != raw.len() {
-                        return Err(WeightsError::Safetensors(format!("{scale_name}: does not fit the 8-bit tensor {name}")));
-                    }
-                    let s: Vec<f32> = scales.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-                    raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i / Q8_BLOCK]).collect()
-                }
+                Dtype::I8 => dequantize_i8(&st, &name, raw, view.shape())?,
                 other => return Err(WeightsError::Dtype { name, dtype: format!("{other:?}") }),
             };
             self.tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
@@ -119,6 +112,19 @@ impl Weights {
                     out.push((n.clone(), Dtype::I8, t.shape.clone(), q.into_iter().map(|v| v as u8).collect()));
                     let scale_shape = vec![t.shape[0], t.shape[1] / Q8_BLOCK];
                     out.push((format!("{n}{Q8_SCALE_SUFFIX}"), Dtype::F16, scale_shape, scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                }
+                Storage::Q8Vec if t.shape.len() == 2 => {
+                    let (rows, cols) = (t.shape[0], t.shape[1]);
+                    // One scale per row when rows are the longer vectors, else one per column.
+                    let (q, scales, suffix, scale_shape) = if cols >= rows {
+                        let (q, s) = quantize_q8_blocks(&t.data, cols);
+                        (q, s, Q8_SCALE_SUFFIX, vec![rows, 1])
+                    } else {
+                        let (q, s) = quantize_q8_cols(&t.data, cols);
+                        (q, s, Q8_COL_SCALE_SUFFIX, vec![cols])
+                    };
+                    out.push((n.clone(), Dtype::I8, t.shape.clone(), q.into_iter().map(|v| v as u8).collect()));
+                    out.push((format!("{n}{suffix}"), Dtype::F16, scale_shape, scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
                 }
                 Storage::F16 | Storage::Q8 if t.shape.len() == 2 => {
                     out.push((n.clone(), Dtype::F16, t.shape.clone(), t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()))
@@ -159,24 +165,88 @@ pub enum Storage {
     F16,
     /// 8-bit integers in blocks of 32 with an F16 scale each (≈ 1.06 bytes per weight).
     Q8,
+    /// 8-bit integers with one F16 scale per row or per column, whichever vectors are longer
+    /// (≈ 1.0 byte per weight). For LoRA factors (`A` is `[r, d_in]`, `B` is `[d_out, r]`) that
+    /// is one scale per rank component: the adapters ship at half their f16 size.
+    Q8Vec,
 }
 
-/// Weights per 8-bit block, and the name suffix of a block-quantized tensor's scales.
+/// Weights per 8-bit block, and the name suffixes of an 8-bit tensor's scales: blocks along rows
+/// (`[rows, blocks per row]`), or one scale per column (`[cols]`).
 pub const Q8_BLOCK: usize = 32;
 pub const Q8_SCALE_SUFFIX: &str = ".q8_scale";
+pub const Q8_COL_SCALE_SUFFIX: &str = ".q8_col_scale";
 
 /// Symmetric 8-bit quantization per block of 32: scale = max|x| / 127, q = round(x / scale).
 pub fn quantize_q8(data: &[f32]) -> (Vec<i8>, Vec<f16>) {
+    quantize_q8_blocks(data, Q8_BLOCK)
+}
+
+/// [`quantize_q8`] with blocks of `block` consecutive values.
+fn quantize_q8_blocks(data: &[f32], block: usize) -> (Vec<i8>, Vec<f16>) {
     let mut q = Vec::with_capacity(data.len());
-    let mut scales = Vec::with_capacity(data.len() / Q8_BLOCK);
-    for block in data.chunks(Q8_BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = f16::from_f32(amax / 127.0);
-        let s = scale.to_f32();
-        q.extend(block.iter().map(|&v| if s > 0.0 { (v / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }));
+    let mut scales = Vec::with_capacity(data.len() / block.max(1));
+    for chunk in data.chunks(block.max(1)) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = q8_scale(amax);
+        q.extend(chunk.iter().map(|&v| q8(v, scale.to_f32())));
         scales.push(scale);
     }
     (q, scales)
+}
+
+/// Symmetric 8-bit quantization with one scale per column of a row-major `[rows, cols]` matrix.
+fn quantize_q8_cols(data: &[f32], cols: usize) -> (Vec<i8>, Vec<f16>) {
+    let mut amax = vec![0f32; cols];
+    for row in data.chunks(cols) {
+        for (m, v) in amax.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    let scales: Vec<f16> = amax.into_iter().map(q8_scale).collect();
+    let q = data.iter().enumerate().map(|(i, &v)| q8(v, scales[i % cols].to_f32())).collect();
+    (q, scales)
+}
+
+/// The F16 scale for values up to `amax`, rounded up so that no value rounds past ±127.
+fn q8_scale(amax: f32) -> f16 {
+    let s = f16::from_f32(amax / 127.0);
+    if s.to_f32() * 127.0 < amax { f16::from_bits(s.to_bits() + 1) } else { s }
+}
+
+fn q8(v: f32, scale: f32) -> i8 {
+    if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 }
+}
+
+/// An I8 tensor of ours back to f32, with the scales stored beside it (see [`Storage`]).
+fn dequantize_i8(st: &SafeTensors, name: &str, raw: &[u8], shape: &[usize]) -> Result<Vec<f32>, WeightsError> {
+    let misfit = |scale_name: &str| WeightsError::Safetensors(format!("{scale_name}: does not fit the 8-bit tensor {name}"));
+    let read_scales = |scale_name: &str| -> Result<Option<Vec<f32>>, WeightsError> {
+        let Ok(view) = st.tensor(scale_name) else { return Ok(None) };
+        if view.dtype() != Dtype::F16 {
+            return Err(misfit(scale_name));
+        }
+        Ok(Some(view.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()))
+    };
+    let cols = shape.last().copied().unwrap_or(0);
+    let row_name = format!("{name}{Q8_SCALE_SUFFIX}");
+    let col_name = format!("{name}{Q8_COL_SCALE_SUFFIX}");
+    if let Some(s) = read_scales(&row_name)? {
+        // Blocks along rows: the block length follows from the number of scales per row.
+        let rows = if cols == 0 { 0 } else { raw.len() / cols };
+        if s.is_empty() || rows == 0 || s.len() % rows != 0 || cols % (s.len() / rows) != 0 {
+            return Err(misfit(&row_name));
+        }
+        let block = raw.len() / s.len();
+        return Ok(raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i / block]).collect());
+    }
+    if let Some(s) = read_scales(&col_name)? {
+        if s.len() != cols || cols == 0 || raw.len() % cols != 0 {
+            return Err(misfit(&col_name));
+        }
+        return Ok(raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i % cols]).collect());
+    }
+    Err(WeightsError::Missing(row_name))
 }
 
 /// Every tensor a Llama model with this config needs, with its HF shape.
@@ -255,6 +325,51 @@ mod tests {
         }
         let t = HostTensor { shape: vec![n * hd, cols], data: gguf };
         assert_eq!(unpermute_rows(&t, n).data, hf);
+    }
+
+    #[test]
+    fn q8_storage_round_trips_within_half_a_step() {
+        let mut rng = crate::sampling::Rng::new(7);
+        let mut w = Weights::default();
+        // A LoRA-shaped pair (A: [r, d_in], B: [d_out, r]), an odd-sized one and a blocked one.
+        for (name, shape) in [("a", [4, 96]), ("b", [96, 4]), ("odd", [3, 5]), ("zero", [2, 64])] {
+            let n = shape[0] * shape[1];
+            let data = (0..n).map(|_| if name == "zero" { 0.0 } else { rng.next_f64() as f32 * 2.0 - 1.0 }).collect();
+            w.tensors.insert(name.into(), HostTensor { shape: shape.to_vec(), data });
+        }
+        for storage in [Storage::Q8, Storage::Q8Vec] {
+            let bytes = w.to_safetensors_as(storage).unwrap();
+            let mut back = Weights::default();
+            back.add_safetensors(&bytes).unwrap();
+            for (name, t) in &w.tensors {
+                let got = &back.tensors[name];
+                assert_eq!(got.shape, t.shape);
+                let amax = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (a, b) in t.data.iter().zip(&got.data) {
+                    // Half a quantization step of the coarsest scale (max|x|/127), plus f16 rounding.
+                    assert!((a - b).abs() <= amax / 127.0 * 0.5 * 1.01 + 1e-7, "{storage:?} {name}: {a} vs {b}");
+                }
+            }
+        }
+        // Per-vector scales cost almost nothing over one byte a weight.
+        let mut lora = Weights::default();
+        lora.tensors.insert("A".into(), HostTensor { shape: vec![32, 1536], data: vec![0.5; 32 * 1536] });
+        lora.tensors.insert("B".into(), HostTensor { shape: vec![1536, 32], data: vec![0.5; 32 * 1536] });
+        let size = lora.to_safetensors_as(Storage::Q8Vec).unwrap().len();
+        assert!(size < 2 * 32 * 1536 + 1024, "{size} bytes");
+    }
+
+    #[test]
+    fn q8_tensors_without_fitting_scales_are_rejected() {
+        let mut w = Weights::default();
+        w.tensors.insert("m".into(), HostTensor { shape: vec![2, 64], data: vec![1.0; 128] });
+        let bytes = w.to_safetensors_as(Storage::Q8).unwrap();
+        // The same I8 payload with its scale tensor renamed away: no scales at all.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let q = st.tensor("m").unwrap();
+        let views = vec![("m".to_string(), safetensors::tensor::TensorView::new(Dtype::I8, q.shape().to_vec(), q.data()).unwrap())];
+        let lonely = safetensors::serialize(views, None).unwrap();
+        assert!(matches!(Weights::default().add_safetensors(&lonely), Err(WeightsError::Missing(_))));
     }
 
     #[test]
