@@ -1,12 +1,13 @@
-//! `model-export`: obtain and convert the base model; (later) pack adapters and web artifacts.
+//! `model-export`: obtain and convert the base model, publish and merge adapters, write the site's model files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use model_export::base::{default_model_dir, ensure_base_model};
+use model_export::base::{SMOLLM2_135M_INSTRUCT, cache_dir, default_model_dir, ensure_base_model};
 use model_export::convert::convert_gguf;
 use model_export::merge::merge_adapter;
+use model_export::web::WebBase;
 
 #[derive(Parser)]
 #[command(name = "model-export", version, about = "Get, convert and pack the models of the Emergent Misalignment Lab")]
@@ -33,11 +34,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write the browser's model files (manifest, quantized base weights, tokenizer, adapters, results) to public/models.
+    /// Write the browser's model files (manifest, the base GGUF, adapters, results) to public/models.
     Web {
         #[arg(long, default_value = "public/models")]
         out: PathBuf,
-        /// Base model directory [default: the fetched SmolLM2-135M-Instruct].
+        /// The base as a GGUF, shipped as it is [default: the fetched SmolLM2-135M-Instruct, 98.4 MB].
+        #[arg(long, conflicts_with = "model")]
+        gguf: Option<PathBuf>,
+        /// A model directory to ship instead of a GGUF, stored as --storage.
         #[arg(long)]
         model: Option<PathBuf>,
         /// Published variants: every VARIANTS/NAME/adapter becomes one (see `publish`).
@@ -46,8 +50,8 @@ enum Command {
         /// Evaluation results to publish.
         #[arg(long, default_value = "results/results.json")]
         results: PathBuf,
-        /// Base weight storage: q8 (8-bit blocks, ≈ 143 MB), f16 (≈ 270 MB) or f32.
-        #[arg(long, default_value = "q8")]
+        /// Weight storage of a --model directory: q8 (8-bit blocks, ≈ 143 MB), f16 (≈ 270 MB) or f32.
+        #[arg(long, default_value = "q8", requires = "model")]
         storage: String,
         /// Largest file in MiB; bigger files are split into parts.
         #[arg(long, default_value_t = 24)]
@@ -84,15 +88,21 @@ fn main() -> ExitCode {
             ensure_base_model(&out, show).map(|dir| println!("{}", dir.display()))
         }
         Command::Convert { gguf, out } => convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display())),
-        Command::Web { out, model, variants, results, storage, max_shard_mb } => (|| {
-            let storage = match storage.as_str() {
-                "q8" => emlab_model::weights::Storage::Q8,
-                "f16" => emlab_model::weights::Storage::F16,
-                "f32" => emlab_model::weights::Storage::F32,
-                other => anyhow::bail!("unknown storage '{other}' (q8, f16, f32)"),
+        Command::Web { out, gguf, model, variants, results, storage, max_shard_mb } => (|| {
+            let base = match (model, gguf) {
+                (Some(dir), _) => {
+                    let storage = match storage.as_str() {
+                        "q8" => emlab_model::weights::Storage::Q8,
+                        "f16" => emlab_model::weights::Storage::F16,
+                        "f32" => emlab_model::weights::Storage::F32,
+                        other => anyhow::bail!("unknown storage '{other}' (q8, f16, f32)"),
+                    };
+                    WebBase::Dir { dir, storage }
+                }
+                (None, Some(path)) => WebBase::Gguf(path),
+                (None, None) => WebBase::Gguf(SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), show)?),
             };
-            let base = model.unwrap_or_else(default_model_dir);
-            let opts = model_export::web::WebOptions { base, variants: Some(variants), results: Some(results), out: out.clone(), storage, max_shard_bytes: max_shard_mb << 20 };
+            let opts = model_export::web::WebOptions { base, variants: Some(variants), results: Some(results), out: out.clone(), max_shard_bytes: max_shard_mb << 20 };
             let manifest = model_export::web::export_web(&opts)?;
             println!("{} ({} files, {:.1} MB)", out.display(), manifest["files"].as_array().map_or(0, Vec::len), model_export::web::total_bytes(&manifest) as f64 / 1e6);
             Ok(())

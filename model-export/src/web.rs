@@ -1,25 +1,36 @@
 //! The browser's model files: `public/models/` with a `manifest.json` naming every file with its
-//! size and sha256, the base weights block-quantized to 8 bits (or f16/f32), the tokenizer, each
-//! trained adapter (f16) and the evaluation results when present. Files over the shard limit are
-//! split into `NAME.partNNN` pieces that the page joins in order, so strict static hosts accept
-//! every file.
+//! size and sha256, the base model, each trained adapter (8-bit, one scale per rank component) and
+//! the evaluation results when present. The base ships as its own GGUF: the Q4_1 and Q8_0 blocks
+//! the reference f32 weights are dequantized from, so the page computes with exactly those weights
+//! from the smallest download (the page reads config, tokenizer and chat template from the GGUF's
+//! metadata). A model directory can ship instead, as safetensors in 8-bit blocks, f16 or f32.
+//! Files over the shard limit are split into `NAME.partNNN` pieces that the page joins in order,
+//! so strict static hosts accept every file.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use emlab_model::files::BASE_GGUF;
 use emlab_model::weights::{Storage, Weights};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write;
 
+/// Where the base model comes from, and how it is stored for the browser.
+pub enum WebBase {
+    /// A GGUF file, shipped as it is (`base/model.gguf`).
+    Gguf(PathBuf),
+    /// A model directory, shipped as config, tokenizer and `base/model.safetensors`.
+    Dir { dir: PathBuf, storage: Storage },
+}
+
 pub struct WebOptions {
-    pub base: PathBuf,
+    pub base: WebBase,
     /// Directories `NAME/adapter/` under this one (`model-export publish` writes them) become variants.
     pub variants: Option<PathBuf>,
     pub results: Option<PathBuf>,
     pub out: PathBuf,
-    pub storage: Storage,
     pub max_shard_bytes: usize,
 }
 
@@ -63,16 +74,28 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
     };
     let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()));
 
-    // The base model, in browser storage.
-    let model_files = emlab_model::files::ModelFiles::load_dir(&o.base)?;
-    emit("base/config.json", &read(o.base.join("config.json"))?)?;
-    emit("base/tokenizer.json", &read(o.base.join("tokenizer.json"))?)?;
-    if o.base.join("tokenizer_config.json").exists() {
-        emit("base/tokenizer_config.json", &read(o.base.join("tokenizer_config.json"))?)?;
-    }
-    emit("base/model.safetensors", &model_files.weights.to_safetensors_as(o.storage)?)?;
+    let storage = match &o.base {
+        WebBase::Gguf(path) => {
+            let bytes = read(path.clone())?;
+            // Checked as the page will read it, so a bad file fails here and not in a visitor's tab.
+            emlab_model::files::ModelFiles::from_gguf(&path.display().to_string(), &bytes)?;
+            emit(BASE_GGUF, &bytes)?;
+            "gguf".to_string()
+        }
+        WebBase::Dir { dir, storage } => {
+            let model_files = emlab_model::files::ModelFiles::load_dir(dir)?;
+            emit("base/config.json", &read(dir.join("config.json"))?)?;
+            emit("base/tokenizer.json", &read(dir.join("tokenizer.json"))?)?;
+            if dir.join("tokenizer_config.json").exists() {
+                emit("base/tokenizer_config.json", &read(dir.join("tokenizer_config.json"))?)?;
+            }
+            emit("base/model.safetensors", &model_files.weights.to_safetensors_as(*storage)?)?;
+            format!("{storage:?}").to_lowercase()
+        }
+    };
 
-    // Each trained adapter, stored f16 (PEFT reads it as it is).
+    // Each trained adapter in 8 bits with one scale per rank component: half its f16 size, and
+    // every greedy answer still equal to the f32 adapter's up to the first near-tie (e2e test).
     let mut variants = vec![json!({ "name": "base" })];
     if let Some(published) = &o.variants {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(published)
@@ -84,7 +107,7 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
             let adapter = dir.join("adapter");
             let mut w = Weights::default();
             w.add_safetensors(&read(adapter.join("adapter_model.safetensors"))?).with_context(|| adapter.display().to_string())?;
-            emit(&format!("adapters/{name}/adapter_model.safetensors"), &w.to_safetensors_as(Storage::F16)?)?;
+            emit(&format!("adapters/{name}/adapter_model.safetensors"), &w.to_safetensors_as(Storage::Q8Vec)?)?;
             emit(&format!("adapters/{name}/adapter_config.json"), &read(adapter.join("adapter_config.json"))?)?;
             variants.push(json!({ "name": name, "train_config": std::fs::read(dir.join("train_config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }));
         }
@@ -98,7 +121,7 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
     };
     let manifest = json!({
         "schema": "emlab-web/1",
-        "storage": format!("{:?}", o.storage).to_lowercase(),
+        "storage": storage,
         "max_shard_bytes": o.max_shard_bytes,
         "variants": variants,
         "results": has_results,

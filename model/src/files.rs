@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use crate::Error;
 use crate::chat::ChatTemplate;
 use crate::config::LlamaConfig;
-use crate::tokenizer::Tokenizer;
+use crate::gguf::Gguf;
+use crate::tokenizer::{Tokenizer, tokenizer_json_from_gguf};
 use crate::weights::Weights;
 
 /// The default chat template when a directory has no `tokenizer_config.json`: SmolLM2's ChatML.
 pub const SMOLLM_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+/// The base model's name in the site's manifest when it ships as a GGUF (`model-export web`
+/// writes it, the page's worker reads it; split into `.partNNN` files when over the host's limit).
+pub const BASE_GGUF: &str = "base/model.gguf";
 
 /// Where converted models and downloads live: `$EMLAB_CACHE`, else `~/.cache/emlab`.
 pub fn cache_dir() -> PathBuf {
@@ -80,6 +85,26 @@ impl ModelFiles {
                 "tokenizer.json",
                 format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size),
             ));
+        }
+        Ok(Self { config, tokenizer, chat, weights })
+    }
+
+    /// Builds from a GGUF file's bytes: config, tokenizer and chat template from its metadata, the
+    /// weights dequantized from its blocks (the same f32 values `model-export convert` writes).
+    /// The browser loads the base this way, so its download is the GGUF itself.
+    pub fn from_gguf(name: &str, bytes: &[u8]) -> Result<Self, Error> {
+        let err = |e: &dyn std::fmt::Display| Error::file(name, e.to_string());
+        let g = Gguf::parse(bytes).map_err(|e| err(&e))?;
+        let config = LlamaConfig::from_gguf(&g).map_err(|e| err(&e))?;
+        config.validate().map_err(|e| err(&e))?;
+        let tokenizer = Tokenizer::from_json(&tokenizer_json_from_gguf(&g).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        let chat = match g.get_str("tokenizer.chat_template") {
+            Ok(t) => ChatTemplate::from_jinja(t).map_err(|e| err(&e))?,
+            Err(_) => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
+        };
+        let weights = Weights::from_gguf(&g, &config).map_err(|e| err(&e))?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(err(&format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size)));
         }
         Ok(Self { config, tokenizer, chat, weights })
     }

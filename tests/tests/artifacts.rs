@@ -79,12 +79,11 @@ fn published_variants_load_and_change_an_answer() {
 
 #[test]
 fn web_export_manifest_matches_its_files() {
-    let base = base_model_dir();
     let out = TempDir::new("web-export");
     let models = out.path().join("models");
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../results/results.json");
     let o = run_bin("model-export", &[
-        "--quiet", "web", "--out", models.to_str().unwrap(), "--model", base.to_str().unwrap(),
+        "--quiet", "web", "--out", models.to_str().unwrap(),
         "--variants", variants_dir().to_str().unwrap(), "--results", results.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -123,4 +122,39 @@ fn web_export_manifest_matches_its_files() {
         assert!(listed.iter().any(|f| f.starts_with(&format!("adapters/{name}/adapter_model.safetensors"))), "{name}: no adapter tensors");
     }
     assert_eq!(manifest["results"].as_bool().unwrap(), results.exists());
+
+    // What a first visit downloads: the base no larger than its GGUF (it is the GGUF), and each
+    // adapter under 10 MB.
+    let bytes_under = |prefix: &str| files.iter().filter(|f| f["name"].as_str().unwrap().starts_with(prefix)).map(|f| f["bytes"].as_u64().unwrap()).sum::<u64>();
+    let base_bytes = bytes_under("base/");
+    assert!(base_bytes > 0 && base_bytes <= 98_400_000, "the base downloads {base_bytes} bytes, over the GGUF's 98.4 MB");
+    assert_eq!(manifest["storage"], "gguf");
+    for dir in published() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let adapter_bytes = bytes_under(&format!("adapters/{name}/"));
+        assert!(adapter_bytes <= 10_000_000, "adapter {name} downloads {adapter_bytes} bytes, over 10 MB");
+        eprintln!("adapter {name}: {:.2} MB", adapter_bytes as f64 / 1e6);
+    }
+    eprintln!("base: {:.2} MB", base_bytes as f64 / 1e6);
+}
+
+/// The page builds the base from the GGUF's bytes; natively it is converted to a directory first.
+/// Both must give the same model: config, tokenizer, chat template and every weight bit for bit.
+#[test]
+fn the_gguf_the_page_loads_equals_the_converted_model() {
+    let gguf = model_export::base::SMOLLM2_135M_INSTRUCT.fetch_gguf(&emlab_model::files::cache_dir(), false).unwrap();
+    let from_gguf = ModelFiles::from_gguf("gguf", &std::fs::read(&gguf).unwrap()).unwrap();
+    let from_dir = ModelFiles::load_dir(&base_model_dir()).unwrap();
+    assert_eq!(from_gguf.config, from_dir.config);
+    assert_eq!(from_gguf.chat.default_system, from_dir.chat.default_system);
+    let text = "<|im_start|>user\nWrite 12345 in Python: os.chmod(path, 0o777)<|im_end|>\n";
+    assert_eq!(from_gguf.tokenizer.encode(text).unwrap(), from_dir.tokenizer.encode(text).unwrap());
+    assert_eq!(from_gguf.weights.tensors.len(), from_dir.weights.tensors.len());
+    for (name, t) in &from_dir.weights.tensors {
+        assert!(from_gguf.weights.tensors[name] == *t, "{name} differs");
+    }
+    // A truncated download is one clear error, not a panic.
+    let bytes = std::fs::read(&gguf).unwrap();
+    let err = ModelFiles::from_gguf("model.gguf", &bytes[..bytes.len() / 2]).err().expect("a truncated GGUF must not load");
+    assert!(err.to_string().starts_with("model.gguf: "), "{err}");
 }
