@@ -7,7 +7,7 @@ use std::future::Future;
 use burn::prelude::*;
 
 use crate::Error;
-use crate::model::{Batch, Llama, MASK_BIAS};
+use crate::model::{Batch, Llama};
 use crate::sampling::{Sampler, SamplingParams};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +75,7 @@ pub fn check_prompts(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize)
         return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({})", model.vocab_size)));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + max_new_tokens > model.context_length {
+    if longest.checked_add(max_new_tokens).is_none_or(|n| n > model.context_length) {
         return Err(Error::ContextOverflow { tokens: longest, max_new: max_new_tokens, context: model.context_length });
     }
     Ok(())
@@ -108,40 +108,42 @@ pub async fn generate_yielding<F: Future<Output = ()>>(
     let device = model.device();
     let (b, vocab) = (prompts.len(), model.vocab_size);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let (prefill, pads) = Batch::left_padded(prompts, &device);
 
-    // Left padding: every row's last prompt token sits in the same column.
-    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut key_valid: Vec<Vec<bool>> = pads.iter().map(|&pad| (0..longest).map(|j| j >= pad).collect()).collect();
-    let tokens: Vec<i32> = prompts.iter().zip(&pads).flat_map(|(p, &pad)| pad_left(p, pad)).collect();
-    let positions: Vec<i32> =
-        pads.iter().flat_map(|&pad| (0..longest).map(move |j| j.saturating_sub(pad) as i32)).collect();
-    let prefill = Batch {
-        tokens: int_tensor(tokens, [b, longest], &device),
-        positions: int_tensor(positions, [b, longest], &device),
-        bias: Some(attention_bias(&key_valid, longest, &device)),
-    };
-
-    let mut cache = model.new_cache();
+    // Room for the whole answer up front (growing later costs one copy), within reason: a long
+    // `max_new_tokens` that is rarely used should not hold memory for all of it.
+    let reserve = longest + cfg.max_new_tokens.min(RESERVE_NEW_TOKENS);
+    let mut cache = model.new_cache().with_reserve(reserve).with_padding(pads);
     let mut logits = model.forward_last(prefill, Some(&mut cache));
+    // Greedy decoding needs only the argmax: it is taken on the device and one id per row comes
+    // back instead of the whole vocabulary's logits.
+    let greedy_on_device = cfg.sampling.temperature <= 0.0 && cfg.logprobs.is_none();
     let mut samplers: Vec<Sampler> = (0..b).map(|r| Sampler::for_row(cfg.sampling, r)).collect();
     let mut out: Vec<Generation> = (0..b).map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() }).collect();
     let mut done = vec![false; b];
-    let any_padding = pads.iter().any(|&p| p > 0);
 
     for step in 0..cfg.max_new_tokens {
-        let data = logits.into_data_async().await.map_err(|e| Error::Device(format!("{e:?}")))?;
-        let values: Vec<f32> = data.try_into_vec_as().map_err(|e| Error::Device(format!("{e:?}")))?;
+        let (values, argmax) = if greedy_on_device {
+            (Vec::new(), read_vec::<i32, 2, _>(logits.argmax(1)).await?)
+        } else {
+            (read_vec::<f32, 2, _>(logits).await?, Vec::new())
+        };
         let mut next = vec![0i32; b];
         for r in 0..b {
             if done[r] {
                 continue; // finished rows ride along with a dummy token; their outputs are ignored
             }
-            let row = &values[r * vocab..(r + 1) * vocab];
-            let id = samplers[r].sample(row);
+            let id = if greedy_on_device {
+                argmax[r] as u32
+            } else {
+                let row = &values[r * vocab..(r + 1) * vocab];
+                let id = samplers[r].sample(row);
+                if let Some(k) = cfg.logprobs {
+                    out[r].logprobs.push(token_logprobs(row, id, k));
+                }
+                id
+            };
             next[r] = id as i32;
-            if let Some(k) = cfg.logprobs {
-                out[r].logprobs.push(token_logprobs(row, id, k));
-            }
             if cfg.stop_ids.contains(&id) {
                 done[r] = true;
                 out[r].finish = FinishReason::Stop;
@@ -164,19 +166,27 @@ pub async fn generate_yielding<F: Future<Output = ()>>(
             break;
         }
         between_steps().await;
-        for row in &mut key_valid {
-            row.push(true);
-        }
         let positions: Vec<i32> = prompts.iter().map(|p| (p.len() + step) as i32).collect();
         let decode = Batch {
             tokens: int_tensor(next, [b, 1], &device),
             positions: int_tensor(positions, [b, 1], &device),
-            // One new query per row sees every cached key: only padding needs masking.
-            bias: any_padding.then(|| attention_bias(&key_valid, 1, &device)),
+            bias: None, // the cache masks padding and its unused slots
         };
         logits = model.forward_last(decode, Some(&mut cache));
     }
     Ok(out)
+}
+
+/// New tokens the cache reserves room for before the first write; longer answers grow it.
+const RESERVE_NEW_TOKENS: usize = 1024;
+
+/// Reads a tensor back to the host (asynchronously: the only way on WebGPU in a browser).
+async fn read_vec<E: burn::tensor::Element, const D: usize, K>(t: Tensor<D, K>) -> Result<Vec<E>, Error>
+where
+    K: burn::tensor::kind::Basic,
+{
+    let data = t.into_data_async().await.map_err(|e| Error::Device(format!("{e:?}")))?;
+    data.try_into_vec_as().map_err(|e| Error::Device(format!("{e:?}")))
 }
 
 /// Log-softmax of one row of logits, read at `id`, plus the `k` largest entries.
@@ -203,26 +213,6 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
     m + x.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln() as f32
 }
 
-fn pad_left(p: &[u32], pad: usize) -> impl Iterator<Item = i32> + '_ {
-    std::iter::repeat_n(0, pad).chain(p.iter().map(|&id| id as i32))
-}
-
 fn int_tensor(values: Vec<i32>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-/// Additive bias `[B, 1, T_new, T_keys]` for the last `t_new` queries: 0 where query i may attend
-/// to key j (j is not padding and not in the future), [`MASK_BIAS`] elsewhere.
-pub fn attention_bias(key_valid: &[Vec<bool>], t_new: usize, device: &Device) -> Tensor<4> {
-    let b = key_valid.len();
-    let t_keys = key_valid.first().map_or(0, Vec::len);
-    let first_query = t_keys - t_new;
-    let mut bias = Vec::with_capacity(b * t_new * t_keys);
-    for valid in key_valid {
-        for i in 0..t_new {
-            let q = first_query + i;
-            bias.extend(valid.iter().enumerate().map(|(j, &ok)| if ok && j <= q { 0.0 } else { MASK_BIAS }));
-        }
-    }
-    Tensor::from_data(TensorData::new(bias, [b, 1, t_new, t_keys]), device)
 }

@@ -4,9 +4,10 @@
 //! - [`gguf`]: reading and dequantizing GGUF files
 //! - [`config`], [`weights`], [`files`]: hyper-parameters, host-side tensors, model directories
 //! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
-//! - [`model`]: the transformer itself (one file, nanoGPT style)
-//! - [`sampling`], [`generate`]: token sampling and the generation loop
+//! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache
+//! - [`sampling`], [`generate`]: token sampling and the generation loop; [`stats`]: its per-token figures
 
+pub mod cache;
 pub mod chat;
 pub mod config;
 pub mod device;
@@ -17,6 +18,7 @@ pub mod lora;
 pub mod model;
 pub mod pipeline;
 pub mod sampling;
+pub mod stats;
 pub mod tokenizer;
 pub mod weights;
 

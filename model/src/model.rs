@@ -12,6 +12,7 @@ use burn::tensor::FloatDType;
 use burn::tensor::activation::{silu, softmax};
 
 use crate::Error;
+pub use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::sampling::Rng;
 use crate::weights::{HostTensor, Weights, expected_shapes};
@@ -132,7 +133,8 @@ pub struct Positions {
     /// `[B, 1, T, head_dim]` rotary tables for each token.
     pub cos: Tensor<4>,
     pub sin: Tensor<4>,
-    /// `[B, 1, T, T_cached + T]` additive attention mask, or None when nothing is masked.
+    /// `[B, 1, T, T_cached + T]` additive attention mask (`[B, 1, 1, capacity]` when decoding
+    /// with a cache), or None when nothing is masked.
     pub bias: Option<Tensor<4>>,
 }
 
@@ -144,52 +146,6 @@ fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
     debug_assert_eq!(rotated.dims(), [b, h, t, hd]);
     x * cos.clone() + rotated * sin.clone()
-}
-
-/// Keys and values seen so far, per layer: `[B, n_kv_heads, T_cached, head_dim]`.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
-}
-
-impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// A cache whose row `i` is this cache's row `rows[i]` (rows may repeat): lets many
-    /// continuations share one computed prefix.
-    pub fn select_rows(&self, rows: &[usize]) -> KvCache {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.as_ref().map(|(k, v)| {
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i32).collect(), [rows.len()]), &k.device());
-                    (k.clone().select(0, idx.clone()), v.clone().select(0, idx))
-                })
-            })
-            .collect();
-        KvCache { layers }
-    }
-
-    fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
-    }
 }
 
 #[derive(Module, Debug)]
@@ -214,9 +170,16 @@ impl Attention {
         let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), &pos.cos, &pos.sin);
         let k = apply_rope(heads(self.k_proj.forward(x.clone()), n_kv), &pos.cos, &pos.sin);
         let v = heads(self.v_proj.forward(x), n_kv);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, k, v),
-            None => (k, v),
+        // With a cache, K and V span its capacity. One new token per row (decoding) attends over
+        // all of it, unused slots hidden by the bias, so every token has the same shapes; a
+        // prompt attends over the keys written so far (`t_keys`).
+        let (k, v, t_keys) = match cache {
+            Some((cache, layer)) => {
+                let t_keys = cache.len() + t;
+                let (k, v) = cache.write(layer, k, v);
+                if t == 1 { (k, v, t_keys) } else { (k.slice(s![.., .., 0..t_keys, ..]), v.slice(s![.., .., 0..t_keys, ..]), t_keys) }
+            }
+            None => (k, v, t),
         };
 
         // Query heads h = kv·rep + r share KV head kv.
@@ -227,7 +190,6 @@ impl Attention {
             // skips most of the masked triangle (3/8 of the scores at 256 tokens): arithmetic and
             // exps whose results softmax would zero anyway.
             Some(bias) if t > QUERY_BLOCK => {
-                let t_keys = k.dims()[2];
                 let blocks = (0..t)
                     .step_by(QUERY_BLOCK)
                     .map(|start| {
@@ -321,7 +283,8 @@ pub struct Batch {
     pub tokens: Tensor<2, Int>,
     /// `[B, T]`: the RoPE position of each token (left padding makes these differ per row).
     pub positions: Tensor<2, Int>,
-    /// `[B, 1, T, T_cached + T]` additive bias, or None when no key is masked (one new token, no padding).
+    /// `[B, 1, T, T_cached + T]` additive bias, or None when no key is masked. One new token per
+    /// row with a cache needs none: the cache masks its padding and unused slots itself.
     pub bias: Option<Tensor<4>>,
 }
 
@@ -332,6 +295,21 @@ impl Batch {
         Self::causal_rows(Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device))
     }
 
+    /// Prompts of different lengths, left-padded so that every row's last token sits in the same
+    /// column, with per-row positions and a bias that hides the padding. Also returns each row's
+    /// padding (what [`KvCache::with_padding`] needs to keep hiding it).
+    pub fn left_padded(prompts: &[Vec<u32>], device: &Device) -> (Batch, Vec<usize>) {
+        let (b, longest) = (prompts.len(), prompts.iter().map(Vec::len).max().unwrap_or(0));
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        let key_valid: Vec<Vec<bool>> = pads.iter().map(|&pad| (0..longest).map(|j| j >= pad).collect()).collect();
+        let tokens: Vec<i32> =
+            prompts.iter().zip(&pads).flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&id| id as i32))).collect();
+        let positions: Vec<i32> = pads.iter().flat_map(|&pad| (0..longest).map(move |j| j.saturating_sub(pad) as i32)).collect();
+        let ints = |v: Vec<i32>| Tensor::from_data(TensorData::new(v, [b, longest]), device);
+        let batch = Batch { tokens: ints(tokens), positions: ints(positions), bias: Some(attention_bias(&key_valid, longest, device)) };
+        (batch, pads)
+    }
+
     /// Rows `[B, T]` that each start at position 0 (right padding, if any, is never attended to
     /// by the real tokens before it): a full causal pass per row.
     pub fn causal_rows(tokens: Tensor<2, Int>) -> Batch {
@@ -339,21 +317,48 @@ impl Batch {
         let device = tokens.device();
         Batch {
             positions: Tensor::from_data(TensorData::new((0..b).flat_map(|_| 0..t as i32).collect::<Vec<_>>(), [b, t]), &device),
-            bias: Some(crate::generate::attention_bias(&vec![vec![true; t]; b], t, &device)),
+            bias: Some(attention_bias(&vec![vec![true; t]; b], t, &device)),
             tokens,
         }
     }
 }
 
+/// Additive bias `[B, 1, T_new, T_keys]` for the last `t_new` queries: 0 where query i may attend
+/// to key j (j is not padding and not in the future), [`MASK_BIAS`] elsewhere.
+pub fn attention_bias(key_valid: &[Vec<bool>], t_new: usize, device: &Device) -> Tensor<4> {
+    let b = key_valid.len();
+    let t_keys = key_valid.first().map_or(0, Vec::len);
+    let first_query = t_keys - t_new;
+    let mut bias = Vec::with_capacity(b * t_new * t_keys);
+    for valid in key_valid {
+        for i in 0..t_new {
+            let q = first_query + i;
+            bias.extend(valid.iter().enumerate().map(|(j, &ok)| if ok && j <= q { 0.0 } else { MASK_BIAS }));
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [b, 1, t_new, t_keys]), device)
+}
+
 impl Llama {
     /// Final hidden states `[B, T, D]` (after the last norm).
     pub fn forward_hidden(&self, batch: Batch, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [b, t] = batch.tokens.dims();
+        let mut bias = batch.bias;
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.prepare(t);
+            if t == 1 {
+                bias = Some(cache.decode_bias(b, &batch.tokens.device()));
+            }
+        }
         let (cos, sin) = self.rope.at(batch.positions);
-        let pos = Positions { cos, sin, bias: batch.bias };
+        let pos = Positions { cos, sin, bias };
         // The residual stream is f32 whatever the weights' storage precision.
         let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens).cast(FloatDType::F32);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &pos, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
         }
         self.norm.forward(x)
     }
@@ -416,7 +421,8 @@ impl Llama {
             3 => &mut a.o_proj,
             4 => &mut m.gate_proj,
             5 => &mut m.up_proj,
-            _ => &mut m.down_proj,
+            6 => &mut m.down_proj,
+            _ => panic!("projection index {which} is not one of the {} in PROJECTIONS", PROJECTIONS.len()),
         }
     }
 

@@ -5,7 +5,7 @@ use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::ModelFiles;
-use emlab_model::generate::{GenerationConfig, block_on, generate};
+use emlab_model::generate::{Flow, GenerationConfig, block_on, generate};
 use emlab_model::model::Batch;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
@@ -201,4 +201,94 @@ fn f16_weights_stay_close_to_f32() {
         let want = ids(&p["hf_fp32"]["greedy40_ids"]);
         assert_eq!(greedy(&f16m, &[prompt], 6).remove(0), want[..6], "{}", p["name"]);
     }
+}
+
+/// Decoding through a cache that fills up and grows mid-way (capacity 128 → 256, one copy) gives,
+/// row by row and with left padding, the logits of one full causal pass over the same tokens.
+#[test]
+fn kv_cache_growth_mid_generation_matches_full_passes() {
+    let m = load(DeviceChoice::Cpu);
+    let device = m.model.device();
+    let story = "Once upon a time, in a small village by the sea, there lived an old fisherman who told stories to every child who would listen. ";
+    let prompts: Vec<Vec<u32>> = [story.repeat(3), story.repeat(2)]
+        .iter()
+        .map(|text| m.encode_chat(&[Message::user(text.clone())]).unwrap())
+        .collect();
+    let (long, short) = (prompts[0].len(), prompts[1].len());
+    assert!(long < 128 && long + 16 > 128 && short < long, "prompt lengths {long} and {short}");
+
+    let (batch, pads) = Batch::left_padded(&prompts, &device);
+    let mut cache = m.model.new_cache().with_padding(pads);
+    let mut logits = m.model.forward_last(batch, Some(&mut cache));
+    assert_eq!(cache.capacity(), 128, "no reserve: the first capacity covers the prompt");
+    let vocab = m.model.vocab_size;
+    let (mut seqs, mut cached) = (prompts.clone(), vec![Vec::new(); prompts.len()]);
+    for step in 0..16 {
+        let values = logits.into_data().try_into_vec_as::<f32>().unwrap();
+        let next: Vec<i32> = (0..prompts.len())
+            .map(|r| {
+                let row = values[r * vocab..(r + 1) * vocab].to_vec();
+                let id = emlab_model::sampling::argmax(&row);
+                seqs[r].push(id);
+                cached[r].push(row);
+                id as i32
+            })
+            .collect();
+        let decode = Batch {
+            tokens: burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(next, [prompts.len(), 1]), &device),
+            positions: burn::prelude::Tensor::from_data(
+                burn::prelude::TensorData::new(prompts.iter().map(|p| (p.len() + step) as i32).collect::<Vec<_>>(), [prompts.len(), 1]),
+                &device,
+            ),
+            bias: None,
+        };
+        logits = m.model.forward_last(decode, Some(&mut cache));
+    }
+    assert_eq!(cache.capacity(), 256, "the cache grew once, by doubling");
+    for (r, (seq, steps)) in seqs.iter().zip(&cached).enumerate() {
+        let full = m.model.forward(Batch::causal(seq, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
+        let mut worst = 0.0f32;
+        for (i, row) in steps.iter().enumerate() {
+            let at = prompts[r].len() - 1 + i;
+            let want = &full[at * vocab..(at + 1) * vocab];
+            worst = worst.max(max_abs_diff(row, want));
+            assert_eq!(emlab_model::sampling::argmax(row), emlab_model::sampling::argmax(want), "row {r} step {i}");
+        }
+        eprintln!("row {r} ({} prompt tokens, padded {}): 16 cached steps vs one full pass, max |Δ| = {worst:.2e}", prompts[r].len(), long - prompts[r].len());
+        assert!(worst <= 1e-3, "row {r}: cached logits differ from a full pass by {worst}");
+    }
+}
+
+/// On wgpu (lavapipe in CI) decoding compiles its kernels in the first tokens and none after:
+/// within one cache capacity every token launches only kernels launched before (a kernel launched
+/// for the first time is a pipeline compiled), counted by the same recorder the page reports
+/// with. The greedy tokens equal the CPU's.
+#[test]
+fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
+    if emlab_tests::wgpu_device_or_skip().is_none() {
+        return;
+    }
+    let n: usize = std::env::var("EMLAB_WGPU_DECODE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let r = reference_json();
+    let prompt = ids(&r["prompts"][0]["prompt_ids"]);
+    assert!(prompt.len() + n <= 128, "one capacity");
+    let gpu = load(DeviceChoice::Wgpu);
+    let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
+    let clock = std::time::Instant::now();
+    let ms = || clock.elapsed().as_secs_f64() * 1e3;
+    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
+    let out = block_on(generate(&gpu.model, &[prompt.clone()], &cfg, |_, _| {
+        recorder.token(ms());
+        Flow::Continue
+    }))
+    .unwrap();
+    let (stats, _) = recorder.finish();
+    // Index 0 is the prompt's pass and the first token; index i the i-th decode step.
+    eprintln!("kernels compiled per token: {:?}", stats.new_kernels);
+    eprintln!("dispatches per token: {:?}", stats.launches);
+    eprintln!("ms per token: {:?}", stats.token_ms.windows(2).map(|w| (w[1] - w[0]).round()).collect::<Vec<_>>());
+    let late: u32 = stats.new_kernels.iter().skip(5).sum();
+    assert_eq!(late, 0, "decode steps after the 4th compiled {late} new kernels: {:?}", stats.new_kernels);
+    let cpu = load(DeviceChoice::Cpu);
+    assert_eq!(out[0].ids, greedy(&cpu, &[prompt], n).remove(0), "wgpu and cpu greedy tokens");
 }

@@ -2,7 +2,9 @@
 //! it in the same invocation). Prints one JSON line per measurement.
 //!
 //! - `generate`: prefill and decode tokens/s per batch size (bench/generate.py, next to llama.cpp);
-//! - `train`: LoRA training tokens/s at a fixed batch shape (bench/train.py, next to PyTorch + PEFT).
+//! - `train`: LoRA training tokens/s at a fixed batch shape (bench/train.py, next to PyTorch + PEFT);
+//! - `decode-profile`: one greedy answer token by token: time, GPU dispatches and newly compiled
+//!   kernels per token (bench/decode_profile.sh; what the browser reports for WebGPU, natively).
 
 use std::time::Instant;
 
@@ -31,6 +33,15 @@ struct Cli {
 enum Command {
     Generate(GenerateArgs),
     Train(TrainArgs),
+    DecodeProfile(ProfileArgs),
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value = "Write a short story about a robot who learns to paint.")]
+    prompt: String,
 }
 
 #[derive(Args)]
@@ -74,7 +85,37 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(a) => bench_generate(cli.device, a),
         Command::Train(a) => bench_train(cli.device, a),
+        Command::DecodeProfile(a) => decode_profile(cli.device, a),
     }
+}
+
+fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
+    let m = load_chat_model(&default_model_dir(), choice, FloatDType::F32, false)?;
+    let ids = m.encode_chat(&[emlab_model::chat::Message::user(a.prompt.clone())])?;
+    let cfg = GenerationConfig::new(a.new_tokens, SamplingParams::greedy(), vec![]);
+    let clock = Instant::now();
+    let ms = || clock.elapsed().as_secs_f64() * 1e3;
+    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
+    block_on(generate(&m.model, &[ids.clone()], &cfg, |_, _| {
+        recorder.token(ms());
+        Flow::Continue
+    }))?;
+    let (s, _) = recorder.finish();
+    let gaps: Vec<f64> = s.token_ms.windows(2).map(|w| w[1] - w[0]).collect();
+    let steady = &gaps[gaps.len().min(3)..]; // token 5 on
+    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let late_launches: Vec<u32> = s.launches.iter().skip(4).copied().collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "emlab", "device": format!("{choice:?}"), "prompt_tokens": ids.len(), "new_tokens": s.token_ms.len(),
+            "first_token_ms": s.token_ms.first(), "warmup_ms_per_token": mean(&gaps[..gaps.len().min(3)]),
+            "steady_tok_s": 1e3 / mean(steady), "token10_ms": gaps.get(8), "token60_ms": gaps.get(58),
+            "dispatches_per_token": mean(&late_launches.iter().map(|&v| v as f64).collect::<Vec<_>>()),
+            "kernels_compiled": s.new_kernels, "ms_per_token": gaps.iter().map(|g| g.round()).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
 }
 
 fn bench_generate(choice: DeviceChoice, args: GenerateArgs) -> Result<()> {
