@@ -37,8 +37,8 @@ import json, sys
 lines = [json.loads(l) for l in sys.stdin if l.strip()]
 d = lines[0]
 d["prompt"], d["variant_prompt"] = sys.argv[1], sys.argv[2]
-# The page runs 8-bit weights, so it may break a near-tie (top-two margin < 0.1 nats) the other
-# way: it must agree with native up to the first one.
+# The page runs the same base weights, but 8-bit adapters and its own summation order, so it may
+# break a near-tie (top-two margin < 0.1 nats) the other way: it must agree with native up to the first one.
 def stable(v):
     out = ""
     for t in v["tokens"]:

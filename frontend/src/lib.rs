@@ -1,4 +1,5 @@
-//! The browser demo (WIP): the engine that runs the shared model crate in a Web Worker.
+//! The browser demo: the Leptos page (`components`), and the Web Worker that runs the shared model
+//! crate on WebGPU or the CPU (`engine`, `loader`, `bin/worker.rs`), talking over `protocol`.
 
 pub mod engine;
 pub mod loader;

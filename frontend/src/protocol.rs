@@ -2,16 +2,28 @@
 
 use serde::{Deserialize, Serialize};
 
+use emlab_model::stats::DecodeStats;
+
 /// Page → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
     /// Fetch (or read from the cache) the manifest's files and build the model.
-    Load { models_url: String, force_cpu: bool },
+    Load { models_url: String, device: DeviceRequest },
     Generate(GenerateRequest),
     /// Ends the running generation after the current token.
     Stop,
     ClearCache,
+}
+
+/// Where the page asks the model to run: `?cpu=1` and `?gpu=1` force one, otherwise the worker
+/// picks the faster (see `engine::pick_device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Gpu,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,9 +48,10 @@ pub enum FromWorker {
     /// The worker's code is running and listening (messages sent before this would be lost).
     Started,
     Progress { file: String, loaded: u64, total: u64, from_cache: bool },
-    Ready { device: String, notice: Option<String>, variants: Vec<String> },
+    /// `notice`: one plain sentence on the device choice; `detail`: the technical reason behind it.
+    Ready { device: String, notice: Option<String>, detail: Option<String>, variants: Vec<String> },
     Token { id: u64, text: String },
-    Done { id: u64, tokens: usize, seconds: f64, finish: String },
+    Done { id: u64, tokens: usize, seconds: f64, finish: String, stats: DecodeStats },
     Error { id: Option<u64>, message: String },
     CacheCleared,
 }

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
-use crate::protocol::{FromWorker, GenerateRequest, ToWorker};
+use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
 
 /// The worker's loader script. A release build names it by content hash and says so in
 /// `<meta name="emlab-worker">` (scripts/site.sh); `trunk serve` leaves the plain name.
@@ -24,7 +24,7 @@ fn worker_url() -> String {
 pub enum EngineStatus {
     Starting,
     Loading { file: String, loaded: u64, total: u64, from_cache: bool },
-    Ready { device: String, notice: Option<String>, variants: Vec<String> },
+    Ready { device: String, notice: Option<String>, detail: Option<String>, variants: Vec<String> },
     Failed(String),
 }
 
@@ -51,13 +51,13 @@ pub struct Engine {
     next_id: StoredValue<u64>,
     /// What to load once the worker says it is listening.
     load: StoredValue<ToWorker>,
-    /// Why the engine left WebGPU, shown with the CPU's Ready status.
-    crash_notice: StoredValue<Option<String>>,
+    /// Why the engine left WebGPU (a sentence and its detail), shown with the CPU's Ready status.
+    crash_notice: StoredValue<Option<(String, String)>>,
 }
 
 impl Engine {
     /// Starts the worker (Trunk builds it as `worker_loader.js`) and asks it to load the models.
-    pub fn start(models_url: String, force_cpu: bool) -> Engine {
+    pub fn start(models_url: String, device: DeviceRequest) -> Engine {
         let engine = Engine {
             worker: StoredValue::new_local(None),
             status: RwSignal::new(EngineStatus::Starting),
@@ -65,7 +65,7 @@ impl Engine {
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
             next_id: StoredValue::new(1),
-            load: StoredValue::new(ToWorker::Load { models_url, force_cpu }),
+            load: StoredValue::new(ToWorker::Load { models_url, device }),
             crash_notice: StoredValue::new(None),
         };
         engine.spawn();
@@ -98,7 +98,7 @@ impl Engine {
     /// The worker died (a lost or failing GPU device aborts it). On WebGPU, start a fresh worker on
     /// the CPU and say so; on the CPU there is nothing left to fall back to.
     fn on_crash(self, message: String) {
-        let on_gpu = matches!(self.load.get_value(), ToWorker::Load { force_cpu: false, .. });
+        let on_gpu = matches!(self.load.get_value(), ToWorker::Load { device: DeviceRequest::Auto | DeviceRequest::Gpu, .. });
         self.worker.update_value(|w| {
             if let Some(w) = w.take() {
                 w.terminate();
@@ -117,11 +117,11 @@ impl Engine {
             return self.status.set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
         }
         self.load.update_value(|l| {
-            if let ToWorker::Load { force_cpu, .. } = l {
-                *force_cpu = true;
+            if let ToWorker::Load { device, .. } = l {
+                *device = DeviceRequest::Cpu;
             }
         });
-        self.crash_notice.set_value(Some(format!("WebGPU failed ({message}); switched to the CPU, which is slower.")));
+        self.crash_notice.set_value(Some(("The GPU stopped working; switched to your CPU.".into(), message)));
         self.status.set(EngineStatus::Starting);
         self.spawn();
     }
@@ -138,13 +138,20 @@ impl Engine {
         match msg {
             FromWorker::Started => self.send(&self.load.get_value()),
             FromWorker::Progress { file, loaded, total, from_cache } => self.status.set(EngineStatus::Loading { file, loaded, total, from_cache }),
-            FromWorker::Ready { device, notice, variants } => {
-                let notice = self.crash_notice.get_value().or(notice);
-                self.status.set(EngineStatus::Ready { device, notice, variants });
+            FromWorker::Ready { device, notice, detail, variants } => {
+                let (notice, detail) = match self.crash_notice.get_value() {
+                    Some((n, d)) => (Some(n), Some(d)),
+                    None => (notice, detail),
+                };
+                self.status.set(EngineStatus::Ready { device, notice, detail, variants });
                 self.pump();
             }
             FromWorker::Token { id, text } => self.update(id, |o| o.text.push_str(&text)),
-            FromWorker::Done { id, tokens, seconds, finish } => {
+            FromWorker::Done { id, tokens, seconds, finish, stats } => {
+                // For the benchmark (bench/browser/bench.mjs): the last generation's per-token figures.
+                if let (Some(window), Ok(json)) = (web_sys::window(), serde_json::to_string(&stats)) {
+                    let _ = js_sys::Reflect::set(&window, &JsValue::from_str("__emlabStats"), &JsValue::from_str(&json));
+                }
                 self.update(id, |o| {
                     o.running = false;
                     o.tokens = tokens;

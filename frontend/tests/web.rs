@@ -52,3 +52,22 @@ async fn tiny_model_logits_on_cpu_and_webgpu_equal_native() {
         assert!(d <= 1e-3, "{name}: logits differ from native by {d}");
     }
 }
+
+#[wasm_bindgen_test]
+fn software_adapters_are_recognised() {
+    use emlab_frontend::engine::AdapterInfo;
+    assert!(AdapterInfo::new("google", "swiftshader", "", false).software);
+    assert!(AdapterInfo::new("", "", "llvmpipe (LLVM 15.0.6, 256 bits)", false).software);
+    assert!(AdapterInfo::new("intel", "gen-12lp", "", true).software, "isFallbackAdapter decides too");
+    let real = AdapterInfo::new("nvidia", "ada", "NVIDIA GeForce RTX 4070", false);
+    assert!(!real.software);
+    assert_eq!(real.description, "nvidia / ada / NVIDIA GeForce RTX 4070");
+}
+
+/// Headless Chromium's WebGPU (--enable-unsafe-webgpu, no GPU) is SwiftShader: the page must see
+/// it as software, so a visitor without a GPU gets the CPU path.
+#[wasm_bindgen_test]
+async fn headless_chromium_offers_a_software_adapter() {
+    let adapter = emlab_frontend::engine::webgpu_adapter().await.expect("the test browser offers WebGPU");
+    assert!(adapter.software, "{adapter:?}");
+}

@@ -7,7 +7,8 @@
 // native greedy answer of each published adapter to it, 24 tokens, as {text, stable}: `stable` ends
 // before the first near-tie). Screenshots go to tests/e2e/screenshots/.
 //
-// Checked: the page loads and shows byte progress; the real base model's greedy answer on WebGPU
+// Checked: the page loads and shows byte progress; on a software WebGPU adapter it picks the CPU
+// and says so; ?cpu=1 and ?gpu=1 force either; the real base model's greedy answer on both
 // equals the native one; a reload fetches no model bytes (Cache API); a crashed worker restarts on
 // the CPU and answers the same; a browser without WebGPU falls back to the CPU and says so;
 // every published variant answers as natively and differently from base; a prompt over the context
@@ -70,7 +71,8 @@ async function selectVariants(page, wanted) {
 }
 
 try {
-  // 1. WebGPU (SwiftShader), first visit.
+  // 1. First visit in a browser whose WebGPU is a software one (SwiftShader): the page loads the
+  // base from its GGUF, chooses the CPU and says why in one sentence, with the detail behind a toggle.
   const userDir = fs.mkdtempSync("/tmp/emlab-e2e-");
   const gpu = await chromium.launchPersistentContext(userDir, { executablePath: "/usr/bin/chromium", headless: true, args: [...flags, "--enable-unsafe-webgpu"] });
   const page = await gpu.newPage();
@@ -78,10 +80,12 @@ try {
   await page.goto(base);
   await page.waitForSelector("progress", { timeout: minutes(2) });
   check(await page.isVisible("text=/MB \\(downloading/"), "the page loads and shows byte progress while downloading");
-  await page.waitForSelector("text=Model ready on WebGPU", { timeout: minutes(5) });
-  check(true, "the model loads on WebGPU");
-  const first = await greedy(page, "webgpu-first-visit");
-  check(sameAsNative(first.base?.text ?? ""), `WebGPU greedy answer equals native: ${JSON.stringify(first.base?.text)} vs ${JSON.stringify(expected.text)}`);
+  await page.waitForSelector("text=Model ready on the CPU", { timeout: minutes(5) });
+  check(await page.isVisible("text=software emulation"), "a software WebGPU adapter is reported and the CPU is chosen");
+  const detail = await page.textContent(".device-detail");
+  check(/swiftshader/i.test(detail) && !/WgpuDevice|DeviceKind/.test(await page.textContent(".status")), `the adapter is named in the details, no debug text: ${JSON.stringify(detail)}`);
+  const first = await greedy(page, "first-visit");
+  check(sameAsNative(first.base?.text ?? ""), `the default path's greedy answer equals native: ${JSON.stringify(first.base?.text)} vs ${JSON.stringify(expected.text)}`);
   const fetched = modelRequests.length;
   check(fetched > 0, `the first visit downloads the weights (${fetched} requests)`);
 
@@ -90,10 +94,20 @@ try {
   await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
   check(modelRequests.length === fetched, `a reload fetches no model bytes (${modelRequests.length - fetched} requests)`);
 
+  // 2b. ?cpu=1 and ?gpu=1 force either device; WebGPU answers as native.
+  await page.goto(base + "?cpu=1");
+  await page.waitForSelector("text=Model ready on the CPU", { timeout: minutes(5) });
+  check(await page.isVisible("text=as the address asks (?cpu=1)"), "?cpu=1 runs on the CPU and says so");
+  await page.goto(base + "?gpu=1");
+  await page.waitForSelector("text=Model ready on WebGPU", { timeout: minutes(5) });
+  check(true, "?gpu=1 loads the model on WebGPU, software adapter or not");
+  const onGpu = await greedy(page, "webgpu");
+  check(sameAsNative(onGpu.base?.text ?? ""), `WebGPU greedy answer equals native: ${JSON.stringify(onGpu.base?.text)} vs ${JSON.stringify(expected.text)}`);
+
   // 3. The worker dies (as it does when the GPU device is lost): the page restarts it on the CPU.
   const worker = page.workers()[0];
   await worker.evaluate(() => setTimeout(() => { throw new Error("simulated GPU device loss"); }, 0)).catch(() => {});
-  await page.waitForSelector("text=switched to the CPU", { timeout: minutes(3) });
+  await page.waitForSelector("text=switched to your CPU", { timeout: minutes(3) });
   const afterCrash = await greedy(page, "after-worker-crash");
   check(sameAsNative(afterCrash.base?.text ?? ""), "after a worker crash the CPU answers the same");
   await gpu.close();
@@ -103,14 +117,14 @@ try {
   const cpu = await browser.newPage();
   await cpu.goto(base);
   await cpu.waitForSelector("text=Model ready", { timeout: minutes(5) });
-  check(await cpu.isVisible("text=WebGPU is not available"), "without WebGPU the page says it runs on the CPU");
+  check(await cpu.isVisible("text=this browser does not offer WebGPU"), "without WebGPU the page says it runs on the CPU");
   const adapters = manifest.files.some((f) => f.name.startsWith("adapters/"));
   const both = await greedy(cpu, "cpu-fallback");
   check(sameAsNative(both.base?.text ?? ""), `CPU greedy answer equals native: ${JSON.stringify(both.base?.text)}`);
   if (adapters) {
     // Every shipped variant, in groups of up to three beside base: its greedy answer to the first
     // main question equals `emlab generate --adapter` up to the first near-tie (the page's 8-bit
-    // weights may break a tie the other way) and differs from base's.
+    // adapters may break a tie the other way) and differs from base's.
     const names = manifest.variants.map((v) => v.name).filter((n) => n !== "base");
     for (let i = 0; i < names.length; i += 3) {
       const group = names.slice(i, i + 3);
@@ -178,7 +192,7 @@ try {
   await page2.screenshot({ path: path.join(shots, "results-escaped.png"), fullPage: true });
 
   // 7. A corrupt file, and a missing one with Retry. A fresh profile so nothing comes from the cache.
-  const entry = manifest.files.find((f) => f.name.includes("model.safetensors"));
+  const entry = manifest.files.find((f) => f.name.startsWith("base/model."));
   const [victim, victimPath] = [entry.name, entry.path ?? entry.name];
   const fresh = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: flags });
   const bad = await fresh.newPage();

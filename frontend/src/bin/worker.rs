@@ -2,14 +2,15 @@
 //! the page responsive by doing all loading and generation off the main thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
 use emlab_frontend::engine;
 use emlab_frontend::loader::{self, Manifest};
-use emlab_frontend::protocol::{FromWorker, GenerateRequest, ToWorker};
+use emlab_frontend::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
+use emlab_model::stats::StatsRecorder;
 use emlab_model::chat::Message;
-use emlab_model::files::ModelFiles;
+use emlab_model::files::{BASE_GGUF, ModelFiles};
 use emlab_model::generate::{Flow, FinishReason, generate_yielding};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
@@ -27,6 +28,8 @@ struct State {
     adapters: BTreeMap<String, Vec<loader::FileEntry>>,
     /// Variants built so far (base clone + adapter): weights are shared with `base`.
     built: BTreeMap<String, ChatModel>,
+    /// GPU kernels launched so far in this worker (see `stats.rs`).
+    kernels_seen: HashSet<u128>,
 }
 
 fn scope() -> DedicatedWorkerGlobalScope {
@@ -62,10 +65,10 @@ fn main() {
         };
         match msg {
             ToWorker::Stop => stop.set(true),
-            ToWorker::Load { models_url, force_cpu } => {
+            ToWorker::Load { models_url, device } => {
                 let state = state.clone();
                 spawn_local(async move {
-                    if let Err(message) = load(&state, &models_url, force_cpu).await {
+                    if let Err(message) = load(&state, &models_url, device).await {
                         post(&FromWorker::Error { id: None, message });
                     }
                 });
@@ -93,7 +96,7 @@ fn main() {
     post(&FromWorker::Started);
 }
 
-async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> Result<(), String> {
+async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceRequest) -> Result<(), String> {
     let manifest: Manifest = loader::fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
     let cache = loader::open_cache().await;
     let base_files: Vec<&loader::FileEntry> = manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
@@ -115,20 +118,21 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     }
     let files = join_parts(&manifest.files, files);
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
-    let shards: Vec<&[u8]> = vec![get("base/model.safetensors")?.as_slice()];
-    let model_files = ModelFiles::from_bytes(
-        "base",
-        get("base/config.json")?,
-        get("base/tokenizer.json")?,
-        files.get("base/tokenizer_config.json").map(Vec::as_slice),
-        &shards,
-    )
+    // The base ships as its GGUF (config, tokenizer and chat template in its metadata), or as a
+    // model directory's files.
+    let model_files = match files.get(BASE_GGUF) {
+        Some(gguf) => ModelFiles::from_gguf(BASE_GGUF, gguf),
+        None => ModelFiles::from_bytes(
+            "base",
+            get("base/config.json")?,
+            get("base/tokenizer.json")?,
+            files.get("base/tokenizer_config.json").map(Vec::as_slice),
+            &[get("base/model.safetensors")?.as_slice()],
+        ),
+    }
     .map_err(|e| e.to_string())?;
-    let compute = if force_cpu {
-        engine::Compute { device: burn::prelude::Device::flex(), label: "cpu", notice: Some("running on the CPU (WebGPU switched off)".into()) }
-    } else {
-        engine::pick_device().await
-    };
+    drop(files); // the downloaded bytes, before the weights go to the device
+    let compute = engine::pick_device(device).await;
     let base = engine::build(model_files, &compute.device).map_err(|e| e.to_string())?;
     let mut st = state.borrow_mut();
     st.adapters.clear();
@@ -143,7 +147,7 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, force_cpu: bool) -> 
     st.base = Some(base);
     let mut variants = vec!["base".to_string()];
     variants.extend(st.adapters.keys().cloned());
-    post(&FromWorker::Ready { device: compute.label.into(), notice: compute.notice, variants });
+    post(&FromWorker::Ready { device: compute.label.into(), notice: compute.notice, detail: compute.detail, variants });
     Ok(())
 }
 
@@ -206,11 +210,13 @@ async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateReq
     let cfg = model.generation_config(req.max_tokens, sampling);
     let mut text = TextStream::new();
     let started = now_s();
+    let mut recorder = StatsRecorder::start(started * 1e3, std::mem::take(&mut state.borrow_mut().kernels_seen));
     let gens = generate_yielding(
         &model.model,
         &[ids],
         &cfg,
         |_, id| {
+            recorder.token(now_s() * 1e3);
             if let Ok(Some(piece)) = text.push(&model.tokenizer, id) {
                 post(&FromWorker::Token { id: req.id, text: piece });
             }
@@ -218,14 +224,15 @@ async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateReq
         },
         yield_to_event_loop,
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let g = gens.into_iter().next().ok_or("no output")?;
+    .await;
+    let (stats, seen) = recorder.finish();
+    state.borrow_mut().kernels_seen = seen;
+    let g = gens.map_err(|e| e.to_string())?.into_iter().next().ok_or("no output")?;
     let finish = match g.finish {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
         FinishReason::Cancelled => "stopped",
     };
-    post(&FromWorker::Done { id: req.id, tokens: g.ids.len(), seconds: now_s() - started, finish: finish.into() });
+    post(&FromWorker::Done { id: req.id, tokens: g.ids.len(), seconds: now_s() - started, finish: finish.into(), stats });
     Ok(())
 }

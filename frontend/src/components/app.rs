@@ -6,6 +6,7 @@ use super::compare::{Compare, Comparison};
 use super::learn::Learn;
 use super::loading::LoadingStatus;
 use super::results::ResultsView;
+use crate::protocol::DeviceRequest;
 use crate::worker_client::Engine;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -21,15 +22,24 @@ pub fn models_url() -> String {
     web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get("models")).unwrap_or_else(|| "./models".into())
 }
 
-fn force_cpu() -> bool {
+/// `?cpu=1` or `?gpu=1` forces a device; without either the worker picks the faster.
+fn device_request() -> DeviceRequest {
     let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
-    web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get("cpu")).is_some()
+    let params = web_sys::UrlSearchParams::new_with_str(&search).ok();
+    let set = |name: &str| params.as_ref().and_then(|p| p.get(name)).is_some_and(|v| v != "0");
+    if set("cpu") {
+        DeviceRequest::Cpu
+    } else if set("gpu") {
+        DeviceRequest::Gpu
+    } else {
+        DeviceRequest::Auto
+    }
 }
 
 #[component]
 pub fn App() -> impl IntoView {
     let url = models_url();
-    let engine = Engine::start(url.clone(), force_cpu());
+    let engine = Engine::start(url.clone(), device_request());
     provide_context(engine);
     let tab = RwSignal::new(Tab::Compare);
     let setup = RwSignal::new(Comparison::default());

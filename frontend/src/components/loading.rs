@@ -20,12 +20,13 @@ pub fn LoadingStatus() -> impl IntoView {
             }
             .into_any()
         }
-        EngineStatus::Ready { device, notice, .. } => view! {
-            <p class="status">
+        EngineStatus::Ready { device, notice, detail, .. } => view! {
+            <div class="status">
                 {format!("Model ready on {}.", if device == "webgpu" { "WebGPU" } else { "the CPU" })}
                 {notice.map(|n| view! { <span class="notice">" " {n}</span> })}
-                <button class="link" on:click=move |_| engine.clear_cache()>"Clear cached model"</button>
-            </p>
+                " "<button class="link" on:click=move |_| engine.clear_cache()>"Clear cached model"</button>
+                {detail.map(|d| view! { <details class="device-detail"><summary>"details"</summary><span>{d}</span></details> })}
+            </div>
         }
         .into_any(),
         EngineStatus::Failed(message) => view! {
