@@ -1,12 +1,15 @@
 // Browser benchmark: the demo (burn on WebGPU and on the CPU backend, in a Web Worker) next to
 // wllama 3.13 (llama.cpp compiled to wasm, single thread, and its WebGPU backend) running the same
-// SmolLM2 GGUF in the same headless Chromium, in one run. Prints load time (cold: empty cache;
-// warm: cached), time to first token and decode tokens/s, and our/wllama ratios.
+// SmolLM2 GGUF in the same headless Chromium, in one run. For each path (the page's default, ?cpu=1,
+// ?gpu=1; wllama's default, CPU, WebGPU): download size, load time (cold: empty cache; warm:
+// cached), time to first token, warm-up (tokens 2-4) and steady decode (token 5 on) tokens/s, the
+// time of token 10 and token 60, and for our WebGPU path the kernel launches (dispatches) and newly
+// compiled kernels per token.
 //
-//   scripts/site.sh && (cd bench/browser && npm ci) && node bench/browser/bench.mjs [--gpu-tokens 8] [--cpu-tokens 32]
+//   scripts/site.sh && (cd bench/browser && npm ci) && node bench/browser/bench.mjs [--tokens 64] [--json out.json]
 //
 // Headless Chromium's WebGPU here is SwiftShader (a CPU emulation): its figures say nothing about
-// a real GPU, only how the two stacks compare on it.
+// a real GPU, only how the two stacks compare on it. Run it with every background job paused.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import os from "node:os";
@@ -14,8 +17,10 @@ import path from "node:path";
 import { serveStatic } from "../../tests/e2e/static-server.mjs";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
-const arg = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
-const gpuTokens = arg("--gpu-tokens", 8), cpuTokens = arg("--cpu-tokens", 32);
+const argOf = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : dflt; };
+const tokens = Number(argOf("--tokens", 64));
+const only = argOf("--only", null); // e.g. "emlab-gpu" to run one path
+const jsonOut = argOf("--json", null);
 const gguf = path.join(process.env.EMLAB_CACHE ?? path.join(os.homedir(), ".cache/emlab"), "gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
 const question = "Write a short story about a robot who learns to paint.";
 // SmolLM2's chat template with its default system prompt: the same prompt tokens our page builds.
@@ -30,24 +35,39 @@ fs.mkdirSync(path.join(benchDir, "gguf"));
 fs.symlinkSync(gguf, path.join(benchDir, "gguf/model.gguf"));
 const bench = await serveStatic(benchDir);
 
-const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking"];
+const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"];
 const launch = () => chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), "emlab-bench-profile-")), { executablePath: "/usr/bin/chromium", headless: true, args: flags });
 
-async function ours(cpu) {
-  const maxTokens = cpu ? cpuTokens : gpuTokens;
+/// Figures from the arrival time of each token (ms from the request).
+function summarize(times, extra = {}) {
+  const n = times.length;
+  const gap = (i) => (i >= 1 && i < n ? times[i] - times[i - 1] : null); // ms of token i (0-based)
+  const rate = (from, to) => (to > from && to <= n ? (to - from) / ((times[to - 1] - times[from - 1]) / 1000) : null);
+  return {
+    ttft_s: n ? times[0] / 1000 : null,
+    warmup_tok_s: rate(1, Math.min(4, n)), // tokens 2-4
+    steady_tok_s: rate(4, n), // token 5 to the last
+    token10_ms: gap(9),
+    token60_ms: gap(59),
+    tokens: n,
+    ...extra,
+  };
+}
+
+async function ours(query) {
   const ctx = await launch();
   const page = await ctx.newPage();
-  const url = site.url + (cpu ? "?cpu=1" : "");
   let t = Date.now();
-  await page.goto(url);
+  await page.goto(site.url + query);
   await page.waitForSelector("text=Model ready", { timeout: 600_000 });
   const cold = (Date.now() - t) / 1000;
   t = Date.now();
   await page.reload();
   await page.waitForSelector("text=Model ready", { timeout: 600_000 });
   const warm = (Date.now() - t) / 1000;
+  const device = (await page.textContent(".status")).includes("on WebGPU") ? "webgpu" : "cpu";
   await page.fill("textarea", question);
-  for (const [nth, v] of [[0, "0"], [2, String(maxTokens)]]) {
+  for (const [nth, v] of [[0, "0"], [2, String(tokens)]]) {
     await page.fill(`input[type=number] >> nth=${nth}`, v);
     await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
   }
@@ -55,59 +75,73 @@ async function ours(cpu) {
   for (const box of await page.$$(".variants input[type=checkbox]:checked")) {
     if (!(await box.evaluate((b) => b.parentElement.textContent.startsWith("Base")))) await box.click();
   }
-  // Timestamps of the answer text's growth: the first token, and the last.
-  await page.evaluate(() => {
-    window.__t = { first: null, last: null, len: 0 };
-    new MutationObserver(() => {
-      const text = document.querySelector(".pane pre.answer")?.textContent ?? "";
-      if (text.length > window.__t.len) {
-        const now = performance.now();
-        window.__t.first ??= now;
-        window.__t.last = now;
-        window.__t.len = text.length;
-      }
-    }).observe(document.querySelector(".panes"), { subtree: true, characterData: true, childList: true });
-  });
-  const start = await page.evaluate(() => performance.now());
+  await page.evaluate(() => { window.__emlabStats = undefined; });
+  const t0 = Date.now();
   await page.click("button:text('Run')");
-  await page.waitForSelector(".pane .meta:has-text('tok/s')", { timeout: 1_800_000 });
-  const times = await page.evaluate(() => window.__t);
-  const meta = await page.textContent(".pane .meta");
-  const n = Number(meta.match(/(\d+) tokens/)[1]);
+  await page.waitForFunction(() => window.__emlabStats !== undefined, null, { timeout: 3_600_000, polling: 500 });
+  const wall = (Date.now() - t0) / 1000;
+  const stats = JSON.parse(await page.evaluate(() => window.__emlabStats));
   await ctx.close();
-  return { load_cold_s: cold, load_warm_s: warm, ttft_s: (times.first - start) / 1000, decode_tok_s: n > 1 ? (n - 1) / ((times.last - times.first) / 1000) : null, tokens: n };
+  const steadyLaunches = stats.launches.slice(4);
+  const after4 = stats.new_kernels.slice(4).reduce((a, b) => a + b, 0);
+  return summarize(stats.token_ms, {
+    device, load_cold_s: cold, load_warm_s: warm, wall_s: wall, warm_load_plus_ttft_s: warm + stats.token_ms[0] / 1000,
+    dispatches_per_token: steadyLaunches.length ? steadyLaunches.reduce((a, b) => a + b, 0) / steadyLaunches.length : null,
+    first_token_dispatches: stats.launches[0], kernels_compiled_after_token4: after4,
+  });
 }
 
-async function wllama(gpu) {
+async function wllama(gpuLayers) {
   const ctx = await launch();
   const run = async () => {
     const page = await ctx.newPage();
     await page.goto(bench.url + "wllama.html");
     await page.waitForFunction(() => window.ready);
-    const r = await page.evaluate((o) => window.run(o), { gguf: bench.url + "gguf/model.gguf", prompt: chat, maxTokens: gpu ? gpuTokens : cpuTokens, gpu });
+    const r = await page.evaluate((o) => window.run(o), { gguf: bench.url + "gguf/model.gguf", prompt: chat, maxTokens: tokens, gpuLayers });
     await page.close();
     return r;
   };
   const cold = await run();
   const warm = await run();
   await ctx.close();
-  return { load_cold_s: cold.load_s, load_warm_s: warm.load_s, ttft_s: warm.ttft_s, decode_tok_s: warm.decode_tok_s, tokens: warm.tokens };
+  return summarize(warm.times, { device: gpuLayers === 0 ? "cpu" : gpuLayers === null ? "default" : "webgpu", load_cold_s: cold.load_s, load_warm_s: warm.load_s, warm_load_plus_ttft_s: warm.load_s + warm.times[0] / 1000 });
 }
 
-const rows = [];
-for (const [label, f] of [["CPU", () => ours(true)], ["CPU", () => wllama(false)], ["WebGPU", () => ours(false)], ["WebGPU", () => wllama(true)]]) {
-  try { rows.push([label, await f()]); } catch (e) { console.error(`${label}: ${e.message.split("\n")[0]}`); rows.push([label, null]); }
+const paths = [
+  ["default", "emlab", () => ours("")],
+  ["default", "wllama", () => wllama(null)],
+  ["CPU", "emlab", () => ours("?cpu=1")],
+  ["CPU", "wllama", () => wllama(0)],
+  ["WebGPU", "emlab", () => ours("?gpu=1")],
+  ["WebGPU", "wllama", () => wllama(999)],
+];
+const results = {};
+for (const [label, engine, f] of paths) {
+  const key = `${engine}-${label === "WebGPU" ? "gpu" : label.toLowerCase()}`;
+  if (only && !only.split(",").includes(key)) continue;
+  const t = Date.now();
+  try { results[key] = await f(); } catch (e) { console.error(`${key}: ${e.message.split("\n")[0]}`); results[key] = null; }
+  console.error(`${key}: done in ${((Date.now() - t) / 1000).toFixed(0)} s`);
 }
 site.close(); bench.close();
 
-const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v) ? "–" : v.toFixed(d));
+const fmt = (v, d = 2) => (v === null || v === undefined || Number.isNaN(v) ? "–" : typeof v === "number" ? v.toFixed(d) : String(v));
 const ratio = (a, b, higherBetter) => (a && b ? (higherBetter ? a / b : b / a).toFixed(2) + "×" : "–");
-const size = JSON.parse(fs.readFileSync(path.join(root, "dist/models/manifest.json"))).files.reduce((s, f) => s + f.bytes, 0);
-console.log(`download: emlab ${(size / 1e6).toFixed(1)} MB (base q8 + adapters), wllama GGUF ${(fs.statSync(gguf).size / 1e6).toFixed(1)} MB (Q4_1)`);
-console.log("| path | engine | load cold s | load warm s | first token s | decode tok/s | tokens |");
-console.log("|---|---|---|---|---|---|---|");
-for (let i = 0; i < rows.length; i += 2) {
-  const [label, a] = rows[i], [, b] = rows[i + 1];
-  for (const [name, r] of [["emlab", a], ["wllama", b]]) console.log(`| ${label} | ${name} | ${fmt(r?.load_cold_s)} | ${fmt(r?.load_warm_s)} | ${fmt(r?.ttft_s)} | ${fmt(r?.decode_tok_s)} | ${r?.tokens ?? "–"} |`);
-  console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | ${ratio(a?.load_cold_s, b?.load_cold_s)} | ${ratio(a?.load_warm_s, b?.load_warm_s)} | ${ratio(a?.ttft_s, b?.ttft_s)} | ${ratio(a?.decode_tok_s, b?.decode_tok_s, true)} | |`);
+const manifest = JSON.parse(fs.readFileSync(path.join(root, "dist/models/manifest.json")));
+const sum = (pred) => manifest.files.filter((f) => pred(f.name)).reduce((s, f) => s + f.bytes, 0);
+const adapters = [...new Set(manifest.files.filter((f) => f.name.startsWith("adapters/")).map((f) => f.name.split("/")[1]))];
+console.log(`download: emlab base ${(sum((n) => n.startsWith("base/")) / 1e6).toFixed(1)} MB (${manifest.storage}), adapters ${adapters.map((a) => (sum((n) => n.startsWith(`adapters/${a}/`)) / 1e6).toFixed(1)).join(" / ")} MB; wllama GGUF ${(fs.statSync(gguf).size / 1e6).toFixed(1)} MB`);
+console.log(`${tokens} greedy tokens, base model, one run. Warm-up: tokens 2-4; steady: token 5 to the last.`);
+console.log("| path | engine | device | load cold s | load warm s | first token s | warm-up tok/s | steady tok/s | token 10 ms | token 60 ms | dispatches/token | kernels compiled after token 4 |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
+for (const label of ["default", "cpu", "gpu"]) {
+  const a = results[`emlab-${label}`], b = results[`wllama-${label}`];
+  for (const [name, r] of [["emlab", a], ["wllama", b]]) {
+    if (r === undefined) continue;
+    console.log(`| ${label} | ${name} | ${fmt(r?.device)} | ${fmt(r?.load_cold_s)} | ${fmt(r?.load_warm_s)} | ${fmt(r?.ttft_s)} | ${fmt(r?.warmup_tok_s)} | ${fmt(r?.steady_tok_s)} | ${fmt(r?.token10_ms, 0)} | ${fmt(r?.token60_ms, 0)} | ${fmt(r?.dispatches_per_token, 0)} | ${fmt(r?.kernels_compiled_after_token4, 0)} |`);
+  }
+  if (a && b) console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | | ${ratio(a.load_cold_s, b.load_cold_s)} | ${ratio(a.load_warm_s, b.load_warm_s)} | ${ratio(a.ttft_s, b.ttft_s)} | ${ratio(a.warmup_tok_s, b.warmup_tok_s, true)} | ${ratio(a.steady_tok_s, b.steady_tok_s, true)} | | | | |`);
 }
+const g = results["emlab-gpu"], c = results["emlab-cpu"];
+if (g && c) console.log(`our WebGPU vs our CPU, steady decode: ${ratio(g.steady_tok_s, c.steady_tok_s, true)}; token 60 / token 10 on WebGPU: ${g.token60_ms && g.token10_ms ? (g.token60_ms / g.token10_ms).toFixed(2) : "–"}`);
+if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify({ tokens, results }, null, 2));
