@@ -68,3 +68,34 @@ impl StatsRecorder {
         (self.stats, self.seen)
     }
 }
+
+/// Counts kernel launches by kernel name while it lives: what one token's dispatches are.
+pub struct KernelTally {
+    names: Arc<Names>,
+    _observation: LaunchObservation,
+}
+
+struct Names(std::sync::Mutex<std::collections::BTreeMap<&'static str, u32>>);
+
+impl LaunchObserver for Names {
+    fn launched(&self, kernel: &'static str) {
+        if let Ok(mut names) = self.0.lock() {
+            *names.entry(kernel).or_default() += 1;
+        }
+    }
+}
+
+impl KernelTally {
+    pub fn start() -> Self {
+        let names = Arc::new(Names(Default::default()));
+        Self { _observation: LaunchObservation::new(names.clone()), names }
+    }
+
+    /// `(kernel, launches)`, most launched first.
+    pub fn finish(self) -> Vec<(String, u32)> {
+        let names = self.names.0.lock().map(|n| n.clone()).unwrap_or_default();
+        let mut out: Vec<(String, u32)> = names.into_iter().map(|(k, n)| (cubecl::config::type_name_format(k, cubecl::config::TypeNameFormatLevel::Balanced), n)).collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
+    }
+}

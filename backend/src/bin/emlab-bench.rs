@@ -42,6 +42,9 @@ struct ProfileArgs {
     new_tokens: usize,
     #[arg(long, default_value = "Write a short story about a robot who learns to paint.")]
     prompt: String,
+    /// Also list the kernels one steady-state token launches (the 8th), by name.
+    #[arg(long)]
+    kernels: bool,
 }
 
 #[derive(Args)]
@@ -96,11 +99,24 @@ fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
     let clock = Instant::now();
     let ms = || clock.elapsed().as_secs_f64() * 1e3;
     let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
+    let (mut tally, mut kernels) = (None, Vec::new());
+    let mut n = 0;
     block_on(generate(&m.model, &[ids.clone()], &cfg, |_, _| {
         recorder.token(ms());
+        n += 1;
+        // Between these callbacks runs exactly one decode step.
+        if let Some(t) = tally.take() {
+            kernels = emlab_model::stats::KernelTally::finish(t);
+        }
+        if a.kernels && n == 7 {
+            tally = Some(emlab_model::stats::KernelTally::start());
+        }
         Flow::Continue
     }))?;
     let (s, _) = recorder.finish();
+    for (name, count) in &kernels {
+        eprintln!("{count:5}  {name}");
+    }
     let gaps: Vec<f64> = s.token_ms.windows(2).map(|w| w[1] - w[0]).collect();
     let steady = &gaps[gaps.len().min(3)..]; // token 5 on
     let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
