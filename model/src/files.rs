@@ -80,12 +80,7 @@ impl ModelFiles {
             weights.add_safetensors(bytes).map_err(|e| file(&format!("safetensors file #{}", i + 1), e.to_string()))?;
         }
         weights.check(&config).map_err(|e| file("*.safetensors", e.to_string()))?;
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(file(
-                "tokenizer.json",
-                format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size),
-            ));
-        }
+        fits_vocabulary(&tokenizer, &config).map_err(|e| file("tokenizer.json", e))?;
         Ok(Self { config, tokenizer, chat, weights })
     }
 
@@ -102,10 +97,8 @@ impl ModelFiles {
             Ok(t) => ChatTemplate::from_jinja(t).map_err(|e| err(&e))?,
             Err(_) => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
         };
+        fits_vocabulary(&tokenizer, &config).map_err(|e| err(&e))?;
         let weights = Weights::from_gguf(&g, &config).map_err(|e| err(&e))?;
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(err(&format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size)));
-        }
         Ok(Self { config, tokenizer, chat, weights })
     }
 
@@ -155,6 +148,14 @@ impl ModelFiles {
             Err(_) => Ok(ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) }),
         }
     }
+}
+
+/// Every token id the tokenizer can produce must have an embedding.
+fn fits_vocabulary(tokenizer: &Tokenizer, config: &LlamaConfig) -> Result<(), String> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size));
+    }
+    Ok(())
 }
 
 fn chat_template_from_config(bytes: &[u8]) -> Result<ChatTemplate, String> {
