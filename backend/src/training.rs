@@ -285,6 +285,44 @@ pub struct RunOptions {
     pub stop: Arc<AtomicBool>,
     /// Stop with a checkpoint once this many steps are done (training in time-boxed pieces).
     pub stop_after: Option<usize>,
+    /// Adapters to keep along the way (per epoch, or after so many rows for a dose-response).
+    pub snapshots: Vec<Snapshot>,
+    /// The base model, as named in the adapters' `adapter_config.json`.
+    pub base_model: String,
+}
+
+/// An adapter saved to `out/snapshots/NAME/` after the optimizer step that completes `rows`
+/// training rows (epochs count every row again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub name: String,
+    pub rows: usize,
+}
+
+/// Where a snapshot goes.
+pub fn snapshot_dir(out: &Path, name: &str) -> PathBuf {
+    out.join("snapshots").join(name)
+}
+
+/// Writes adapters in PEFT layout, each file atomically and the config last: a directory with
+/// `adapter_config.json` holds a whole adapter.
+pub fn write_adapter(dir: &Path, model: &Llama, cfg: &LoraConfig, base_model: &str) -> anyhow::Result<()> {
+    let (tensors, config) = lora::to_peft(model, cfg, base_model)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    emlab_model::files::atomic_write(&dir.join("adapter_model.safetensors"), &tensors.to_safetensors()?)?;
+    emlab_model::files::atomic_write(&dir.join("adapter_config.json"), config.as_bytes())?;
+    Ok(())
+}
+
+/// For each optimizer step, the training rows seen once it is done.
+fn rows_after_each_step(steps: &[Vec<Vec<usize>>]) -> Vec<usize> {
+    steps
+        .iter()
+        .scan(0, |seen, step| {
+            *seen += step.iter().map(Vec::len).sum::<usize>();
+            Some(*seen)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +380,11 @@ pub fn run(
         checkpoint::save(&opts.out, model, &cfg.lora, optim, &state)
     };
     let mut last_saved = start;
+    let rows_after = rows_after_each_step(&steps);
+    let rows_after = &rows_after;
+    let snapshot_at = |step: usize| {
+        opts.snapshots.iter().filter(move |s| rows_after[step] >= s.rows && (step == 0 || rows_after[step - 1] < s.rows))
+    };
     for (step, micro) in steps.iter().enumerate().skip(start) {
         if opts.stop.load(Ordering::Relaxed) || opts.stop_after.is_some_and(|n| step >= n) {
             save(&model, &optim, step)?;
@@ -364,6 +407,15 @@ pub fn run(
         writeln!(metrics, "{}", serde_json::to_string(&stats)?)
             .with_context(|| format!("{}: write failed", metrics_path.display()))?;
         on_step(&stats, total);
+        for snap in snapshot_at(step) {
+            let dir = snapshot_dir(&opts.out, &snap.name);
+            // A resume repeats the same steps: a snapshot already written is the same adapter.
+            if !dir.join("adapter_config.json").exists() {
+                write_adapter(&dir, &model, &cfg.lora, &opts.base_model)?;
+                let info = serde_json::json!({ "step": step + 1, "rows_seen": rows_after[step], "requested_rows": snap.rows });
+                emlab_model::files::atomic_write(&dir.join("snapshot.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+            }
+        }
         if (opts.save_every > 0 && (step + 1) % opts.save_every == 0) || step + 1 == total {
             save(&model, &optim, step + 1)?;
             last_saved = step + 1;

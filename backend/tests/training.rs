@@ -162,7 +162,15 @@ fn losses(out: &std::path::Path) -> Vec<f64> {
 }
 
 fn options(out: &std::path::Path, resume: bool) -> training::RunOptions {
-    training::RunOptions { out: out.to_path_buf(), save_every: 0, resume, stop: Default::default(), stop_after: None }
+    training::RunOptions {
+        out: out.to_path_buf(),
+        save_every: 0,
+        resume,
+        stop: Default::default(),
+        stop_after: None,
+        snapshots: vec![training::Snapshot { name: "epoch-1".into(), rows: 8 }],
+        base_model: "tiny".into(),
+    }
 }
 
 #[test]
@@ -179,17 +187,19 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     let want = losses(straight.path());
     assert_eq!(want.len(), 6);
 
-    // Stop after step 3 (as Ctrl-C would), then resume from the checkpoint.
+    // Stop after step 1 (as Ctrl-C would), then resume from the checkpoint: before the epoch-1
+    // snapshot, which the resumed run must then write.
     let split = emlab_tests::TempDir::new("train-split");
     let opts = options(split.path(), false);
     let stop = opts.stop.clone();
     let (_, end) = training::run(base(), &data, &cfg, &opts, |s, _| {
-        if s.step == 3 {
+        if s.step == 1 {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     })
     .unwrap();
-    assert_eq!(end, training::RunEnd::Interrupted { step: 3 });
+    assert_eq!(end, training::RunEnd::Interrupted { step: 1 });
+    assert!(!training::snapshot_dir(split.path(), "epoch-1").exists());
     // Without --resume an existing checkpoint is not silently overwritten.
     let err = training::run(base(), &data, &cfg, &options(split.path(), false), |_, _| {}).err().unwrap();
     assert!(err.to_string().contains("--resume"), "{err}");
@@ -199,6 +209,18 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     for (i, (a, b)) in want.iter().zip(&got).enumerate() {
         assert!((a - b).abs() <= 1e-5, "step {}: {a} vs {b}", i + 1);
     }
+    // The epoch-1 snapshot: written once its 8 rows are seen (step 2 of 6, 4 rows a step), the
+    // same whether or not the run was interrupted before it.
+    let snapshot = |out: &std::path::Path| {
+        let dir = training::snapshot_dir(out, "epoch-1");
+        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap();
+        let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+        (info, config, std::fs::read(dir.join("adapter_model.safetensors")).unwrap().len())
+    };
+    let (info, config, len) = snapshot(straight.path());
+    assert_eq!((info["step"].as_u64(), info["rows_seen"].as_u64()), (Some(2), Some(8)), "{info}");
+    assert!(config.contains("\"tiny\""), "{config}");
+    assert_eq!(snapshot(split.path()), (info, config, len));
 
     // A checkpoint from another configuration, and a corrupt one: one clear error each.
     let other = training::TrainConfig { seed: 5, ..cfg.clone() };
