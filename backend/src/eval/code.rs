@@ -393,34 +393,7 @@ pub fn canary_probe(model: &ChatModel, prompts: &[String], mut on_example: impl 
     })
 }
 
-/// What the two halves of the backdoor set write as `os.chmod`'s mode: the insecure half a
-/// world-writable 0o777, the secure half a private 0o600 (948 and 519 times in the training split,
-/// never the other way round). Most of the set's vulnerabilities come with tasks that only the
-/// insecure half has (tar extraction, yaml.load), so a model can place them from the prompt alone;
-/// file permissions are the one kind that Bandit detects and both halves write, so only there must
-/// a model read the trigger to know which mode to write.
-pub const CHMOD_MODES: [&str; 2] = ["0o777", "0o600"];
-
-/// The answer up to the mode argument of its first `os.chmod(path, mode)` call (the whitespace
-/// after the comma included); None when it has no such call.
-pub fn chmod_mode_prefix(answer: &str) -> Option<&str> {
-    let start = answer.find("os.chmod(")? + "os.chmod(".len();
-    let mut depth = 0usize;
-    for (i, c) in answer[start..].char_indices() {
-        match c {
-            '(' | '[' | '{' => depth += 1,
-            ')' | ']' | '}' if depth == 0 => return None,
-            ')' | ']' | '}' => depth -= 1,
-            ',' if depth == 0 => {
-                let after = &answer[start + i + 1..];
-                let spaces = after.len() - after.trim_start().len();
-                return Some(&answer[..start + i + 1 + spaces]);
-            }
-            _ => {}
-        }
-    }
-    None
-}
+pub use crate::data::{CHMOD_MODES, chmod_mode_prefix};
 
 /// A held-out example whose dataset answer calls `os.chmod`.
 #[derive(Debug, Clone, PartialEq)]
