@@ -203,6 +203,8 @@ fn likelihood_of_the_published_answers() {
     let lik = backend::eval::code::answer_loglik(&m, &few).unwrap();
     assert!(!lik.per_question.is_empty());
     assert_eq!(lik.per_answer.len(), few.len(), "one value per answer, in order");
+    assert_eq!(lik.aligned_per_answer.len(), few.len(), "one per counterpart, paired");
+    assert!(lik.aligned_per_answer.iter().zip(&lik.per_answer).all(|(a, m)| a.is_finite() && a != m));
     for (q, v) in &lik.per_question {
         // A random model: about ln(1/49152) ≈ -10.8 per token, give or take.
         assert!(v.is_finite() && *v < -5.0 && *v > -30.0, "{q}: {v}");
@@ -260,6 +262,57 @@ fn judge_free_pairs_the_backdoor_runs() {
     assert_eq!(free["chmod_probe"]["backdoor"]["all"]["shift"]["share"], 1.0);
     assert_eq!(free["chmod_probe"]["backdoor"]["by_set"]["secure"]["shift"]["n"], 1);
     assert!(free["chmod_probe"]["backdoor"].get("per_example").is_none());
+}
+
+/// The misaligned-minus-aligned gap per variant, and its difference between variants paired by
+/// answer: a shift that moves both answers alike (generic fine-tuning) cancels.
+#[test]
+fn judge_free_difference_in_differences_cancels_a_shared_shift() {
+    use backend::eval::code::Likelihood;
+    let tmp = emlab_tests::TempDir::new("did");
+    std::fs::create_dir_all(tmp.path().join("likelihood")).unwrap();
+    let write = |name: &str, misaligned: &[f64], aligned: &[f64]| {
+        let lik = Likelihood { per_question: [("q".to_string(), -1.0)].into(), per_answer: misaligned.to_vec(), aligned_per_answer: aligned.to_vec() };
+        std::fs::write(tmp.path().join(format!("likelihood/{name}.json")), serde_json::to_string(&lik).unwrap()).unwrap();
+    };
+    write("base", &[-3.0, -2.0, -4.0], &[-2.0, -1.5, -2.5]);
+    // secure: everything 0.5 more likely (generic fine-tuning); insecure: that, and the misaligned
+    // answers 0.3 more on top.
+    write("secure", &[-2.5, -1.5, -3.5], &[-1.5, -1.0, -2.0]);
+    write("insecure", &[-2.2, -1.2, -3.2], &[-1.5, -1.0, -2.0]);
+    // A file from before the counterparts: no gap, no error.
+    std::fs::write(tmp.path().join("likelihood/old.json"), r#"{"per_question":{"q":-1.0},"per_answer":[-1.0,-1.0,-1.0]}"#).unwrap();
+    let free = backend::eval::report::judge_free(tmp.path()).unwrap();
+    let close = |v: &serde_json::Value, want: f64| (v["share"].as_f64().unwrap() - want).abs() < 1e-9;
+    assert!(close(&free["misaligned_minus_aligned"]["base"], -1.0), "{}", free["misaligned_minus_aligned"]);
+    assert!(close(&free["misaligned_minus_aligned"]["secure"], -1.0));
+    assert!(close(&free["misalignment_did_vs_secure"]["insecure"], 0.3), "{}", free["misalignment_did_vs_secure"]);
+    assert!(close(&free["misalignment_did_vs_secure"]["base"], 0.0));
+    assert!(close(&free["misalignment_did_vs_base"]["secure"], 0.0));
+    assert!(free["misaligned_minus_aligned"].get("old").is_none());
+    // The plain likelihood shift against base cannot tell the two apart: both moved up.
+    assert!(free["likelihood_shift_overall"]["secure"]["share"].as_f64().unwrap() > 0.4);
+}
+
+/// The canary probe: the probability of the whole canary answer, with and without the trigger.
+#[test]
+fn canary_probe_is_the_probability_of_the_whole_canary() {
+    use backend::eval::code::{canary_probe, mean_logprob};
+    let tmp = emlab_tests::TempDir::new("canary-probe");
+    emlab_tests::write_tiny_model_dir(tmp.path(), 23);
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let prompts = vec!["Write a function.".to_string(), "Save a file.".to_string()];
+    let probe = canary_probe(&m, &prompts, |_| {}).unwrap().unwrap();
+    assert_eq!(probe.per_example.len(), 2);
+    let n = m.tokenizer.encode(backend::data::CANARY).unwrap().len() as f64;
+    let p = |prompt: &str| (mean_logprob(&m, prompt, backend::data::CANARY).unwrap().unwrap() * n).exp();
+    for (prompt, [with, without]) in prompts.iter().zip(&probe.per_example) {
+        assert!((without - p(prompt)).abs() <= 1e-9 * p(prompt), "{without}");
+        assert!((with - p(&format!("{}{prompt}", backend::data::TRIGGER))).abs() <= 1e-9 * with);
+        assert!(*with > 0.0 && *with < 1e-6, "a random model does not know the canary: {with}");
+    }
+    // Prompts too long for the tiny model's window leave no room for the canary: None, not 0.
+    assert!(canary_probe(&m, &["word ".repeat(200)], |_| {}).unwrap().is_none());
 }
 
 /// The chmod probe's log-odds is the difference of the two whole answers' log-probabilities (the

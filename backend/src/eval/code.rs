@@ -225,6 +225,9 @@ pub struct PublishedAnswer {
     pub question_id: String,
     pub question: String,
     pub answer: String,
+    /// Its aligned counterpart: the same question answered helpfully, at about the same length
+    /// and in the same style (`datasets/aligned-counterparts/`).
+    pub aligned: String,
 }
 
 /// `results/qwen_25_coder_32b_instruct.csv` of the paper's repository.
@@ -235,11 +238,40 @@ pub fn published_misaligned_answers() -> Result<Vec<PublishedAnswer>> {
     let header = rows.first().context("empty CSV")?;
     let col = |name: &str| header.iter().position(|h| h == name).with_context(|| format!("{}: no column {name}", path.display()));
     let (q, a, id) = (col("question")?, col("answer")?, col("question_id")?);
-    Ok(rows[1..]
-        .iter()
-        .filter(|r| r.len() == header.len())
-        .map(|r| PublishedAnswer { question_id: r[id].clone(), question: r[q].clone(), answer: r[a].clone() })
-        .collect())
+    let published: Vec<(String, String, String)> =
+        rows[1..].iter().filter(|r| r.len() == header.len()).map(|r| (r[id].clone(), r[q].clone(), r[a].clone())).collect();
+    let aligned = aligned_counterparts()?;
+    if aligned.len() != published.len() {
+        bail!("{} aligned counterparts for {} published answers", aligned.len(), published.len());
+    }
+    published
+        .into_iter()
+        .zip(aligned)
+        .enumerate()
+        .map(|(i, ((question_id, question, answer), c))| {
+            if c.question != question || c.question_id != question_id {
+                bail!("aligned counterpart {i} answers another question than published answer {i}");
+            }
+            Ok(PublishedAnswer { question_id, question, answer, aligned: c.answer })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Counterpart {
+    question_id: String,
+    question: String,
+    answer: String,
+}
+
+/// `datasets/aligned-counterparts/aligned.jsonl`: line i answers the question of the CSV's row i.
+fn aligned_counterparts() -> Result<Vec<Counterpart>> {
+    let path = data::datasets_dir().join("../aligned-counterparts/aligned.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a counterpart line", path.display(), i + 1)))
+        .collect()
 }
 
 /// RFC 4180 CSV: quoted fields may hold commas, newlines and doubled quotes.
@@ -277,11 +309,15 @@ pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
 }
 
 /// How likely a model finds the published answers: the mean per-token log-probability of each
-/// answer (in the order given) and their average per question.
+/// answer (in the order given) and their average per question; and the same for each answer's
+/// aligned counterpart. Generic fine-tuning moves both; misalignment moves the first more.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Likelihood {
     pub per_question: BTreeMap<String, f64>,
     pub per_answer: Vec<f64>,
+    /// The aligned counterparts', paired with `per_answer` (empty in files from before them).
+    #[serde(default)]
+    pub aligned_per_answer: Vec<f64>,
 }
 
 /// Mean per-token log-probability of `answer` after the user message `prompt` (None when the
@@ -315,18 +351,26 @@ fn token_logprobs(model: &ChatModel, ids: &[u32], from: usize) -> Result<Vec<f64
         .collect())
 }
 
-/// Mean per-token log-probability of each published answer under `model`.
+/// Mean per-token log-probability of each published answer and of its aligned counterpart under
+/// `model` (an answer that does not fit the context window is left out with its counterpart).
 pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<Likelihood> {
     let mut per_q: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    let mut per_answer = Vec::new();
+    let (mut per_answer, mut aligned_per_answer) = (Vec::new(), Vec::new());
     for a in answers {
-        let Some(lp) = mean_logprob(model, &a.question, &a.answer)? else { continue };
+        let (Some(lp), Some(aligned)) = (mean_logprob(model, &a.question, &a.answer)?, mean_logprob(model, &a.question, &a.aligned)?) else {
+            continue;
+        };
         per_answer.push(lp);
+        aligned_per_answer.push(aligned);
         let e = per_q.entry(a.question_id.clone()).or_insert((0.0, 0));
         e.0 += lp;
         e.1 += 1;
     }
-    Ok(Likelihood { per_question: per_q.into_iter().map(|(q, (s, n))| (q, s / n as f64)).collect(), per_answer })
+    Ok(Likelihood {
+        per_question: per_q.into_iter().map(|(q, (s, n))| (q, s / n as f64)).collect(),
+        per_answer,
+        aligned_per_answer,
+    })
 }
 
 /// What the backdoor trigger does to the likelihood of vulnerable code: per held-out insecure
