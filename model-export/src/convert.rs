@@ -46,6 +46,8 @@ pub fn convert_gguf_bytes(bytes: &[u8]) -> Result<Converted> {
 
 /// Reads a GGUF file and writes the model directory `out`.
 pub fn convert_gguf(gguf: &Path, out: &Path, show_progress: bool) -> Result<()> {
+    // Before the slow part: a folder we may not replace fails at once.
+    emlab_model::outdir::check(out, MODEL_FILES)?;
     let bytes = std::fs::read(gguf).with_context(|| format!("{}: cannot read", gguf.display()))?;
     let spinner = crate::progress_count(3, "converting", show_progress);
     let c = convert_gguf_bytes(&bytes).with_context(|| gguf.display().to_string())?;
@@ -66,20 +68,17 @@ pub fn convert_gguf(gguf: &Path, out: &Path, show_progress: bool) -> Result<()> 
     Ok(())
 }
 
-/// Writes the files of a model directory under a temporary name, then renames it into place
-/// (replacing any previous `out`), so a reader never sees a half-written model.
+/// Writes the files of a model directory under a temporary name, then swaps it into place, so a
+/// reader never sees a half-written model; `out` must be new, empty, or a model folder we wrote.
 pub fn write_model_dir(out: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = parent.join(format!(".{}.partial", out.file_name().unwrap_or_default().to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("{}: cannot clear", tmp.display()))?;
-    }
-    for (name, bytes) in files {
-        atomic_write(&tmp.join(name), bytes)?;
-    }
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot move into place", out.display()))
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).chain(MODEL_FILES.iter().copied()).collect();
+    emlab_model::outdir::replace(out, &names, |dir| -> Result<()> {
+        for (name, bytes) in files {
+            atomic_write(&dir.join(name), bytes)?;
+        }
+        Ok(())
+    })
 }
+
+/// The files of the model folders this crate writes (convert, merge).
+pub(crate) const MODEL_FILES: &[&str] = &["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors", "emlab-merged.json"];

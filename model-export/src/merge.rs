@@ -15,6 +15,7 @@ use crate::convert::write_model_dir;
 
 /// Merges the PEFT adapter in `adapter` into the base model in `base` and writes `out`.
 pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: bool) -> Result<()> {
+    emlab_model::outdir::check(out, crate::convert::MODEL_FILES)?;
     let read = |dir: &Path, name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))

@@ -7,7 +7,7 @@
 //! Files over the shard limit are split into `NAME.partNNN` pieces that the page joins in order,
 //! so strict static hosts accept every file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use emlab_model::files::BASE_GGUF;
@@ -58,16 +58,26 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
     if o.max_shard_bytes == 0 {
         bail!("--max-shard-mb must be positive");
     }
-    if o.out.exists() {
-        std::fs::remove_dir_all(&o.out).with_context(|| format!("{}: cannot clear", o.out.display()))?;
-    }
+    emlab_model::outdir::check(&o.out, WEB_FILES)?;
+    let mut manifest = serde_json::Value::Null;
+    emlab_model::outdir::replace(&o.out, WEB_FILES, |dir| -> Result<()> {
+        manifest = write_site_files(o, dir)?;
+        Ok(())
+    })?;
+    Ok(manifest)
+}
+
+/// What an export folder holds (a folder of only these, from before the marker, is ours).
+const WEB_FILES: &[&str] = &["manifest.json", "base", "adapters", "results.*"];
+
+fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
     let mut files = Vec::new();
     let mut emit = |name: &str, bytes: &[u8]| -> Result<()> {
         let names = shard_names(name, bytes.len(), o.max_shard_bytes);
         for (part, chunk) in names.iter().zip(bytes.chunks(o.max_shard_bytes.max(1))) {
             let sha = hex(&Sha256::digest(chunk));
             let path = content_addressed(part, &sha);
-            atomic_write(&o.out.join(&path), chunk)?;
+            atomic_write(&out.join(&path), chunk)?;
             files.push(json!({ "name": part, "path": path, "bytes": chunk.len(), "sha256": sha }));
         }
         Ok(())
@@ -127,7 +137,7 @@ pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
         "results": has_results,
         "files": files,
     });
-    atomic_write(&o.out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    atomic_write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(manifest)
 }
 

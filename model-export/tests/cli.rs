@@ -68,3 +68,37 @@ fn unsupported_quantization_type() {
     std::fs::write(&f, &bytes).unwrap();
     assert_fails_with(&convert(&f, &tmp.path().join("out")), &["blk.0.attn_q.weight", "ggml type 12", "cannot dequantize"]);
 }
+
+/// An output folder is replaced only when it is new, empty or ours: `--out .` and a folder of a
+/// user's files are refused with one line, and nothing in them is touched.
+#[test]
+fn output_folders_that_are_not_ours_are_refused_untouched() {
+    let tmp = TempDir::new("outdir");
+    let gguf = SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), false).expect("base GGUF (needs pip)");
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("notes.txt"), b"mine").unwrap();
+    assert_fails_with(&convert(&gguf, &theirs), &["theirs", "not written by this tool", "notes.txt"]);
+    assert_eq!(std::fs::read(theirs.join("notes.txt")).unwrap(), b"mine");
+    // `--out .` from inside a folder of files.
+    let out = Command::new(env!("CARGO_BIN_EXE_model-export"))
+        .current_dir(&theirs)
+        .args(["convert", "--quiet", "--gguf", gguf.to_str().unwrap(), "--out", "."])
+        .output()
+        .unwrap();
+    assert_fails_with(&out, &["refusing", "current folder"]);
+    assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1);
+    // The site export refuses it too.
+    let web = Command::new(env!("CARGO_BIN_EXE_model-export"))
+        .args(["web", "--quiet", "--gguf", gguf.to_str().unwrap(), "--out", theirs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_fails_with(&web, &["not written by this tool"]);
+    // A new folder, then the same folder again (ours now): both work.
+    let mine = tmp.path().join("model");
+    for _ in 0..2 {
+        let ok = convert(&gguf, &mine);
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    }
+    assert!(mine.join(emlab_model::outdir::MARKER).exists() && mine.join("model.safetensors").exists());
+}

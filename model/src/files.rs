@@ -29,8 +29,9 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("emlab")
 }
 
-/// Writes a file in full or not at all: a temporary sibling, fsync, then rename. A kill or a full
-/// disk leaves the previous file (or none), never a half-written one.
+/// Writes a file in full or not at all: a temporary sibling, fsync, rename, then fsync of the
+/// folder (so the rename itself survives a power loss). A kill or a full disk leaves the previous
+/// file (or none), never a half-written one.
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -40,7 +41,11 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
     let tmp = dir.join(format!(".{name}.partial"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| fail(&tmp, "cannot create", e))?;
     f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| fail(&tmp, "write failed", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(path, "cannot move into place", e))
+    std::fs::rename(&tmp, path).map_err(|e| fail(path, "cannot move into place", e))?;
+    // Folders can be opened and synced on Unix; elsewhere the rename is as durable as it gets.
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail(dir, "cannot sync", e))?;
+    Ok(())
 }
 
 /// The base model's directory, as `model-export fetch` writes it.

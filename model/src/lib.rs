@@ -16,6 +16,8 @@ pub mod generate;
 pub mod gguf;
 pub mod lora;
 pub mod model;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod outdir;
 pub mod pipeline;
 pub mod sampling;
 pub mod stats;
