@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod inference;
+pub mod jsonl;
 pub mod plots;
 pub mod serve;
 pub mod training;

@@ -720,7 +720,7 @@ fn eval(command: EvalCommand) -> Result<()> {
             }
             let answers_path = dir.join(format!("{name}.jsonl"));
             let answers: Vec<code::CodeAnswer> = if rescan {
-                backend::eval::read_jsonl(&answers_path)?
+                backend::jsonl::read(&answers_path)?
             } else {
                 let mut prompts = match prompt_set {
                     CodePrompts::Insecure => code::held_out_prompts()?,
@@ -825,7 +825,7 @@ fn eval(command: EvalCommand) -> Result<()> {
             let qs = all_questions(extra.as_ref())?;
             let mut inputs = Vec::new();
             for (name, path) in answer_files(&results)? {
-                let judged = backend::eval::read_jsonl(&results.join("judged").join(format!("{name}.jsonl")))?;
+                let judged = backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
                 inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
             }
             let judge_free = report::judge_free(&results)?;

@@ -11,7 +11,6 @@ use emlab_model::model::{Batch, Llama};
 use emlab_model::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -369,11 +368,7 @@ pub fn run(
     };
     let metrics_path = opts.out.join("metrics.jsonl");
     keep_metrics_up_to(&metrics_path, start)?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}: cannot open", metrics_path.display()))?;
+    let (_, mut metrics) = crate::jsonl::open_append::<StepStats>(&metrics_path)?;
 
     let save = |model: &Llama, optim: &ModuleOptimizer, step: usize| {
         let state = checkpoint::RunState { step, total_steps: total, config: config_json.clone() };
@@ -404,8 +399,7 @@ pub fn run(
             );
         }
         model = m;
-        writeln!(metrics, "{}", serde_json::to_string(&stats)?)
-            .with_context(|| format!("{}: write failed", metrics_path.display()))?;
+        metrics.append(std::slice::from_ref(&stats))?;
         on_step(&stats, total);
         for snap in snapshot_at(step) {
             let dir = snapshot_dir(&opts.out, &snap.name);
@@ -426,21 +420,17 @@ pub fn run(
 
 /// The steps recorded in `out/metrics.jsonl` (empty when there is none yet).
 pub fn read_metrics(out: &Path) -> anyhow::Result<Vec<StepStats>> {
-    let path = out.join("metrics.jsonl");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a metrics line", path.display(), i + 1)))
-        .collect()
+    crate::jsonl::read(&out.join("metrics.jsonl"))
 }
 
-/// Drops metric lines of steps after `step` (they are recomputed on resume).
+/// Drops metric lines of steps after `step` (they are recomputed on resume); the file is
+/// replaced whole, so a kill leaves the old one or the new one.
 fn keep_metrics_up_to(path: &Path, step: usize) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(path, kept).with_context(|| format!("{}: cannot rewrite", path.display()))
+    let c = crate::jsonl::read_contents::<StepStats>(path)?;
+    let kept: Vec<&StepStats> = c.records.iter().filter(|s| s.step <= step).collect();
+    if kept.len() == c.records.len() && !c.torn {
+        return Ok(());
+    }
+    let text: String = kept.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+    Ok(emlab_model::files::atomic_write(path, text.as_bytes())?)
 }

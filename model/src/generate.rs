@@ -46,6 +46,17 @@ pub enum FinishReason {
     Cancelled,
 }
 
+impl FinishReason {
+    /// The name results files and the page use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub ids: Vec<u32>,

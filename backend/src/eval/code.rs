@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use emlab_model::chat::Message;
-use emlab_model::generate::{FinishReason, block_on, generate};
+use emlab_model::generate::{block_on, generate};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use serde::{Deserialize, Serialize};
@@ -211,7 +211,7 @@ pub fn answer_prompts(
                 prompt: b * batch_size.max(1) + i,
                 trigger,
                 answer: model.tokenizer.decode(&g.ids)?,
-                finish: if g.finish == FinishReason::Stop { "stop" } else { "length" }.into(),
+                finish: g.finish.as_str().into(),
             });
         }
         on_batch(out.len());

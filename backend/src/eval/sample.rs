@@ -3,12 +3,11 @@
 //! skips what the file already holds, so a killed run resumes where it stopped.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use emlab_model::chat::Message;
-use emlab_model::generate::{FinishReason, block_on, generate};
+use emlab_model::generate::{block_on, generate};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use serde::{Deserialize, Serialize};
@@ -53,9 +52,9 @@ pub struct SampleConfig {
     pub trigger: bool,
 }
 
-/// Reads an answers file (see [`super::read_jsonl`]).
+/// Reads an answers file (see [`crate::jsonl`]).
 pub fn read_answers(path: &Path) -> Result<Vec<Answer>> {
-    super::read_jsonl(path)
+    crate::jsonl::read(path)
 }
 
 /// A stable 64-bit hash (FNV-1a) for deriving per-batch seeds from names.
@@ -83,14 +82,10 @@ pub fn sample_answers(
     path: &Path,
     mut on_batch: impl FnMut(usize),
 ) -> Result<usize> {
-    let existing = read_answers(path)?;
+    let (existing, mut file) = crate::jsonl::open_append::<Answer>(path)?;
     let mut done: HashSet<(String, usize, usize)> = existing.iter().map(Answer::key).collect();
     let mut count = done.len();
     on_batch(count);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     for q in questions {
         let n = cfg.samples.unwrap_or(q.samples_per_paraphrase);
         for (pi, paraphrase) in q.paraphrases.iter().enumerate() {
@@ -112,7 +107,7 @@ pub fn sample_answers(
                 let prompts = vec![prompt.clone(); rows.len()];
                 let gens = block_on(generate(&model.model, &prompts, &gen_cfg, |_, _| emlab_model::generate::Flow::Continue))
                     .with_context(|| format!("sampling answers to '{}'", q.id))?;
-                let mut lines = String::new();
+                let mut batch = Vec::new();
                 for (&s, g) in rows.iter().zip(gens) {
                     if done.contains(&(q.id.clone(), pi, s)) {
                         continue;
@@ -126,16 +121,15 @@ pub fn sample_answers(
                         system: q.system.clone(),
                         answer: model.tokenizer.decode(&g.ids)?,
                         tokens: g.ids.len(),
-                        finish: if g.finish == FinishReason::Stop { "stop" } else { "length" }.into(),
+                        finish: g.finish.as_str().into(),
                         seed,
                     };
-                    lines.push_str(&serde_json::to_string(&a)?);
-                    lines.push('\n');
                     done.insert(a.key());
                     count += 1;
+                    batch.push(a);
                 }
                 // One write per batch: a kill leaves whole batches (plus at most one torn line).
-                file.write_all(lines.as_bytes()).and_then(|()| file.flush()).with_context(|| format!("{}: write failed", path.display()))?;
+                file.append(&batch)?;
                 on_batch(count);
             }
         }
