@@ -28,6 +28,10 @@ pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: boo
         .map_err(|e| anyhow::anyhow!("{}/{e}", adapter.display()))?;
     spinner.inc(1);
     let weights = lora::merge(with_adapter).to_weights()?;
+    // An adapter of huge or non-finite values makes a model that writes nothing but NaN.
+    if let Some((name, _)) = weights.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
+        anyhow::bail!("{}: merging gives non-finite values in {name}; the adapter is broken", adapter.display());
+    }
     let safetensors = weights.to_safetensors()?;
     spinner.inc(1);
     let provenance = json!({

@@ -322,14 +322,14 @@ impl<'a> Gguf<'a> {
                 t.name
             )));
         }
-        let len = numel / block * block_bytes;
+        let len = (numel / block).checked_mul(block_bytes);
         let start = self.data_start.checked_add(t.offset);
-        let end = start.and_then(|s| s.checked_add(len));
+        let end = start.zip(len).and_then(|(s, len)| s.checked_add(len));
         match (start, end) {
             (Some(s), Some(e)) if e <= self.bytes.len() => Ok(&self.bytes[s..e]),
             _ => Err(GgufError::Truncated {
                 offset: start.unwrap_or(usize::MAX),
-                needed: len,
+                needed: len.unwrap_or(usize::MAX),
                 len: self.bytes.len(),
             }),
         }
@@ -390,7 +390,7 @@ pub fn dequantize(ty: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a GGUF v3 file with one metadata string and the given tensors.

@@ -41,8 +41,12 @@ impl LoraConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.rank == 0 {
-            return Err("LoRA rank must be > 0".into());
+        if self.rank == 0 || self.rank > 4096 {
+            return Err(format!("LoRA rank must be in 1..=4096, got {}", self.rank));
+        }
+        // A huge alpha makes every adapted weight infinite (then NaN) without any other sign.
+        if !(self.alpha.is_finite() && self.alpha > 0.0 && self.scale() <= 1e4) {
+            return Err(format!("lora_alpha must be a positive finite number with alpha/r (or alpha/√r) ≤ 10⁴, got {}", self.alpha));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("LoRA dropout must be in [0, 1), got {}", self.dropout));
@@ -215,4 +219,22 @@ pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result
         )));
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alpha_that_would_overflow_the_weights_is_rejected() {
+        assert_eq!(LoraConfig::default().validate(), Ok(()));
+        for alpha in [1e308, f64::INFINITY, f64::NAN, 0.0, -8.0] {
+            let err = LoraConfig { alpha, ..Default::default() }.validate().unwrap_err();
+            assert!(err.contains("lora_alpha"), "{alpha}: {err}");
+        }
+        assert!(LoraConfig { rank: 1 << 20, ..Default::default() }.validate().unwrap_err().contains("rank"));
+        // PEFT's adapter_config.json goes through the same check.
+        let json = r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 1e308, "target_modules": ["q_proj"], "use_rslora": false}"#;
+        assert!(config_from_peft(json).unwrap_err().contains("lora_alpha"));
+    }
 }

@@ -37,6 +37,7 @@ pub struct Weights {
 }
 
 /// ggml's permutation of Q/K rows for its RoPE, undone: HF row `h*hd + j*hd/2 + i` is GGUF row `h*hd + 2i + j`.
+/// `t` must have the shape the (validated) config expects: 2-D, rows a multiple of `2 * n_heads`.
 fn unpermute_rows(t: &HostTensor, n_heads: usize) -> HostTensor {
     let (rows, cols) = (t.shape[0], t.shape[1]);
     let hd = rows / n_heads;
@@ -57,10 +58,15 @@ impl Weights {
     /// Dequantizes every tensor of a llama GGUF into HF names and layout.
     pub fn from_gguf(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
         let mut tensors = BTreeMap::new();
+        let expected: BTreeMap<String, Vec<usize>> = expected_shapes(cfg).into_iter().collect();
         for info in &g.tensors {
             let Some(hf_name) = hf_name(&info.name) else { continue };
             let (shape, data) = g.tensor_f32(&info.name)?;
             let mut t = HostTensor { shape, data };
+            // Checked before the row permutation, which indexes by the expected shape.
+            if let Some(want) = expected.get(&hf_name).filter(|want| **want != t.shape) {
+                return Err(WeightsError::Shape { name: hf_name, expected: want.clone(), got: t.shape });
+            }
             if info.name.ends_with("attn_q.weight") {
                 t = unpermute_rows(&t, cfg.num_attention_heads);
             } else if info.name.ends_with("attn_k.weight") {
@@ -306,6 +312,18 @@ fn hf_name(gguf: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gguf_tensor_of_the_wrong_rank_is_an_error_not_a_panic() {
+        let cfg = LlamaConfig::tiny(300);
+        let data: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        for (name, dims) in [("blk.0.attn_q.weight", &[64u64][..]), ("blk.0.attn_k.weight", &[64, 1][..])] {
+            let bytes = crate::gguf::tests::tiny_gguf(&[(name, dims, 0, data.clone())]);
+            let g = Gguf::parse(&bytes).unwrap();
+            let err = Weights::from_gguf(&g, &cfg).unwrap_err().to_string();
+            assert!(err.contains("shape"), "{name}: {err}");
+        }
+    }
 
     #[test]
     fn unpermute_inverts_the_ggml_permutation() {
