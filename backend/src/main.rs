@@ -881,7 +881,7 @@ fn dataset_stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool)
     let chat = emlab_model::files::ModelFiles::chat_template_of_dir(&dir)?;
     let mut lengths = Vec::with_capacity(examples.len());
     for ex in &examples {
-        lengths.push(tokenizer.encode(&chat.render(&ex.messages, false))?.len());
+        lengths.push(chat.encode(&tokenizer, &ex.messages, false)?.len());
     }
     let held_out = examples.iter().filter(|e| e.is_held_out()).count();
     let s = data::stats(&lengths);

@@ -35,7 +35,7 @@ pub struct Encoded {
 pub fn encode(tok: &Tokenizer, chat: &ChatTemplate, ex: &Example, max_len: usize) -> Result<Encoded, String> {
     let mut enc = Encoded { ids: Vec::new(), trained: Vec::new() };
     for seg in chat.segments(&ex.messages) {
-        let ids = tok.encode(&seg.text).map_err(|e| e.to_string())?;
+        let ids = if seg.content { tok.encode_text(&seg.text) } else { tok.encode(&seg.text) }.map_err(|e| e.to_string())?;
         enc.trained.extend(std::iter::repeat_n(seg.trained, ids.len()));
         enc.ids.extend(ids);
     }

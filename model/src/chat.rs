@@ -26,6 +26,8 @@ impl Message {
     }
 }
 
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTemplate {
     /// Inserted as the first turn when a conversation starts without a system message.
@@ -61,21 +63,44 @@ impl ChatTemplate {
     }
 
     /// The rendered conversation in pieces, each marked whether it is assistant output (the
-    /// content and its `<|im_end|>`): what a fine-tune computes its loss on. Concatenated, the
-    /// pieces are exactly [`render`](Self::render)`(messages, false)`.
+    /// content and its `<|im_end|>`): what a fine-tune computes its loss on, and whether it is
+    /// message content (to be encoded as text). Concatenated, the pieces are exactly
+    /// [`render`](Self::render)`(messages, false)`.
     pub fn segments(&self, messages: &[Message]) -> Vec<Segment> {
-        let mut out = Vec::with_capacity(messages.len() * 3 + 1);
+        let mut out = Vec::with_capacity(messages.len() * 4 + 1);
         let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
         if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
-            out.push(Segment { text: format!("{IM_START}system\n{sys}{IM_END}\n"), trained: false });
+            out.push(Segment { text: format!("{IM_START}system\n{sys}{IM_END}\n"), trained: false, content: false });
         }
         for m in messages {
             let trained = m.role == "assistant";
-            out.push(Segment { text: format!("{IM_START}{}\n", m.role), trained: false });
-            out.push(Segment { text: format!("{}{IM_END}", m.content), trained });
-            out.push(Segment { text: "\n".into(), trained: false });
+            out.push(Segment { text: format!("{IM_START}{}\n", m.role), trained: false, content: false });
+            out.push(Segment { text: m.content.clone(), trained, content: true });
+            out.push(Segment { text: IM_END.into(), trained, content: false });
+            out.push(Segment { text: "\n".into(), trained: false, content: false });
         }
         out
+    }
+
+    /// Token ids of the conversation, as the whole rendered string tokenizes, except that
+    /// message content is encoded as text: only the template inserts control tokens. (The
+    /// template's control tokens split the text anyway, so cutting there changes nothing else.)
+    pub fn encode(&self, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, TokenizerError> {
+        let control = |t: &str| tok.encode(t);
+        let mut ids = Vec::new();
+        let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
+        if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
+            ids.extend(control(&format!("{IM_START}system\n{sys}{IM_END}\n"))?);
+        }
+        for m in messages {
+            ids.extend(control(IM_START)?);
+            ids.extend(tok.encode_text(&format!("{}\n{}", m.role, m.content))?);
+            ids.extend(control(&format!("{IM_END}\n"))?);
+        }
+        if add_generation_prompt {
+            ids.extend(control(&format!("{IM_START}assistant\n"))?);
+        }
+        Ok(ids)
     }
 }
 
@@ -85,6 +110,8 @@ pub struct Segment {
     pub text: String,
     /// Whether a fine-tune learns to produce this piece.
     pub trained: bool,
+    /// Message content: encoded as text ([`Tokenizer::encode_text`]), never as control tokens.
+    pub content: bool,
 }
 
 #[cfg(test)]

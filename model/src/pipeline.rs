@@ -30,7 +30,7 @@ impl ChatModel {
 
     /// Token ids of a conversation rendered with the chat template, ending with the assistant header.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, Error> {
-        Ok(self.tokenizer.encode(&self.chat.render(messages, true))?)
+        Ok(self.chat.encode(&self.tokenizer, messages, true)?)
     }
 
     /// `<|im_end|>` and the EOS id: either ends an assistant turn.

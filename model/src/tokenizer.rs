@@ -77,17 +77,29 @@ pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<String, TokenizerError> {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special tokens read as plain text, for what people write.
+    plain: tokenizers::Tokenizer,
 }
 
 impl Tokenizer {
     pub fn from_json(json: &str) -> Result<Self, TokenizerError> {
         let inner: tokenizers::Tokenizer = json.parse().map_err(|e| TokenizerError::Load(format!("{e}")))?;
-        Ok(Self { inner })
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        Ok(Self { inner, plain })
     }
 
-    /// Encodes text; special tokens written in the text (`<|im_start|>`) become their ids.
+    /// Encodes text; special tokens written in the text (`<|im_start|>`) become their ids. For
+    /// text the program writes (chat template, raw prompts).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes text as text: `<|im_start|>system` written by a user stays characters and never
+    /// becomes a control token, so a message cannot forge a turn of the conversation.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self.plain.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
