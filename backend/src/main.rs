@@ -256,6 +256,16 @@ struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 1024)]
     max_tokens_limit: usize,
+    /// Require `Authorization: Bearer KEY` (required when --host is not loopback). Prefer
+    /// --api-key-env: a key on the command line is visible to other users of the machine.
+    #[arg(long, conflicts_with = "api_key_env")]
+    api_key: Option<String>,
+    /// Read the API key from this environment variable.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// Seconds a client may take to send its request headers, and its body.
+    #[arg(long, default_value_t = 30)]
+    read_timeout_s: u64,
 }
 
 /// A model to measure, the name its results go under, and where.
@@ -863,6 +873,13 @@ fn serve(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         max_tokens_limit: a.max_tokens_limit,
         queue: 64,
+        api_key: match (&a.api_key, &a.api_key_env) {
+            (Some(key), _) => Some(key.clone()),
+            (None, Some(var)) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: the variable is not set"))?),
+            (None, None) => None,
+        }
+        .filter(|k| !k.is_empty()),
+        read_timeout: std::time::Duration::from_secs(a.read_timeout_s),
     };
     let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
     backend::serve::serve(models, cfg, |addr| {

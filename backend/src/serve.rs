@@ -1,19 +1,23 @@
 //! `emlab serve`: an OpenAI-compatible HTTP API over the base model and every adapter.
 //!
 //! `GET /v1/models`, `POST /v1/chat/completions` (temperature, top_p, max_tokens, seed, stop,
-//! stream as server-sent events, logprobs/top_logprobs). One worker thread owns the models and
-//! answers requests in arrival order: concurrent requests wait in a queue instead of failing.
+//! stream as server-sent events, logprobs/top_logprobs), `GET /health`. One worker thread owns the
+//! models and answers requests in arrival order: concurrent requests wait in a queue instead of
+//! failing. A request whose client has gone is dropped from the queue or stopped mid-generation;
+//! a panic while answering one request fails that request only.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -34,6 +38,10 @@ pub struct ServeConfig {
     pub max_tokens_limit: usize,
     /// Requests waiting beyond the one being answered; more wait for room (never refused).
     pub queue: usize,
+    /// Required as `Authorization: Bearer KEY` on /v1 when set.
+    pub api_key: Option<String>,
+    /// How long a client may take to send its headers, and its body.
+    pub read_timeout: Duration,
 }
 
 /// What a request asks the worker for.
@@ -54,6 +62,13 @@ struct Delta {
     logprobs: Vec<Value>,
 }
 
+impl Job {
+    /// Whether the client has gone (it dropped the receiving ends).
+    fn abandoned(&self) -> bool {
+        self.done.is_closed() || self.deltas.as_ref().is_some_and(|d| d.is_closed())
+    }
+}
+
 struct Finished {
     text: String,
     finish_reason: &'static str,
@@ -67,39 +82,94 @@ struct AppState {
     models: Arc<Vec<String>>,
     encoders: Arc<BTreeMap<String, ChatModel>>,
     max_tokens_limit: usize,
+    max_body_bytes: usize,
+    read_timeout: Duration,
+    api_key: Option<Arc<str>>,
     created: u64,
+    health: Arc<Health>,
+}
+
+/// What `/health` reports of the worker.
+#[derive(Default)]
+struct Health {
+    busy: AtomicBool,
+    answered: AtomicUsize,
+    failed: AtomicUsize,
+    abandoned: AtomicUsize,
 }
 
 /// Serves until the process ends. `models`: name → loaded model (base first).
 pub fn serve(models: Vec<(String, ChatModel)>, cfg: ServeConfig, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    if cfg.api_key.is_none() && !cfg.addr.ip().is_loopback() {
+        anyhow::bail!("serving on {} (not loopback) needs --api-key: anyone who reaches it could use it", cfg.addr.ip());
+    }
     let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
     // The HTTP side only tokenizes; it keeps cheap clones (weights are shared, not copied).
     let encoders: BTreeMap<String, ChatModel> = models.iter().map(|(n, m)| (n.clone(), m.clone())).collect();
     let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
-    std::thread::Builder::new().name("emlab-worker".into()).spawn(move || worker(models.into_iter().collect(), rx))?;
+    let health = Arc::new(Health::default());
+    let worker_health = health.clone();
+    std::thread::Builder::new().name("emlab-worker".into()).spawn(move || worker(models.into_iter().collect(), rx, &worker_health))?;
     let state = AppState {
         jobs: tx,
         models: Arc::new(names),
         encoders: Arc::new(encoders),
         max_tokens_limit: cfg.max_tokens_limit,
+        max_body_bytes: cfg.max_body_bytes,
+        read_timeout: cfg.read_timeout,
+        api_key: cfg.api_key.map(Arc::from),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        health,
     };
     let app = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
-        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .route("/health", get(health_report))
         .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
         on_ready(listener.local_addr()?);
-        axum::serve(listener, app).await.context("server stopped")
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(c) => c,
+                // Out of file descriptors and the like: wait, then keep serving.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let timeout = cfg.read_timeout;
+            tokio::spawn(async move {
+                // A client that sends half its headers is dropped after `timeout`, not held forever.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
     })
 }
 
-fn worker(models: BTreeMap<String, ChatModel>, mut rx: mpsc::Receiver<Job>) {
+fn worker(models: BTreeMap<String, ChatModel>, mut rx: mpsc::Receiver<Job>, health: &Health) {
     while let Some(job) = rx.blocking_recv() {
-        let result = run_job(&models, &job).map_err(|e| format!("{e:#}"));
+        if job.abandoned() {
+            health.abandoned.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        health.busy.store(true, Ordering::Relaxed);
+        // A panic fails this request only; the models are read-only, so the next is unaffected.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&models, &job)))
+            .unwrap_or_else(|p| {
+                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(anyhow::anyhow!("internal error: {}", what.unwrap_or_else(|| "panic".into())))
+            })
+            .map_err(|e| format!("{e:#}"));
+        health.busy.store(false, Ordering::Relaxed);
+        let counter = if result.is_ok() { &health.answered } else { &health.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
         let _ = job.done.send(result);
     }
 }
@@ -114,7 +184,14 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
     let mut hit_stop = false;
     let hold_back = job.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
     let mut pending_logprobs: Vec<Value> = Vec::new();
+    if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1") && job.stop.iter().any(|s| s == "<panic>") {
+        // Fault injection for the test that the worker survives a panic (off unless set).
+        panic!("injected by EMLAB_SERVE_PANIC_TEST");
+    }
     let gens = block_on(generate(&m.model, &[job.prompt.clone()], &cfg, |_, id| {
+        if job.abandoned() {
+            return Flow::Stop;
+        }
         if let Ok(Some(piece)) = stream.push(&m.tokenizer, id) {
             text.push_str(&piece);
         }
@@ -170,10 +247,37 @@ fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response
     (status, Json(json!({ "error": { "message": message.into(), "type": kind, "code": code } }))).into_response()
 }
 
-async fn list_models(State(s): State<AppState>) -> Json<Value> {
+/// `Authorization: Bearer KEY` when the server has a key (compared in constant time).
+fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(key) = &s.api_key else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    let same = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same { Ok(()) } else { Err(error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer …)", "invalid_api_key")) }
+}
+
+async fn list_models(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
     let data: Vec<Value> =
         s.models.iter().map(|n| json!({ "id": n, "object": "model", "created": s.created, "owned_by": "emlab" })).collect();
-    Json(json!({ "object": "list", "data": data }))
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// 200 while the worker runs (idle or busy), 503 once it has stopped.
+async fn health_report(State(s): State<AppState>) -> Response {
+    let h = &s.health;
+    let alive = !s.jobs.is_closed();
+    let body = json!({
+        "status": if alive { "ok" } else { "worker stopped" },
+        "worker": if !alive { "stopped" } else if h.busy.load(Ordering::Relaxed) { "busy" } else { "idle" },
+        "queued": s.jobs.max_capacity() - s.jobs.capacity(),
+        "answered": h.answered.load(Ordering::Relaxed),
+        "failed": h.failed.load(Ordering::Relaxed),
+        "abandoned": h.abandoned.load(Ordering::Relaxed),
+    });
+    let status = if alive { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -207,7 +311,16 @@ enum StopField {
     Many(Vec<String>),
 }
 
-async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
+async fn chat_completions(State(s): State<AppState>, request: Request) -> Response {
+    if let Err(r) = authorized(&s, request.headers()) {
+        return r;
+    }
+    // The body within the size limit and the read timeout: a client that trickles it is dropped.
+    let body: Bytes = match tokio::time::timeout(s.read_timeout, axum::body::to_bytes(request.into_body(), s.max_body_bytes)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes", s.max_body_bytes), "body_too_large"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time", "timeout"),
+    };
     let req: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), "invalid_json"),
@@ -247,6 +360,9 @@ async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
             Some(StopField::Many(v)) if v.len() <= 4 => v.clone(),
             Some(StopField::Many(_)) => return Err("at most 4 stop sequences".into()),
         };
+        if stop.iter().any(String::is_empty) {
+            return Err("stop sequences must not be empty".into());
+        }
         let prompt = model.encode_chat(&req.messages).map_err(|e| e.to_string())?;
         emlab_model::generate::check_prompts(&model.model, &[prompt.clone()], max_tokens).map_err(|e| e.to_string())?;
         let (done_tx, done_rx) = oneshot::channel();
@@ -292,10 +408,20 @@ async fn chat_completions(State(s): State<AppState>, body: Bytes) -> Response {
                     json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }] })
                 };
-                let _ = tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null).to_string()).await;
-                while let Some(d) = deltas.recv().await {
+                if tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null).to_string()).await.is_err() {
+                    return;
+                }
+                loop {
+                    // Returning drops `deltas` and `done_rx`: the worker sees the client gone.
+                    let d = tokio::select! {
+                        d = deltas.recv() => d,
+                        () = tx.closed() => return,
+                    };
+                    let Some(d) = d else { break };
                     let lp = if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
-                    let _ = tx.send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string()).await;
+                    if tx.send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string()).await.is_err() {
+                        return;
+                    }
                 }
                 let finish = match done_rx.await {
                     Ok(Ok(f)) => json!(f.finish_reason),

@@ -19,7 +19,12 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_emlab"))
+            .envs(env.iter().copied())
             .arg("serve")
             .args(["--port", "0", "--quiet"])
             .args(args)
@@ -281,4 +286,110 @@ fn shipped_variants_in_serve_and_generate() {
         assert_ne!(answer, base, "{name}: the same greedy answer as the base model");
         eprintln!("{name}: {answer:?}");
     }
+}
+
+fn get(url: &str, key: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = agent().get(url);
+    if let Some(k) = key {
+        req = req.header("Authorization", &format!("Bearer {k}"));
+    }
+    let mut r = req.call().unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default())
+}
+
+fn health(server: &Server) -> serde_json::Value {
+    get(&server.url.replace("/v1", "/health"), None).1
+}
+
+/// A request whose answer runs long on the base model: greedy, it repeats "hello" to max_tokens.
+fn long_request(stream: bool) -> String {
+    format!(
+        r#"{{"model":"base","messages":[{{"role":"user","content":"Repeat the word 'hello' 500 times."}}],"max_tokens":1000,"temperature":0,"stream":{stream}}}"#
+    )
+}
+
+/// Sends a request on a raw connection and returns the connection (dropping it hangs up).
+fn send_raw(url: &str, body: &str) -> std::net::TcpStream {
+    let addr = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    c
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+/// A client that hangs up is cancelled at once, streaming or not: the worker goes idle within a
+/// few tokens instead of generating 1,000 for nobody, and the next request starts.
+#[test]
+fn a_client_that_disconnects_frees_the_worker() {
+    let server = Server::start(&["--max-tokens-limit", "1000"]);
+    for stream in [false, true] {
+        let conn = send_raw(&server.url, &long_request(stream));
+        wait_for("the worker starts", 60, || health(&server)["worker"] == "busy");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(conn);
+        // 1,000 tokens take ~50 s here; a cancelled one stops after the current token.
+        let took = wait_for("the worker is freed", 5, || health(&server)["worker"] == "idle");
+        eprintln!("stream={stream}: worker idle {took:?} after the client left");
+    }
+    let (s, v) = post(&server.url, r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#);
+    assert_eq!(s, 200, "{v}");
+}
+
+/// One panicking request fails alone (500) and the next is served; /health tells the worker's
+/// state; empty stop strings are refused; the API key guards /v1; half-sent headers time out.
+#[test]
+fn worker_survives_a_panic_and_the_server_guards_its_door() {
+    let tmp = emlab_tests::TempDir::new("serve-guard");
+    let (model, _) = tiny_with_adapter(tmp.path());
+    let m = model.to_str().unwrap();
+    let server = Server::start_with_env(&["--model", m, "--api-key", "s3cret", "--read-timeout-s", "1"], &[("EMLAB_SERVE_PANIC_TEST", "1")]);
+    let url = &server.url;
+    let h = health(&server);
+    assert_eq!((h["status"].as_str(), h["worker"].as_str()), (Some("ok"), Some("idle")), "{h}");
+    assert_eq!(get(&format!("{url}/models"), None).0, 401);
+    assert_eq!(get(&format!("{url}/models"), Some("wrong")).0, 401);
+    assert_eq!(get(&format!("{url}/models"), Some("s3cret")).0, 200);
+    let chat = |body: &str| {
+        let mut r = agent()
+            .post(&format!("{url}/chat/completions"))
+            .header("Authorization", "Bearer s3cret")
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        (r.status().as_u16(), serde_json::from_str::<serde_json::Value>(&r.body_mut().read_to_string().unwrap()).unwrap())
+    };
+    let (s, v) = chat(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":2,"stop":"<panic>"}"#);
+    assert_eq!(s, 500, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("internal error"), "{v}");
+    let (s, v) = chat(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#);
+    assert_eq!(s, 200, "the next request is served: {v}");
+    let h = health(&server);
+    assert_eq!((h["failed"].as_u64(), h["answered"].as_u64(), h["worker"].as_str()), (Some(1), Some(1), Some("idle")), "{h}");
+    let (s, v) = chat(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"stop":["ok",""]}"#);
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("must not be empty"), "{v}");
+
+    // Half the headers, then silence: the server hangs up after the read timeout.
+    let addr = url.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(5), "held for {:?}", t.elapsed());
+
+    // Listening beyond loopback without a key is refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_emlab")).args(["serve", "--quiet", "--model", m, "--host", "0.0.0.0", "--port", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-key"), "{}", String::from_utf8_lossy(&out.stderr));
 }
