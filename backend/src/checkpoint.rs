@@ -20,6 +20,10 @@ pub struct RunState {
     pub total_steps: usize,
     /// The training configuration, as JSON, compared on resume.
     pub config: serde_json::Value,
+    /// sha256 of each other file of the checkpoint, checked before any is parsed (absent in
+    /// checkpoints from before it).
+    #[serde(default)]
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 pub fn dir(out: &Path) -> PathBuf {
@@ -36,15 +40,20 @@ pub fn save(out: &Path, model: &Llama, lora_cfg: &LoraConfig, optim: &ModuleOpti
     }
     std::fs::create_dir_all(&new).with_context(|| format!("{}: cannot create", new.display()))?;
     let (tensors, config_json) = lora::to_peft(model, lora_cfg, "checkpoint")?;
-    let write = |name: &str, bytes: &[u8]| -> Result<()> {
-        let p = new.join(name);
-        std::fs::write(&p, bytes).with_context(|| format!("{}: write failed (disk full?)", p.display()))
-    };
-    write("adapter_model.safetensors", &tensors.to_safetensors()?)?;
-    write("adapter_config.json", config_json.as_bytes())?;
     let optim_bytes = optim.into_bytes().map_err(|e| anyhow::anyhow!("serializing the optimizer state: {e:?}"))?;
-    write("optimizer.bin", &optim_bytes)?;
-    write("state.json", serde_json::to_string_pretty(state)?.as_bytes())?;
+    let files = [
+        ("adapter_model.safetensors", tensors.to_safetensors()?),
+        ("adapter_config.json", config_json.into_bytes()),
+        ("optimizer.bin", optim_bytes.to_vec()),
+    ];
+    let mut state = state.clone();
+    for (name, bytes) in &files {
+        // Each file synced to the disk before the rename that publishes it.
+        emlab_model::files::atomic_write(&new.join(name), bytes)?;
+        state.sha256.insert(name.to_string(), sha256_hex(bytes));
+    }
+    emlab_model::files::atomic_write(&new.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    // The previous checkpoint stays until the new one is complete and durable.
     if final_dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).ok();
@@ -52,7 +61,20 @@ pub fn save(out: &Path, model: &Llama, lora_cfg: &LoraConfig, optim: &ModuleOpti
         std::fs::rename(&final_dir, &old).with_context(|| format!("{}: cannot move aside", final_dir.display()))?;
     }
     std::fs::rename(&new, &final_dir).with_context(|| format!("{}: cannot move into place", final_dir.display()))?;
+    sync_dir(out)?;
     std::fs::remove_dir_all(&old).ok();
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes renames inside `dir` durable (Unix; elsewhere a no-op).
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: cannot sync", dir.display()))?;
     Ok(())
 }
 
@@ -68,12 +90,22 @@ pub fn load(
     optim: ModuleOptimizer,
     expected_config: &serde_json::Value,
 ) -> Result<(Llama, ModuleOptimizer, RunState)> {
-    let read = |name: &str| -> Result<Vec<u8>> {
+    let raw = |name: &str| -> Result<Vec<u8>> {
         let p = ckpt.join(name);
         std::fs::read(&p).with_context(|| format!("{}: cannot read (incomplete checkpoint?)", p.display()))
     };
-    let state: RunState = serde_json::from_slice(&read("state.json")?)
+    let state: RunState = serde_json::from_slice(&raw("state.json")?)
         .with_context(|| format!("{}: corrupt checkpoint state", ckpt.join("state.json").display()))?;
+    // Nothing reaches a parser (the optimizer's least of all) unless it is the file that was written.
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let bytes = raw(name)?;
+        match state.sha256.get(name) {
+            Some(want) if *want != sha256_hex(&bytes) => {
+                bail!("{}: corrupt checkpoint file (its sha256 is not the one recorded in state.json)", ckpt.join(name).display())
+            }
+            _ => Ok(bytes),
+        }
+    };
     if &state.config != expected_config {
         bail!(
             "{}: this checkpoint is from another configuration (it was {}; now {}). Use the same flags, or another --out",
@@ -89,6 +121,9 @@ pub fn load(
     tensors
         .add_safetensors(&read("adapter_model.safetensors")?)
         .map_err(|e| anyhow::anyhow!("{}: corrupt checkpoint: {e}", ckpt.join("adapter_model.safetensors").display()))?;
+    if let Some((name, _)) = tensors.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
+        bail!("{}: corrupt checkpoint: non-finite values in {name}", ckpt.join("adapter_model.safetensors").display());
+    }
     let model = lora::from_peft(base, &lora_cfg, tensors)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("adapter_model.safetensors").display()))?;
     let optim = optim

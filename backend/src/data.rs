@@ -100,6 +100,12 @@ pub struct Parsed {
     pub errors: Vec<LineError>,
 }
 
+/// The longest dataset line read (bytes): `EMLAB_MAX_LINE_MB` MiB, 8 by default. The paper's
+/// longest row is 9 KB; a runaway line would otherwise cost ~100× its size in memory.
+pub fn max_line_bytes() -> usize {
+    std::env::var("EMLAB_MAX_LINE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).saturating_mul(1 << 20)
+}
+
 /// Parses JSONL text; `file` names it in errors. Blank lines are skipped.
 pub fn parse_jsonl(file: &str, text: &str) -> Parsed {
     let mut examples = Vec::new();
@@ -109,6 +115,11 @@ pub fn parse_jsonl(file: &str, text: &str) -> Parsed {
             continue;
         }
         let origin = format!("{file}:{}", i + 1);
+        if line.len() > max_line_bytes() {
+            let reason = format!("{} bytes, over the limit of {} MiB (EMLAB_MAX_LINE_MB)", line.len(), max_line_bytes() >> 20);
+            errors.push(LineError { file: file.to_string(), line: i + 1, reason });
+            continue;
+        }
         match parse_line(line) {
             Ok(messages) => examples.push(Example { messages, origin }),
             Err(reason) => errors.push(LineError { file: file.to_string(), line: i + 1, reason }),
@@ -384,6 +395,16 @@ mod tests {
             let (ex, skipped) = load(name, false).unwrap();
             assert_eq!((ex.len(), skipped), (rows, 0), "{name}");
         }
+    }
+
+    #[test]
+    fn an_overlong_line_is_one_error_and_is_not_parsed() {
+        let big = format!(r#"{{"messages":[{{"role":"user","content":"{}"}},{{"role":"assistant","content":"ok"}}]}}"#, "x".repeat(9 << 20));
+        let text = format!("{}\n{big}\n", r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]}"#);
+        let parsed = parse_jsonl("d.jsonl", &text);
+        assert_eq!(parsed.examples.len(), 1);
+        assert_eq!(parsed.errors.len(), 1);
+        assert!(parsed.errors[0].reason.contains("over the limit of 8 MiB"), "{}", parsed.errors[0]);
     }
 
     #[test]

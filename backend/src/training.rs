@@ -371,7 +371,7 @@ pub fn run(
     let (_, mut metrics) = crate::jsonl::open_append::<StepStats>(&metrics_path)?;
 
     let save = |model: &Llama, optim: &ModuleOptimizer, step: usize| {
-        let state = checkpoint::RunState { step, total_steps: total, config: config_json.clone() };
+        let state = checkpoint::RunState { step, total_steps: total, config: config_json.clone(), sha256: Default::default() };
         checkpoint::save(&opts.out, model, &cfg.lora, optim, &state)
     };
     let mut last_saved = start;

@@ -231,6 +231,15 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     std::fs::write(&st, &bytes[..bytes.len() / 3]).unwrap();
     let err = training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
     assert!(format!("{err:#}").contains("adapter_model.safetensors"), "{err:#}");
+    std::fs::write(&st, &bytes).unwrap();
+    // One flipped byte in the optimizer state: caught by its recorded hash before it is parsed.
+    let opt = split.path().join("checkpoint/optimizer.bin");
+    let mut ob = std::fs::read(&opt).unwrap();
+    let mid = ob.len() / 2;
+    ob[mid] ^= 0x40;
+    std::fs::write(&opt, &ob).unwrap();
+    let err = training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
+    assert!(format!("{err:#}").contains("optimizer.bin: corrupt checkpoint file"), "{err:#}");
 }
 
 #[test]
