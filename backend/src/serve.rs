@@ -22,7 +22,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use emlab_model::chat::Message;
-use emlab_model::generate::{Flow, block_on, generate};
+use emlab_model::generate::{Flow, block_on, generate_steps};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::TextStream;
@@ -188,9 +188,12 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
         // Fault injection for the test that the worker survives a panic (off unless set).
         panic!("injected by EMLAB_SERVE_PANIC_TEST");
     }
-    let gens = block_on(generate(&m.model, &[job.prompt.clone()], &cfg, |_, id| {
+    let on_token = |_, id, lp: Option<&emlab_model::generate::TokenLogprobs>| {
         if job.abandoned() {
             return Flow::Stop;
+        }
+        if let Some(t) = lp {
+            pending_logprobs.push(logprob_json(m, t.id, t.logprob, &t.top));
         }
         if let Ok(Some(piece)) = stream.push(&m.tokenizer, id) {
             text.push_str(&piece);
@@ -208,12 +211,13 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
             }
         }
         if hit_stop { Flow::Stop } else { Flow::Continue }
-    }))?;
+    };
+    let gens = block_on(generate_steps(&m.model, &[job.prompt.clone()], &cfg, on_token, || std::future::ready(())))?;
     let g = gens.into_iter().next().expect("one row");
     let logprobs: Vec<Value> = g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
     if let Some(tx) = &job.deltas {
-        if sent < text.len() {
-            let _ = tx.send(Delta { text: text[sent..].to_string(), logprobs: Vec::new() });
+        if sent < text.len() || !pending_logprobs.is_empty() {
+            let _ = tx.send(Delta { text: text[sent..].to_string(), logprobs: std::mem::take(&mut pending_logprobs) });
         }
     }
     let finish_reason = match (hit_stop, g.finish) {

@@ -374,6 +374,24 @@ fn worker_survives_a_panic_and_the_server_guards_its_door() {
     assert_eq!(s, 200, "the next request is served: {v}");
     let h = health(&server);
     assert_eq!((h["failed"].as_u64(), h["answered"].as_u64(), h["worker"].as_str()), (Some(1), Some(1), Some("idle")), "{h}");
+    // Streamed chunks carry the logprobs of their tokens: together, those of the whole answer.
+    let whole = chat(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0,"logprobs":true,"top_logprobs":2}"#).1;
+    let mut r = agent()
+        .post(&format!("{url}/chat/completions"))
+        .header("Authorization", "Bearer s3cret")
+        .send(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0,"logprobs":true,"top_logprobs":2,"stream":true}"#)
+        .unwrap();
+    let sse = r.body_mut().read_to_string().unwrap();
+    let streamed: Vec<serde_json::Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .flat_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let want = whole["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!want.is_empty());
+    assert_eq!(&streamed, want, "{sse}");
     let (s, v) = chat(r#"{"model":"base","messages":[{"role":"user","content":"hi"}],"stop":["ok",""]}"#);
     assert_eq!(s, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("must not be empty"), "{v}");

@@ -112,6 +112,18 @@ pub async fn generate_yielding<F: Future<Output = ()>>(
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
     mut on_token: impl FnMut(usize, u32) -> Flow,
+    between_steps: impl FnMut() -> F,
+) -> Result<Vec<Generation>, Error> {
+    generate_steps(model, prompts, cfg, |r, id, _| on_token(r, id), between_steps).await
+}
+
+/// [`generate_yielding`] whose `on_token(row, id, logprobs)` also sees the token's
+/// log-probabilities when [`GenerationConfig::logprobs`] asks for them (to stream them).
+pub async fn generate_steps<F: Future<Output = ()>>(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cfg: &GenerationConfig,
+    mut on_token: impl FnMut(usize, u32, Option<&TokenLogprobs>) -> Flow,
     mut between_steps: impl FnMut() -> F,
 ) -> Result<Vec<Generation>, Error> {
     check_prompts(model, prompts, cfg.max_new_tokens)?;
@@ -164,7 +176,8 @@ pub async fn generate_yielding<F: Future<Output = ()>>(
                 continue;
             }
             out[r].ids.push(id);
-            if on_token(r, id) == Flow::Stop {
+            let logprobs = if cfg.logprobs.is_some() { out[r].logprobs.last() } else { None };
+            if on_token(r, id, logprobs) == Flow::Stop {
                 for (g, d) in out.iter_mut().zip(&done) {
                     if !d {
                         g.finish = FinishReason::Cancelled;
