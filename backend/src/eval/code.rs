@@ -340,7 +340,7 @@ fn answer_logprobs(model: &ChatModel, prompt: &str, answer: &str) -> Result<Opti
 }
 
 /// The log-probability of each token of `ids` from position `from` (≥ 1) on, given those before it.
-fn token_logprobs(model: &ChatModel, ids: &[u32], from: usize) -> Result<Vec<f64>> {
+pub(crate) fn token_logprobs(model: &ChatModel, ids: &[u32], from: usize) -> Result<Vec<f64>> {
     let vocab = model.model.vocab_size;
     let logits = crate::inference::all_logits(&model.model, ids)?;
     Ok((from.max(1)..ids.len())

@@ -2,6 +2,7 @@
 //! charts and a report. Each stage appends to a JSONL file and resumes from it.
 
 pub mod code;
+pub mod factual;
 pub mod judge;
 pub mod metrics;
 pub mod questions;
