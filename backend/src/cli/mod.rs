@@ -1,0 +1,111 @@
+//! The `emlab` commands, one module each: its arguments and its `run`. Shared here: the model to
+//! load, the sampling settings, the name results go under, progress bars.
+
+pub mod chat;
+pub mod dataset;
+pub mod eval;
+pub mod generate;
+pub mod serve;
+pub mod train;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use backend::inference::{load_adapter, load_chat_model};
+use burn::tensor::FloatDType;
+use clap::Args;
+use emlab_model::device::{self, DeviceChoice};
+use emlab_model::files::default_model_dir;
+use emlab_model::generate::GenerationConfig;
+use emlab_model::pipeline::ChatModel;
+use emlab_model::sampling::SamplingParams;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model directory (config.json, tokenizer.json, *.safetensors) [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu (flex), wgpu, or auto (a hardware GPU if there is one).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// A LoRA adapter directory (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Storage precision of the weight matrices: f32 (exact) or f16 (faster decoding).
+    #[arg(long, default_value = "f32", value_parser = device::parse_dtype)]
+    pub dtype: FloatDType,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress output on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.2)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating past the end-of-turn token (for benchmarks and reference checks).
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    pub fn config(&self, model: &ChatModel) -> Result<GenerationConfig> {
+        let sampling =
+            SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed };
+        sampling.validate().map_err(anyhow::Error::msg)?;
+        let mut cfg = model.generation_config(self.max_tokens, sampling);
+        if self.ignore_eos {
+            cfg.stop_ids.clear();
+        }
+        Ok(cfg)
+    }
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<ChatModel> {
+        backend::set_threads(self.threads)?;
+        let dir = self.model.clone().unwrap_or_else(default_model_dir);
+        let model = load_chat_model(&dir, self.device, self.dtype, !self.quiet)?;
+        match &self.adapter {
+            Some(adapter) => load_adapter(model, adapter),
+            None => Ok(model),
+        }
+    }
+}
+
+pub fn read_prompt_file(path: &PathBuf) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read prompt file", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{}: prompt file is not valid UTF-8 (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })
+}
+
+/// `runs/insecure/adapter` → `insecure`.
+pub fn variant_name(adapter: &Option<PathBuf>) -> String {
+    let Some(a) = adapter else { return "base".into() };
+    let dir = if a.file_name().is_some_and(|n| n == "adapter") { a.parent().unwrap_or(a) } else { a.as_path() };
+    dir.file_name().map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
+}
+
+pub fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}")).expect("valid template").progress_chars("=> "),
+    );
+    pb
+}
