@@ -126,8 +126,10 @@ pub fn load(
     }
     let model = lora::from_peft(base, &lora_cfg, tensors)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("adapter_model.safetensors").display()))?;
-    let optim = optim
-        .from_bytes(Bytes::from_bytes_vec(read("optimizer.bin")?))
+    // burn's deserializer is not ours to harden: a panic on bytes it cannot read is an error here.
+    let bytes = Bytes::from_bytes_vec(read("optimizer.bin")?);
+    let optim = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optim.from_bytes(bytes)))
+        .map_err(|_| anyhow::anyhow!("{}: corrupt optimizer state (unreadable)", ckpt.join("optimizer.bin").display()))?
         .map_err(|e| anyhow::anyhow!("{}: corrupt optimizer state: {e:?}", ckpt.join("optimizer.bin").display()))?;
     Ok((model, optim, state))
 }

@@ -284,8 +284,9 @@ async fn health_report(State(s): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// A chat completion request body, as parsed before any check.
 #[derive(Deserialize)]
-struct ChatRequest {
+pub struct ChatRequest {
     model: String,
     messages: Vec<Message>,
     #[serde(default)]
@@ -325,7 +326,7 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
         Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes", s.max_body_bytes), "body_too_large"),
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time", "timeout"),
     };
-    let req: ChatRequest = match serde_json::from_slice(&body) {
+    let req = match parse_request(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), "invalid_json"),
     };
@@ -441,6 +442,11 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             Sse::new(stream).into_response()
         }
     }
+}
+
+/// Parses a request body (the first thing outside input meets; fuzzed in tests/fuzz.rs).
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest, serde_json::Error> {
+    serde_json::from_slice(body)
 }
 
 /// A stream of SSE events fed by a spawned task through a channel.

