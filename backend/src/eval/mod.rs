@@ -10,7 +10,7 @@ pub mod report;
 pub mod sample;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,19 @@ use serde::{Deserialize, Serialize};
 use judge::{Judge, JudgeInfo};
 use questions::Question;
 use sample::Answer;
+
+/// Where a judge-free result goes: `RESULTS/KIND/NAME.json` (NAME is the variant, with `+trigger`
+/// for runs with the trigger); `eval report` reads them back from there.
+pub fn result_path(results: &Path, kind: &str, name: &str) -> PathBuf {
+    results.join(kind).join(format!("{name}.json"))
+}
+
+/// Writes a judge-free result atomically to its [`result_path`].
+pub fn write_result(results: &Path, kind: &str, name: &str, value: &impl Serialize) -> Result<PathBuf> {
+    let path = result_path(results, kind, name);
+    emlab_model::files::atomic_write(&path, serde_json::to_string_pretty(value)?.as_bytes())?;
+    Ok(path)
+}
 
 /// An answer's two judge scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
