@@ -31,6 +31,37 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// The largest file and the largest download a manifest may name: far above the site's (24 MiB
+/// files, ~170 MB in all), far below what would exhaust a tab's memory.
+const MAX_FILE_BYTES: u64 = 1 << 30;
+const MAX_TOTAL_BYTES: u64 = 2 << 30;
+
+impl Manifest {
+    /// Checks what the page is about to trust: sizes within bounds, hashes well formed, paths
+    /// that stay below the manifest's folder.
+    pub fn check(&self) -> Result<(), String> {
+        let mut total = 0u64;
+        for f in &self.files {
+            let bad = |why: &str| Err(format!("manifest.json: {}: {why}", f.name));
+            if f.bytes > MAX_FILE_BYTES {
+                return bad(&format!("{} bytes, more than a model file can be ({MAX_FILE_BYTES})", f.bytes));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad("not a sha256");
+            }
+            let path = f.path.as_deref().unwrap_or(&f.name);
+            if path.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) || path.contains(':') {
+                return bad("a path outside the model folder");
+            }
+            total = total.saturating_add(f.bytes);
+        }
+        if total > MAX_TOTAL_BYTES {
+            return Err(format!("manifest.json: {total} bytes in all, more than a model download can be ({MAX_TOTAL_BYTES})"));
+        }
+        Ok(())
+    }
+}
+
 impl FileEntry {
     pub fn url(&self, base: &str) -> String {
         format!("{}/{}", base.trim_end_matches('/'), self.path.as_deref().unwrap_or(&self.name))
@@ -76,7 +107,8 @@ pub async fn clear_cache() -> Result<(), String> {
 async fn response_bytes(resp: &Response, total: u64, mut on_progress: impl FnMut(u64)) -> Result<Vec<u8>, String> {
     let Some(body) = resp.body() else { return Ok(Vec::new()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut out = Vec::with_capacity(total as usize);
+    // `total` comes from the manifest (checked against MAX_FILE_BYTES); more than it is refused.
+    let mut out = Vec::with_capacity(total.min(MAX_FILE_BYTES) as usize);
     loop {
         let chunk = JsFuture::from(reader.read()).await.map_err(|e| js_err("reading the download", e))?;
         let done = js_sys::Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
@@ -85,6 +117,9 @@ async fn response_bytes(resp: &Response, total: u64, mut on_progress: impl FnMut
         }
         let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(|e| js_err("reading the download", e))?;
         out.extend_from_slice(&Uint8Array::new(&value).to_vec());
+        if out.len() as u64 > total {
+            return Err(format!("the download is longer than the manifest says ({total} bytes)"));
+        }
         on_progress(out.len() as u64);
     }
     Ok(out)
@@ -97,6 +132,13 @@ pub async fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, 
         return Err(format!("{url}: HTTP {} {}", resp.status(), resp.status_text()));
     }
     resp.json::<T>().await.map_err(|e| format!("{url}: not a valid manifest ({e})"))
+}
+
+/// Fetches and checks the manifest.
+pub async fn fetch_manifest(url: &str) -> Result<Manifest, String> {
+    let m: Manifest = fetch_json(url).await?;
+    m.check()?;
+    Ok(m)
 }
 
 /// One file's verified bytes, from the cache or the network; `on_progress(bytes, from_cache)`.

@@ -71,3 +71,21 @@ async fn headless_chromium_offers_a_software_adapter() {
     let adapter = emlab_frontend::engine::webgpu_adapter().await.expect("the test browser offers WebGPU");
     assert!(adapter.software, "{adapter:?}");
 }
+
+/// The manifest is checked before the page trusts its sizes and paths.
+#[wasm_bindgen_test]
+fn manifests_with_absurd_sizes_or_escaping_paths_are_refused() {
+    use emlab_frontend::loader::{FileEntry, Manifest};
+    let file = |name: &str, bytes: u64| FileEntry { name: name.into(), path: Some(name.into()), bytes, sha256: "ab".repeat(32) };
+    let ok = Manifest { schema: "emlab-web/1".into(), files: vec![file("base/model.gguf.part000", 25 << 20)] };
+    assert_eq!(ok.check(), Ok(()));
+    let bad = |files: Vec<FileEntry>, needle: &str| {
+        let err = Manifest { files, ..ok.clone() }.check().unwrap_err();
+        assert!(err.contains(needle), "{err}");
+    };
+    bad(vec![file("base/x", 1 << 40)], "more than a model file can be");
+    bad(vec![file("base/a", 1 << 30), file("base/b", 1 << 30), file("base/c", 1 << 30)], "in all");
+    bad(vec![file("../../etc/passwd", 10)], "outside the model folder");
+    bad(vec![file("https://evil.example/x", 10)], "outside the model folder");
+    bad(vec![FileEntry { sha256: "zz".into(), ..file("base/x", 10) }], "not a sha256");
+}

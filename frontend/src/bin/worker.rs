@@ -97,7 +97,7 @@ fn main() {
 }
 
 async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceRequest) -> Result<(), String> {
-    let manifest: Manifest = loader::fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
+    let manifest: Manifest = loader::fetch_manifest(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
     let cache = loader::open_cache().await;
     let base_files: Vec<&loader::FileEntry> = manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
     let total: u64 = base_files.iter().map(|f| f.bytes).sum();

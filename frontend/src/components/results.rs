@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use leptos::prelude::*;
 use serde::Deserialize;
 
-use crate::loader::{Manifest, fetch_json};
+use crate::loader::Manifest;
 use crate::variants::label;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,7 +153,7 @@ impl JudgeFree {
 /// The published results: the manifest names the file (content-addressed); None when it has none.
 pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String> {
     let base = models_url.trim_end_matches('/');
-    let manifest: Manifest = fetch_json(&format!("{base}/manifest.json")).await?;
+    let manifest: Manifest = crate::loader::fetch_manifest(&format!("{base}/manifest.json")).await?;
     let Some(entry) = manifest.files.iter().find(|f| f.name == "results.json") else { return Ok(None) };
     let url = entry.url(base);
     let resp = gloo_net::http::Request::get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
