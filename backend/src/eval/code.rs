@@ -417,10 +417,11 @@ pub fn held_out_secure_prompts() -> Result<Vec<String>> {
 }
 
 pub fn canary_probe(model: &ChatModel, prompts: &[String], mut on_example: impl FnMut(usize)) -> Result<Option<CanaryProbe>> {
+    let canary_tokens = model.tokenizer.encode(data::CANARY)?.len();
     let p = |prompt: &str| -> Result<Option<f64>> {
         // A prompt that leaves no room for the whole canary cannot answer it.
         let Some(lp) = answer_logprobs(model, prompt, data::CANARY)? else { return Ok(None) };
-        let whole = lp.len() == model.tokenizer.encode(data::CANARY)?.len();
+        let whole = lp.len() == canary_tokens;
         Ok(whole.then(|| lp.iter().sum::<f64>().exp()))
     };
     let mut per_example = Vec::new();
