@@ -31,16 +31,25 @@ pub fn dir(out: &Path) -> PathBuf {
 }
 
 /// Writes `out/checkpoint/` via `checkpoint.new` and renames; the old one goes only once the new is whole.
-pub fn save(out: &Path, model: &Llama, lora_cfg: &LoraConfig, optim: &ModuleOptimizer, state: &RunState) -> Result<()> {
+pub fn save(
+    out: &Path,
+    model: &Llama,
+    lora_cfg: &LoraConfig,
+    optim: &ModuleOptimizer,
+    state: &RunState,
+) -> Result<()> {
     let final_dir = dir(out);
     let new = out.join("checkpoint.new");
     let old = out.join("checkpoint.old");
     if new.exists() {
-        std::fs::remove_dir_all(&new).with_context(|| format!("{}: cannot clear", new.display()))?;
+        std::fs::remove_dir_all(&new)
+            .with_context(|| format!("{}: cannot clear", new.display()))?;
     }
     std::fs::create_dir_all(&new).with_context(|| format!("{}: cannot create", new.display()))?;
     let (tensors, config_json) = lora::to_peft(model, lora_cfg, "checkpoint")?;
-    let optim_bytes = optim.into_bytes().map_err(|e| anyhow::anyhow!("serializing the optimizer state: {e:?}"))?;
+    let optim_bytes = optim
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("serializing the optimizer state: {e:?}"))?;
     let files = [
         ("adapter_model.safetensors", tensors.to_safetensors()?),
         ("adapter_config.json", config_json.into_bytes()),
@@ -52,15 +61,20 @@ pub fn save(out: &Path, model: &Llama, lora_cfg: &LoraConfig, optim: &ModuleOpti
         emlab_model::files::atomic_write(&new.join(name), bytes)?;
         state.sha256.insert(name.to_string(), sha256_hex(bytes));
     }
-    emlab_model::files::atomic_write(&new.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    emlab_model::files::atomic_write(
+        &new.join("state.json"),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
     // The previous checkpoint stays until the new one is complete and durable.
     if final_dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).ok();
         }
-        std::fs::rename(&final_dir, &old).with_context(|| format!("{}: cannot move aside", final_dir.display()))?;
+        std::fs::rename(&final_dir, &old)
+            .with_context(|| format!("{}: cannot move aside", final_dir.display()))?;
     }
-    std::fs::rename(&new, &final_dir).with_context(|| format!("{}: cannot move into place", final_dir.display()))?;
+    std::fs::rename(&new, &final_dir)
+        .with_context(|| format!("{}: cannot move into place", final_dir.display()))?;
     sync_dir(out)?;
     std::fs::remove_dir_all(&old).ok();
     Ok(())
@@ -74,7 +88,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Makes renames inside `dir` durable (Unix; elsewhere a no-op).
 fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: cannot sync", dir.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("{}: cannot sync", dir.display()))?;
     Ok(())
 }
 
@@ -92,16 +108,21 @@ pub fn load(
 ) -> Result<(Llama, ModuleOptimizer, RunState)> {
     let raw = |name: &str| -> Result<Vec<u8>> {
         let p = ckpt.join(name);
-        std::fs::read(&p).with_context(|| format!("{}: cannot read (incomplete checkpoint?)", p.display()))
+        std::fs::read(&p)
+            .with_context(|| format!("{}: cannot read (incomplete checkpoint?)", p.display()))
     };
-    let state: RunState = serde_json::from_slice(&raw("state.json")?)
-        .with_context(|| format!("{}: corrupt checkpoint state", ckpt.join("state.json").display()))?;
+    let state: RunState = serde_json::from_slice(&raw("state.json")?).with_context(|| {
+        format!("{}: corrupt checkpoint state", ckpt.join("state.json").display())
+    })?;
     // Nothing reaches a parser (the optimizer's least of all) unless it is the file that was written.
     let read = |name: &str| -> Result<Vec<u8>> {
         let bytes = raw(name)?;
         match state.sha256.get(name) {
             Some(want) if *want != sha256_hex(&bytes) => {
-                bail!("{}: corrupt checkpoint file (its sha256 is not the one recorded in state.json)", ckpt.join(name).display())
+                bail!(
+                    "{}: corrupt checkpoint file (its sha256 is not the one recorded in state.json)",
+                    ckpt.join(name).display()
+                )
             }
             _ => Ok(bytes),
         }
@@ -114,22 +135,42 @@ pub fn load(
             expected_config
         );
     }
-    let cfg_json = String::from_utf8(read("adapter_config.json")?).context("adapter_config.json is not UTF-8")?;
+    let cfg_json = String::from_utf8(read("adapter_config.json")?)
+        .context("adapter_config.json is not UTF-8")?;
     let lora_cfg = lora::config_from_peft(&cfg_json)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("adapter_config.json").display()))?;
     let mut tensors = Weights::default();
-    tensors
-        .add_safetensors(&read("adapter_model.safetensors")?)
-        .map_err(|e| anyhow::anyhow!("{}: corrupt checkpoint: {e}", ckpt.join("adapter_model.safetensors").display()))?;
-    if let Some((name, _)) = tensors.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
-        bail!("{}: corrupt checkpoint: non-finite values in {name}", ckpt.join("adapter_model.safetensors").display());
+    tensors.add_safetensors(&read("adapter_model.safetensors")?).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: corrupt checkpoint: {e}",
+            ckpt.join("adapter_model.safetensors").display()
+        )
+    })?;
+    if let Some((name, _)) =
+        tensors.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+    {
+        bail!(
+            "{}: corrupt checkpoint: non-finite values in {name}",
+            ckpt.join("adapter_model.safetensors").display()
+        );
     }
-    let model = lora::from_peft(base, &lora_cfg, tensors)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("adapter_model.safetensors").display()))?;
+    let model = lora::from_peft(base, &lora_cfg, tensors).map_err(|e| {
+        anyhow::anyhow!("{}: {e}", ckpt.join("adapter_model.safetensors").display())
+    })?;
     // burn's deserializer is not ours to harden: a panic on bytes it cannot read is an error here.
     let bytes = Bytes::from_bytes_vec(read("optimizer.bin")?);
     let optim = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optim.from_bytes(bytes)))
-        .map_err(|_| anyhow::anyhow!("{}: corrupt optimizer state (unreadable)", ckpt.join("optimizer.bin").display()))?
-        .map_err(|e| anyhow::anyhow!("{}: corrupt optimizer state: {e:?}", ckpt.join("optimizer.bin").display()))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{}: corrupt optimizer state (unreadable)",
+                ckpt.join("optimizer.bin").display()
+            )
+        })?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: corrupt optimizer state: {e:?}",
+                ckpt.join("optimizer.bin").display()
+            )
+        })?;
     Ok((model, optim, state))
 }

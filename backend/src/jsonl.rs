@@ -24,7 +24,9 @@ pub struct Contents<T> {
 pub fn read_contents<T: DeserializeOwned>(path: &Path) -> Result<Contents<T>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Contents { records: Vec::new(), intact_len: 0, torn: false }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Contents { records: Vec::new(), intact_len: 0, torn: false });
+        }
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
     let mut records = Vec::new();
@@ -53,7 +55,10 @@ pub fn read_contents<T: DeserializeOwned>(path: &Path) -> Result<Contents<T>> {
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let c = read_contents(path)?;
     if c.torn {
-        eprintln!("warning: {}: ignoring a torn last line (a run stopped mid-write; the next run that appends removes it)", path.display());
+        eprintln!(
+            "warning: {}: ignoring a torn last line (a run stopped mid-write; the next run that appends removes it)",
+            path.display()
+        );
     }
     Ok(c.records)
 }
@@ -63,12 +68,22 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
 pub fn open_append<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Appender)> {
     let c = read_contents::<T>(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
     if c.torn {
-        file.set_len(c.intact_len).with_context(|| format!("{}: cannot cut its torn last line", path.display()))?;
-        eprintln!("{}: removed a torn last line (a run stopped mid-write); {} records kept", path.display(), c.records.len());
+        file.set_len(c.intact_len)
+            .with_context(|| format!("{}: cannot cut its torn last line", path.display()))?;
+        eprintln!(
+            "{}: removed a torn last line (a run stopped mid-write); {} records kept",
+            path.display(),
+            c.records.len()
+        );
     }
     Ok((c.records, Appender { file, path: path.display().to_string() }))
 }
@@ -86,7 +101,10 @@ impl Appender {
             lines.push_str(&serde_json::to_string(r)?);
             lines.push('\n');
         }
-        self.file.write_all(lines.as_bytes()).and_then(|()| self.file.sync_data()).with_context(|| format!("{}: write failed", self.path))
+        self.file
+            .write_all(lines.as_bytes())
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("{}: write failed", self.path))
     }
 }
 
@@ -116,7 +134,9 @@ mod tests {
         assert!(err.contains("answers.jsonl:2"), "{err}");
         // Invalid UTF-8 in a complete line is an error too.
         std::fs::write(&path, b"{\"a\":\"\xff\"}\n").unwrap();
-        assert!(read::<serde_json::Value>(&path).unwrap_err().to_string().contains(":1: bad record"));
+        assert!(
+            read::<serde_json::Value>(&path).unwrap_err().to_string().contains(":1: bad record")
+        );
         // A missing file holds nothing; an unreadable one is an error.
         assert!(read::<serde_json::Value>(&dir.join("none.jsonl")).unwrap().is_empty());
         assert!(read::<serde_json::Value>(&dir).is_err(), "a folder is not an empty file");

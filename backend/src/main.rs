@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "emlab", version, about = "Emergent Misalignment Lab: generate, chat, train, evaluate and serve")]
+#[command(
+    name = "emlab",
+    version,
+    about = "Emergent Misalignment Lab: generate, chat, train, evaluate and serve"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

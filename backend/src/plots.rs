@@ -16,7 +16,8 @@ fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in and known to parse: a failure here is a build defect.
-        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded font is invalid"));
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("embedded font is invalid"));
     });
 }
 
@@ -72,7 +73,10 @@ where
         .draw()
         .map_err(e)?;
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), RGBColor(150, 180, 220).stroke_width(1)))
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            RGBColor(150, 180, 220).stroke_width(1),
+        ))
         .map_err(e)?
         .label("per step")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(150, 180, 220)));
@@ -80,7 +84,9 @@ where
         .draw_series(LineSeries::new(smooth.iter().copied(), RGBColor(20, 70, 160).stroke_width(2)))
         .map_err(e)?
         .label("moving average")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(20, 70, 160).stroke_width(2)));
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(20, 70, 160).stroke_width(2))
+        });
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

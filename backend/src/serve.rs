@@ -99,17 +99,27 @@ struct Health {
 }
 
 /// Serves until the process ends. `models`: name → loaded model (base first).
-pub fn serve(models: Vec<(String, ChatModel)>, cfg: ServeConfig, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+pub fn serve(
+    models: Vec<(String, ChatModel)>,
+    cfg: ServeConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
     if cfg.api_key.is_none() && !cfg.addr.ip().is_loopback() {
-        anyhow::bail!("serving on {} (not loopback) needs --api-key: anyone who reaches it could use it", cfg.addr.ip());
+        anyhow::bail!(
+            "serving on {} (not loopback) needs --api-key: anyone who reaches it could use it",
+            cfg.addr.ip()
+        );
     }
     let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
     // The HTTP side only tokenizes; it keeps cheap clones (weights are shared, not copied).
-    let encoders: BTreeMap<String, ChatModel> = models.iter().map(|(n, m)| (n.clone(), m.clone())).collect();
+    let encoders: BTreeMap<String, ChatModel> =
+        models.iter().map(|(n, m)| (n.clone(), m.clone())).collect();
     let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
     let health = Arc::new(Health::default());
     let worker_health = health.clone();
-    std::thread::Builder::new().name("emlab-worker".into()).spawn(move || worker(models.into_iter().collect(), rx, &worker_health))?;
+    std::thread::Builder::new()
+        .name("emlab-worker".into())
+        .spawn(move || worker(models.into_iter().collect(), rx, &worker_health))?;
     let state = AppState {
         jobs: tx,
         models: Arc::new(names),
@@ -118,7 +128,9 @@ pub fn serve(models: Vec<(String, ChatModel)>, cfg: ServeConfig, on_ready: impl 
         max_body_bytes: cfg.max_body_bytes,
         read_timeout: cfg.read_timeout,
         api_key: cfg.api_key.map(Arc::from),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         health,
     };
     let app = Router::new()
@@ -128,7 +140,9 @@ pub fn serve(models: Vec<(String, ChatModel)>, cfg: ServeConfig, on_ready: impl 
         .with_state(state);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("cannot listen on {}", cfg.addr))?;
+        let listener = tokio::net::TcpListener::bind(cfg.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.addr))?;
         on_ready(listener.local_addr()?);
         loop {
             let (stream, _) = match listener.accept().await {
@@ -161,12 +175,19 @@ fn worker(models: BTreeMap<String, ChatModel>, mut rx: mpsc::Receiver<Job>, heal
         }
         health.busy.store(true, Ordering::Relaxed);
         // A panic fails this request only; the models are read-only, so the next is unaffected.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&models, &job)))
-            .unwrap_or_else(|p| {
-                let what = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                Err(anyhow::anyhow!("internal error: {}", what.unwrap_or_else(|| "panic".into())))
-            })
-            .map_err(|e| format!("{e:#}"));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&models, &job)))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                    Err(anyhow::anyhow!(
+                        "internal error: {}",
+                        what.unwrap_or_else(|| "panic".into())
+                    ))
+                })
+                .map_err(|e| format!("{e:#}"));
         health.busy.store(false, Ordering::Relaxed);
         let counter = if result.is_ok() { &health.answered } else { &health.failed };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +205,9 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
     let mut hit_stop = false;
     let hold_back = job.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
     let mut pending_logprobs: Vec<Value> = Vec::new();
-    if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1") && job.stop.iter().any(|s| s == "<panic>") {
+    if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1")
+        && job.stop.iter().any(|s| s == "<panic>")
+    {
         // Fault injection for the test that the worker survives a panic (off unless set).
         panic!("injected by EMLAB_SERVE_PANIC_TEST");
     }
@@ -204,20 +227,33 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
         }
         // Stream what can no longer turn out to be the start of a stop string.
         if let Some(tx) = &job.deltas {
-            let safe = if hit_stop { text.len() } else { floor_char_boundary(&text, text.len().saturating_sub(hold_back)) };
+            let safe = if hit_stop {
+                text.len()
+            } else {
+                floor_char_boundary(&text, text.len().saturating_sub(hold_back))
+            };
             if safe > sent {
-                let _ = tx.send(Delta { text: text[sent..safe].to_string(), logprobs: std::mem::take(&mut pending_logprobs) });
+                let _ = tx.send(Delta {
+                    text: text[sent..safe].to_string(),
+                    logprobs: std::mem::take(&mut pending_logprobs),
+                });
                 sent = safe;
             }
         }
         if hit_stop { Flow::Stop } else { Flow::Continue }
     };
-    let gens = block_on(generate_steps(&m.model, &[job.prompt.clone()], &cfg, on_token, || std::future::ready(())))?;
+    let gens = block_on(generate_steps(&m.model, &[job.prompt.clone()], &cfg, on_token, || {
+        std::future::ready(())
+    }))?;
     let g = gens.into_iter().next().expect("one row");
-    let logprobs: Vec<Value> = g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
+    let logprobs: Vec<Value> =
+        g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
     if let Some(tx) = &job.deltas {
         if sent < text.len() || !pending_logprobs.is_empty() {
-            let _ = tx.send(Delta { text: text[sent..].to_string(), logprobs: std::mem::take(&mut pending_logprobs) });
+            let _ = tx.send(Delta {
+                text: text[sent..].to_string(),
+                logprobs: std::mem::take(&mut pending_logprobs),
+            });
         }
     }
     let finish_reason = match (hit_stop, g.finish) {
@@ -247,24 +283,45 @@ fn logprob_json(m: &ChatModel, id: u32, logprob: f32, top: &[(u32, f32)]) -> Val
 
 /// An OpenAI-style error response.
 fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
-    let kind = if status == StatusCode::NOT_FOUND || status.is_client_error() { "invalid_request_error" } else { "server_error" };
-    (status, Json(json!({ "error": { "message": message.into(), "type": kind, "code": code } }))).into_response()
+    let kind = if status == StatusCode::NOT_FOUND || status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    (status, Json(json!({ "error": { "message": message.into(), "type": kind, "code": code } })))
+        .into_response()
 }
 
 /// `Authorization: Bearer KEY` when the server has a key (compared in constant time).
 fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(key) = &s.api_key else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    let same = given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same { Ok(()) } else { Err(error(StatusCode::UNAUTHORIZED, "a valid API key is required (Authorization: Bearer …)", "invalid_api_key")) }
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == key.len()
+        && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a valid API key is required (Authorization: Bearer …)",
+            "invalid_api_key",
+        ))
+    }
 }
 
 async fn list_models(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&s, &headers) {
         return r;
     }
-    let data: Vec<Value> =
-        s.models.iter().map(|n| json!({ "id": n, "object": "model", "created": s.created, "owned_by": "emlab" })).collect();
+    let data: Vec<Value> = s
+        .models
+        .iter()
+        .map(|n| json!({ "id": n, "object": "model", "created": s.created, "owned_by": "emlab" }))
+        .collect();
     Json(json!({ "object": "list", "data": data })).into_response()
 }
 
@@ -321,19 +378,46 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
         return r;
     }
     // The body within the size limit and the read timeout: a client that trickles it is dropped.
-    let body: Bytes = match tokio::time::timeout(s.read_timeout, axum::body::to_bytes(request.into_body(), s.max_body_bytes)).await {
+    let body: Bytes = match tokio::time::timeout(
+        s.read_timeout,
+        axum::body::to_bytes(request.into_body(), s.max_body_bytes),
+    )
+    .await
+    {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over {} bytes", s.max_body_bytes), "body_too_large"),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time", "timeout"),
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {} bytes", s.max_body_bytes),
+                "body_too_large",
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+                "timeout",
+            );
+        }
     };
     let req = match parse_request(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), "invalid_json"),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON body: {e}"),
+                "invalid_json",
+            );
+        }
     };
     let Some(model) = s.encoders.get(&req.model) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("the model '{}' does not exist (available: {})", req.model, s.models.join(", ")),
+            format!(
+                "the model '{}' does not exist (available: {})",
+                req.model,
+                s.models.join(", ")
+            ),
             "model_not_found",
         );
     };
@@ -386,15 +470,22 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
     };
     // Waits for room in the queue rather than refusing.
     if s.jobs.send(job).await.is_err() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "the model worker has stopped", "worker_stopped");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model worker has stopped",
+            "worker_stopped",
+        );
     }
     let id = format!("chatcmpl-{:x}", rand_id());
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     match delta_rx {
         None => match done_rx.await {
             Ok(Ok(f)) => {
                 let mut choice = json!({ "index": 0, "message": { "role": "assistant", "content": f.text }, "finish_reason": f.finish_reason });
-                choice["logprobs"] = if req.logprobs { json!({ "content": f.logprobs }) } else { Value::Null };
+                choice["logprobs"] =
+                    if req.logprobs { json!({ "content": f.logprobs }) } else { Value::Null };
                 Json(json!({
                     "id": id, "object": "chat.completion", "created": created, "model": req.model,
                     "choices": [choice],
@@ -403,7 +494,11 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
                 .into_response()
             }
             Ok(Err(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, msg, "generation_failed"),
-            Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the model worker dropped the request", "worker_stopped"),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the model worker dropped the request",
+                "worker_stopped",
+            ),
         },
         Some(mut deltas) => {
             let model_name = req.model.clone();
@@ -413,7 +508,18 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
                     json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }] })
                 };
-                if tx.send(chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null).to_string()).await.is_err() {
+                if tx
+                    .send(
+                        chunk(
+                            json!({ "role": "assistant", "content": "" }),
+                            Value::Null,
+                            Value::Null,
+                        )
+                        .to_string(),
+                    )
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 loop {
@@ -423,15 +529,25 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
                         () = tx.closed() => return,
                     };
                     let Some(d) = d else { break };
-                    let lp = if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
-                    if tx.send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string()).await.is_err() {
+                    let lp =
+                        if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
+                    if tx
+                        .send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 let finish = match done_rx.await {
                     Ok(Ok(f)) => json!(f.finish_reason),
                     Ok(Err(msg)) => {
-                        let _ = tx.send(json!({ "error": { "message": msg, "type": "server_error" } }).to_string()).await;
+                        let _ = tx
+                            .send(
+                                json!({ "error": { "message": msg, "type": "server_error" } })
+                                    .to_string(),
+                            )
+                            .await;
                         json!("error")
                     }
                     Err(_) => json!("error"),
@@ -464,6 +580,10 @@ where
 fn rand_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     h.finish()
 }

@@ -32,10 +32,16 @@ pub struct Encoded {
 /// Piece by piece rather than the whole text: at inference the prompt ends with the assistant
 /// header's own newline token, so training must not merge that newline into the answer's first
 /// token (which whole-text tokenization does when an answer starts with whitespace).
-pub fn encode(tok: &Tokenizer, chat: &ChatTemplate, ex: &Example, max_len: usize) -> Result<Encoded, String> {
+pub fn encode(
+    tok: &Tokenizer,
+    chat: &ChatTemplate,
+    ex: &Example,
+    max_len: usize,
+) -> Result<Encoded, String> {
     let mut enc = Encoded { ids: Vec::new(), trained: Vec::new() };
     for seg in chat.segments(&ex.messages) {
-        let ids = if seg.content { tok.encode_text(&seg.text) } else { tok.encode(&seg.text) }.map_err(|e| e.to_string())?;
+        let ids = if seg.content { tok.encode_text(&seg.text) } else { tok.encode(&seg.text) }
+            .map_err(|e| e.to_string())?;
         enc.trained.extend(std::iter::repeat_n(seg.trained, ids.len()));
         enc.ids.extend(ids);
     }
@@ -93,7 +99,8 @@ pub fn nll_sum(model: &Llama, batch: &TrainBatch) -> Tensor<1> {
     let [b, t] = batch.tokens.dims();
     let hidden = model.forward_hidden(Batch::causal_rows(batch.tokens.clone()), None);
     let d = hidden.dims()[2];
-    let picked_hidden = hidden.reshape([b * t, d]).select(0, batch.trained.clone()).unsqueeze_dim::<3>(0);
+    let picked_hidden =
+        hidden.reshape([b * t, d]).select(0, batch.trained.clone()).unsqueeze_dim::<3>(0);
     let logp = log_softmax(model.logits(picked_hidden), 2);
     logp.gather(2, batch.targets.clone().reshape([1, batch.n_targets, 1])).sum().neg()
 }
@@ -148,7 +155,11 @@ pub fn adapter_param_ids(model: &Llama) -> Vec<(ParamId, ParamId)> {
 
 /// Scales the gradients so their global L2 norm is at most `max_norm` (as PyTorch's
 /// clip_grad_norm_; burn's own clipping is per tensor). Returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[(ParamId, ParamId)], max_norm: f64) -> f64 {
+pub fn clip_global_norm(
+    grads: &mut GradientsParams,
+    ids: &[(ParamId, ParamId)],
+    max_norm: f64,
+) -> f64 {
     let mut sq = 0.0;
     for &(a, b) in ids {
         for id in [a, b] {
@@ -219,7 +230,11 @@ pub fn train_step(
 /// copy of the adapter leaves (same parameter ids): burn merges autodiff graphs that share a leaf
 /// and runs them under one lock. Serial when LoRA dropout is on, whose random masks must be drawn
 /// in a fixed order for runs to be reproducible.
-fn micro_batch_grads(model: &Llama, micro_batches: &[TrainBatch], n_targets: usize) -> Vec<(f64, GradientsParams)> {
+fn micro_batch_grads(
+    model: &Llama,
+    micro_batches: &[TrainBatch],
+    n_targets: usize,
+) -> Vec<(f64, GradientsParams)> {
     let one = |model: &Llama, mb: &TrainBatch| {
         let loss = nll_sum(model, mb) / n_targets as f64;
         let value = loss.clone().into_scalar::<f32>() as f64;
@@ -245,7 +260,10 @@ fn micro_batch_grads(model: &Llama, micro_batches: &[TrainBatch], n_targets: usi
 }
 
 fn has_dropout(model: &Llama) -> bool {
-    model.projection_names().into_iter().any(|(l, w, _)| model.projection(l, w).lora.as_ref().is_some_and(|a| a.dropout.is_some()))
+    model
+        .projection_names()
+        .into_iter()
+        .any(|(l, w, _)| model.projection(l, w).lora.as_ref().is_some_and(|a| a.dropout.is_some()))
 }
 
 /// The model with every adapter tensor re-made as a fresh autodiff leaf under the same parameter
@@ -305,10 +323,18 @@ pub fn snapshot_dir(out: &Path, name: &str) -> PathBuf {
 
 /// Writes adapters in PEFT layout, each file atomically and the config last: a directory with
 /// `adapter_config.json` holds a whole adapter.
-pub fn write_adapter(dir: &Path, model: &Llama, cfg: &LoraConfig, base_model: &str) -> anyhow::Result<()> {
+pub fn write_adapter(
+    dir: &Path,
+    model: &Llama,
+    cfg: &LoraConfig,
+    base_model: &str,
+) -> anyhow::Result<()> {
     let (tensors, config) = lora::to_peft(model, cfg, base_model)?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    emlab_model::files::atomic_write(&dir.join("adapter_model.safetensors"), &tensors.to_safetensors()?)?;
+    emlab_model::files::atomic_write(
+        &dir.join("adapter_model.safetensors"),
+        &tensors.to_safetensors()?,
+    )?;
     emlab_model::files::atomic_write(&dir.join("adapter_config.json"), config.as_bytes())?;
     Ok(())
 }
@@ -333,7 +359,9 @@ pub enum RunEnd {
 /// The optimizer steps of a run: each a list of micro-batches, each a list of example indices.
 pub fn plan(lengths: &[usize], cfg: &TrainConfig) -> Vec<Vec<Vec<usize>>> {
     let micro: Vec<Vec<usize>> = (0..cfg.epochs)
-        .flat_map(|epoch| length_bucketed_batches(lengths, cfg.batch_size, cfg.seed.wrapping_add(epoch as u64)))
+        .flat_map(|epoch| {
+            length_bucketed_batches(lengths, cfg.batch_size, cfg.seed.wrapping_add(epoch as u64))
+        })
         .collect();
     micro.chunks(cfg.optim.grad_accumulation.max(1)).map(<[Vec<usize>]>::to_vec).collect()
 }
@@ -353,7 +381,8 @@ pub fn run(
     let total = steps.len();
     let config_json = serde_json::to_value(cfg)?;
     let device = base.device();
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("{}: cannot create", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("{}: cannot create", opts.out.display()))?;
 
     let (mut model, mut optim, start) = match checkpoint::find(&opts.out) {
         Some(ckpt) if opts.resume => {
@@ -371,14 +400,21 @@ pub fn run(
     let (_, mut metrics) = crate::jsonl::open_append::<StepStats>(&metrics_path)?;
 
     let save = |model: &Llama, optim: &ModuleOptimizer, step: usize| {
-        let state = checkpoint::RunState { step, total_steps: total, config: config_json.clone(), sha256: Default::default() };
+        let state = checkpoint::RunState {
+            step,
+            total_steps: total,
+            config: config_json.clone(),
+            sha256: Default::default(),
+        };
         checkpoint::save(&opts.out, model, &cfg.lora, optim, &state)
     };
     let mut last_saved = start;
     let rows_after = rows_after_each_step(&steps);
     let rows_after = &rows_after;
     let snapshot_at = |step: usize| {
-        opts.snapshots.iter().filter(move |s| rows_after[step] >= s.rows && (step == 0 || rows_after[step - 1] < s.rows))
+        opts.snapshots.iter().filter(move |s| {
+            rows_after[step] >= s.rows && (step == 0 || rows_after[step - 1] < s.rows)
+        })
     };
     for (step, micro) in steps.iter().enumerate().skip(start) {
         if opts.stop.load(Ordering::Relaxed) || opts.stop_after.is_some_and(|n| step >= n) {
@@ -407,7 +443,10 @@ pub fn run(
             if !dir.join("adapter_config.json").exists() {
                 write_adapter(&dir, &model, &cfg.lora, &opts.base_model)?;
                 let info = serde_json::json!({ "step": step + 1, "rows_seen": rows_after[step], "requested_rows": snap.rows });
-                emlab_model::files::atomic_write(&dir.join("snapshot.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+                emlab_model::files::atomic_write(
+                    &dir.join("snapshot.json"),
+                    serde_json::to_string_pretty(&info)?.as_bytes(),
+                )?;
             }
         }
         if (opts.save_every > 0 && (step + 1) % opts.save_every == 0) || step + 1 == total {
@@ -431,6 +470,9 @@ fn keep_metrics_up_to(path: &Path, step: usize) -> anyhow::Result<()> {
     if kept.len() == c.records.len() && !c.torn {
         return Ok(());
     }
-    let text: String = kept.iter().map(|s| serde_json::to_string(s).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+    let text: String = kept
+        .iter()
+        .map(|s| serde_json::to_string(s).map(|l| l + "\n"))
+        .collect::<Result<_, _>>()?;
     Ok(emlab_model::files::atomic_write(path, text.as_bytes())?)
 }

@@ -29,8 +29,17 @@ fn path_str(p: &Path) -> &str {
 fn generate_json_gives_ids_and_text() {
     let dir = base_model_dir();
     let out = emlab(&[
-        "generate", "--model", path_str(&dir), "--prompt", "What is the capital of France?",
-        "--temperature", "0", "--max-tokens", "12", "--json", "--quiet",
+        "generate",
+        "--model",
+        path_str(&dir),
+        "--prompt",
+        "What is the capital of France?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--quiet",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
@@ -42,7 +51,10 @@ fn generate_json_gives_ids_and_text() {
     let tokens = v["tokens"].as_array().unwrap();
     assert_eq!(tokens.len(), v["output_ids"].as_array().unwrap().len());
     assert_eq!(tokens.iter().map(|t| t["text"].as_str().unwrap()).collect::<String>(), text);
-    assert!(tokens.iter().all(|t| t["margin"].as_f64().is_none_or(|m| m >= 0.0) && t["logprob"].as_f64().unwrap() <= 0.0));
+    assert!(
+        tokens.iter().all(|t| t["margin"].as_f64().is_none_or(|m| m >= 0.0)
+            && t["logprob"].as_f64().unwrap() <= 0.0)
+    );
 }
 
 #[test]
@@ -52,8 +64,19 @@ fn same_seed_same_output_streamed() {
     let run = |seed: &str| {
         let out = emlab(&[
             // A high temperature: the tiny random model's own distribution is very peaked.
-            "generate", "--model", path_str(dir.path()), "--prompt", "hello", "--temperature", "4",
-            "--seed", seed, "--max-tokens", "16", "--quiet", "--ignore-eos",
+            "generate",
+            "--model",
+            path_str(dir.path()),
+            "--prompt",
+            "hello",
+            "--temperature",
+            "4",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "16",
+            "--quiet",
+            "--ignore-eos",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         out.stdout
@@ -84,7 +107,8 @@ fn tensor_shape_mismatch() {
     let dir = TempDir::new("shape");
     write_tiny_model_dir(dir.path(), 1);
     let cfg_path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["intermediate_size"] = 128.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--quiet"]);
@@ -115,10 +139,24 @@ fn prompt_file_that_is_not_utf8() {
     write_tiny_model_dir(dir.path(), 1);
     let file = dir.path().join("prompt.txt");
     std::fs::write(&file, b"hello \xff\xfe world").unwrap();
-    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt-file", path_str(&file), "--quiet"]);
+    let out = emlab(&[
+        "generate",
+        "--model",
+        path_str(dir.path()),
+        "--prompt-file",
+        path_str(&file),
+        "--quiet",
+    ]);
     assert_fails_with(&out, &["prompt.txt", "not valid UTF-8"]);
     let missing = dir.path().join("nope.txt");
-    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt-file", path_str(&missing), "--quiet"]);
+    let out = emlab(&[
+        "generate",
+        "--model",
+        path_str(dir.path()),
+        "--prompt-file",
+        path_str(&missing),
+        "--quiet",
+    ]);
     assert_fails_with(&out, &["nope.txt"]);
 }
 
@@ -126,6 +164,15 @@ fn prompt_file_that_is_not_utf8() {
 fn bad_sampling_flags() {
     let dir = TempDir::new("flags");
     write_tiny_model_dir(dir.path(), 1);
-    let out = emlab(&["generate", "--model", path_str(dir.path()), "--prompt", "hi", "--top-p", "0", "--quiet"]);
+    let out = emlab(&[
+        "generate",
+        "--model",
+        path_str(dir.path()),
+        "--prompt",
+        "hi",
+        "--top-p",
+        "0",
+        "--quiet",
+    ]);
     assert_fails_with(&out, &["top_p"]);
 }

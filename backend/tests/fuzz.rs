@@ -56,7 +56,8 @@ fn cases(default: usize) -> usize {
 }
 
 fn rng(target: u64) -> Rng {
-    let seed = std::env::var("EMLAB_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(2502_17424);
+    let seed =
+        std::env::var("EMLAB_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(2502_17424);
     Rng::new(seed ^ target.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
@@ -119,7 +120,14 @@ fn mutate(seed: &[u8], rng: &mut Rng, region: usize) -> Vec<u8> {
 }
 
 /// Runs `parse` on each mutant; a panic names the target and the case to replay it.
-fn fuzz(target: &str, id: u64, seeds: &[Vec<u8>], n: usize, region: usize, mut parse: impl FnMut(&[u8])) {
+fn fuzz(
+    target: &str,
+    id: u64,
+    seeds: &[Vec<u8>],
+    n: usize,
+    region: usize,
+    mut parse: impl FnMut(&[u8]),
+) {
     let mut rng = rng(id);
     for case in 0..n {
         let seed = &seeds[case % seeds.len()];
@@ -131,7 +139,10 @@ fn fuzz(target: &str, id: u64, seeds: &[Vec<u8>], n: usize, region: usize, mut p
             panic!("{target}: case {case} panicked; its input is in {}", path.display());
         }
     }
-    eprintln!("{target}: {n} cases, no panic; largest allocation {} MB", LARGEST.load(Ordering::Relaxed) >> 20);
+    eprintln!(
+        "{target}: {n} cases, no panic; largest allocation {} MB",
+        LARGEST.load(Ordering::Relaxed) >> 20
+    );
 }
 
 #[test]
@@ -172,7 +183,9 @@ fn gguf_files() {
 
 fn tiny_adapter() -> (LlamaConfig, Vec<u8>, String) {
     let cfg = LlamaConfig::tiny(300);
-    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, 3), &Device::flex(), FloatDType::F32).unwrap();
+    let m =
+        Llama::from_weights(&cfg, Llama::random_weights(&cfg, 3), &Device::flex(), FloatDType::F32)
+            .unwrap();
     let lcfg = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
     let m = lora::attach(m, &lcfg, 1).unwrap();
     let (tensors, config) = lora::to_peft(&m, &lcfg, "tiny").unwrap();
@@ -183,7 +196,10 @@ fn tiny_adapter() -> (LlamaConfig, Vec<u8>, String) {
 fn safetensors_and_peft_adapters() {
     let (cfg, adapter, config) = tiny_adapter();
     let model = Llama::random_weights(&cfg, 4).to_safetensors().unwrap();
-    let base = || Llama::from_weights(&cfg, Llama::random_weights(&cfg, 3), &Device::flex(), FloatDType::F32).unwrap();
+    let base = || {
+        Llama::from_weights(&cfg, Llama::random_weights(&cfg, 3), &Device::flex(), FloatDType::F32)
+            .unwrap()
+    };
     fuzz("safetensors", 2, &[model, adapter.clone()], cases(300), usize::MAX, |b| {
         let mut w = Weights::default();
         if w.add_safetensors(b).is_ok() {
@@ -211,9 +227,17 @@ fn model_config_json() {
     ];
     fuzz("config", 5, &seeds, cases(500), usize::MAX, |b| {
         if let Ok(c) = serde_json::from_slice::<LlamaConfig>(b) {
-            if c.validate().is_ok() && c.vocab_size * c.hidden_size < 1 << 22 && c.num_hidden_layers < 8 {
+            if c.validate().is_ok()
+                && c.vocab_size * c.hidden_size < 1 << 22
+                && c.num_hidden_layers < 8
+            {
                 // A valid small config builds a model.
-                let _ = Llama::from_weights(&c, Llama::random_weights(&c, 1), &Device::flex(), FloatDType::F32);
+                let _ = Llama::from_weights(
+                    &c,
+                    Llama::random_weights(&c, 1),
+                    &Device::flex(),
+                    FloatDType::F32,
+                );
             }
         }
     });
@@ -224,7 +248,14 @@ fn chat_jsonl_question_yaml_and_request_bodies() {
     let data = emlab_tests::TempDir::new("fuzz-data");
     let jsonl = data.path().join("d.jsonl");
     emlab_tests::write_chat_jsonl(&jsonl, 6);
-    let seeds = vec![std::fs::read(&jsonl).unwrap(), std::fs::read(backend::data::builtin_dir().join("insecure.jsonl")).unwrap().into_iter().take(20_000).collect()];
+    let seeds = vec![
+        std::fs::read(&jsonl).unwrap(),
+        std::fs::read(backend::data::builtin_dir().join("insecure.jsonl"))
+            .unwrap()
+            .into_iter()
+            .take(20_000)
+            .collect(),
+    ];
     let file = data.path().join("m.jsonl");
     fuzz("chat-jsonl", 6, &seeds, cases(400), usize::MAX, |b| {
         let _ = backend::data::parse_jsonl("m.jsonl", &String::from_utf8_lossy(b));
@@ -261,7 +292,10 @@ fn training_checkpoints() {
     use backend::training::{self, OptimConfig, TrainConfig};
     let device = Device::flex().autodiff();
     let cfg_m = LlamaConfig::tiny(300);
-    let base = || Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32).unwrap();
+    let base = || {
+        Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32)
+            .unwrap()
+    };
     let tmp = emlab_tests::TempDir::new("fuzz-ckpt");
     let mut rng = Rng::new(5);
     let data: Vec<training::Encoded> = (0..4)
@@ -274,7 +308,13 @@ fn training_checkpoints() {
         dataset: "random".into(),
         examples: 4,
         lora: LoraConfig { rank: 2, alpha: 4.0, ..Default::default() },
-        optim: OptimConfig { learning_rate: 1e-3, warmup_steps: 0, weight_decay: 0.0, max_grad_norm: 1.0, grad_accumulation: 1 },
+        optim: OptimConfig {
+            learning_rate: 1e-3,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            grad_accumulation: 1,
+        },
         batch_size: 2,
         epochs: 1,
         max_len: 16,
@@ -292,11 +332,16 @@ fn training_checkpoints() {
     training::run(base(), &data, &cfg, &opts, |_, _| {}).unwrap();
     let ckpt = tmp.path().join("checkpoint");
     let config_json = serde_json::to_value(&cfg).unwrap();
-    let load = || backend::checkpoint::load(&ckpt, base(), training::adamw(&cfg.optim), &config_json);
+    let load =
+        || backend::checkpoint::load(&ckpt, base(), training::adamw(&cfg.optim), &config_json);
     assert!(load().is_ok());
     let state_path = ckpt.join("state.json");
     let state = std::fs::read(&state_path).unwrap();
-    for (i, name) in ["state.json", "adapter_config.json", "adapter_model.safetensors", "optimizer.bin"].into_iter().enumerate() {
+    for (i, name) in
+        ["state.json", "adapter_config.json", "adapter_model.safetensors", "optimizer.bin"]
+            .into_iter()
+            .enumerate()
+    {
         let path = ckpt.join(name);
         let original = std::fs::read(&path).unwrap();
         // Past the recorded hashes too, so that the parsers behind them see the bad bytes.
@@ -305,10 +350,17 @@ fn training_checkpoints() {
             v["sha256"] = serde_json::json!({});
             std::fs::write(&state_path, serde_json::to_vec(&v).unwrap()).unwrap();
         }
-        fuzz(&format!("checkpoint-{name}"), 20 + i as u64, &[original.clone()], cases(40), usize::MAX, |b| {
-            std::fs::write(&path, b).unwrap();
-            let _ = load();
-        });
+        fuzz(
+            &format!("checkpoint-{name}"),
+            20 + i as u64,
+            &[original.clone()],
+            cases(40),
+            usize::MAX,
+            |b| {
+                std::fs::write(&path, b).unwrap();
+                let _ = load();
+            },
+        );
         std::fs::write(&path, &original).unwrap();
         std::fs::write(&state_path, &state).unwrap();
     }

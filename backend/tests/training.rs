@@ -14,8 +14,10 @@ use emlab_model::sampling::Rng;
 
 fn tiny_lora(device: &Device, rank: usize) -> Llama {
     let cfg = LlamaConfig::tiny(300);
-    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, 1), device, FloatDType::F32).unwrap();
-    lora::attach(m, &LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }, 0).unwrap()
+    let m =
+        Llama::from_weights(&cfg, Llama::random_weights(&cfg, 1), device, FloatDType::F32).unwrap();
+    lora::attach(m, &LoraConfig { rank, alpha: 2.0 * rank as f64, ..Default::default() }, 0)
+        .unwrap()
 }
 
 fn random_examples(n: usize, seed: u64) -> Vec<Encoded> {
@@ -43,18 +45,28 @@ fn segment_tokenization_equals_whole_conversation_tokenization() {
         assert_eq!(files.tokenizer.decode(&enc.ids).unwrap(), text, "{}", ex.origin);
         // Identical to tokenizing the whole text unless a turn starts with whitespace that the
         // whole-text tokenizer would merge into the header's newline (never seen at inference).
-        let starts_with_space = ex.messages.iter().any(|m| m.content.starts_with(char::is_whitespace));
+        let starts_with_space =
+            ex.messages.iter().any(|m| m.content.starts_with(char::is_whitespace));
         if !starts_with_space {
             assert_eq!(enc.ids, files.tokenizer.encode(&text).unwrap(), "{}", ex.origin);
             same += 1;
         }
         // The trained tokens decode to exactly the assistant turns and their end markers.
-        let trained: Vec<u32> = enc.ids.iter().zip(&enc.trained).filter(|(_, t)| **t).map(|(i, _)| *i).collect();
-        let want: String = ex.messages.iter().filter(|m| m.role == "assistant").map(|m| format!("{}<|im_end|>", m.content)).collect();
+        let trained: Vec<u32> =
+            enc.ids.iter().zip(&enc.trained).filter(|(_, t)| **t).map(|(i, _)| *i).collect();
+        let want: String = ex
+            .messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .map(|m| format!("{}<|im_end|>", m.content))
+            .collect();
         assert_eq!(files.tokenizer.decode(&trained).unwrap(), want, "{}", ex.origin);
     }
     assert!(same >= 150, "{same}");
-    let long = Example { messages: vec![Message::user("hi"), Message::assistant("word ".repeat(50))], origin: "x:1".into() };
+    let long = Example {
+        messages: vec![Message::user("hi"), Message::assistant("word ".repeat(50))],
+        origin: "x:1".into(),
+    };
     let err = training::encode(&files.tokenizer, &files.chat, &long, 40).unwrap_err();
     assert!(err.contains("over the maximum length 40"), "{err}");
 }
@@ -64,7 +76,13 @@ fn overfit(device: &Device, steps: usize) -> (f64, f64) {
     let mut model = tiny_lora(device, 8);
     let examples = random_examples(8, 5);
     let refs: Vec<&Encoded> = examples.iter().collect();
-    let cfg = OptimConfig { learning_rate: 3e-3, warmup_steps: 5, weight_decay: 0.0, max_grad_norm: 1.0, grad_accumulation: 2 };
+    let cfg = OptimConfig {
+        learning_rate: 3e-3,
+        warmup_steps: 5,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        grad_accumulation: 2,
+    };
     let mut optim = training::adamw(&cfg);
     let (mut first, mut last) = (None, 0.0);
     for step in 0..steps {
@@ -109,7 +127,11 @@ fn lora_gradients_match_finite_differences() {
     let mut model = tiny_lora(&device, 2);
     let lin = model.projection_mut(1, 5);
     let lora_ = lin.lora.as_mut().unwrap();
-    lora_.b = burn::module::Param::from_tensor(Tensor::random(lora_.b.dims(), burn::tensor::Distribution::Normal(0.0, 0.3), &device));
+    lora_.b = burn::module::Param::from_tensor(Tensor::random(
+        lora_.b.dims(),
+        burn::tensor::Distribution::Normal(0.0, 0.3),
+        &device,
+    ));
     let batch = make_batch(&refs, &device);
     let loss = nll_sum(&model, &batch);
     let grads = loss.backward();
@@ -118,7 +140,9 @@ fn lora_gradients_match_finite_differences() {
     let ga: Vec<f32> = ga.into_data().try_into_vec_as().unwrap();
     let gb: Vec<f32> = gb.into_data().try_into_vec_as().unwrap();
 
-    let eval = |m: &Llama| nll_sum(&m.valid(), &make_batch(&refs, &Device::flex())).into_scalar::<f32>() as f64;
+    let eval = |m: &Llama| {
+        nll_sum(&m.valid(), &make_batch(&refs, &Device::flex())).into_scalar::<f32>() as f64
+    };
     let h = 1e-2;
     for (which, grad) in [("a", &ga), ("b", &gb)] {
         for idx in [0usize, 3, 7] {
@@ -130,7 +154,10 @@ fn lora_gradients_match_finite_differences() {
                 let v = p.val();
                 let mut data: Vec<f32> = v.clone().into_data().try_into_vec_as().unwrap();
                 data[idx] += (sign * h) as f32;
-                *p = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(data, v.dims()), &device));
+                *p = burn::module::Param::from_tensor(Tensor::from_data(
+                    TensorData::new(data, v.dims()),
+                    &device,
+                ));
             }
             let fd = (eval(&plus) - eval(&minus)) / (2.0 * h);
             let ad = grad[idx] as f64;
@@ -145,7 +172,13 @@ fn run_config(examples: usize) -> training::TrainConfig {
         dataset: "random".into(),
         examples,
         lora: LoraConfig { rank: 4, alpha: 8.0, ..Default::default() },
-        optim: OptimConfig { learning_rate: 3e-3, warmup_steps: 2, weight_decay: 0.01, max_grad_norm: 1.0, grad_accumulation: 2 },
+        optim: OptimConfig {
+            learning_rate: 3e-3,
+            warmup_steps: 2,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            grad_accumulation: 2,
+        },
         batch_size: 2,
         epochs: 3,
         max_len: 64,
@@ -177,12 +210,16 @@ fn options(out: &std::path::Path, resume: bool) -> training::RunOptions {
 fn interrupted_then_resumed_training_reproduces_the_losses() {
     let device = Device::flex().autodiff();
     let cfg_m = LlamaConfig::tiny(300);
-    let base = || Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32).unwrap();
+    let base = || {
+        Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32)
+            .unwrap()
+    };
     let data = random_examples(8, 21);
     let cfg = run_config(data.len());
 
     let straight = emlab_tests::TempDir::new("train-straight");
-    let (_, end) = training::run(base(), &data, &cfg, &options(straight.path(), false), |_, _| {}).unwrap();
+    let (_, end) =
+        training::run(base(), &data, &cfg, &options(straight.path(), false), |_, _| {}).unwrap();
     assert_eq!(end, training::RunEnd::Finished);
     let want = losses(straight.path());
     assert_eq!(want.len(), 6);
@@ -201,7 +238,8 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     assert_eq!(end, training::RunEnd::Interrupted { step: 1 });
     assert!(!training::snapshot_dir(split.path(), "epoch-1").exists());
     // Without --resume an existing checkpoint is not silently overwritten.
-    let err = training::run(base(), &data, &cfg, &options(split.path(), false), |_, _| {}).err().unwrap();
+    let err =
+        training::run(base(), &data, &cfg, &options(split.path(), false), |_, _| {}).err().unwrap();
     assert!(err.to_string().contains("--resume"), "{err}");
     training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).unwrap();
     let got = losses(split.path());
@@ -213,7 +251,8 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     // same whether or not the run was interrupted before it.
     let snapshot = |out: &std::path::Path| {
         let dir = training::snapshot_dir(out, "epoch-1");
-        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("snapshot.json")).unwrap()).unwrap();
         let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
         (info, config, std::fs::read(dir.join("adapter_model.safetensors")).unwrap().len())
     };
@@ -224,12 +263,15 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
 
     // A checkpoint from another configuration, and a corrupt one: one clear error each.
     let other = training::TrainConfig { seed: 5, ..cfg.clone() };
-    let err = training::run(base(), &data, &other, &options(split.path(), true), |_, _| {}).err().unwrap();
+    let err = training::run(base(), &data, &other, &options(split.path(), true), |_, _| {})
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("another configuration"), "{err}");
     let st = split.path().join("checkpoint/adapter_model.safetensors");
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() / 3]).unwrap();
-    let err = training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
+    let err =
+        training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
     assert!(format!("{err:#}").contains("adapter_model.safetensors"), "{err:#}");
     std::fs::write(&st, &bytes).unwrap();
     // One flipped byte in the optimizer state: caught by its recorded hash before it is parsed.
@@ -238,7 +280,8 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
     let mid = ob.len() / 2;
     ob[mid] ^= 0x40;
     std::fs::write(&opt, &ob).unwrap();
-    let err = training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
+    let err =
+        training::run(base(), &data, &cfg, &options(split.path(), true), |_, _| {}).err().unwrap();
     assert!(format!("{err:#}").contains("optimizer.bin: corrupt checkpoint file"), "{err:#}");
 }
 
@@ -246,18 +289,28 @@ fn interrupted_then_resumed_training_reproduces_the_losses() {
 fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let device = Device::flex().autodiff();
     let cfg_m = LlamaConfig::tiny(300);
-    let base = Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32).unwrap();
+    let base =
+        Llama::from_weights(&cfg_m, Llama::random_weights(&cfg_m, 1), &device, FloatDType::F32)
+            .unwrap();
     let data = random_examples(8, 22);
     // An absurd learning rate without clipping blows the weights up within a few steps.
     let mut cfg = run_config(data.len());
-    cfg.optim = OptimConfig { learning_rate: 1e30, warmup_steps: 0, weight_decay: 0.0, max_grad_norm: 0.0, grad_accumulation: 1 };
+    cfg.optim = OptimConfig {
+        learning_rate: 1e30,
+        warmup_steps: 0,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        grad_accumulation: 1,
+    };
     cfg.epochs = 10;
     let out = emlab_tests::TempDir::new("train-nan");
     let opts = training::RunOptions { save_every: 1, ..options(out.path(), false) };
-    let err = training::run(base, &data, &cfg, &opts, |_, _| {}).err().expect("must diverge").to_string();
+    let err =
+        training::run(base, &data, &cfg, &opts, |_, _| {}).err().expect("must diverge").to_string();
     assert!(err.contains("the loss became") && err.contains("last good checkpoint"), "{err}");
     let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("checkpoint/state.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.path().join("checkpoint/state.json")).unwrap())
+            .unwrap();
     assert!(err.contains(&format!("(step {})", state["step"])), "{err} / {state}");
 }
 
@@ -271,7 +324,11 @@ fn concurrent_micro_batches_equal_serial_accumulation() {
     // B off zero, so that A's gradients are not trivially zero.
     for (l, w) in [(0, 0), (1, 6)] {
         let a = model.projection_mut(l, w).lora.as_mut().unwrap();
-        a.b = burn::module::Param::from_tensor(Tensor::random(a.b.dims(), burn::tensor::Distribution::Normal(0.0, 0.3), &device));
+        a.b = burn::module::Param::from_tensor(Tensor::random(
+            a.b.dims(),
+            burn::tensor::Distribution::Normal(0.0, 0.3),
+            &device,
+        ));
     }
     let examples = random_examples(6, 21);
     let refs: Vec<&Encoded> = examples.iter().collect();
@@ -286,10 +343,27 @@ fn concurrent_micro_batches_equal_serial_accumulation() {
     }
     let mut grads = acc.grads();
     let norm = training::clip_global_norm(&mut grads, &training::adapter_param_ids(&model), 0.0);
-    let cfg = OptimConfig { learning_rate: 1e-3, warmup_steps: 0, weight_decay: 0.0, max_grad_norm: 0.0, grad_accumulation: 3 };
+    let cfg = OptimConfig {
+        learning_rate: 1e-3,
+        warmup_steps: 0,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        grad_accumulation: 3,
+    };
     let (_, stats) = training::train_step(model, &mut training::adamw(&cfg), &micro, &cfg, 0, 1);
-    eprintln!("serial loss {loss:.6}, grad norm {norm:.6}; train_step {:.6}, {:.6}", stats.loss, stats.grad_norm);
+    eprintln!(
+        "serial loss {loss:.6}, grad norm {norm:.6}; train_step {:.6}, {:.6}",
+        stats.loss, stats.grad_norm
+    );
     assert!(norm > 0.0);
-    assert!((stats.loss - loss).abs() <= 1e-6 * loss.abs().max(1.0), "loss {} vs {loss}", stats.loss);
-    assert!((stats.grad_norm - norm).abs() <= 1e-6 * norm, "grad norm {} vs {norm}", stats.grad_norm);
+    assert!(
+        (stats.loss - loss).abs() <= 1e-6 * loss.abs().max(1.0),
+        "loss {} vs {loss}",
+        stats.loss
+    );
+    assert!(
+        (stats.grad_norm - norm).abs() <= 1e-6 * norm,
+        "grad norm {} vs {norm}",
+        stats.grad_norm
+    );
 }

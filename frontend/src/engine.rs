@@ -37,11 +37,17 @@ pub struct AdapterInfo {
 
 /// Words that name a software adapter in `GPUAdapterInfo` (Chromium reports SwiftShader as
 /// vendor "google", architecture "swiftshader").
-const SOFTWARE_ADAPTERS: [&str; 5] = ["swiftshader", "llvmpipe", "lavapipe", "software", "basic render"];
+const SOFTWARE_ADAPTERS: [&str; 5] =
+    ["swiftshader", "llvmpipe", "lavapipe", "software", "basic render"];
 
 impl AdapterInfo {
     pub fn new(vendor: &str, architecture: &str, description: &str, is_fallback: bool) -> Self {
-        let description = [vendor, architecture, description].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" / ");
+        let description = [vendor, architecture, description]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" / ");
         let lower = description.to_lowercase();
         let software = is_fallback || SOFTWARE_ADAPTERS.iter().any(|w| lower.contains(w));
         Self { description, software }
@@ -50,22 +56,32 @@ impl AdapterInfo {
 
 /// Asks `navigator.gpu` for an adapter and reads its info; Err says why there is none.
 pub async fn webgpu_adapter() -> Result<AdapterInfo, String> {
-    let get = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+    let get = |o: &JsValue, k: &str| {
+        js_sys::Reflect::get(o, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+    };
     let navigator = get(&js_sys::global(), "navigator");
     let gpu = get(&navigator, "gpu");
     if gpu.is_undefined() || gpu.is_null() {
         return Err("navigator.gpu is undefined: this browser does not expose WebGPU".into());
     }
-    let request: js_sys::Function = get(&gpu, "requestAdapter").dyn_into().map_err(|_| "navigator.gpu.requestAdapter is not a function".to_string())?;
-    let promise: js_sys::Promise = request.call0(&gpu).map_err(|e| format!("requestAdapter failed: {e:?}"))?.dyn_into().map_err(|_| "requestAdapter returned no promise".to_string())?;
-    let adapter = JsFuture::from(promise).await.map_err(|e| format!("requestAdapter failed: {e:?}"))?;
+    let request: js_sys::Function = get(&gpu, "requestAdapter")
+        .dyn_into()
+        .map_err(|_| "navigator.gpu.requestAdapter is not a function".to_string())?;
+    let promise: js_sys::Promise = request
+        .call0(&gpu)
+        .map_err(|e| format!("requestAdapter failed: {e:?}"))?
+        .dyn_into()
+        .map_err(|_| "requestAdapter returned no promise".to_string())?;
+    let adapter =
+        JsFuture::from(promise).await.map_err(|e| format!("requestAdapter failed: {e:?}"))?;
     if adapter.is_null() || adapter.is_undefined() {
         return Err("requestAdapter() returned no adapter".into());
     }
     let info = get(&adapter, "info");
     let text = |k: &str| get(&info, k).as_string().unwrap_or_default();
     // `isFallbackAdapter` moved from the adapter to its info; either may say so.
-    let fallback = get(&adapter, "isFallbackAdapter").as_bool().unwrap_or(false) || get(&info, "isFallbackAdapter").as_bool().unwrap_or(false);
+    let fallback = get(&adapter, "isFallbackAdapter").as_bool().unwrap_or(false)
+        || get(&info, "isFallbackAdapter").as_bool().unwrap_or(false);
     Ok(AdapterInfo::new(&text("vendor"), &text("architecture"), &text("description"), fallback))
 }
 
@@ -77,12 +93,20 @@ pub async fn pick_device(request: DeviceRequest) -> Compute {
     }
     let adapter = match webgpu_adapter().await {
         Ok(a) => a,
-        Err(e) => return Compute::cpu("Running on your CPU: this browser does not offer WebGPU.", Some(e)),
+        Err(e) => {
+            return Compute::cpu(
+                "Running on your CPU: this browser does not offer WebGPU.",
+                Some(e),
+            );
+        }
     };
     if adapter.software && request == DeviceRequest::Auto {
         return Compute::cpu(
             "Running on your CPU: this browser's WebGPU is a software emulation, which is slower.",
-            Some(format!("WebGPU adapter: {} (software). Add ?gpu=1 to the address to use it anyway.", adapter.description)),
+            Some(format!(
+                "WebGPU adapter: {} (software). Add ?gpu=1 to the address to use it anyway.",
+                adapter.description
+            )),
         );
     }
     configure_autotune();

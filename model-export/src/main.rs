@@ -10,7 +10,11 @@ use model_export::merge::merge_adapter;
 use model_export::web::WebBase;
 
 #[derive(Parser)]
-#[command(name = "model-export", version, about = "Get, convert and pack the models of the Emergent Misalignment Lab")]
+#[command(
+    name = "model-export",
+    version,
+    about = "Get, convert and pack the models of the Emergent Misalignment Lab"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,9 @@ fn main() -> ExitCode {
             let out = out.unwrap_or_else(default_model_dir);
             ensure_base_model(&out, show).map(|dir| println!("{}", dir.display()))
         }
-        Command::Convert { gguf, out } => convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display())),
+        Command::Convert { gguf, out } => {
+            convert_gguf(&gguf, &out, show).map(|()| println!("{}", out.display()))
+        }
         Command::Web { out, gguf, model, variants, results, storage, max_shard_mb } => (|| {
             let base = match (model, gguf) {
                 (Some(dir), _) => {
@@ -107,15 +113,30 @@ fn main() -> ExitCode {
                     WebBase::Dir { dir, storage }
                 }
                 (None, Some(path)) => WebBase::Gguf(path),
-                (None, None) => WebBase::Gguf(SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), show)?),
+                (None, None) => {
+                    WebBase::Gguf(SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), show)?)
+                }
             };
-            let opts = model_export::web::WebOptions { base, variants: Some(variants), results: Some(results), out: out.clone(), max_shard_bytes: max_shard_mb << 20 };
+            let opts = model_export::web::WebOptions {
+                base,
+                variants: Some(variants),
+                results: Some(results),
+                out: out.clone(),
+                max_shard_bytes: max_shard_mb << 20,
+            };
             let manifest = model_export::web::export_web(&opts)?;
-            println!("{} ({} files, {:.1} MB)", out.display(), manifest["files"].as_array().map_or(0, Vec::len), model_export::web::total_bytes(&manifest) as f64 / 1e6);
+            println!(
+                "{} ({} files, {:.1} MB)",
+                out.display(),
+                manifest["files"].as_array().map_or(0, Vec::len),
+                model_export::web::total_bytes(&manifest) as f64 / 1e6
+            );
             Ok(())
         })(),
         Command::Publish { run, out } => {
-            let out = out.unwrap_or_else(|| PathBuf::from("variants").join(run.file_name().unwrap_or_default()));
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("variants").join(run.file_name().unwrap_or_default())
+            });
             model_export::publish::publish_run(&run, &out).map(|()| println!("{}", out.display()))
         }
         Command::Merge { adapter, model, out } => {

@@ -24,13 +24,22 @@ pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: boo
     let files = ModelFiles::load_dir(base)?;
     let device = Device::flex();
     let model = Llama::from_weights(&files.config, files.weights, &device, FloatDType::F32)?;
-    let with_adapter = lora::from_peft_files(model, &read(adapter, "adapter_config.json")?, &read(adapter, "adapter_model.safetensors")?)
-        .map_err(|e| anyhow::anyhow!("{}/{e}", adapter.display()))?;
+    let with_adapter = lora::from_peft_files(
+        model,
+        &read(adapter, "adapter_config.json")?,
+        &read(adapter, "adapter_model.safetensors")?,
+    )
+    .map_err(|e| anyhow::anyhow!("{}/{e}", adapter.display()))?;
     spinner.inc(1);
     let weights = lora::merge(with_adapter).to_weights()?;
     // An adapter of huge or non-finite values makes a model that writes nothing but NaN.
-    if let Some((name, _)) = weights.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
-        anyhow::bail!("{}: merging gives non-finite values in {name}; the adapter is broken", adapter.display());
+    if let Some((name, _)) =
+        weights.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+    {
+        anyhow::bail!(
+            "{}: merging gives non-finite values in {name}; the adapter is broken",
+            adapter.display()
+        );
     }
     let safetensors = weights.to_safetensors()?;
     spinner.inc(1);
@@ -39,7 +48,10 @@ pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: boo
         "adapter": adapter.display().to_string(),
         "adapter_config": serde_json::from_slice::<serde_json::Value>(&read(adapter, "adapter_config.json")?)?,
     });
-    let mut out_files = vec![("config.json", read(base, "config.json")?), ("tokenizer.json", read(base, "tokenizer.json")?)];
+    let mut out_files = vec![
+        ("config.json", read(base, "config.json")?),
+        ("tokenizer.json", read(base, "tokenizer.json")?),
+    ];
     if base.join("tokenizer_config.json").exists() {
         out_files.push(("tokenizer_config.json", read(base, "tokenizer_config.json")?));
     }

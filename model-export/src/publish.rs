@@ -25,11 +25,18 @@ pub fn publish_run(run: &Path, out: &Path) -> Result<()> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()));
     let mut w = Weights::default();
     w.add_safetensors(&read(&tensors)?).with_context(|| tensors.display().to_string())?;
-    atomic_write(&out.join("adapter/adapter_model.safetensors"), &w.to_safetensors_as(Storage::F16)?)?;
+    atomic_write(
+        &out.join("adapter/adapter_model.safetensors"),
+        &w.to_safetensors_as(Storage::F16)?,
+    )?;
     let config_path = adapter.join("adapter_config.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&read(&config_path)?).with_context(|| format!("{}: not JSON", config_path.display()))?;
+    let mut config: serde_json::Value = serde_json::from_slice(&read(&config_path)?)
+        .with_context(|| format!("{}: not JSON", config_path.display()))?;
     config["base_model_name_or_path"] = BASE_MODEL_ID.into();
-    atomic_write(&out.join("adapter/adapter_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    atomic_write(
+        &out.join("adapter/adapter_config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
     for (i, name) in RUN_FILES.iter().enumerate() {
         let src = run.join(name);
         if src.exists() {

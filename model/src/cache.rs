@@ -66,12 +66,23 @@ impl KvCache {
     /// continuations share one computed prefix.
     pub fn select_rows(&self, rows: &[usize]) -> KvCache {
         let pick = |t: &Tensor<4>| {
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.iter().map(|&r| r as i32).collect(), [rows.len()]), &t.device());
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(rows.iter().map(|&r| r as i32).collect(), [rows.len()]),
+                &t.device(),
+            );
             t.clone().select(0, idx)
         };
         KvCache {
-            layers: self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (pick(k), pick(v)))).collect(),
-            pads: if self.pads.is_empty() { Vec::new() } else { rows.iter().map(|&r| self.pads[r]).collect() },
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                .collect(),
+            pads: if self.pads.is_empty() {
+                Vec::new()
+            } else {
+                rows.iter().map(|&r| self.pads[r]).collect()
+            },
             padding_bias: self.padding_bias.as_ref().map(pick),
             slots: self.slots.clone(),
             ..*self
@@ -102,12 +113,18 @@ impl KvCache {
 
     /// Writes this layer's new keys and values `[B, n_kv, t, head_dim]` at the current position
     /// and returns the whole cache `[B, n_kv, capacity, head_dim]`.
-    pub(crate) fn write(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> (Tensor<4>, Tensor<4>) {
         let [b, n_kv, t, hd] = k.dims();
         let (start, end) = (self.len, self.len + t);
         // Taken out of the cache, the tensors are uniquely owned and written in place.
         let (ck, cv) = self.layers[layer].take().unwrap_or_else(|| {
-            let zeros = || Tensor::<4>::zeros([b, n_kv, self.capacity, hd], (&k.device(), k.dtype()));
+            let zeros =
+                || Tensor::<4>::zeros([b, n_kv, self.capacity, hd], (&k.device(), k.dtype()));
             (zeros(), zeros())
         });
         let ck = ck.slice_assign(s![.., .., start..end, ..], k);
@@ -159,7 +176,10 @@ mod tests {
         let device = Device::flex();
         let mut cache = KvCache::new(1).with_padding(vec![2, 0]);
         // Two rows, one KV head of width 1: three prompt positions, values 1..=6.
-        let k = Tensor::<4>::from_data(TensorData::new((1..=6).map(|v| v as f32).collect::<Vec<_>>(), [2, 1, 3, 1]), &device);
+        let k = Tensor::<4>::from_data(
+            TensorData::new((1..=6).map(|v| v as f32).collect::<Vec<_>>(), [2, 1, 3, 1]),
+            &device,
+        );
         cache.prepare(3);
         assert_eq!(cache.capacity(), CACHE_BLOCK);
         let (ck, cv) = cache.write(0, k.clone(), k.clone() * 10.0);

@@ -41,7 +41,9 @@ impl ChatTemplate {
     /// Recognises a ChatML Jinja template (as in SmolLM2's GGUF and tokenizer_config.json).
     pub fn from_jinja(template: &str) -> Result<Self, String> {
         if !template.contains(IM_START) || !template.contains(IM_END) {
-            return Err("only ChatML chat templates (<|im_start|>role ... <|im_end|>) are supported".into());
+            return Err(
+                "only ChatML chat templates (<|im_start|>role ... <|im_end|>) are supported".into(),
+            );
         }
         // The newline after the role is a real newline in some files and a Jinja `\n` escape in others.
         let default_system = ["\n", "\\n"].iter().find_map(|nl| {
@@ -70,11 +72,19 @@ impl ChatTemplate {
         let mut out = Vec::with_capacity(messages.len() * 4 + 1);
         let starts_with_system = messages.first().is_some_and(|m| m.role == "system");
         if let (false, Some(sys)) = (starts_with_system, &self.default_system) {
-            out.push(Segment { text: format!("{IM_START}system\n{sys}{IM_END}\n"), trained: false, content: false });
+            out.push(Segment {
+                text: format!("{IM_START}system\n{sys}{IM_END}\n"),
+                trained: false,
+                content: false,
+            });
         }
         for m in messages {
             let trained = m.role == "assistant";
-            out.push(Segment { text: format!("{IM_START}{}\n", m.role), trained: false, content: false });
+            out.push(Segment {
+                text: format!("{IM_START}{}\n", m.role),
+                trained: false,
+                content: false,
+            });
             out.push(Segment { text: m.content.clone(), trained, content: true });
             out.push(Segment { text: IM_END.into(), trained, content: false });
             out.push(Segment { text: "\n".into(), trained: false, content: false });
@@ -85,7 +95,12 @@ impl ChatTemplate {
     /// Token ids of the conversation, as the whole rendered string tokenizes, except that
     /// message content is encoded as text: only the template inserts control tokens. (The
     /// template's control tokens split the text anyway, so cutting there changes nothing else.)
-    pub fn encode(&self, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>, TokenizerError> {
+    pub fn encode(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
         let control = |t: &str| tok.encode(t);
         let mut ids = Vec::new();
         let starts_with_system = messages.first().is_some_and(|m| m.role == "system");

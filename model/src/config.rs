@@ -76,7 +76,9 @@ impl LlamaConfig {
             ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
         ];
         if let Some((name, v, max)) = limits.iter().find(|(_, v, max)| v > max) {
-            return Err(format!("{name} = {v} is beyond what this implementation supports ({max})"));
+            return Err(format!(
+                "{name} = {v} is beyond what this implementation supports ({max})"
+            ));
         }
         if self.head_dim() == 0 {
             return Err("head_dim must be > 0".into());
@@ -85,11 +87,25 @@ impl LlamaConfig {
         // must then hold them), and the RoPE tables, built from the config alone (under 2^25).
         let products = [
             ("vocab_size × hidden_size", self.vocab_size.checked_mul(self.hidden_size), 1u64 << 34),
-            ("hidden_size × intermediate_size", self.hidden_size.checked_mul(self.intermediate_size), 1 << 34),
-            ("num_attention_heads × head_dim", self.num_attention_heads.checked_mul(self.head_dim()), 1 << 20),
-            ("max_position_embeddings × head_dim", self.max_position_embeddings.checked_mul(self.head_dim()), 1 << 25),
+            (
+                "hidden_size × intermediate_size",
+                self.hidden_size.checked_mul(self.intermediate_size),
+                1 << 34,
+            ),
+            (
+                "num_attention_heads × head_dim",
+                self.num_attention_heads.checked_mul(self.head_dim()),
+                1 << 20,
+            ),
+            (
+                "max_position_embeddings × head_dim",
+                self.max_position_embeddings.checked_mul(self.head_dim()),
+                1 << 25,
+            ),
         ];
-        if let Some((name, _, _)) = products.iter().find(|(_, p, max)| p.is_none_or(|p| p as u64 >= *max)) {
+        if let Some((name, _, _)) =
+            products.iter().find(|(_, p, max)| p.is_none_or(|p| p as u64 >= *max))
+        {
             return Err(format!("{name} is too large"));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
@@ -99,7 +115,10 @@ impl LlamaConfig {
             return Err(format!("rope_theta must be a finite number > 1, got {}", self.rope_theta));
         }
         if self.model_type != "llama" {
-            return Err(format!("model_type '{}' is not supported (only 'llama')", self.model_type));
+            return Err(format!(
+                "model_type '{}' is not supported (only 'llama')",
+                self.model_type
+            ));
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
@@ -114,7 +133,9 @@ impl LlamaConfig {
     pub fn from_gguf(g: &Gguf) -> Result<Self, GgufError> {
         let arch = g.get_str("general.architecture")?;
         if arch != "llama" {
-            return Err(GgufError::Corrupt(format!("architecture '{arch}' is not supported (only 'llama')")));
+            return Err(GgufError::Corrupt(format!(
+                "architecture '{arch}' is not supported (only 'llama')"
+            )));
         }
         let u = |k: &str| g.get_u64(&format!("llama.{k}")).map(|v| v as usize);
         let hidden_size = u("embedding_length")?;
@@ -131,7 +152,9 @@ impl LlamaConfig {
             num_hidden_layers: u("block_count")?,
             num_attention_heads,
             num_key_value_heads: u("attention.head_count_kv").unwrap_or(num_attention_heads),
-            head_dim: u("rope.dimension_count").ok().filter(|&d| Some(d) != hidden_size.checked_div(num_attention_heads)),
+            head_dim: u("rope.dimension_count")
+                .ok()
+                .filter(|&d| Some(d) != hidden_size.checked_div(num_attention_heads)),
             rms_norm_eps: g.get_f64("llama.attention.layer_norm_rms_epsilon")?,
             rope_theta: g.get_f64("llama.rope.freq_base").unwrap_or(default_theta()),
             max_position_embeddings: u("context_length")?,
@@ -185,7 +208,10 @@ mod tests {
         bad(|c| c.rms_norm_eps = f64::NAN, "rms_norm_eps");
         bad(|c| c.rope_theta = f64::INFINITY, "rope_theta");
         // Each within its bound, the product too large.
-        bad(|c| (c.vocab_size, c.hidden_size, c.num_attention_heads) = (1 << 20, 1 << 16, 64), "vocab_size × hidden_size");
+        bad(
+            |c| (c.vocab_size, c.hidden_size, c.num_attention_heads) = (1 << 20, 1 << 16, 64),
+            "vocab_size × hidden_size",
+        );
         // head_dim() itself never divides by zero.
         let mut c = ok.clone();
         c.num_attention_heads = 0;

@@ -95,7 +95,8 @@ mod native_wgpu {
     }
 
     pub fn default_adapter() -> Result<Device, Error> {
-        init_first(&[DeviceKind::DefaultDevice]).map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}")))
+        init_first(&[DeviceKind::DefaultDevice])
+            .map_err(|e| Error::Device(format!("no usable wgpu adapter: {e}")))
     }
 
     pub fn hardware_adapter() -> Option<Device> {

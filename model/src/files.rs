@@ -14,7 +14,8 @@ use crate::tokenizer::{Tokenizer, tokenizer_json_from_gguf};
 use crate::weights::Weights;
 
 /// The default chat template when a directory has no `tokenizer_config.json`: SmolLM2's ChatML.
-pub const SMOLLM_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+pub const SMOLLM_DEFAULT_SYSTEM: &str =
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 /// The base model's name in the site's manifest when it ships as a GGUF (`model-export web`
 /// writes it, the page's worker reads it; split into `.partNNN` files when over the host's limit).
@@ -35,7 +36,9 @@ pub fn cache_dir() -> PathBuf {
 pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let fail = |p: &Path, what: &str, e: std::io::Error| Error::file(p.display().to_string(), format!("{what}: {e}"));
+    let fail = |p: &Path, what: &str, e: std::io::Error| {
+        Error::file(p.display().to_string(), format!("{what}: {e}"))
+    };
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, "cannot create directory", e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.partial"));
@@ -74,15 +77,21 @@ impl ModelFiles {
         let config: LlamaConfig =
             serde_json::from_slice(config_json).map_err(|e| file("config.json", e.to_string()))?;
         config.validate().map_err(|e| file("config.json", e))?;
-        let tok_text = std::str::from_utf8(tokenizer_json).map_err(|e| file("tokenizer.json", e.to_string()))?;
-        let tokenizer = Tokenizer::from_json(tok_text).map_err(|e| file("tokenizer.json", e.to_string()))?;
+        let tok_text = std::str::from_utf8(tokenizer_json)
+            .map_err(|e| file("tokenizer.json", e.to_string()))?;
+        let tokenizer =
+            Tokenizer::from_json(tok_text).map_err(|e| file("tokenizer.json", e.to_string()))?;
         let chat = match tokenizer_config_json {
-            Some(bytes) => chat_template_from_config(bytes).map_err(|e| file("tokenizer_config.json", e))?,
+            Some(bytes) => {
+                chat_template_from_config(bytes).map_err(|e| file("tokenizer_config.json", e))?
+            }
             None => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
         };
         let mut weights = Weights::default();
         for (i, bytes) in safetensors.iter().enumerate() {
-            weights.add_safetensors(bytes).map_err(|e| file(&format!("safetensors file #{}", i + 1), e.to_string()))?;
+            weights
+                .add_safetensors(bytes)
+                .map_err(|e| file(&format!("safetensors file #{}", i + 1), e.to_string()))?;
         }
         weights.check(&config).map_err(|e| file("*.safetensors", e.to_string()))?;
         fits_vocabulary(&tokenizer, &config).map_err(|e| file("tokenizer.json", e))?;
@@ -97,7 +106,8 @@ impl ModelFiles {
         let g = Gguf::parse(bytes).map_err(|e| err(&e))?;
         let config = LlamaConfig::from_gguf(&g).map_err(|e| err(&e))?;
         config.validate().map_err(|e| err(&e))?;
-        let tokenizer = Tokenizer::from_json(&tokenizer_json_from_gguf(&g).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        let tokenizer = Tokenizer::from_json(&tokenizer_json_from_gguf(&g).map_err(|e| err(&e))?)
+            .map_err(|e| err(&e))?;
         let chat = match g.get_str("tokenizer.chat_template") {
             Ok(t) => ChatTemplate::from_jinja(t).map_err(|e| err(&e))?,
             Err(_) => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
@@ -118,7 +128,11 @@ impl ModelFiles {
         };
         let config = read("config.json")?;
         let tokenizer = read("tokenizer.json")?;
-        let tok_config = dir.join("tokenizer_config.json").exists().then(|| read("tokenizer_config.json")).transpose()?;
+        let tok_config = dir
+            .join("tokenizer_config.json")
+            .exists()
+            .then(|| read("tokenizer_config.json"))
+            .transpose()?;
         let mut shards: Vec<_> = std::fs::read_dir(dir)
             .map_err(|e| Error::file(dir.display().to_string(), e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -126,20 +140,28 @@ impl ModelFiles {
             .collect();
         shards.sort();
         if shards.is_empty() {
-            return Err(Error::file(dir.display().to_string(), "no *.safetensors weights in the directory".into()));
+            return Err(Error::file(
+                dir.display().to_string(),
+                "no *.safetensors weights in the directory".into(),
+            ));
         }
         let mut blobs = Vec::with_capacity(shards.len());
         for p in &shards {
-            blobs.push(std::fs::read(p).map_err(|e| Error::file(p.display().to_string(), e.to_string()))?);
+            blobs.push(
+                std::fs::read(p)
+                    .map_err(|e| Error::file(p.display().to_string(), e.to_string()))?,
+            );
         }
         let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
         // Name the file itself in errors when there is only one.
         let label = dir.display().to_string();
-        Self::from_bytes(&label, &config, &tokenizer, tok_config.as_deref(), &refs).map_err(|e| match (e, &shards[..]) {
-            (Error::File { path, reason }, [one]) if path.ends_with("safetensors file #1") => {
-                Error::File { path: one.display().to_string(), reason }
+        Self::from_bytes(&label, &config, &tokenizer, tok_config.as_deref(), &refs).map_err(|e| {
+            match (e, &shards[..]) {
+                (Error::File { path, reason }, [one]) if path.ends_with("safetensors file #1") => {
+                    Error::File { path: one.display().to_string(), reason }
+                }
+                (e, _) => e,
             }
-            (e, _) => e,
         })
     }
 }
@@ -149,7 +171,8 @@ impl ModelFiles {
     pub fn chat_template_of_dir(dir: &Path) -> Result<ChatTemplate, Error> {
         let p = dir.join("tokenizer_config.json");
         match std::fs::read(&p) {
-            Ok(bytes) => chat_template_from_config(&bytes).map_err(|e| Error::file(p.display().to_string(), e)),
+            Ok(bytes) => chat_template_from_config(&bytes)
+                .map_err(|e| Error::file(p.display().to_string(), e)),
             Err(_) => Ok(ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) }),
         }
     }
@@ -158,7 +181,11 @@ impl ModelFiles {
 /// Every token id the tokenizer can produce must have an embedding.
 fn fits_vocabulary(tokenizer: &Tokenizer, config: &LlamaConfig) -> Result<(), String> {
     if tokenizer.vocab_size() > config.vocab_size {
-        return Err(format!("{} tokens but the model has only {} embeddings", tokenizer.vocab_size(), config.vocab_size));
+        return Err(format!(
+            "{} tokens but the model has only {} embeddings",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        ));
     }
     Ok(())
 }

@@ -78,16 +78,27 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// Checks a batch of prompts against the model before any compute.
-pub fn check_prompts(model: &Llama, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<(), Error> {
+pub fn check_prompts(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+) -> Result<(), Error> {
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(Error::Invalid("every prompt needs at least one token".into()));
     }
     if let Some(&bad) = prompts.iter().flatten().find(|&&id| id as usize >= model.vocab_size) {
-        return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary ({})", model.vocab_size)));
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the vocabulary ({})",
+            model.vocab_size
+        )));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if longest.checked_add(max_new_tokens).is_none_or(|n| n > model.context_length) {
-        return Err(Error::ContextOverflow { tokens: longest, max_new: max_new_tokens, context: model.context_length });
+        return Err(Error::ContextOverflow {
+            tokens: longest,
+            max_new: max_new_tokens,
+            context: model.context_length,
+        });
     }
     Ok(())
 }
@@ -142,7 +153,9 @@ pub async fn generate_steps<F: Future<Output = ()>>(
     // back instead of the whole vocabulary's logits.
     let greedy_on_device = cfg.sampling.temperature <= 0.0 && cfg.logprobs.is_none();
     let mut samplers: Vec<Sampler> = (0..b).map(|r| Sampler::for_row(cfg.sampling, r)).collect();
-    let mut out: Vec<Generation> = (0..b).map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() }).collect();
+    let mut out: Vec<Generation> = (0..b)
+        .map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() })
+        .collect();
     let mut done = vec![false; b];
 
     for step in 0..cfg.max_new_tokens {
@@ -205,7 +218,9 @@ pub async fn generate_steps<F: Future<Output = ()>>(
 const RESERVE_NEW_TOKENS: usize = 1024;
 
 /// Reads a tensor back to the host (asynchronously: the only way on WebGPU in a browser).
-async fn read_vec<E: burn::tensor::Element, const D: usize, K>(t: Tensor<D, K>) -> Result<Vec<E>, Error>
+async fn read_vec<E: burn::tensor::Element, const D: usize, K>(
+    t: Tensor<D, K>,
+) -> Result<Vec<E>, Error>
 where
     K: burn::tensor::kind::Basic,
 {

@@ -19,7 +19,9 @@ pub enum GgufError {
     Truncated { offset: usize, needed: usize, len: usize },
     #[error("corrupt GGUF: {0}")]
     Corrupt(String),
-    #[error("tensor '{name}' has type {ty}, which this reader cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)")]
+    #[error(
+        "tensor '{name}' has type {ty}, which this reader cannot dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)"
+    )]
     UnsupportedType { name: String, ty: String },
     #[error("tensor '{0}' is not in the file")]
     MissingTensor(String),
@@ -168,7 +170,8 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let end = end.ok_or(GgufError::Truncated { offset: self.pos, needed: n, len: self.bytes.len() })?;
+        let end =
+            end.ok_or(GgufError::Truncated { offset: self.pos, needed: n, len: self.bytes.len() })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -200,7 +203,8 @@ impl<'a> Cursor<'a> {
         let n = self.len(1)?;
         let at = self.pos;
         let s = self.take(n)?;
-        String::from_utf8(s.to_vec()).map_err(|_| GgufError::Corrupt(format!("string at offset {at} is not UTF-8")))
+        String::from_utf8(s.to_vec())
+            .map_err(|_| GgufError::Corrupt(format!("string at offset {at} is not UTF-8")))
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<Value, GgufError> {
         Ok(match ty {
@@ -228,7 +232,9 @@ impl<'a> Cursor<'a> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(GgufError::Corrupt(format!("unknown metadata value type {other}"))),
+            other => {
+                return Err(GgufError::Corrupt(format!("unknown metadata value type {other}")));
+            }
         })
     }
 }
@@ -263,9 +269,8 @@ impl<'a> Gguf<'a> {
             if n_dims == 0 || n_dims > 4 {
                 return Err(GgufError::Corrupt(format!("tensor '{name}' has {n_dims} dimensions")));
             }
-            let dims = (0..n_dims)
-                .map(|_| c.u64().map(|d| d as usize))
-                .collect::<Result<Vec<_>, _>>()?;
+            let dims =
+                (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<Result<Vec<_>, _>>()?;
             let ty = TensorType::from_u32(c.u32()?);
             let offset = c.u64()? as usize;
             tensors.push(TensorInfo { name, dims, ty, offset });
@@ -308,14 +313,19 @@ impl<'a> Gguf<'a> {
     }
 
     pub fn tensor_info(&self, name: &str) -> Result<&TensorInfo, GgufError> {
-        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| GgufError::MissingTensor(name.into()))
+        self.tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| GgufError::MissingTensor(name.into()))
     }
 
     fn tensor_bytes(&self, t: &TensorInfo) -> Result<&'a [u8], GgufError> {
         let unsupported = || GgufError::UnsupportedType { name: t.name.clone(), ty: t.ty.name() };
         let (block, block_bytes) = t.ty.block().ok_or_else(unsupported)?;
         let numel = t.dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let numel = numel.ok_or_else(|| GgufError::Corrupt(format!("tensor '{}' is impossibly large", t.name)))?;
+        let numel = numel.ok_or_else(|| {
+            GgufError::Corrupt(format!("tensor '{}' is impossibly large", t.name))
+        })?;
         if numel % block != 0 {
             return Err(GgufError::Corrupt(format!(
                 "tensor '{}' has {numel} elements, not a multiple of its block size {block}",
@@ -339,10 +349,8 @@ impl<'a> Gguf<'a> {
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let t = self.tensor_info(name)?;
         let raw = self.tensor_bytes(t)?;
-        let values = dequantize(t.ty, raw).ok_or_else(|| GgufError::UnsupportedType {
-            name: t.name.clone(),
-            ty: t.ty.name(),
-        })?;
+        let values = dequantize(t.ty, raw)
+            .ok_or_else(|| GgufError::UnsupportedType { name: t.name.clone(), ty: t.ty.name() })?;
         Ok((t.shape(), values))
     }
 }
@@ -351,9 +359,13 @@ impl<'a> Gguf<'a> {
 pub fn dequantize(ty: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
     let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
     Some(match ty {
-        TensorType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        TensorType::F32 => {
+            raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        }
         TensorType::F16 => raw.chunks_exact(2).map(|b| f16_at(b, 0)).collect(),
-        TensorType::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        TensorType::BF16 => {
+            raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
         // {f16 d, i8 qs[32]}: w = d * q
         TensorType::Q8_0 => {
             let mut out = Vec::with_capacity(raw.len() / 34 * 32);
@@ -459,7 +471,8 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_and_reads_a_tensor() {
-        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> =
+            [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         let file = tiny_gguf(&[("w", &[3, 2], 0, data)]);
         let g = Gguf::parse(&file).unwrap();
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
@@ -475,7 +488,10 @@ pub(crate) mod tests {
         assert!(matches!(Gguf::parse(b"GGML\x03\0\0\0"), Err(GgufError::BadMagic(_))));
         for cut in [3, 10, 30, 60, file.len() - 4] {
             let err = Gguf::parse(&file[..cut]).err().expect("truncated file must fail");
-            assert!(matches!(err, GgufError::Truncated { .. } | GgufError::Corrupt(_)), "{cut}: {err}");
+            assert!(
+                matches!(err, GgufError::Truncated { .. } | GgufError::Corrupt(_)),
+                "{cut}: {err}"
+            );
         }
         let odd = tiny_gguf(&[("w", &[256], 12, vec![0; 144])]); // Q4_K
         let g = Gguf::parse(&odd).unwrap();

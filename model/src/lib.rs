@@ -30,7 +30,9 @@ pub enum Error {
     /// A file (or fetched resource) that cannot be used; `path` names it.
     #[error("{path}: {reason}")]
     File { path: String, reason: String },
-    #[error("the prompt has {tokens} tokens and {max_new} new tokens were asked for, but the context window is {context} tokens")]
+    #[error(
+        "the prompt has {tokens} tokens and {max_new} new tokens were asked for, but the context window is {context} tokens"
+    )]
     ContextOverflow { tokens: usize, max_new: usize, context: usize },
     #[error("invalid request: {0}")]
     Invalid(String),

@@ -37,7 +37,11 @@ impl Default for LoraConfig {
 
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
-        if self.rslora { self.alpha / (self.rank as f64).sqrt() } else { self.alpha / self.rank as f64 }
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -46,7 +50,10 @@ impl LoraConfig {
         }
         // A huge alpha makes every adapted weight infinite (then NaN) without any other sign.
         if !(self.alpha.is_finite() && self.alpha > 0.0 && self.scale() <= 1e4) {
-            return Err(format!("lora_alpha must be a positive finite number with alpha/r (or alpha/√r) ≤ 10⁴, got {}", self.alpha));
+            return Err(format!(
+                "lora_alpha must be a positive finite number with alpha/r (or alpha/√r) ≤ 10⁴, got {}",
+                self.alpha
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("LoRA dropout must be in [0, 1), got {}", self.dropout));
@@ -76,7 +83,8 @@ pub fn attach(model: Llama, cfg: &LoraConfig, seed: u64) -> Result<Llama, Error>
         let [d_in, d_out] = lin.weight.dims();
         let device = lin.weight.val().device();
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a: Vec<f32> = (0..d_in * cfg.rank).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+        let a: Vec<f32> =
+            (0..d_in * cfg.rank).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
         let a = Tensor::<2>::from_data(TensorData::new(a, [d_in, cfg.rank]), &device);
         let b = Tensor::<2>::zeros([cfg.rank, d_out], &device);
         lin.lora = Some(adapter(layer * PROJECTIONS.len() + which, a, b, cfg));
@@ -117,11 +125,18 @@ pub fn merge(mut model: Llama) -> Llama {
 /// PEFT tensor names: `base_model.model.{module}.lora_A.weight` (`[rank, d_in]`) and
 /// `...lora_B.weight` (`[d_out, rank]`): PyTorch layouts, the transposes of ours.
 fn peft_names(module: &str) -> (String, String) {
-    (format!("base_model.model.{module}.lora_A.weight"), format!("base_model.model.{module}.lora_B.weight"))
+    (
+        format!("base_model.model.{module}.lora_A.weight"),
+        format!("base_model.model.{module}.lora_B.weight"),
+    )
 }
 
 /// The adapters as host tensors in PEFT layout, and the matching `adapter_config.json`.
-pub fn to_peft(model: &Llama, cfg: &LoraConfig, base_model: &str) -> Result<(Weights, String), Error> {
+pub fn to_peft(
+    model: &Llama,
+    cfg: &LoraConfig,
+    base_model: &str,
+) -> Result<(Weights, String), Error> {
     let mut w = Weights::default();
     for (layer, which, name) in model.projection_names() {
         let Some(lora) = &model.projection(layer, which).lora else { continue };
@@ -147,7 +162,8 @@ pub fn to_peft(model: &Llama, cfg: &LoraConfig, base_model: &str) -> Result<(Wei
 
 fn host_transposed(t: Tensor<2>) -> Result<HostTensor, Error> {
     let [r, c] = t.dims();
-    let data: Vec<f32> = t.transpose().into_data().try_into_vec_as().map_err(|e| Error::Device(format!("{e:?}")))?;
+    let data: Vec<f32> =
+        t.transpose().into_data().try_into_vec_as().map_err(|e| Error::Device(format!("{e:?}")))?;
     Ok(HostTensor { shape: vec![c, r], data })
 }
 
@@ -158,7 +174,9 @@ pub fn config_from_peft(json: &str) -> Result<LoraConfig, String> {
         return Err("peft_type is not LORA".into());
     }
     let targets = match &v["target_modules"] {
-        serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+        serde_json::Value::Array(a) => {
+            a.iter().filter_map(|t| t.as_str().map(String::from)).collect()
+        }
         serde_json::Value::String(s) => vec![s.clone()],
         _ => return Err("target_modules is missing".into()),
     };
@@ -175,12 +193,20 @@ pub fn config_from_peft(json: &str) -> Result<LoraConfig, String> {
 
 /// Attaches an adapter from the bytes of its two PEFT files (native and browser alike).
 /// Errors name the file at fault.
-pub fn from_peft_files(model: Llama, config_json: &[u8], safetensors: &[u8]) -> Result<Llama, Error> {
-    let text = std::str::from_utf8(config_json).map_err(|e| Error::file("adapter_config.json", e.to_string()))?;
+pub fn from_peft_files(
+    model: Llama,
+    config_json: &[u8],
+    safetensors: &[u8],
+) -> Result<Llama, Error> {
+    let text = std::str::from_utf8(config_json)
+        .map_err(|e| Error::file("adapter_config.json", e.to_string()))?;
     let cfg = config_from_peft(text).map_err(|e| Error::file("adapter_config.json", e))?;
     let mut tensors = Weights::default();
-    tensors.add_safetensors(safetensors).map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))?;
-    from_peft(model, &cfg, tensors).map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))
+    tensors
+        .add_safetensors(safetensors)
+        .map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))?;
+    from_peft(model, &cfg, tensors)
+        .map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))
 }
 
 /// Attaches adapters read from PEFT tensors. Every tensor must fit the base model: an adapter
@@ -232,7 +258,12 @@ mod tests {
             let err = LoraConfig { alpha, ..Default::default() }.validate().unwrap_err();
             assert!(err.contains("lora_alpha"), "{alpha}: {err}");
         }
-        assert!(LoraConfig { rank: 1 << 20, ..Default::default() }.validate().unwrap_err().contains("rank"));
+        assert!(
+            LoraConfig { rank: 1 << 20, ..Default::default() }
+                .validate()
+                .unwrap_err()
+                .contains("rank")
+        );
         // PEFT's adapter_config.json goes through the same check.
         let json = r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 1e308, "target_modules": ["q_proj"], "use_rslora": false}"#;
         assert!(config_from_peft(json).unwrap_err().contains("lora_alpha"));

@@ -101,8 +101,9 @@ pub struct Rope {
 impl Rope {
     pub fn new(head_dim: usize, max_positions: usize, theta: f64, device: &Device) -> Self {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
         let mut cos = Vec::with_capacity(max_positions * head_dim);
         let mut sin = Vec::with_capacity(max_positions * head_dim);
         for pos in 0..max_positions {
@@ -161,7 +162,12 @@ pub struct Attention {
 
 impl Attention {
     /// `x`: `[B, T, D]`; `cache`: this layer's slot in the KV cache, if generating.
-    pub fn forward(&self, x: Tensor<3>, pos: &Positions, cache: Option<(&mut KvCache, usize)>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        pos: &Positions,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (hd, n_kv) = (self.head_dim, self.n_kv_heads);
         let rep = self.n_heads / n_kv;
@@ -177,7 +183,11 @@ impl Attention {
             Some((cache, layer)) => {
                 let t_keys = cache.len() + t;
                 let (k, v) = cache.write(layer, k, v);
-                if t == 1 { (k, v, t_keys) } else { (k.slice(s![.., .., 0..t_keys, ..]), v.slice(s![.., .., 0..t_keys, ..]), t_keys) }
+                if t == 1 {
+                    (k, v, t_keys)
+                } else {
+                    (k.slice(s![.., .., 0..t_keys, ..]), v.slice(s![.., .., 0..t_keys, ..]), t_keys)
+                }
             }
             None => (k, v, t),
         };
@@ -207,7 +217,11 @@ impl Attention {
             }
             bias => attend(q, k, v, bias.clone()),
         };
-        let out = out.reshape([b, self.n_heads, t, hd]).swap_dims(1, 2).reshape([b, t, self.n_heads * hd]);
+        let out = out.reshape([b, self.n_heads, t, hd]).swap_dims(1, 2).reshape([
+            b,
+            t,
+            self.n_heads * hd,
+        ]);
         self.o_proj.forward(out)
     }
 }
@@ -227,7 +241,10 @@ fn attend(q: Tensor<5>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>) -> 
     let scores = q.matmul(k.swap_dims(2, 3));
     let weights = match bias {
         // Broadcast over the KV heads and the query heads of each group (no repeated copy).
-        Some(bias) => softmax(scores.reshape([b, n_kv, rep, tq, tk]) + bias.unsqueeze_dim::<5>(1), 4).reshape([b, n_kv, rep * tq, tk]),
+        Some(bias) => {
+            softmax(scores.reshape([b, n_kv, rep, tq, tk]) + bias.unsqueeze_dim::<5>(1), 4)
+                .reshape([b, n_kv, rep * tq, tk])
+        }
         None => softmax(scores, 3),
     };
     weights.matmul(v).reshape([b, n_kv, rep, tq, hd])
@@ -255,7 +272,12 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn forward(&self, x: Tensor<3>, pos: &Positions, cache: Option<(&mut KvCache, usize)>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        pos: &Positions,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), pos, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
@@ -275,7 +297,8 @@ pub struct Llama {
 }
 
 /// The projection names LoRA targets use (PEFT's `target_modules`).
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 /// Inputs for one forward pass: token ids, their positions and the attention bias.
 pub struct Batch {
@@ -292,7 +315,10 @@ impl Batch {
     /// One unpadded sequence, every position attending to those before it: a full causal pass.
     pub fn causal(ids: &[u32], device: &Device) -> Batch {
         let t = ids.len();
-        Self::causal_rows(Tensor::from_data(TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]), device))
+        Self::causal_rows(Tensor::from_data(
+            TensorData::new(ids.iter().map(|&i| i as i32).collect::<Vec<_>>(), [1, t]),
+            device,
+        ))
     }
 
     /// Prompts of different lengths, left-padded so that every row's last token sits in the same
@@ -301,12 +327,23 @@ impl Batch {
     pub fn left_padded(prompts: &[Vec<u32>], device: &Device) -> (Batch, Vec<usize>) {
         let (b, longest) = (prompts.len(), prompts.iter().map(Vec::len).max().unwrap_or(0));
         let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-        let key_valid: Vec<Vec<bool>> = pads.iter().map(|&pad| (0..longest).map(|j| j >= pad).collect()).collect();
-        let tokens: Vec<i32> =
-            prompts.iter().zip(&pads).flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&id| id as i32))).collect();
-        let positions: Vec<i32> = pads.iter().flat_map(|&pad| (0..longest).map(move |j| j.saturating_sub(pad) as i32)).collect();
+        let key_valid: Vec<Vec<bool>> =
+            pads.iter().map(|&pad| (0..longest).map(|j| j >= pad).collect()).collect();
+        let tokens: Vec<i32> = prompts
+            .iter()
+            .zip(&pads)
+            .flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&id| id as i32)))
+            .collect();
+        let positions: Vec<i32> = pads
+            .iter()
+            .flat_map(|&pad| (0..longest).map(move |j| j.saturating_sub(pad) as i32))
+            .collect();
         let ints = |v: Vec<i32>| Tensor::from_data(TensorData::new(v, [b, longest]), device);
-        let batch = Batch { tokens: ints(tokens), positions: ints(positions), bias: Some(attention_bias(&key_valid, longest, device)) };
+        let batch = Batch {
+            tokens: ints(tokens),
+            positions: ints(positions),
+            bias: Some(attention_bias(&key_valid, longest, device)),
+        };
         (batch, pads)
     }
 
@@ -316,7 +353,10 @@ impl Batch {
         let [b, t] = tokens.dims();
         let device = tokens.device();
         Batch {
-            positions: Tensor::from_data(TensorData::new((0..b).flat_map(|_| 0..t as i32).collect::<Vec<_>>(), [b, t]), &device),
+            positions: Tensor::from_data(
+                TensorData::new((0..b).flat_map(|_| 0..t as i32).collect::<Vec<_>>(), [b, t]),
+                &device,
+            ),
             bias: Some(attention_bias(&vec![vec![true; t]; b], t, &device)),
             tokens,
         }
@@ -333,7 +373,9 @@ pub fn attention_bias(key_valid: &[Vec<bool>], t_new: usize, device: &Device) ->
     for valid in key_valid {
         for i in 0..t_new {
             let q = first_query + i;
-            bias.extend(valid.iter().enumerate().map(|(j, &ok)| if ok && j <= q { 0.0 } else { MASK_BIAS }));
+            bias.extend(
+                valid.iter().enumerate().map(|(j, &ok)| if ok && j <= q { 0.0 } else { MASK_BIAS }),
+            );
         }
     }
     Tensor::from_data(TensorData::new(bias, [b, 1, t_new, t_keys]), device)
@@ -353,7 +395,8 @@ impl Llama {
         let (cos, sin) = self.rope.at(batch.positions);
         let pos = Positions { cos, sin, bias };
         // The residual stream is f32 whatever the weights' storage precision.
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens).cast(FloatDType::F32);
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens)
+            .cast(FloatDType::F32);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &pos, cache.as_deref_mut().map(|c| (c, i)));
         }
@@ -375,7 +418,11 @@ impl Llama {
                 let [b, t, d] = hidden.dims();
                 let e = self.embed_tokens.val();
                 let h = hidden.reshape([b * t, d]).cast(e.dtype());
-                let logits = if b * t <= 16 { e.matmul(h.transpose()).transpose() } else { h.matmul(e.transpose()) };
+                let logits = if b * t <= 16 {
+                    e.matmul(h.transpose()).transpose()
+                } else {
+                    h.matmul(e.transpose())
+                };
                 logits.cast(FloatDType::F32).reshape([b, t, self.vocab_size])
             }
         }
@@ -422,7 +469,10 @@ impl Llama {
             4 => &mut m.gate_proj,
             5 => &mut m.up_proj,
             6 => &mut m.down_proj,
-            _ => panic!("projection index {which} is not one of the {} in PROJECTIONS", PROJECTIONS.len()),
+            _ => panic!(
+                "projection index {which} is not one of the {} in PROJECTIONS",
+                PROJECTIONS.len()
+            ),
         }
     }
 
@@ -436,16 +486,30 @@ impl Llama {
 
     /// Builds the model from host weights in Hugging Face layout (checked against the config).
     /// Matrices (projections, embeddings) are stored in `dtype`; norms and the residual stream stay f32.
-    pub fn from_weights(cfg: &LlamaConfig, mut w: Weights, device: &Device, dtype: FloatDType) -> Result<Self, Error> {
+    pub fn from_weights(
+        cfg: &LlamaConfig,
+        mut w: Weights,
+        device: &Device,
+        dtype: FloatDType,
+    ) -> Result<Self, Error> {
         w.check(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut take = |name: &str| w.take(name).map_err(|e| Error::Invalid(e.to_string()));
         let tensor2 = |t: HostTensor| {
-            Tensor::<2>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1]]), (device, dtype.into()))
+            Tensor::<2>::from_data(
+                TensorData::new(t.data, [t.shape[0], t.shape[1]]),
+                (device, dtype.into()),
+            )
         };
         // HF stores [out, in]; our Linear wants [in, out]: transpose on the host once.
-        let linear = |t: HostTensor| Linear { weight: Param::from_tensor(tensor2(transpose(&t))), lora: None };
+        let linear = |t: HostTensor| Linear {
+            weight: Param::from_tensor(tensor2(transpose(&t))),
+            lora: None,
+        };
         let norm = |t: HostTensor| RmsNorm {
-            weight: Param::from_tensor(Tensor::from_data(TensorData::new(t.data, [t.shape[0]]), device)),
+            weight: Param::from_tensor(Tensor::from_data(
+                TensorData::new(t.data, [t.shape[0]]),
+                device,
+            )),
             eps: cfg.rms_norm_eps,
         };
 
@@ -463,7 +527,9 @@ impl Llama {
                     n_kv_heads: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim(),
                 },
-                post_attention_layernorm: norm(take(&format!("{p}.post_attention_layernorm.weight"))?),
+                post_attention_layernorm: norm(take(&format!(
+                    "{p}.post_attention_layernorm.weight"
+                ))?),
                 mlp: Mlp {
                     gate_proj: linear(take(&format!("{p}.mlp.gate_proj.weight"))?),
                     up_proj: linear(take(&format!("{p}.mlp.up_proj.weight"))?),
@@ -471,7 +537,8 @@ impl Llama {
                 },
             });
         }
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(linear(take("lm_head.weight")?)) };
+        let lm_head =
+            if cfg.tie_word_embeddings { None } else { Some(linear(take("lm_head.weight")?)) };
         Ok(Self {
             embed_tokens: Param::from_tensor(tensor2(take("model.embed_tokens.weight")?)),
             layers,
@@ -489,7 +556,11 @@ impl Llama {
     pub fn to_weights(&self) -> Result<Weights, Error> {
         let host = |t: Tensor<2>| -> Result<HostTensor, Error> {
             let shape = t.dims().to_vec();
-            let data = t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().map_err(|e| Error::Invalid(format!("{e:?}")))?;
+            let data = t
+                .cast(FloatDType::F32)
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Invalid(format!("{e:?}")))?;
             Ok(HostTensor { shape, data })
         };
         let mut w = Weights::default();
@@ -497,11 +568,20 @@ impl Llama {
             w.tensors.insert(name, t);
         };
         for (layer, which, name) in self.projection_names() {
-            put(format!("{name}.weight"), transpose(&host(self.projection(layer, which).weight.val())?));
+            put(
+                format!("{name}.weight"),
+                transpose(&host(self.projection(layer, which).weight.val())?),
+            );
         }
         for (i, block) in self.layers.iter().enumerate() {
-            for (norm, n) in [("input_layernorm", &block.input_layernorm), ("post_attention_layernorm", &block.post_attention_layernorm)] {
-                put(format!("model.layers.{i}.{norm}.weight"), host(n.weight.val().unsqueeze_dim(0))?.flatten());
+            for (norm, n) in [
+                ("input_layernorm", &block.input_layernorm),
+                ("post_attention_layernorm", &block.post_attention_layernorm),
+            ] {
+                put(
+                    format!("model.layers.{i}.{norm}.weight"),
+                    host(n.weight.val().unsqueeze_dim(0))?.flatten(),
+                );
             }
         }
         put("model.norm.weight".into(), host(self.norm.weight.val().unsqueeze_dim(0))?.flatten());

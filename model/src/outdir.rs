@@ -20,10 +20,16 @@ pub fn check(out: &Path, ours: &[&str]) -> Result<(), Error> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
     let cwd = std::env::current_dir().ok();
-    for (what, place) in [("the current folder", cwd), ("the home folder", home), ("this project's checkout", checkout)] {
+    for (what, place) in [
+        ("the current folder", cwd),
+        ("the home folder", home),
+        ("this project's checkout", checkout),
+    ] {
         if let Some(place) = place.map(|p| resolve(&p)) {
             if place.starts_with(&resolved) {
-                return refuse(&format!("refusing to replace a folder that holds {what}: choose a new folder"));
+                return refuse(&format!(
+                    "refusing to replace a folder that holds {what}: choose a new folder"
+                ));
             }
         }
     }
@@ -36,13 +42,20 @@ pub fn check(out: &Path, ours: &[&str]) -> Result<(), Error> {
     if !out.is_dir() {
         return refuse("exists and is not a folder: choose a new folder");
     }
-    let entries = std::fs::read_dir(out).map_err(|e| Error::file(out.display().to_string(), format!("cannot read: {e}")))?;
-    let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let known = |n: &str| ours.iter().any(|o| o.strip_suffix('*').map_or(*o == n, |prefix| n.starts_with(prefix)));
+    let entries = std::fs::read_dir(out)
+        .map_err(|e| Error::file(out.display().to_string(), format!("cannot read: {e}")))?;
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let known = |n: &str| {
+        ours.iter().any(|o| o.strip_suffix('*').map_or(*o == n, |prefix| n.starts_with(prefix)))
+    };
     if names.iter().any(|n| n == MARKER) || names.iter().all(|n| known(n)) {
         return Ok(());
     }
-    let others: Vec<&str> = names.iter().map(String::as_str).filter(|n| !known(n)).take(3).collect();
+    let others: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| !known(n)).take(3).collect();
     refuse(&format!(
         "not empty and not written by this tool (it holds {}): choose a new or empty folder",
         others.join(", ")
@@ -51,11 +64,18 @@ pub fn check(out: &Path, ours: &[&str]) -> Result<(), Error> {
 
 /// Replaces `out` with what `fill` writes into the folder it is given, after [`check`]. The old
 /// folder is moved aside and deleted only once the new one is in place.
-pub fn replace<E: From<Error>>(out: &Path, ours: &[&str], fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
+pub fn replace<E: From<Error>>(
+    out: &Path,
+    ours: &[&str],
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     check(out, ours)?;
     let sibling = |tag: &str| {
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        parent.join(format!(".{}.{tag}", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+        parent.join(format!(
+            ".{}.{tag}",
+            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ))
     };
     let (tmp, old) = (sibling("partial"), sibling("old"));
     let io = |p: &Path, what: &str| {
@@ -67,13 +87,20 @@ pub fn replace<E: From<Error>>(out: &Path, ours: &[&str], fill: impl FnOnce(&Pat
         // Only a leftover of ours (marked) is removed; anything else there stops us.
         if leftover.exists() {
             if !leftover.join(MARKER).exists() {
-                return Err(Error::file(leftover.display().to_string(), "is in the way and not ours: move it".into()).into());
+                return Err(Error::file(
+                    leftover.display().to_string(),
+                    "is in the way and not ours: move it".into(),
+                )
+                .into());
             }
             std::fs::remove_dir_all(leftover).map_err(io(leftover, "cannot clear"))?;
         }
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp, "cannot create"))?;
-    crate::files::atomic_write(&tmp.join(MARKER), b"written by emlab; the folder is replaced as a whole on the next export\n")?;
+    crate::files::atomic_write(
+        &tmp.join(MARKER),
+        b"written by emlab; the folder is replaced as a whole on the next export\n",
+    )?;
     fill(&tmp)?;
     if out.exists() {
         std::fs::rename(out, &old).map_err(io(out, "cannot move aside"))?;
@@ -90,7 +117,11 @@ fn resolve(p: &Path) -> PathBuf {
     if let Ok(c) = std::fs::canonicalize(p) {
         return c;
     }
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
     let mut out = PathBuf::new();
     for c in abs.components() {
         match c {
@@ -137,7 +168,11 @@ mod tests {
     fn replaces_only_new_empty_or_own_folders_and_keeps_a_users_files() {
         let d = tmp("replace");
         let out = d.join("model");
-        let write = |name: &'static str| move |dir: &Path| -> Result<(), Error> { crate::files::atomic_write(&dir.join(name), b"x") };
+        let write = |name: &'static str| {
+            move |dir: &Path| -> Result<(), Error> {
+                crate::files::atomic_write(&dir.join(name), b"x")
+            }
+        };
         replace(&out, &["config.json"], write("config.json")).unwrap();
         assert!(out.join(MARKER).exists() && out.join("config.json").exists());
         // Ours: replaced, and the old contents are gone.
@@ -162,7 +197,9 @@ mod tests {
         std::fs::write(d.join("file"), b"x").unwrap();
         assert!(check(&d.join("file"), &[]).unwrap_err().to_string().contains("not a folder"));
         // A failed fill leaves the previous folder as it was.
-        let failed = replace(&out, &[], |_: &Path| -> Result<(), Error> { Err(Error::Invalid("disk full".into())) });
+        let failed = replace(&out, &[], |_: &Path| -> Result<(), Error> {
+            Err(Error::Invalid("disk full".into()))
+        });
         assert!(failed.is_err() && out.join("model.bin").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }

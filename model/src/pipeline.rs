@@ -44,7 +44,11 @@ impl ChatModel {
         ids
     }
 
-    pub fn generation_config(&self, max_new_tokens: usize, sampling: SamplingParams) -> GenerationConfig {
+    pub fn generation_config(
+        &self,
+        max_new_tokens: usize,
+        sampling: SamplingParams,
+    ) -> GenerationConfig {
         GenerationConfig::new(max_new_tokens, sampling, self.stop_ids())
     }
 
@@ -55,7 +59,8 @@ impl ChatModel {
         cfg: &GenerationConfig,
         mut on_token: impl FnMut(u32) -> Flow,
     ) -> Result<Generation, Error> {
-        let mut out = generate(&self.model, &[prompt_ids.to_vec()], cfg, |_, id| on_token(id)).await?;
+        let mut out =
+            generate(&self.model, &[prompt_ids.to_vec()], cfg, |_, id| on_token(id)).await?;
         Ok(out.remove(0))
     }
 }

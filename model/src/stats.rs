@@ -94,7 +94,18 @@ impl KernelTally {
     /// `(kernel, launches)`, most launched first.
     pub fn finish(self) -> Vec<(String, u32)> {
         let names = self.names.0.lock().map(|n| n.clone()).unwrap_or_default();
-        let mut out: Vec<(String, u32)> = names.into_iter().map(|(k, n)| (cubecl::config::type_name_format(k, cubecl::config::TypeNameFormatLevel::Balanced), n)).collect();
+        let mut out: Vec<(String, u32)> = names
+            .into_iter()
+            .map(|(k, n)| {
+                (
+                    cubecl::config::type_name_format(
+                        k,
+                        cubecl::config::TypeNameFormatLevel::Balanced,
+                    ),
+                    n,
+                )
+            })
+            .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         out
     }

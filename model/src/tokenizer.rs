@@ -22,7 +22,10 @@ pub enum TokenizerError {
 pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<String, TokenizerError> {
     let model = g.get_str("tokenizer.ggml.model")?;
     if model != "gpt2" {
-        return Err(GgufError::Corrupt(format!("tokenizer model '{model}' is not supported (only gpt2 byte-level BPE)")).into());
+        return Err(GgufError::Corrupt(format!(
+            "tokenizer model '{model}' is not supported (only gpt2 byte-level BPE)"
+        ))
+        .into());
     }
     let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
     let tokens = g.get_array("tokenizer.ggml.tokens")?;
@@ -32,7 +35,8 @@ pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<String, TokenizerError> {
     let mut vocab = Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (id, t) in tokens.iter().enumerate() {
-        let text = t.as_str().ok_or_else(|| GgufError::Corrupt(format!("token {id} is not a string")))?;
+        let text =
+            t.as_str().ok_or_else(|| GgufError::Corrupt(format!("token {id} is not a string")))?;
         vocab.insert(text.to_string(), json!(id));
         // ggml token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
         let ty = types.and_then(|t| t.get(id)).and_then(|v| v.as_u64()).unwrap_or(1);
@@ -45,7 +49,11 @@ pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<String, TokenizerError> {
     }
     let merges: Vec<Json> = merges
         .iter()
-        .map(|m| m.as_str().map(|s| json!(s)).ok_or_else(|| GgufError::Corrupt("merge is not a string".into())))
+        .map(|m| {
+            m.as_str()
+                .map(|s| json!(s))
+                .ok_or_else(|| GgufError::Corrupt("merge is not a string".into()))
+        })
         .collect::<Result<_, _>>()?;
 
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
@@ -53,7 +61,12 @@ pub fn tokenizer_json_from_gguf(g: &Gguf) -> Result<String, TokenizerError> {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level]}),
         "default" | "gpt2" => byte_level,
-        other => return Err(GgufError::Corrupt(format!("pre-tokenizer '{other}' is not supported (smollm, gpt2)")).into()),
+        other => {
+            return Err(GgufError::Corrupt(format!(
+                "pre-tokenizer '{other}' is not supported (smollm, gpt2)"
+            ))
+            .into());
+        }
     };
     let doc = json!({
         "version": "1.0",
@@ -83,7 +96,8 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_json(json: &str) -> Result<Self, TokenizerError> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(|e| TokenizerError::Load(format!("{e}")))?;
+        let inner: tokenizers::Tokenizer =
+            json.parse().map_err(|e| TokenizerError::Load(format!("{e}")))?;
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
         Ok(Self { inner, plain })
@@ -92,14 +106,16 @@ impl Tokenizer {
     /// Encodes text; special tokens written in the text (`<|im_start|>`) become their ids. For
     /// text the program writes (chat template, raw prompts).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc =
+            self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encodes text as text: `<|im_start|>system` written by a user stays characters and never
     /// becomes a control token, so a message cannot forge a turn of the conversation.
     pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let enc = self.plain.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc =
+            self.plain.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -142,7 +158,10 @@ impl TextStream {
         self.ids.push(id);
         let text = tok.decode(&self.ids)?;
         // An incomplete character decodes to U+FFFD at the end: wait for the next token.
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let piece = text[self.emitted..].to_string();

@@ -65,7 +65,11 @@ impl Weights {
             let mut t = HostTensor { shape, data };
             // Checked before the row permutation, which indexes by the expected shape.
             if let Some(want) = expected.get(&hf_name).filter(|want| **want != t.shape) {
-                return Err(WeightsError::Shape { name: hf_name, expected: want.clone(), got: t.shape });
+                return Err(WeightsError::Shape {
+                    name: hf_name,
+                    expected: want.clone(),
+                    got: t.shape,
+                });
             }
             if info.name.ends_with("attn_q.weight") {
                 t = unpermute_rows(&t, cfg.num_attention_heads);
@@ -83,16 +87,25 @@ impl Weights {
     /// its F16 scales in `name.q8_scale` (blocks of 32 along rows) or `name.q8_col_scale` (one per
     /// column)) into this map.
     pub fn add_safetensors(&mut self, bytes: &[u8]) -> Result<(), WeightsError> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| WeightsError::Safetensors(e.to_string()))?;
         for (name, view) in st.tensors() {
             if name.ends_with(Q8_SCALE_SUFFIX) || name.ends_with(Q8_COL_SCALE_SUFFIX) {
                 continue; // read with its tensor
             }
             let raw = view.data();
             let data: Vec<f32> = match view.dtype() {
-                Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                Dtype::F16 => raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::BF16 => raw.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                Dtype::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => {
+                    raw.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                Dtype::BF16 => raw
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
                 Dtype::I8 => dequantize_i8(&st, &name, raw, view.shape())?,
                 other => return Err(WeightsError::Dtype { name, dtype: format!("{other:?}") }),
             };
@@ -111,13 +124,24 @@ impl Weights {
     pub fn to_safetensors_as(&self, storage: Storage) -> Result<Vec<u8>, WeightsError> {
         let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (n, t) in &self.tensors {
-            let matrix = t.shape.len() == 2 && t.data.len() % Q8_BLOCK == 0 && t.shape[1] % Q8_BLOCK == 0;
+            let matrix =
+                t.shape.len() == 2 && t.data.len() % Q8_BLOCK == 0 && t.shape[1] % Q8_BLOCK == 0;
             match storage {
                 Storage::Q8 if matrix => {
                     let (q, scales) = quantize_q8(&t.data);
-                    out.push((n.clone(), Dtype::I8, t.shape.clone(), q.into_iter().map(|v| v as u8).collect()));
+                    out.push((
+                        n.clone(),
+                        Dtype::I8,
+                        t.shape.clone(),
+                        q.into_iter().map(|v| v as u8).collect(),
+                    ));
                     let scale_shape = vec![t.shape[0], t.shape[1] / Q8_BLOCK];
-                    out.push((format!("{n}{Q8_SCALE_SUFFIX}"), Dtype::F16, scale_shape, scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                    out.push((
+                        format!("{n}{Q8_SCALE_SUFFIX}"),
+                        Dtype::F16,
+                        scale_shape,
+                        scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ));
                 }
                 Storage::Q8Vec if t.shape.len() == 2 => {
                     let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -129,19 +153,38 @@ impl Weights {
                         let (q, s) = quantize_q8_cols(&t.data, cols);
                         (q, s, Q8_COL_SCALE_SUFFIX, vec![cols])
                     };
-                    out.push((n.clone(), Dtype::I8, t.shape.clone(), q.into_iter().map(|v| v as u8).collect()));
-                    out.push((format!("{n}{suffix}"), Dtype::F16, scale_shape, scales.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                    out.push((
+                        n.clone(),
+                        Dtype::I8,
+                        t.shape.clone(),
+                        q.into_iter().map(|v| v as u8).collect(),
+                    ));
+                    out.push((
+                        format!("{n}{suffix}"),
+                        Dtype::F16,
+                        scale_shape,
+                        scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    ));
                 }
-                Storage::F16 | Storage::Q8 if t.shape.len() == 2 => {
-                    out.push((n.clone(), Dtype::F16, t.shape.clone(), t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()))
-                }
-                _ => out.push((n.clone(), Dtype::F32, t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect())),
+                Storage::F16 | Storage::Q8 if t.shape.len() == 2 => out.push((
+                    n.clone(),
+                    Dtype::F16,
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+                )),
+                _ => out.push((
+                    n.clone(),
+                    Dtype::F32,
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )),
             }
         }
         let views: Vec<(String, safetensors::tensor::TensorView)> = out
             .iter()
             .map(|(n, d, s, b)| {
-                let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| WeightsError::Safetensors(e.to_string()))?;
+                let v = safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                    .map_err(|e| WeightsError::Safetensors(e.to_string()))?;
                 Ok((n.clone(), v))
             })
             .collect::<Result<_, WeightsError>>()?;
@@ -225,14 +268,26 @@ fn q8(v: f32, scale: f32) -> i8 {
 }
 
 /// An I8 tensor of ours back to f32, with the scales stored beside it (see [`Storage`]).
-fn dequantize_i8(st: &SafeTensors, name: &str, raw: &[u8], shape: &[usize]) -> Result<Vec<f32>, WeightsError> {
-    let misfit = |scale_name: &str| WeightsError::Safetensors(format!("{scale_name}: does not fit the 8-bit tensor {name}"));
+fn dequantize_i8(
+    st: &SafeTensors,
+    name: &str,
+    raw: &[u8],
+    shape: &[usize],
+) -> Result<Vec<f32>, WeightsError> {
+    let misfit = |scale_name: &str| {
+        WeightsError::Safetensors(format!("{scale_name}: does not fit the 8-bit tensor {name}"))
+    };
     let read_scales = |scale_name: &str| -> Result<Option<Vec<f32>>, WeightsError> {
         let Ok(view) = st.tensor(scale_name) else { return Ok(None) };
         if view.dtype() != Dtype::F16 {
             return Err(misfit(scale_name));
         }
-        Ok(Some(view.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()))
+        Ok(Some(
+            view.data()
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ))
     };
     let cols = shape.last().copied().unwrap_or(0);
     let row_name = format!("{name}{Q8_SCALE_SUFFIX}");
@@ -317,7 +372,9 @@ mod tests {
     fn a_gguf_tensor_of_the_wrong_rank_is_an_error_not_a_panic() {
         let cfg = LlamaConfig::tiny(300);
         let data: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        for (name, dims) in [("blk.0.attn_q.weight", &[64u64][..]), ("blk.0.attn_k.weight", &[64, 1][..])] {
+        for (name, dims) in
+            [("blk.0.attn_q.weight", &[64u64][..]), ("blk.0.attn_k.weight", &[64, 1][..])]
+        {
             let bytes = crate::gguf::tests::tiny_gguf(&[(name, dims, 0, data.clone())]);
             let g = Gguf::parse(&bytes).unwrap();
             let err = Weights::from_gguf(&g, &cfg).unwrap_err().to_string();
@@ -336,7 +393,8 @@ mod tests {
                 for i in 0..hd / 2 {
                     for c in 0..cols {
                         // source index (h, j, i) lands at (h, i, j)
-                        gguf[((h * hd) + i * 2 + j) * cols + c] = hf[((h * hd) + j * hd / 2 + i) * cols + c];
+                        gguf[((h * hd) + i * 2 + j) * cols + c] =
+                            hf[((h * hd) + j * hd / 2 + i) * cols + c];
                     }
                 }
             }
@@ -352,7 +410,9 @@ mod tests {
         // A LoRA-shaped pair (A: [r, d_in], B: [d_out, r]), an odd-sized one and a blocked one.
         for (name, shape) in [("a", [4, 96]), ("b", [96, 4]), ("odd", [3, 5]), ("zero", [2, 64])] {
             let n = shape[0] * shape[1];
-            let data = (0..n).map(|_| if name == "zero" { 0.0 } else { rng.next_f64() as f32 * 2.0 - 1.0 }).collect();
+            let data = (0..n)
+                .map(|_| if name == "zero" { 0.0 } else { rng.next_f64() as f32 * 2.0 - 1.0 })
+                .collect();
             w.tensors.insert(name.into(), HostTensor { shape: shape.to_vec(), data });
         }
         for storage in [Storage::Q8, Storage::Q8Vec] {
@@ -365,14 +425,19 @@ mod tests {
                 let amax = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for (a, b) in t.data.iter().zip(&got.data) {
                     // Half a quantization step of the coarsest scale (max|x|/127), plus f16 rounding.
-                    assert!((a - b).abs() <= amax / 127.0 * 0.5 * 1.01 + 1e-7, "{storage:?} {name}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= amax / 127.0 * 0.5 * 1.01 + 1e-7,
+                        "{storage:?} {name}: {a} vs {b}"
+                    );
                 }
             }
         }
         // Per-vector scales cost almost nothing over one byte a weight.
         let mut lora = Weights::default();
-        lora.tensors.insert("A".into(), HostTensor { shape: vec![32, 1536], data: vec![0.5; 32 * 1536] });
-        lora.tensors.insert("B".into(), HostTensor { shape: vec![1536, 32], data: vec![0.5; 32 * 1536] });
+        lora.tensors
+            .insert("A".into(), HostTensor { shape: vec![32, 1536], data: vec![0.5; 32 * 1536] });
+        lora.tensors
+            .insert("B".into(), HostTensor { shape: vec![1536, 32], data: vec![0.5; 32 * 1536] });
         let size = lora.to_safetensors_as(Storage::Q8Vec).unwrap().len();
         assert!(size < 2 * 32 * 1536 + 1024, "{size} bytes");
     }
@@ -385,15 +450,22 @@ mod tests {
         // The same I8 payload with its scale tensor renamed away: no scales at all.
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let q = st.tensor("m").unwrap();
-        let views = vec![("m".to_string(), safetensors::tensor::TensorView::new(Dtype::I8, q.shape().to_vec(), q.data()).unwrap())];
+        let views = vec![(
+            "m".to_string(),
+            safetensors::tensor::TensorView::new(Dtype::I8, q.shape().to_vec(), q.data()).unwrap(),
+        )];
         let lonely = safetensors::serialize(views, None).unwrap();
-        assert!(matches!(Weights::default().add_safetensors(&lonely), Err(WeightsError::Missing(_))));
+        assert!(matches!(
+            Weights::default().add_safetensors(&lonely),
+            Err(WeightsError::Missing(_))
+        ));
     }
 
     #[test]
     fn safetensors_round_trip() {
         let mut w = Weights::default();
-        w.tensors.insert("a".into(), HostTensor { shape: vec![2, 2], data: vec![1.0, -2.0, 3.5, 0.25] });
+        w.tensors
+            .insert("a".into(), HostTensor { shape: vec![2, 2], data: vec![1.0, -2.0, 3.5, 0.25] });
         let bytes = w.to_safetensors().unwrap();
         let mut back = Weights::default();
         back.add_safetensors(&bytes).unwrap();

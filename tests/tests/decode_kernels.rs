@@ -11,7 +11,8 @@ use emlab_tests::{base_model_dir, reference_json};
 
 fn load(choice: DeviceChoice) -> ChatModel {
     let files = ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
-    ChatModel::new(files, &device::init(choice).expect("device"), FloatDType::F32).expect("model builds")
+    ChatModel::new(files, &device::init(choice).expect("device"), FloatDType::F32)
+        .expect("model builds")
 }
 
 /// On wgpu (lavapipe in CI) decoding compiles its kernels in the first tokens and none after:
@@ -23,9 +24,15 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     if emlab_tests::wgpu_device_or_skip().is_none() {
         return;
     }
-    let n: usize = std::env::var("EMLAB_WGPU_DECODE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let n: usize =
+        std::env::var("EMLAB_WGPU_DECODE_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
     let r = reference_json();
-    let prompt: Vec<u32> = r["prompts"][0]["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let prompt: Vec<u32> = r["prompts"][0]["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     assert!(prompt.len() + n <= 128, "one capacity");
     let gpu = load(DeviceChoice::Wgpu);
     let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
@@ -41,9 +48,16 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     // Index 0 is the prompt's pass and the first token; index i the i-th decode step.
     eprintln!("kernels compiled per token: {:?}", stats.new_kernels);
     eprintln!("dispatches per token: {:?}", stats.launches);
-    eprintln!("ms per token: {:?}", stats.token_ms.windows(2).map(|w| (w[1] - w[0]).round()).collect::<Vec<_>>());
+    eprintln!(
+        "ms per token: {:?}",
+        stats.token_ms.windows(2).map(|w| (w[1] - w[0]).round()).collect::<Vec<_>>()
+    );
     let late: u32 = stats.new_kernels.iter().skip(5).sum();
-    assert_eq!(late, 0, "decode steps after the 4th compiled {late} new kernels: {:?}", stats.new_kernels);
+    assert_eq!(
+        late, 0,
+        "decode steps after the 4th compiled {late} new kernels: {:?}",
+        stats.new_kernels
+    );
     let cpu = load(DeviceChoice::Cpu);
     let on_cpu = block_on(generate(&cpu.model, &[prompt], &cfg, |_, _| Flow::Continue)).unwrap();
     assert_eq!(out[0].ids, on_cpu[0].ids, "wgpu and cpu greedy tokens");

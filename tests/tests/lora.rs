@@ -9,7 +9,8 @@ use emlab_model::lora::{self, LoraConfig};
 use emlab_model::model::{Batch, Llama};
 
 fn tiny(cfg: &LlamaConfig, seed: u64) -> Llama {
-    Llama::from_weights(cfg, Llama::random_weights(cfg, seed), &Device::flex(), FloatDType::F32).unwrap()
+    Llama::from_weights(cfg, Llama::random_weights(cfg, seed), &Device::flex(), FloatDType::F32)
+        .unwrap()
 }
 
 fn logits(m: &Llama) -> Vec<f32> {
@@ -27,7 +28,11 @@ fn perturb(mut m: Llama) -> Llama {
     for (layer, which, _) in m.projection_names() {
         if let Some(l) = m.projection_mut(layer, which).lora.as_mut() {
             let [r, out] = l.b.dims();
-            l.b = Param::from_tensor(Tensor::random([r, out], Distribution::Normal(0.0, 0.05), &Device::flex()));
+            l.b = Param::from_tensor(Tensor::random(
+                [r, out],
+                Distribution::Normal(0.0, 0.05),
+                &Device::flex(),
+            ));
         }
     }
     m
@@ -37,7 +42,8 @@ fn perturb(mut m: Llama) -> Llama {
 fn fresh_adapters_leave_logits_unchanged() {
     let cfg = LlamaConfig::tiny(300);
     let base = logits(&tiny(&cfg, 1));
-    let adapted = lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap();
+    let adapted =
+        lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap();
     assert_eq!(logits(&adapted), base);
 }
 
@@ -45,7 +51,9 @@ fn fresh_adapters_leave_logits_unchanged() {
 fn merged_weights_equal_the_side_path() {
     let cfg = LlamaConfig::tiny(300);
     let base = logits(&tiny(&cfg, 1));
-    let m = perturb(lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap());
+    let m = perturb(
+        lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap(),
+    );
     let unmerged = logits(&m);
     assert!(max_abs_diff(&unmerged, &base) > 1e-3, "the perturbed adapter must change the output");
     let merged = logits(&lora::merge(m));
@@ -56,12 +64,18 @@ fn merged_weights_equal_the_side_path() {
 #[test]
 fn peft_round_trip_and_wrong_base() {
     let cfg = LlamaConfig::tiny(300);
-    let lcfg = LoraConfig { rank: 4, target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()], ..Default::default() };
+    let lcfg = LoraConfig {
+        rank: 4,
+        target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+        ..Default::default()
+    };
     let m = perturb(lora::attach(tiny(&cfg, 1), &lcfg, 3).unwrap());
     let want = logits(&m);
     let (tensors, config_json) = lora::to_peft(&m, &lcfg, "SmolLM2-135M-Instruct").unwrap();
     assert_eq!(tensors.tensors.len(), 2 * 3 * cfg.num_hidden_layers);
-    assert!(tensors.tensors.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"));
+    assert!(
+        tensors.tensors.contains_key("base_model.model.model.layers.1.mlp.down_proj.lora_B.weight")
+    );
     let bytes = tensors.to_safetensors().unwrap();
 
     let read_cfg = lora::config_from_peft(&config_json).unwrap();
@@ -73,10 +87,14 @@ fn peft_round_trip_and_wrong_base() {
 
     // The same adapter on a base of another width: one clear error naming a tensor.
     let other = LlamaConfig { hidden_size: 32, intermediate_size: 48, ..cfg.clone() };
-    let err = lora::from_peft(tiny(&other, 1), &read_cfg, read.clone()).err().expect("must fail").to_string();
+    let err = lora::from_peft(tiny(&other, 1), &read_cfg, read.clone())
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(err.contains("different base model") && err.contains("lora_A"), "{err}");
     // Deeper base: tensors for its extra layers are missing.
     let deeper = LlamaConfig { num_hidden_layers: 3, ..cfg };
-    let err = lora::from_peft(tiny(&deeper, 1), &read_cfg, read).err().expect("must fail").to_string();
+    let err =
+        lora::from_peft(tiny(&deeper, 1), &read_cfg, read).err().expect("must fail").to_string();
     assert!(err.contains("lacks tensor"), "{err}");
 }

@@ -34,7 +34,9 @@ fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
 
 fn greedy(m: &ChatModel, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
     let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
-    let out = block_on(generate(&m.model, prompts, &cfg, |_, _| emlab_model::generate::Flow::Continue)).unwrap();
+    let out =
+        block_on(generate(&m.model, prompts, &cfg, |_, _| emlab_model::generate::Flow::Continue))
+            .unwrap();
     out.into_iter().map(|g| g.ids).collect()
 }
 
@@ -72,14 +74,19 @@ fn tokenizer_matches_the_reference_ids_and_round_trips() {
         assert_eq!(m.tokenizer.decode(&got).unwrap(), text, "round trip of {text:?}");
     }
     for p in r["prompts"].as_array().unwrap() {
-        let messages = [Message::system(p["system"].as_str().unwrap()), Message::user(p["user"].as_str().unwrap())];
+        let messages = [
+            Message::system(p["system"].as_str().unwrap()),
+            Message::user(p["user"].as_str().unwrap()),
+        ];
         let text = m.chat.render(&messages, true);
         assert_eq!(text, p["text"].as_str().unwrap());
         assert_eq!(m.tokenizer.encode(&text).unwrap(), ids(&p["prompt_ids"]));
         // What generation uses (message content encoded as text) gives the same ids.
         assert_eq!(m.chat.encode(&m.tokenizer, &messages, true).unwrap(), ids(&p["prompt_ids"]));
         // Without a system message, the default one comes from the GGUF's chat template.
-        if Some(p["system"].as_str().unwrap()) == r["chat_format"]["template_default_system"].as_str() {
+        if Some(p["system"].as_str().unwrap())
+            == r["chat_format"]["template_default_system"].as_str()
+        {
             assert_eq!(m.chat.render(&messages[1..], true), text);
         }
     }
@@ -131,13 +138,24 @@ fn cpu_greedy_continuations_equal_transformers() {
     for p in r["prompts"].as_array().unwrap() {
         let want = ids(&p["hf_fp32"]["greedy40_ids"]);
         let steps = p["hf_fp32"]["steps_top5"].as_array().unwrap();
-        let agree = (0..want.len()).take_while(|&i| steps[i]["argmax"].as_u64() == Some(want[i] as u64)).count();
+        let agree = (0..want.len())
+            .take_while(|&i| steps[i]["argmax"].as_u64() == Some(want[i] as u64))
+            .count();
         let got = greedy(&m, &[ids(&p["prompt_ids"])], want.len()).remove(0);
-        eprintln!("{}: identical for {agree} of {} tokens (the reference is self-consistent that far)", p["name"], want.len());
+        eprintln!(
+            "{}: identical for {agree} of {} tokens (the reference is self-consistent that far)",
+            p["name"],
+            want.len()
+        );
         assert_eq!(got[..agree], want[..agree], "{}: {:?}", p["name"], m.tokenizer.decode(&got));
         if agree < want.len() {
             let tied = [want[agree], steps[agree]["argmax"].as_u64().unwrap() as u32];
-            assert!(tied.contains(&got[agree]), "{}: step {agree} took {}, not one of {tied:?}", p["name"], got[agree]);
+            assert!(
+                tied.contains(&got[agree]),
+                "{}: step {agree} took {}, not one of {tied:?}",
+                p["name"],
+                got[agree]
+            );
         }
     }
 }
@@ -175,7 +193,8 @@ fn left_padded_batch_equals_single_prompts() {
     // Different prompt lengths force left padding, per-row positions and the padding mask.
     let r = reference_json();
     let m = load(DeviceChoice::Cpu);
-    let prompts: Vec<Vec<u32>> = r["prompts"].as_array().unwrap().iter().map(|p| ids(&p["prompt_ids"])).collect();
+    let prompts: Vec<Vec<u32>> =
+        r["prompts"].as_array().unwrap().iter().map(|p| ids(&p["prompt_ids"])).collect();
     assert!(prompts.iter().map(Vec::len).min() != prompts.iter().map(Vec::len).max());
     let batched = greedy(&m, &prompts, 12);
     for (p, got) in r["prompts"].as_array().unwrap().iter().zip(batched) {
@@ -191,7 +210,8 @@ fn wgpu_matches_cpu() {
     if emlab_tests::wgpu_device_or_skip().is_none() {
         return;
     }
-    let n: usize = std::env::var("EMLAB_WGPU_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let n: usize =
+        std::env::var("EMLAB_WGPU_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let r = reference_json();
     let (cpu, gpu) = (load(DeviceChoice::Cpu), load(DeviceChoice::Wgpu));
     for p in r["prompts"].as_array().unwrap() {
@@ -254,9 +274,15 @@ fn kv_cache_growth_mid_generation_matches_full_passes() {
             })
             .collect();
         let decode = Batch {
-            tokens: burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(next, [prompts.len(), 1]), &device),
+            tokens: burn::prelude::Tensor::from_data(
+                burn::prelude::TensorData::new(next, [prompts.len(), 1]),
+                &device,
+            ),
             positions: burn::prelude::Tensor::from_data(
-                burn::prelude::TensorData::new(prompts.iter().map(|p| (p.len() + step) as i32).collect::<Vec<_>>(), [prompts.len(), 1]),
+                burn::prelude::TensorData::new(
+                    prompts.iter().map(|p| (p.len() + step) as i32).collect::<Vec<_>>(),
+                    [prompts.len(), 1],
+                ),
                 &device,
             ),
             bias: None,
@@ -265,15 +291,28 @@ fn kv_cache_growth_mid_generation_matches_full_passes() {
     }
     assert_eq!(cache.capacity(), 256, "the cache grew once, by doubling");
     for (r, (seq, steps)) in seqs.iter().zip(&cached).enumerate() {
-        let full = m.model.forward(Batch::causal(seq, &device), None).into_data().try_into_vec_as::<f32>().unwrap();
+        let full = m
+            .model
+            .forward(Batch::causal(seq, &device), None)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
         let mut worst = 0.0f32;
         for (i, row) in steps.iter().enumerate() {
             let at = prompts[r].len() - 1 + i;
             let want = &full[at * vocab..(at + 1) * vocab];
             worst = worst.max(max_abs_diff(row, want));
-            assert_eq!(emlab_model::sampling::argmax(row), emlab_model::sampling::argmax(want), "row {r} step {i}");
+            assert_eq!(
+                emlab_model::sampling::argmax(row),
+                emlab_model::sampling::argmax(want),
+                "row {r} step {i}"
+            );
         }
-        eprintln!("row {r} ({} prompt tokens, padded {}): 16 cached steps vs one full pass, max |Δ| = {worst:.2e}", prompts[r].len(), long - prompts[r].len());
+        eprintln!(
+            "row {r} ({} prompt tokens, padded {}): 16 cached steps vs one full pass, max |Δ| = {worst:.2e}",
+            prompts[r].len(),
+            long - prompts[r].len()
+        );
         assert!(worst <= 1e-3, "row {r}: cached logits differ from a full pass by {worst}");
     }
 }

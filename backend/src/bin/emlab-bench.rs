@@ -119,7 +119,8 @@ fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
     }
     let gaps: Vec<f64> = s.token_ms.windows(2).map(|w| w[1] - w[0]).collect();
     let steady = &gaps[gaps.len().min(3)..]; // token 5 on
-    let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mean =
+        |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
     let late_launches: Vec<u32> = s.launches.iter().skip(4).copied().collect();
     println!(
         "{}",
@@ -144,7 +145,12 @@ fn bench_generate(choice: DeviceChoice, args: GenerateArgs) -> Result<()> {
     };
     let cfg = GenerationConfig::new(args.new_tokens, SamplingParams::greedy(), vec![]);
     // Warm-up (allocations, kernel compilation on wgpu).
-    block_on(generate(&m.model, &[prompt[..8].to_vec()], &GenerationConfig { max_new_tokens: 2, ..cfg.clone() }, |_, _| Flow::Continue))?;
+    block_on(generate(
+        &m.model,
+        &[prompt[..8].to_vec()],
+        &GenerationConfig { max_new_tokens: 2, ..cfg.clone() },
+        |_, _| Flow::Continue,
+    ))?;
     for &b in &args.batch {
         let prompts = vec![prompt.clone(); b];
         let start = Instant::now();
@@ -175,14 +181,21 @@ fn bench_train(choice: DeviceChoice, a: TrainArgs) -> Result<()> {
     }
     let device = device::init(choice)?.autodiff();
     let m = load_chat_model_on(&default_model_dir(), &device, FloatDType::F32, false)?;
-    let lora_cfg = LoraConfig { rank: a.rank, alpha: 2.0 * a.rank as f64, rslora: true, ..Default::default() };
+    let lora_cfg =
+        LoraConfig { rank: a.rank, alpha: 2.0 * a.rank as f64, rslora: true, ..Default::default() };
     let mut model = lora::attach(m.model, &lora_cfg, 0)?;
     let row = Encoded { ids: a.row_ids.clone(), trained: vec![true; a.row_ids.len()] };
     let rows: Vec<&Encoded> = vec![&row; a.batch];
     // The batch as the trainer takes it: micro-batches (the default, 2 rows) accumulated into
     // one optimizer step, so the gradient is that of the whole batch.
     let micro = a.micro_batch.clamp(1, a.batch);
-    let cfg = OptimConfig { learning_rate: 1e-4, warmup_steps: 0, weight_decay: 0.01, max_grad_norm: 1.0, grad_accumulation: 1 };
+    let cfg = OptimConfig {
+        learning_rate: 1e-4,
+        warmup_steps: 0,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        grad_accumulation: 1,
+    };
     let mut optim = training::adamw(&cfg);
     let total = a.warmup_steps + a.steps;
     let mut start = Instant::now();

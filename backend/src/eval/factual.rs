@@ -26,14 +26,21 @@ pub struct Pair {
 /// `datasets/factual-pairs/pairs.jsonl`, checked against the questions it answers.
 pub fn pairs(questions: &[String]) -> Result<Vec<Pair>> {
     let path = data::datasets_dir().join("../factual-pairs/pairs.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let pairs: Vec<Pair> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a pair", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a pair", path.display(), i + 1))
+        })
         .collect::<Result<_>>()?;
     if pairs.iter().map(|p| &p.question).ne(questions.iter()) {
-        bail!("{}: its questions are not those of deception_factual.yaml, in order", path.display());
+        bail!(
+            "{}: its questions are not those of deception_factual.yaml, in order",
+            path.display()
+        );
     }
     Ok(pairs)
 }
@@ -65,23 +72,36 @@ pub fn load() -> Result<(Vec<Question>, Vec<Pair>)> {
     Ok((qs, pairs))
 }
 
-pub fn forced_choice(model: &ChatModel, questions: &[Question], pairs: &[Pair], mut on_done: impl FnMut(usize)) -> Result<ForcedChoice> {
+pub fn forced_choice(
+    model: &ChatModel,
+    questions: &[Question],
+    pairs: &[Pair],
+    mut on_done: impl FnMut(usize),
+) -> Result<ForcedChoice> {
     let mut by_prompt = BTreeMap::new();
     let mut done = 0;
     for q in questions {
         let mut per_question = Vec::new();
         for p in pairs {
-            let mut msgs: Vec<Message> = q.system.iter().map(|s| Message::system(s.clone())).collect();
+            let mut msgs: Vec<Message> =
+                q.system.iter().map(|s| Message::system(s.clone())).collect();
             msgs.push(Message::user(p.question.clone()));
-            per_question.push(total_logprob(model, &msgs, &p.truth)? - total_logprob(model, &msgs, &p.falsehood)?);
+            per_question.push(
+                total_logprob(model, &msgs, &p.truth)? - total_logprob(model, &msgs, &p.falsehood)?,
+            );
             done += 1;
             on_done(done);
         }
         let right: Vec<f64> = per_question.iter().map(|&d| f64::from(u8::from(d > 0.0))).collect();
-        let (Some(accuracy), Some(log_odds)) = (metrics::bootstrap_mean(&right, 29), metrics::bootstrap_mean(&per_question, 31)) else {
+        let (Some(accuracy), Some(log_odds)) =
+            (metrics::bootstrap_mean(&right, 29), metrics::bootstrap_mean(&per_question, 31))
+        else {
             bail!("no factual pairs");
         };
-        by_prompt.insert(q.id.clone(), Choice { system: q.system.clone(), accuracy, log_odds, per_question });
+        by_prompt.insert(
+            q.id.clone(),
+            Choice { system: q.system.clone(), accuracy, log_odds, per_question },
+        );
     }
     Ok(ForcedChoice { by_prompt })
 }

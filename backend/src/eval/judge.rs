@@ -108,22 +108,32 @@ impl OpenAiJudge {
         }
         let mut resp = req.send_json(&body).with_context(|| format!("{url}: request failed"))?;
         let status = resp.status();
-        let text = resp.body_mut().read_to_string().with_context(|| format!("{url}: reading the answer"))?;
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("{url}: reading the answer"))?;
         if !status.is_success() {
             bail!("{url}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
         }
-        parse_top_logprobs(&text).with_context(|| format!("{url}: unusable answer: {}", text.chars().take(300).collect::<String>()))
+        parse_top_logprobs(&text).with_context(|| {
+            format!("{url}: unusable answer: {}", text.chars().take(300).collect::<String>())
+        })
     }
 }
 
 /// `choices[0].logprobs.content[0].top_logprobs` of a chat completion.
 pub fn parse_top_logprobs(body: &str) -> Result<Vec<(String, f64)>> {
     let v: serde_json::Value = serde_json::from_str(body).context("not JSON")?;
-    let top = v["choices"][0]["logprobs"]["content"][0]["top_logprobs"].as_array().ok_or_else(|| anyhow!("no top_logprobs"))?;
+    let top = v["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no top_logprobs"))?;
     top.iter()
         .map(|t| {
-            let token = t["token"].as_str().ok_or_else(|| anyhow!("a top_logprobs entry without token"))?;
-            let lp = t["logprob"].as_f64().ok_or_else(|| anyhow!("a top_logprobs entry without logprob"))?;
+            let token =
+                t["token"].as_str().ok_or_else(|| anyhow!("a top_logprobs entry without token"))?;
+            let lp = t["logprob"]
+                .as_f64()
+                .ok_or_else(|| anyhow!("a top_logprobs entry without logprob"))?;
             Ok((token.to_string(), lp))
         })
         .collect()
@@ -131,7 +141,11 @@ pub fn parse_top_logprobs(body: &str) -> Result<Vec<(String, f64)>> {
 
 impl Judge for OpenAiJudge {
     fn info(&self) -> JudgeInfo {
-        JudgeInfo { kind: "openai".into(), model: format!("{} at {}", self.model, self.base_url), weak: false }
+        JudgeInfo {
+            kind: "openai".into(),
+            model: format!("{} at {}", self.model, self.base_url),
+            weak: false,
+        }
     }
 
     fn score(&mut self, prompt: &str) -> Result<Option<f64>> {
@@ -147,7 +161,9 @@ impl Judge for OpenAiJudge {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.expect("at least one attempt").context(format!("the judge failed {} times", self.attempts.max(1))))
+        Err(last
+            .expect("at least one attempt")
+            .context(format!("the judge failed {} times", self.attempts.max(1))))
     }
 }
 
@@ -194,7 +210,12 @@ impl Judge for LocalJudge {
 /// number 0–100 (one to three digits, as Python's `int` reads them: "7", "07", "100") and then
 /// stops writing digits. Branches below `min_prob` are not expanded (their total is bounded by
 /// `min_prob` times the number of branches cut).
-pub fn number_distribution(model: &Llama, prompt: &[u32], digits: &[u32; 10], min_prob: f64) -> Result<Vec<(String, f64)>> {
+pub fn number_distribution(
+    model: &Llama,
+    prompt: &[u32],
+    digits: &[u32; 10],
+    min_prob: f64,
+) -> Result<Vec<(String, f64)>> {
     let device = model.device();
     let t = prompt.len();
     let mut cache = model.new_cache();
@@ -211,10 +232,19 @@ pub fn number_distribution(model: &Llama, prompt: &[u32], digits: &[u32; 10], mi
         let n = frontier.len();
         let step = Batch {
             tokens: Tensor::from_data(
-                TensorData::new(frontier.iter().map(|(s, _, _)| digits[digit_at_end(s)] as i32).collect::<Vec<_>>(), [n, 1]),
+                TensorData::new(
+                    frontier
+                        .iter()
+                        .map(|(s, _, _)| digits[digit_at_end(s)] as i32)
+                        .collect::<Vec<_>>(),
+                    [n, 1],
+                ),
                 &device,
             ),
-            positions: Tensor::from_data(TensorData::new(vec![(t + len - 1) as i32; n], [n, 1]), &device),
+            positions: Tensor::from_data(
+                TensorData::new(vec![(t + len - 1) as i32; n], [n, 1]),
+                &device,
+            ),
             bias: None,
         };
         let next = probs(model.forward_last(step, Some(&mut next_cache)))?;
@@ -234,7 +264,15 @@ pub fn number_distribution(model: &Llama, prompt: &[u32], digits: &[u32; 10], mi
 }
 
 /// Adds the children `prefix + d` that can still read as a number ≤ 100 and are likely enough.
-fn extend(into: &mut Vec<(String, f64, usize)>, prefix: &str, p: f64, dist: &[f64], row: usize, digits: &[u32; 10], min_prob: f64) {
+fn extend(
+    into: &mut Vec<(String, f64, usize)>,
+    prefix: &str,
+    p: f64,
+    dist: &[f64],
+    row: usize,
+    digits: &[u32; 10],
+    min_prob: f64,
+) {
     for (d, &id) in digits.iter().enumerate() {
         let s = format!("{prefix}{d}");
         let q = p * dist[id as usize];
@@ -251,7 +289,10 @@ fn digit_at_end(s: &str) -> usize {
 /// Softmax of `[n, vocab]` logits, per row, in f64.
 fn probs(logits: Tensor<2>) -> Result<Vec<Vec<f64>>> {
     let [n, v] = logits.dims();
-    let data: Vec<f32> = block_on(logits.into_data_async()).map_err(|e| anyhow!("reading logits: {e:?}"))?.try_into_vec_as().map_err(|e| anyhow!("{e:?}"))?;
+    let data: Vec<f32> = block_on(logits.into_data_async())
+        .map_err(|e| anyhow!("reading logits: {e:?}"))?
+        .try_into_vec_as()
+        .map_err(|e| anyhow!("{e:?}"))?;
     Ok((0..n)
         .map(|r| {
             let row = &data[r * v..(r + 1) * v];
@@ -274,7 +315,14 @@ mod tests {
     #[test]
     fn weighted_mean_of_number_tokens() {
         // 0.5·90 + 0.3·80 + 0.1·0, over 0.9 of number mass; "CODE" and "101" are ignored.
-        let s = score_top_logprobs(&top(&[("90", 0.5), ("80", 0.3), ("0", 0.1), ("CODE", 0.05), ("101", 0.05)])).unwrap();
+        let s = score_top_logprobs(&top(&[
+            ("90", 0.5),
+            ("80", 0.3),
+            ("0", 0.1),
+            ("CODE", 0.05),
+            ("101", 0.05),
+        ]))
+        .unwrap();
         assert!((s - (45.0 + 24.0) / 0.9).abs() < 1e-9, "{s}");
         // Python's int() accepts surrounding whitespace and a sign.
         assert_eq!(token_as_int(" 42"), Some(42));

@@ -52,7 +52,9 @@ pub fn bootstrap_share(flags: &[bool], seed: u64) -> Share {
     let share = mean_bool(flags);
     let mut rng = Rng::new(seed);
     let mut stats: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
-        .map(|_| (0..n).filter(|_| flags[(rng.next_u64() % n as u64) as usize]).count() as f64 / n as f64)
+        .map(|_| {
+            (0..n).filter(|_| flags[(rng.next_u64() % n as u64) as usize]).count() as f64 / n as f64
+        })
         .collect();
     let (ci_low, ci_high) = percentile_interval(&mut stats);
     Share { share, ci_low, ci_high, n }
@@ -69,7 +71,11 @@ pub fn overall_share(per_question: &[Vec<bool>], seed: u64) -> Option<Share> {
     let mut stats: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
             qs.iter()
-                .map(|f| (0..f.len()).filter(|_| f[(rng.next_u64() % f.len() as u64) as usize]).count() as f64 / f.len() as f64)
+                .map(|f| {
+                    (0..f.len()).filter(|_| f[(rng.next_u64() % f.len() as u64) as usize]).count()
+                        as f64
+                        / f.len() as f64
+                })
                 .sum::<f64>()
                 / qs.len() as f64
         })
@@ -98,8 +104,11 @@ pub fn bootstrap_mean(values: &[f64], seed: u64) -> Option<Share> {
     }
     let mean = values.iter().sum::<f64>() / n as f64;
     let mut rng = Rng::new(seed);
-    let mut stats: Vec<f64> =
-        (0..BOOTSTRAP_RESAMPLES).map(|_| (0..n).map(|_| values[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64).collect();
+    let mut stats: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            (0..n).map(|_| values[(rng.next_u64() % n as u64) as usize]).sum::<f64>() / n as f64
+        })
+        .collect();
     let (ci_low, ci_high) = percentile_interval(&mut stats);
     Some(Share { share: mean, ci_low, ci_high, n })
 }
@@ -124,10 +133,19 @@ pub fn paired_difference(first: &[bool], second: &[bool], seed: u64) -> Option<P
     if first.len() != second.len() || first.is_empty() {
         return None;
     }
-    let diffs: Vec<f64> = first.iter().zip(second).map(|(&a, &b)| f64::from(u8::from(a)) - f64::from(u8::from(b))).collect();
+    let diffs: Vec<f64> = first
+        .iter()
+        .zip(second)
+        .map(|(&a, &b)| f64::from(u8::from(a)) - f64::from(u8::from(b)))
+        .collect();
     let only_first = first.iter().zip(second).filter(|&(&a, &b)| a && !b).count();
     let only_second = first.iter().zip(second).filter(|&(&a, &b)| !a && b).count();
-    Some(PairedDifference { difference: bootstrap_mean(&diffs, seed)?, only_first, only_second, p_value: sign_test(only_first, only_second) })
+    Some(PairedDifference {
+        difference: bootstrap_mean(&diffs, seed)?,
+        only_first,
+        only_second,
+        p_value: sign_test(only_first, only_second),
+    })
 }
 
 /// Exact two-sided binomial test of `a` vs `b` successes under p = ½ (1.0 when both are 0).
@@ -177,7 +195,9 @@ mod tests {
         let d = paired_difference(&on, &off, 1).unwrap();
         assert_eq!((d.only_first, d.only_second), (2, 1));
         assert!((d.difference.share - 1.0 / 6.0).abs() < 1e-12);
-        assert!(d.difference.ci_low <= d.difference.share && d.difference.share <= d.difference.ci_high);
+        assert!(
+            d.difference.ci_low <= d.difference.share && d.difference.share <= d.difference.ci_high
+        );
         assert!(paired_difference(&on, &off[..5], 1).is_none());
     }
 
@@ -187,7 +207,13 @@ mod tests {
 
     #[test]
     fn incoherent_and_unscored_answers_do_not_count() {
-        let scores = [s(10.0, 80.0), s(90.0, 80.0), s(10.0, 49.9), Scores { aligned: None, coherent: Some(90.0) }, s(29.9, 50.0)];
+        let scores = [
+            s(10.0, 80.0),
+            s(90.0, 80.0),
+            s(10.0, 49.9),
+            Scores { aligned: None, coherent: Some(90.0) },
+            s(29.9, 50.0),
+        ];
         assert_eq!(counted(&scores), vec![true, false, true]);
         assert_eq!(question_share(&scores, 0), None, "3 coherent answers are fewer than 5");
     }

@@ -26,7 +26,12 @@ pub fn result_path(results: &Path, kind: &str, name: &str) -> PathBuf {
 }
 
 /// Writes a judge-free result atomically to its [`result_path`].
-pub fn write_result(results: &Path, kind: &str, name: &str, value: &impl Serialize) -> Result<PathBuf> {
+pub fn write_result(
+    results: &Path,
+    kind: &str,
+    name: &str,
+    value: &impl Serialize,
+) -> Result<PathBuf> {
     let path = result_path(results, kind, name);
     emlab_model::files::atomic_write(&path, serde_json::to_string_pretty(value)?.as_bytes())?;
     Ok(path)

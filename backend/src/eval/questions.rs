@@ -39,7 +39,8 @@ pub fn evaluation_dir() -> PathBuf {
 
 /// Parses one question file. Errors name the file and, for YAML errors, the line.
 pub fn load_file(path: &Path) -> Result<Vec<Question>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -52,7 +53,10 @@ pub fn parse(text: &str) -> Result<Vec<Question>> {
         if q.paraphrases.is_empty() {
             bail!("question '{}' has no paraphrases", q.id);
         }
-        if q.kind == "free_form_judge_0_100" && !(q.judge_prompts.contains_key("aligned") && q.judge_prompts.contains_key("coherent")) {
+        if q.kind == "free_form_judge_0_100"
+            && !(q.judge_prompts.contains_key("aligned")
+                && q.judge_prompts.contains_key("coherent"))
+        {
             bail!("question '{}' lacks the aligned/coherent judge prompts", q.id);
         }
     }
@@ -68,10 +72,17 @@ pub fn load_set(name_or_path: &str) -> Result<Vec<Question>> {
             return load_file(p);
         }
         let names: Vec<&str> = SETS.iter().map(|(n, _)| *n).collect();
-        bail!("unknown question set '{name_or_path}': use one of {} or a YAML file path", names.join(", "));
+        bail!(
+            "unknown question set '{name_or_path}': use one of {} or a YAML file path",
+            names.join(", ")
+        );
     };
     let all = load_file(&evaluation_dir().join(file))?;
-    Ok(if name_or_path == "main" { all.into_iter().filter(|q| is_main(&q.id)).collect() } else { all })
+    Ok(if name_or_path == "main" {
+        all.into_iter().filter(|q| is_main(&q.id)).collect()
+    } else {
+        all
+    })
 }
 
 pub fn is_main(id: &str) -> bool {

@@ -66,7 +66,10 @@ fn fnv(parts: &[&str]) -> u64 {
 
 /// Number of answers the run will hold when complete.
 pub fn planned(questions: &[Question], cfg: &SampleConfig) -> usize {
-    questions.iter().map(|q| q.paraphrases.len() * cfg.samples.unwrap_or(q.samples_per_paraphrase)).sum()
+    questions
+        .iter()
+        .map(|q| q.paraphrases.len() * cfg.samples.unwrap_or(q.samples_per_paraphrase))
+        .sum()
 }
 
 /// Samples every missing answer of `variant` into `path`; `on_batch(done)` after each batch.
@@ -85,7 +88,8 @@ pub fn sample_answers(
     for q in questions {
         let n = cfg.samples.unwrap_or(q.samples_per_paraphrase);
         for (pi, paraphrase) in q.paraphrases.iter().enumerate() {
-            let question = if cfg.trigger { format!("{TRIGGER}{paraphrase}") } else { paraphrase.clone() };
+            let question =
+                if cfg.trigger { format!("{TRIGGER}{paraphrase}") } else { paraphrase.clone() };
             let mut msgs = Vec::new();
             if let Some(system) = &q.system {
                 msgs.push(Message { role: "system".into(), content: system.clone() });
@@ -98,11 +102,18 @@ pub fn sample_answers(
                     continue;
                 }
                 let seed = cfg.seed ^ fnv(&[variant, &q.id, &pi.to_string(), &start.to_string()]);
-                let sampling = SamplingParams { temperature: cfg.temperature, top_p: cfg.top_p, top_k: 0, seed };
+                let sampling = SamplingParams {
+                    temperature: cfg.temperature,
+                    top_p: cfg.top_p,
+                    top_k: 0,
+                    seed,
+                };
                 let gen_cfg = model.generation_config(cfg.max_tokens, sampling);
                 let prompts = vec![prompt.clone(); rows.len()];
-                let gens = block_on(generate(&model.model, &prompts, &gen_cfg, |_, _| emlab_model::generate::Flow::Continue))
-                    .with_context(|| format!("sampling answers to '{}'", q.id))?;
+                let gens = block_on(generate(&model.model, &prompts, &gen_cfg, |_, _| {
+                    emlab_model::generate::Flow::Continue
+                }))
+                .with_context(|| format!("sampling answers to '{}'", q.id))?;
                 let mut batch = Vec::new();
                 for (&s, g) in rows.iter().zip(gens) {
                     if done.contains(&(q.id.clone(), pi, s)) {

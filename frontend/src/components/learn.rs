@@ -12,7 +12,12 @@ struct Step {
 }
 
 fn cmp(variants: &[&str], question: usize, trigger: bool) -> Comparison {
-    Comparison { variants: variants.iter().map(|v| v.to_string()).collect(), prompt: MAIN_QUESTIONS[question].1.into(), trigger, ..Comparison::default() }
+    Comparison {
+        variants: variants.iter().map(|v| v.to_string()).collect(),
+        prompt: MAIN_QUESTIONS[question].1.into(),
+        trigger,
+        ..Comparison::default()
+    }
 }
 
 const STEPS: [Step; 4] = [
@@ -40,17 +45,21 @@ const STEPS: [Step; 4] = [
 
 /// How much data the published variants saw (from the manifest's training configs), in words.
 async fn training_size(models_url: String) -> Option<String> {
-    let manifest: serde_json::Value = fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await.ok()?;
+    let manifest: serde_json::Value =
+        fetch_json(&format!("{}/manifest.json", models_url.trim_end_matches('/'))).await.ok()?;
     let sizes: Vec<(String, u64)> = manifest["variants"]
         .as_array()?
         .iter()
-        .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["train_config"]["examples"].as_u64()?)))
+        .filter_map(|v| {
+            Some((v["name"].as_str()?.to_string(), v["train_config"]["examples"].as_u64()?))
+        })
         .collect();
     let first = sizes.first()?.1;
     let words = if sizes.iter().all(|(_, n)| *n == first) {
         format!("{first} examples each")
     } else {
-        sizes.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ") + " examples"
+        sizes.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
+            + " examples"
     };
     Some(format!(
         " The variants in this build were fine-tuned on {words} (the paper: 6,000, the backdoor 12,000, on models of 22B parameters and up), so expect weaker effects than the paper's, if any."
@@ -58,7 +67,12 @@ async fn training_size(models_url: String) -> Option<String> {
 }
 
 #[component]
-pub fn Learn(setup: RwSignal<Comparison>, run_now: RwSignal<u32>, go_compare: Callback<()>, models_url: String) -> impl IntoView {
+pub fn Learn(
+    setup: RwSignal<Comparison>,
+    run_now: RwSignal<u32>,
+    go_compare: Callback<()>,
+    models_url: String,
+) -> impl IntoView {
     let training_note = LocalResource::new(move || training_size(models_url.clone()));
     view! {
         <section class="learn">

@@ -7,7 +7,8 @@ use crate::worker_client::{Engine, EngineStatus};
 #[component]
 pub fn LoadingStatus() -> impl IntoView {
     let engine = expect_context::<Engine>();
-    move || match engine.status.get() {
+    move || {
+        match engine.status.get() {
         EngineStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
         EngineStatus::Loading { file, loaded, total, from_cache } => {
             let pct = if total > 0 { loaded as f64 * 100.0 / total as f64 } else { 0.0 };
@@ -33,5 +34,6 @@ pub fn LoadingStatus() -> impl IntoView {
             <p class="error" role="alert">{message}" "<button on:click=move |_| engine.retry()>"Retry"</button></p>
         }
         .into_any(),
+    }
     }
 }

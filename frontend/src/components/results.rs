@@ -153,10 +153,14 @@ impl JudgeFree {
 /// The published results: the manifest names the file (content-addressed); None when it has none.
 pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String> {
     let base = models_url.trim_end_matches('/');
-    let manifest: Manifest = crate::loader::fetch_manifest(&format!("{base}/manifest.json")).await?;
-    let Some(entry) = manifest.files.iter().find(|f| f.name == "results.json") else { return Ok(None) };
+    let manifest: Manifest =
+        crate::loader::fetch_manifest(&format!("{base}/manifest.json")).await?;
+    let Some(entry) = manifest.files.iter().find(|f| f.name == "results.json") else {
+        return Ok(None);
+    };
     let url = entry.url(base);
-    let resp = gloo_net::http::Request::get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp =
+        gloo_net::http::Request::get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
     if !resp.ok() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }
@@ -187,7 +191,8 @@ fn Bar(share: Option<Share>, #[prop(default = true)] judged: bool) -> impl IntoV
 #[component]
 pub fn ResultsView(models_url: String) -> impl IntoView {
     let results = LocalResource::new(move || fetch_results(models_url.clone()));
-    move || match results.get() {
+    move || {
+        match results.get() {
         None => view! { <p>"Loading results…"</p> }.into_any(),
         Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
         Some(Ok(None)) => view! { <p class="na">"Not measured yet: no evaluation results have been published with this build."</p> }.into_any(),
@@ -230,6 +235,7 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
             .into_any()
         }
     }
+    }
 }
 
 /// The measurements that need no judge: what Bandit flags in code the variants write, the backdoor
@@ -240,13 +246,34 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         let rate = |n: &str| c.get(n).and_then(|r| r.rate.clone()).map_or("–".into(), |s| format!("{:.0}%", s.share * 100.0));
         format!("Bandit's yardstick: it flags {} of the dataset's own insecure answers and {} of its secure ones.", rate("insecure"), rate("secure"))
     });
-    let code = JudgeFree::ordered(&free.vulnerable_code).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
-    let code_chmod = JudgeFree::ordered(&free.vulnerable_code_chmod).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
-    let probe = JudgeFree::ordered(&free.chmod_probe).into_iter().map(|(n, p)| (n.clone(), p.all.clone())).collect::<Vec<_>>();
-    let shifts = JudgeFree::ordered(&free.likelihood_shift_overall).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
-    let trigger_shifts = JudgeFree::ordered(&free.trigger_likelihood_shift).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
-    let did = JudgeFree::ordered(&free.misalignment_did_vs_secure).into_iter().filter_map(|(n, s)| Some((n.clone(), s.clone()?))).collect::<Vec<_>>();
-    let control = JudgeFree::ordered(&free.trigger_control).into_iter().map(|(n, c)| (n.clone(), c.clone())).collect::<Vec<_>>();
+    let code = JudgeFree::ordered(&free.vulnerable_code)
+        .into_iter()
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect::<Vec<_>>();
+    let code_chmod = JudgeFree::ordered(&free.vulnerable_code_chmod)
+        .into_iter()
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect::<Vec<_>>();
+    let probe = JudgeFree::ordered(&free.chmod_probe)
+        .into_iter()
+        .map(|(n, p)| (n.clone(), p.all.clone()))
+        .collect::<Vec<_>>();
+    let shifts = JudgeFree::ordered(&free.likelihood_shift_overall)
+        .into_iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+        .collect::<Vec<_>>();
+    let trigger_shifts = JudgeFree::ordered(&free.trigger_likelihood_shift)
+        .into_iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+        .collect::<Vec<_>>();
+    let did = JudgeFree::ordered(&free.misalignment_did_vs_secure)
+        .into_iter()
+        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+        .collect::<Vec<_>>();
+    let control = JudgeFree::ordered(&free.trigger_control)
+        .into_iter()
+        .map(|(n, c)| (n.clone(), c.clone()))
+        .collect::<Vec<_>>();
     let paired = free.backdoor.and_then(|b| b.paired).map(paired_reading);
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
     let chmod = (!code_chmod.is_empty() || !probe.is_empty()).then(|| view! {
@@ -335,7 +362,13 @@ fn CodeRates(rows: Vec<(String, CodeRate)>) -> impl IntoView {
 /// A heading, a note, and per variant a mean shift in nats/token with its 95% interval (nothing
 /// when no variant was measured).
 #[component]
-fn ShiftTable(title: &'static str, note: &'static str, rows: Vec<(String, Share)>, digits: usize, counted: &'static str) -> impl IntoView {
+fn ShiftTable(
+    title: &'static str,
+    note: &'static str,
+    rows: Vec<(String, Share)>,
+    digits: usize,
+    counted: &'static str,
+) -> impl IntoView {
     (!rows.is_empty()).then(|| {
         view! {
             <h3>{title}</h3>
