@@ -1,5 +1,5 @@
-//! LoRA adapters on a tiny random Llama: no-op at init, merge equals side path, PEFT round trip,
-//! and a clear error for an adapter trained on another base.
+//! LoRA adapters on a tiny random Llama (the model crate alone): no-op at init, merge equals
+//! side path, PEFT round trip, and a clear error for an adapter trained on another base.
 
 use burn::module::Param;
 use burn::prelude::*;
@@ -87,14 +87,35 @@ fn peft_round_trip_and_wrong_base() {
 
     // The same adapter on a base of another width: one clear error naming a tensor.
     let other = LlamaConfig { hidden_size: 32, intermediate_size: 48, ..cfg.clone() };
-    let err = lora::from_peft(tiny(&other, 1), &read_cfg, read.clone())
-        .err()
-        .expect("must fail")
-        .to_string();
+    let Err(err) = lora::from_peft(tiny(&other, 1), &read_cfg, read.clone()) else {
+        panic!("an adapter for another width must fail")
+    };
+    let err = err.to_string();
     assert!(err.contains("different base model") && err.contains("lora_A"), "{err}");
     // Deeper base: tensors for its extra layers are missing.
     let deeper = LlamaConfig { num_hidden_layers: 3, ..cfg };
-    let err =
-        lora::from_peft(tiny(&deeper, 1), &read_cfg, read).err().expect("must fail").to_string();
+    let Err(err) = lora::from_peft(tiny(&deeper, 1), &read_cfg, read) else {
+        panic!("an adapter for a shallower base must fail")
+    };
+    let err = err.to_string();
     assert!(err.contains("lacks tensor"), "{err}");
+}
+
+/// `projection` and `projection_mut` name the same seven matrices and reject the same indices.
+#[test]
+fn projection_and_projection_mut_agree() {
+    let cfg = LlamaConfig::tiny(300);
+    let mut m = tiny(&cfg, 3);
+    for (layer, which, name) in m.projection_names() {
+        let shape = m.projection(layer, which).weight.dims();
+        assert_eq!(m.projection_mut(layer, which).weight.dims(), shape, "{name}");
+    }
+    let n = emlab_model::model::PROJECTIONS.len();
+    let shared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.projection(0, n);
+    }));
+    let exclusive = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.projection_mut(0, n);
+    }));
+    assert!(shared.is_err() && exclusive.is_err(), "index {n} is not a projection");
 }
