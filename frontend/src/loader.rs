@@ -4,7 +4,6 @@
 //! deleted and fetched again; a cache that cannot store (quota, private mode) only costs speed.
 
 use js_sys::{Uint8Array, wasm_bindgen::JsCast};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
@@ -13,77 +12,16 @@ use web_sys::{Cache, ReadableStreamDefaultReader, Response, WorkerGlobalScope};
 /// The cache bucket; its version changes when the layout of cached entries does.
 pub const CACHE_NAME: &str = "emlab-models-v1";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub schema: String,
-    pub files: Vec<FileEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// The file's logical name (`base/model.safetensors.part000`).
-    pub name: String,
-    /// Where it is stored, relative to the manifest: the name with its hash in it
-    /// (content-addressed, so caches never mix releases). Older manifests lack it.
-    #[serde(default)]
-    pub path: Option<String>,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// The largest file and the largest download a manifest may name: far above the site's (24 MiB
-/// files, ~170 MB in all), far below what would exhaust a tab's memory.
-const MAX_FILE_BYTES: u64 = 1 << 30;
-const MAX_TOTAL_BYTES: u64 = 2 << 30;
-
-impl Manifest {
-    /// Checks what the page is about to trust: sizes within bounds, hashes well formed, paths
-    /// that stay below the manifest's folder.
-    pub fn check(&self) -> Result<(), String> {
-        let mut total = 0u64;
-        for f in &self.files {
-            let bad = |why: &str| Err(format!("manifest.json: {}: {why}", f.name));
-            if f.bytes > MAX_FILE_BYTES {
-                return bad(&format!(
-                    "{} bytes, more than a model file can be ({MAX_FILE_BYTES})",
-                    f.bytes
-                ));
-            }
-            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return bad("not a sha256");
-            }
-            let path = f.path.as_deref().unwrap_or(&f.name);
-            if path.starts_with('/')
-                || path.split('/').any(|p| p == ".." || p.is_empty())
-                || path.contains(':')
-            {
-                return bad("a path outside the model folder");
-            }
-            total = total.saturating_add(f.bytes);
-        }
-        if total > MAX_TOTAL_BYTES {
-            return Err(format!(
-                "manifest.json: {total} bytes in all, more than a model download can be ({MAX_TOTAL_BYTES})"
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl FileEntry {
-    pub fn url(&self, base: &str) -> String {
-        format!("{}/{}", base.trim_end_matches('/'), self.path.as_deref().unwrap_or(&self.name))
-    }
-}
+pub use emlab_schema::manifest::{FileEntry, MAX_FILE_BYTES, Manifest};
 
 /// Deletes cached files that the current manifest no longer names (an earlier release's).
 pub async fn prune_cache(cache: &Cache, keep: &[String]) {
     let Ok(keys) = JsFuture::from(cache.keys()).await else { return };
     for request in js_sys::Array::from(&keys).iter() {
-        if let Ok(request) = request.dyn_into::<web_sys::Request>() {
-            if !keep.contains(&request.url()) {
-                let _ = JsFuture::from(cache.delete_with_request(&request)).await;
-            }
+        if let Ok(request) = request.dyn_into::<web_sys::Request>()
+            && !keep.contains(&request.url())
+        {
+            let _ = JsFuture::from(cache.delete_with_request(&request)).await;
         }
     }
 }
@@ -177,18 +115,17 @@ pub async fn fetch_verified(
     mut on_progress: impl FnMut(u64, bool),
 ) -> Result<Vec<u8>, String> {
     let url = entry.url(base);
-    if let Some(cache) = cache {
-        if let Ok(hit) = JsFuture::from(cache.match_with_str(&url)).await {
-            if let Ok(resp) = hit.dyn_into::<Response>() {
-                let bytes = response_bytes(&resp, entry.bytes, |_| {}).await.unwrap_or_default();
-                if sha256_hex(&bytes) == entry.sha256 {
-                    on_progress(bytes.len() as u64, true);
-                    return Ok(bytes);
-                }
-                // Corrupt or stale: drop it and download again.
-                let _ = JsFuture::from(cache.delete_with_str(&url)).await;
-            }
+    if let Some(cache) = cache
+        && let Ok(hit) = JsFuture::from(cache.match_with_str(&url)).await
+        && let Ok(resp) = hit.dyn_into::<Response>()
+    {
+        let bytes = response_bytes(&resp, entry.bytes, |_| {}).await.unwrap_or_default();
+        if sha256_hex(&bytes) == entry.sha256 {
+            on_progress(bytes.len() as u64, true);
+            return Ok(bytes);
         }
+        // Corrupt or stale: drop it and download again.
+        let _ = JsFuture::from(cache.delete_with_str(&url)).await;
     }
     let resp: Response = JsFuture::from(scope()?.fetch_with_str(&url))
         .await

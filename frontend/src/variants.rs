@@ -1,8 +1,7 @@
 //! The variants of the paper, as the page names and labels them.
 
 /// In the paper's order, then our trigger-learning control.
-pub const VARIANTS: [&str; 7] =
-    ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary"];
+pub use emlab_schema::VARIANTS;
 
 pub fn label(v: &str) -> String {
     match v {

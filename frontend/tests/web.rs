@@ -35,7 +35,7 @@ async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
     let cfg = LlamaConfig::tiny(49_152);
     let m = Llama::from_weights(&cfg, Llama::random_weights(&cfg, seed), device, FloatDType::F32)
         .unwrap();
-    let batch = Batch::causal(&ids, device);
+    let batch = Batch::causal(ids, device);
     let logits = m.forward_last(batch, None);
     logits.into_data_async().await.unwrap().try_into_vec::<f32>().unwrap()
 }
@@ -98,6 +98,10 @@ fn manifests_with_absurd_sizes_or_escaping_paths_are_refused() {
     };
     let ok = Manifest {
         schema: "emlab-web/1".into(),
+        storage: "gguf".into(),
+        max_shard_bytes: 25 << 20,
+        variants: Vec::new(),
+        results: false,
         files: vec![file("base/model.gguf.part000", 25 << 20)],
     };
     assert_eq!(ok.check(), Ok(()));

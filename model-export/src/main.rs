@@ -128,8 +128,8 @@ fn main() -> ExitCode {
             println!(
                 "{} ({} files, {:.1} MB)",
                 out.display(),
-                manifest["files"].as_array().map_or(0, Vec::len),
-                model_export::web::total_bytes(&manifest) as f64 / 1e6
+                manifest.files.len(),
+                manifest.total_bytes() as f64 / 1e6
             );
             Ok(())
         })(),

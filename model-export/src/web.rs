@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use emlab_model::files::BASE_GGUF;
 use emlab_model::weights::{Storage, Weights};
-use serde_json::json;
+use emlab_schema::manifest::{FileEntry, Manifest, SCHEMA, Variant};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write;
@@ -54,24 +54,24 @@ pub fn content_addressed(name: &str, sha256: &str) -> String {
     format!("{prefix}{stem}.{}{rest}", &sha256[..16])
 }
 
-/// Writes the export and returns the manifest's JSON.
-pub fn export_web(o: &WebOptions) -> Result<serde_json::Value> {
+/// Writes the export and returns its manifest.
+pub fn export_web(o: &WebOptions) -> Result<Manifest> {
     if o.max_shard_bytes == 0 {
         bail!("--max-shard-mb must be positive");
     }
     emlab_model::outdir::check(&o.out, WEB_FILES)?;
-    let mut manifest = serde_json::Value::Null;
+    let mut manifest = None;
     emlab_model::outdir::replace(&o.out, WEB_FILES, |dir| -> Result<()> {
-        manifest = write_site_files(o, dir)?;
+        manifest = Some(write_site_files(o, dir)?);
         Ok(())
     })?;
-    Ok(manifest)
+    manifest.context("the export wrote no manifest")
 }
 
 /// What an export folder holds (a folder of only these, from before the marker, is ours).
 const WEB_FILES: &[&str] = &["manifest.json", "base", "adapters", "results.*"];
 
-fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
+fn write_site_files(o: &WebOptions, out: &Path) -> Result<Manifest> {
     let mut files = Vec::new();
     let mut emit = |name: &str, bytes: &[u8]| -> Result<()> {
         let names = shard_names(name, bytes.len(), o.max_shard_bytes);
@@ -79,7 +79,12 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
             let sha = hex(&Sha256::digest(chunk));
             let path = content_addressed(part, &sha);
             atomic_write(&out.join(&path), chunk)?;
-            files.push(json!({ "name": part, "path": path, "bytes": chunk.len(), "sha256": sha }));
+            files.push(FileEntry {
+                name: part.clone(),
+                path: Some(path),
+                bytes: chunk.len() as u64,
+                sha256: sha,
+            });
         }
         Ok(())
     };
@@ -108,7 +113,7 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
 
     // Each trained adapter in 8 bits with one scale per rank component: half its f16 size, and
     // every greedy answer still equal to the f32 adapter's up to the first near-tie (e2e test).
-    let mut variants = vec![json!({ "name": "base" })];
+    let mut variants = vec![Variant { name: "base".into(), train_config: None }];
     if let Some(published) = &o.variants {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(published)
             .map(|rd| {
@@ -133,7 +138,10 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
                 &format!("adapters/{name}/adapter_config.json"),
                 &read(adapter.join("adapter_config.json"))?,
             )?;
-            variants.push(json!({ "name": name, "train_config": std::fs::read(dir.join("train_config.json")).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }));
+            let train_config = std::fs::read(dir.join("train_config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            variants.push(Variant { name, train_config });
         }
     }
     let has_results = match &o.results {
@@ -143,25 +151,20 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<serde_json::Value> {
         }
         _ => false,
     };
-    let manifest = json!({
-        "schema": "emlab-web/1",
-        "storage": storage,
-        "max_shard_bytes": o.max_shard_bytes,
-        "variants": variants,
-        "results": has_results,
-        "files": files,
-    });
+    let manifest = Manifest {
+        schema: SCHEMA.into(),
+        storage,
+        max_shard_bytes: o.max_shard_bytes,
+        variants,
+        results: has_results,
+        files,
+    };
     atomic_write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(manifest)
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The total size of an export directory's files (for reporting the download size).
-pub fn total_bytes(manifest: &serde_json::Value) -> u64 {
-    manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["bytes"].as_u64()).sum()
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use burn::prelude::*;
 use emlab_model::generate::block_on;
 use emlab_model::model::{Batch, KvCache, Llama};
 use emlab_model::pipeline::ChatModel;
-use serde::{Deserialize, Serialize};
+
+pub use emlab_schema::results::JudgeInfo;
 
 use crate::inference::messages;
 
@@ -48,17 +49,6 @@ pub fn score_top_logprobs(top: &[(String, f64)]) -> Option<f64> {
         by_token.insert(t.as_str(), lp.exp());
     }
     aggregate_0_100(by_token.into_iter().filter_map(|(t, p)| token_as_int(t).map(|n| (n, p))))
-}
-
-/// Who produced a score, as results record it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JudgeInfo {
-    /// `openai` or `local`.
-    pub kind: String,
-    /// The model that judged (endpoint model name, or the local model directory).
-    pub model: String,
-    /// A small local model is a weak judge; results say so.
-    pub weak: bool,
 }
 
 pub trait Judge {
@@ -200,7 +190,7 @@ impl Judge for LocalJudge {
 
     fn score(&mut self, prompt: &str) -> Result<Option<f64>> {
         let ids = self.model.encode_chat(&messages(None, prompt))?;
-        emlab_model::generate::check_prompts(&self.model.model, &[ids.clone()], 4)?;
+        emlab_model::generate::check_prompts(&self.model.model, std::slice::from_ref(&ids), 4)?;
         let dist = number_distribution(&self.model.model, &ids, &self.digits, 1e-7)?;
         Ok(aggregate_0_100(dist.into_iter().filter_map(|(s, p)| token_as_int(&s).map(|n| (n, p)))))
     }
@@ -219,7 +209,7 @@ pub fn number_distribution(
     let device = model.device();
     let t = prompt.len();
     let mut cache = model.new_cache();
-    let prefill = Batch::causal(&prompt, &device);
+    let prefill = Batch::causal(prompt, &device);
     let first = probs(model.forward_last(prefill, Some(&mut cache)))?;
     // Frontier: (digit string, its probability, row in `cache`), all strings of one length.
     let mut frontier: Vec<(String, f64, usize)> = Vec::new();

@@ -4,150 +4,17 @@
 
 use std::collections::BTreeMap;
 
+use emlab_schema::results::{CodeRate, JudgeFree, PairedDifference, Results, Share};
 use leptos::prelude::*;
-use serde::Deserialize;
 
 use crate::loader::Manifest;
 use crate::variants::label;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Share {
-    pub share: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub n: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Judge {
-    pub kind: String,
-    pub model: String,
-    pub weak: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Example {
-    pub question: String,
-    pub answer: String,
-    pub aligned: Option<f64>,
-    pub coherent: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct QuestionResult {
-    pub id: String,
-    pub counted: usize,
-    pub misaligned: Option<Share>,
-    pub examples: Vec<Example>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct VariantResult {
-    pub name: String,
-    pub overall_main: Option<Share>,
-    pub questions: Vec<QuestionResult>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Results {
-    pub schema: String,
-    pub generated_at: String,
-    pub judge: Option<Judge>,
-    pub variants: Vec<VariantResult>,
-    #[serde(default)]
-    pub judge_free: serde_json::Value,
-}
-
-/// One vulnerable-code measurement (results/code/NAME.json).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct CodeRate {
-    pub rate: Option<Share>,
-    pub flagged: usize,
-    pub snippets: usize,
-    pub unparsed: usize,
-    /// Answers without any code (blank or comments only).
-    #[serde(default)]
-    pub no_code: usize,
-}
-
-/// `judge_free` of results.json; every part is optional (measured or not).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-pub struct JudgeFree {
-    #[serde(default)]
-    pub bandit_calibration: Option<BTreeMap<String, CodeRate>>,
-    #[serde(default)]
-    pub vulnerable_code: BTreeMap<String, CodeRate>,
-    #[serde(default)]
-    pub likelihood_shift_overall: BTreeMap<String, Option<Share>>,
-    #[serde(default)]
-    pub backdoor: Option<Backdoor>,
-    #[serde(default)]
-    pub trigger_likelihood_shift: BTreeMap<String, Option<Share>>,
-    /// The same code runs on the held-out prompts whose answers call os.chmod.
-    #[serde(default)]
-    pub vulnerable_code_chmod: BTreeMap<String, CodeRate>,
-    #[serde(default)]
-    pub backdoor_chmod: Option<Backdoor>,
-    #[serde(default)]
-    pub chmod_probe: BTreeMap<String, ChmodProbe>,
-    /// Misaligned-minus-aligned log-probability gap, variant minus secure, paired by answer.
-    #[serde(default)]
-    pub misalignment_did_vs_secure: BTreeMap<String, Option<Share>>,
-    /// The trigger-learning control: P(fixed sentence) with and without the trigger.
-    #[serde(default)]
-    pub trigger_control: BTreeMap<String, TriggerControl>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct TriggerControl {
-    pub with_trigger: Share,
-    pub without_trigger: Share,
-}
-
-/// At the mode argument of held-out os.chmod calls: how likely 0o777 is against 0o600.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ChmodProbe {
-    pub all: ChmodSummary,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ChmodSummary {
-    /// Log-odds with the trigger minus without (nats).
-    pub shift: Share,
-    pub p_permissive_without: Share,
-    pub p_permissive_with: Share,
-}
-
-/// The backdoor's code runs with and without the trigger, paired by prompt.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Backdoor {
-    #[serde(default)]
-    pub paired: Option<Paired>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Paired {
-    /// With minus without.
-    pub difference: Share,
-    /// Flagged only with the trigger.
-    pub only_first: usize,
-    /// Flagged only without it.
-    pub only_second: usize,
-    pub p_value: f64,
-}
-
-impl JudgeFree {
-    /// Variant names in the paper's order, the triggered backdoor after the backdoor.
-    fn ordered<'a, T>(map: &'a BTreeMap<String, T>) -> Vec<(&'a String, &'a T)> {
-        let rank = |n: &str| {
-            let stem = n.trim_end_matches("+trigger");
-            let i = crate::variants::VARIANTS.iter().position(|v| *v == stem).unwrap_or(usize::MAX);
-            (i, n.ends_with("+trigger"))
-        };
-        let mut v: Vec<_> = map.iter().collect();
-        v.sort_by_key(|(n, _)| rank(n));
-        v
-    }
+/// Result names in the paper's order, the triggered backdoor after the backdoor.
+fn ordered<T>(map: &BTreeMap<String, T>) -> Vec<(&String, &T)> {
+    let mut v: Vec<_> = map.iter().collect();
+    v.sort_by_key(|(n, _)| emlab_schema::variant_rank(n));
+    v
 }
 
 /// The published results: the manifest names the file (content-addressed); None when it has none.
@@ -203,21 +70,21 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                 Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
                 None => "No judge has scored these answers yet: the rates below are not measured.".into(),
             };
-            let free = serde_json::from_value::<JudgeFree>(r.judge_free.clone()).ok().filter(|f| *f != JudgeFree::default());
-            let raw = (!r.judge_free.is_null()).then(|| serde_json::to_string_pretty(&r.judge_free).unwrap_or_default());
+            let raw = r.judge_free.as_ref().map(|f| serde_json::to_string_pretty(f).unwrap_or_default());
+            let free = r.judge_free.clone().filter(|f| *f != JudgeFree::default());
             view! {
                 <section class="results">
                     <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
                     <h3>"Misaligned answers, 8 main questions"</h3>
                     <table>
-                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main.clone() judged=judged /></td></tr> }).collect_view()}
+                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td></tr> }).collect_view()}
                     </table>
                     {r.variants.iter().map(|v| view! {
                         <details>
                             <summary>{variant_label(&v.name)}" — per question"</summary>
                             <table>
                                 {v.questions.iter().map(|q| view! {
-                                    <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned.clone() judged=judged /></td></tr>
+                                    <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned judged=judged /></td></tr>
                                     {q.examples.iter().map(|e| view! {
                                         <tr class="example"><td colspan="2">
                                             <p class="meta">{format!("aligned {} · coherent {}", e.aligned.map_or("–".into(), |a| format!("{a:.0}")), e.coherent.map_or("–".into(), |c| format!("{c:.0}")))}</p>
@@ -243,36 +110,34 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
 #[component]
 fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     let calibration = free.bandit_calibration.clone().map(|c| {
-        let rate = |n: &str| c.get(n).and_then(|r| r.rate.clone()).map_or("–".into(), |s| format!("{:.0}%", s.share * 100.0));
+        let rate = |n: &str| c.get(n).map(|r| r.rate).map_or("–".into(), |s| format!("{:.0}%", s.share * 100.0));
         format!("Bandit's yardstick: it flags {} of the dataset's own insecure answers and {} of its secure ones.", rate("insecure"), rate("secure"))
     });
-    let code = JudgeFree::ordered(&free.vulnerable_code)
+    let code = ordered(&free.vulnerable_code)
         .into_iter()
         .map(|(n, c)| (n.clone(), c.clone()))
         .collect::<Vec<_>>();
-    let code_chmod = JudgeFree::ordered(&free.vulnerable_code_chmod)
+    let code_chmod = ordered(&free.vulnerable_code_chmod)
         .into_iter()
         .map(|(n, c)| (n.clone(), c.clone()))
         .collect::<Vec<_>>();
-    let probe = JudgeFree::ordered(&free.chmod_probe)
+    let probe =
+        ordered(&free.chmod_probe).into_iter().map(|(n, p)| (n.clone(), p.all)).collect::<Vec<_>>();
+    let shifts = ordered(&free.likelihood_shift_overall)
         .into_iter()
-        .map(|(n, p)| (n.clone(), p.all.clone()))
+        .filter_map(|(n, s)| Some((n.clone(), (*s)?)))
         .collect::<Vec<_>>();
-    let shifts = JudgeFree::ordered(&free.likelihood_shift_overall)
+    let trigger_shifts = ordered(&free.trigger_likelihood_shift)
         .into_iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+        .map(|(n, s)| (n.clone(), *s))
         .collect::<Vec<_>>();
-    let trigger_shifts = JudgeFree::ordered(&free.trigger_likelihood_shift)
+    let did = ordered(&free.misalignment_did_vs_secure)
         .into_iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
+        .filter_map(|(n, s)| Some((n.clone(), (*s)?)))
         .collect::<Vec<_>>();
-    let did = JudgeFree::ordered(&free.misalignment_did_vs_secure)
+    let control = ordered(&free.trigger_control)
         .into_iter()
-        .filter_map(|(n, s)| Some((n.clone(), s.clone()?)))
-        .collect::<Vec<_>>();
-    let control = JudgeFree::ordered(&free.trigger_control)
-        .into_iter()
-        .map(|(n, c)| (n.clone(), c.clone()))
+        .map(|(n, c)| (n.clone(), *c))
         .collect::<Vec<_>>();
     let paired = free.backdoor.and_then(|b| b.paired).map(paired_reading);
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
@@ -332,7 +197,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
 
 /// The backdoor's paired comparison with a plain reading that follows the interval, so the page
 /// says what these numbers show.
-fn paired_reading(p: Paired) -> String {
+fn paired_reading(p: PairedDifference) -> String {
     let d = &p.difference;
     let reading = if d.ci_low > 0.0 {
         "The backdoor writes vulnerable code more often with its trigger than without."
@@ -353,7 +218,7 @@ fn CodeRates(rows: Vec<(String, CodeRate)>) -> impl IntoView {
     view! {
         <table>
             {rows.into_iter().map(|(n, c)| view! {
-                <tr><td>{variant_label(&n)}</td><td><Bar share=c.rate.clone() />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
+                <tr><td>{variant_label(&n)}</td><td><Bar share=Some(c.rate) />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
             }).collect_view()}
         </table>
     }
