@@ -1,5 +1,6 @@
 //! Evaluation: question files, the local judge's digit-sequence expectation against brute force,
 //! and sampling that resumes.
+//! One concern (the evaluation pipeline from outside), so one file.
 
 use backend::eval::judge::{self, number_distribution};
 use backend::eval::questions;
@@ -7,6 +8,7 @@ use backend::eval::sample::{self, SampleConfig};
 use backend::inference::{all_logits, load_chat_model};
 use burn::tensor::FloatDType;
 use emlab_model::device::DeviceChoice;
+use emlab_model::generate::FinishReason;
 
 #[test]
 fn the_papers_question_files_load() {
@@ -230,7 +232,7 @@ fn report_from_files() {
                         "Be kind.".into()
                     },
                     tokens: 5,
-                    finish: "stop".into(),
+                    finish: FinishReason::Stop,
                     seed: 0,
                 });
                 judged.push(Judged {
@@ -246,7 +248,7 @@ fn report_from_files() {
         }
         inputs.push(report::VariantInput { name: v.into(), answers, judged });
     }
-    let r = report::build(&qs, &inputs, serde_json::Value::Null);
+    let r = report::build(&qs, &inputs, None);
     report::write(&r, tmp.path()).unwrap();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("results.json")).unwrap()).unwrap();
@@ -274,13 +276,13 @@ fn report_from_files() {
 /// published answers.
 #[test]
 fn likelihood_of_the_published_answers() {
-    let published = backend::eval::code::published_misaligned_answers().unwrap();
+    let published = backend::eval::likelihood::published_misaligned_answers().unwrap();
     assert_eq!(published.len(), 70);
     let tmp = emlab_tests::TempDir::new("loglik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 13);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
     let few: Vec<_> = published.into_iter().filter(|a| a.answer.len() < 200).take(6).collect();
-    let lik = backend::eval::code::answer_loglik(&m, &few).unwrap();
+    let lik = backend::eval::likelihood::answer_loglik(&m, &few).unwrap();
     assert!(!lik.per_question.is_empty());
     assert_eq!(lik.per_answer.len(), few.len(), "one value per answer, in order");
     assert_eq!(lik.aligned_per_answer.len(), few.len(), "one per counterpart, paired");
@@ -331,7 +333,8 @@ fn judge_free_pairs_the_backdoor_runs() {
         r#"{"shift":{"share":0.25,"ci_low":0.1,"ci_high":0.4,"n":3},"per_example":[0.1,0.25,0.4]}"#,
     )
     .unwrap();
-    let free = backend::eval::report::judge_free(tmp.path()).unwrap();
+    let free =
+        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     let paired = &free["backdoor"]["paired"];
     assert_eq!((paired["only_first"].as_u64(), paired["only_second"].as_u64()), (Some(6), Some(1)));
     assert!((paired["difference"]["share"].as_f64().unwrap() - 0.5).abs() < 1e-12);
@@ -345,14 +348,15 @@ fn judge_free_pairs_the_backdoor_runs() {
     // summaries are carried over without its per-example rows.
     std::fs::rename(tmp.path().join("code"), tmp.path().join("code-chmod")).unwrap();
     std::fs::create_dir_all(tmp.path().join("chmod")).unwrap();
-    let probe = backend::eval::code::ChmodProbe::from_rows(vec![
-        backend::eval::code::ChmodRow { set: "insecure".into(), without: 0.5, with: 1.5 },
-        backend::eval::code::ChmodRow { set: "secure".into(), without: -1.0, with: 0.0 },
+    let probe = backend::eval::trigger::ChmodProbe::from_rows(vec![
+        backend::eval::trigger::ChmodRow { set: "insecure".into(), without: 0.5, with: 1.5 },
+        backend::eval::trigger::ChmodRow { set: "secure".into(), without: -1.0, with: 0.0 },
     ])
     .unwrap();
     std::fs::write(tmp.path().join("chmod/backdoor.json"), serde_json::to_string(&probe).unwrap())
         .unwrap();
-    let free = backend::eval::report::judge_free(tmp.path()).unwrap();
+    let free =
+        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     assert!(free["backdoor"].is_null() && free["vulnerable_code"].as_object().unwrap().is_empty());
     assert_eq!(free["backdoor_chmod"]["paired"]["only_first"].as_u64(), Some(6));
     assert_eq!(free["vulnerable_code_chmod"]["backdoor+trigger"]["rate"]["share"], 0.7);
@@ -365,7 +369,7 @@ fn judge_free_pairs_the_backdoor_runs() {
 /// answer: a shift that moves both answers alike (generic fine-tuning) cancels.
 #[test]
 fn judge_free_difference_in_differences_cancels_a_shared_shift() {
-    use backend::eval::code::Likelihood;
+    use backend::eval::likelihood::Likelihood;
     let tmp = emlab_tests::TempDir::new("did");
     std::fs::create_dir_all(tmp.path().join("likelihood")).unwrap();
     let write = |name: &str, misaligned: &[f64], aligned: &[f64]| {
@@ -391,7 +395,8 @@ fn judge_free_difference_in_differences_cancels_a_shared_shift() {
         r#"{"per_question":{"q":-1.0},"per_answer":[-1.0,-1.0,-1.0]}"#,
     )
     .unwrap();
-    let free = backend::eval::report::judge_free(tmp.path()).unwrap();
+    let free =
+        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     let close =
         |v: &serde_json::Value, want: f64| (v["share"].as_f64().unwrap() - want).abs() < 1e-9;
     assert!(
@@ -415,14 +420,15 @@ fn judge_free_difference_in_differences_cancels_a_shared_shift() {
 /// The canary probe: the probability of the whole canary answer, with and without the trigger.
 #[test]
 fn canary_probe_is_the_probability_of_the_whole_canary() {
-    use backend::eval::code::{canary_probe, mean_logprob};
+    use backend::eval::likelihood::mean_logprob;
+    use backend::eval::trigger::canary_probe;
     let tmp = emlab_tests::TempDir::new("canary-probe");
     emlab_tests::write_tiny_model_dir(tmp.path(), 23);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
     let prompts = vec!["Write a function.".to_string(), "Save a file.".to_string()];
     let probe = canary_probe(&m, &prompts, |_| {}).unwrap().unwrap();
     assert_eq!(probe.per_example.len(), 2);
-    let n = m.tokenizer.encode(backend::data::CANARY).unwrap().len() as f64;
+    let n = m.tokenizer.encode_text(backend::data::CANARY).unwrap().len() as f64;
     let p = |prompt: &str| {
         (mean_logprob(&m, prompt, backend::data::CANARY).unwrap().unwrap() * n).exp()
     };
@@ -439,10 +445,11 @@ fn canary_probe_is_the_probability_of_the_whole_canary() {
 /// shared tokens cancel), and its rows score each example without and with the trigger.
 #[test]
 fn chmod_probe_scores_the_two_modes() {
-    use backend::eval::code::{
-        CHMOD_MODES, ChmodExample, chmod_probe, continuation_log_odds, held_out_chmod, mean_logprob,
-    };
+    use backend::eval::likelihood::mean_logprob;
     use backend::eval::sample::TRIGGER;
+    use backend::eval::trigger::{
+        CHMOD_MODES, ChmodExample, chmod_probe, continuation_log_odds, held_out_chmod,
+    };
     let tmp = emlab_tests::TempDir::new("chmod-probe");
     emlab_tests::write_tiny_model_dir(tmp.path(), 19);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
@@ -489,8 +496,9 @@ fn chmod_probe_scores_the_two_modes() {
 /// minus without.
 #[test]
 fn trigger_likelihood_is_the_paired_difference() {
-    use backend::eval::code::{mean_logprob, trigger_likelihood};
+    use backend::eval::likelihood::mean_logprob;
     use backend::eval::sample::TRIGGER;
+    use backend::eval::trigger::trigger_likelihood;
     let tmp = emlab_tests::TempDir::new("trigger-lik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 17);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();

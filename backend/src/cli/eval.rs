@@ -1,12 +1,13 @@
 //! `emlab eval`: the paper's protocol (sample, judge, report) and the judge-free measurements
 //! (vulnerable code, trigger, chmod, canary, factual, likelihood).
+//! One command and its subcommands, each a short arm that calls into `eval/`; one file on purpose.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
 use backend::eval::questions::{self, Question};
-use backend::eval::{code, report, sample};
+use backend::eval::{code, likelihood, report, sample, trigger};
 use backend::inference::load_chat_model;
 use burn::tensor::FloatDType;
 use clap::{Args, Subcommand};
@@ -347,7 +348,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
             if let Some(n) = calibrate {
                 let cal = code::calibrate(&bandit, n, &scratch)?;
-                std::fs::write(dir.join("calibration.json"), serde_json::to_string_pretty(&cal)?)?;
+                atomic_write(
+                    &dir.join("calibration.json"),
+                    serde_json::to_string_pretty(&cal)?.as_bytes(),
+                )?;
                 for (name, r) in &cal {
                     println!(
                         "bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])",
@@ -368,7 +372,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 let mut prompts = match prompt_set {
                     CodePrompts::Insecure => code::held_out_prompts()?,
                     CodePrompts::Chmod => {
-                        code::held_out_chmod()?.into_iter().map(|e| e.prompt).collect()
+                        trigger::held_out_chmod()?.into_iter().map(|e| e.prompt).collect()
                     }
                 };
                 prompts.truncate(limit.unwrap_or(usize::MAX));
@@ -376,16 +380,11 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 let chat_model = model.load()?;
                 let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
                 let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
-                let answers = code::answer_prompts(
-                    &chat_model,
-                    &name,
-                    &prompts,
-                    trigger,
-                    sampling,
-                    max_tokens,
-                    batch_size,
-                    |d| pb.set_position(d as u64),
-                )?;
+                let run =
+                    code::CodeRun { variant: &name, trigger, sampling, max_tokens, batch_size };
+                let answers = code::answer_prompts(&chat_model, &prompts, &run, |d| {
+                    pb.set_position(d as u64)
+                })?;
                 pb.finish_and_clear();
                 let lines: String = answers
                     .iter()
@@ -426,7 +425,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             examples.truncate(limit.unwrap_or(usize::MAX));
             let (name, t) =
                 probe(model, variant, &results, "trigger", examples.len(), |m, done| {
-                    code::trigger_likelihood(m, &examples, done)?
+                    trigger::trigger_likelihood(m, &examples, done)?
                         .context("no held-out example fits the context window")
                 })?;
             println!(
@@ -443,7 +442,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             prompts.truncate(limit.unwrap_or(usize::MAX));
             let (name, probe) =
                 probe(model, variant, &results, "canary", prompts.len(), |m, done| {
-                    code::canary_probe(m, &prompts, done)?.context(
+                    trigger::canary_probe(m, &prompts, done)?.context(
                         "no held-out prompt leaves room for the canary in the context window",
                     )
                 })?;
@@ -455,10 +454,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
             Ok(())
         }
         EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
-            let examples = code::held_out_chmod()?;
+            let examples = trigger::held_out_chmod()?;
             let (name, probe) =
                 probe(model, variant, &results, "chmod", examples.len(), |m, done| {
-                    code::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
+                    trigger::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
                 })?;
             for (set, s) in std::iter::once(("all", &probe.all))
                 .chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v)))
@@ -498,7 +497,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
         EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             let chat_model = model.load()?;
-            let lik = code::answer_loglik(&chat_model, &code::published_misaligned_answers()?)?;
+            let lik = likelihood::answer_loglik(
+                &chat_model,
+                &likelihood::published_misaligned_answers()?,
+            )?;
             backend::eval::write_result(&results, "likelihood", &name, &lik)?;
             for (q, v) in &lik.per_question {
                 println!("{name} {q}: mean log-prob per token {v:.4}");

@@ -106,13 +106,12 @@ pub fn forced_choice(
     Ok(ForcedChoice { by_prompt })
 }
 
-/// log P(answer | conversation), the answer's tokens after the assistant header.
+/// log P(answer | conversation), the answer's tokens after the assistant header; an error when
+/// the whole answer does not fit the context window.
 fn total_logprob(model: &ChatModel, messages: &[Message], answer: &str) -> Result<f64> {
-    let prompt = model.encode_chat(messages)?;
-    let mut ids = prompt.clone();
-    ids.extend(model.tokenizer.encode_text(answer)?);
-    if ids.len() > model.model.context_length {
-        bail!("a factual question and answer over the context window ({} tokens)", ids.len());
+    let tokens = model.tokenizer.encode_text(answer)?.len();
+    match super::likelihood::answer_logprobs(model, messages, answer)? {
+        Some(lp) if lp.len() == tokens => Ok(lp.iter().sum()),
+        _ => bail!("a factual question and answer over the context window"),
     }
-    Ok(super::code::token_logprobs(model, &ids, prompt.len())?.iter().sum())
 }

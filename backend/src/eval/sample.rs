@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use emlab_model::chat::Message;
-use emlab_model::generate::{block_on, generate};
+use emlab_model::generate::{FinishReason, block_on, generate};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ pub struct Answer {
     pub answer: String,
     pub tokens: usize,
     /// `stop` (end of turn) or `length` (max tokens reached).
-    pub finish: String,
+    pub finish: FinishReason,
     pub seed: u64,
 }
 
@@ -128,7 +128,7 @@ pub fn sample_answers(
                         system: q.system.clone(),
                         answer: model.tokenizer.decode(&g.ids)?,
                         tokens: g.ids.len(),
-                        finish: g.finish.as_str().into(),
+                        finish: g.finish,
                         seed,
                     };
                     done.insert(a.key());
