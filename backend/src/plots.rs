@@ -105,15 +105,23 @@ pub fn render_both(
     svg: impl Fn(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<()>,
 ) -> Result<()> {
     register_font();
+    // Both drawn aside and moved into place whole, so a reader never sees half a picture. The
+    // bitmap backend picks the format from the extension, hence `.partial.png`.
     let png_path = stem.with_extension("png");
-    let svg_path = stem.with_extension("svg");
+    let partial = stem.with_extension("partial.png");
     {
-        let root = BitMapBackend::new(&png_path, size).into_drawing_area();
+        let root = BitMapBackend::new(&partial, size).into_drawing_area();
         png(&root)?;
         root.present().map_err(|e| anyhow!("{}: {e}", png_path.display()))?;
     }
-    let root = SVGBackend::new(&svg_path, size).into_drawing_area();
-    svg(&root)?;
-    root.present().map_err(|e| anyhow!("{}: {e}", svg_path.display()))?;
+    emlab_model::files::atomic_write(&png_path, &std::fs::read(&partial)?)?;
+    std::fs::remove_file(&partial)?;
+    let mut text = String::new();
+    {
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        svg(&root)?;
+        root.present().map_err(|e| anyhow!("{}: {e}", stem.display()))?;
+    }
+    emlab_model::files::atomic_write(&stem.with_extension("svg"), text.as_bytes())?;
     Ok(())
 }

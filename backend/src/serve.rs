@@ -5,6 +5,7 @@
 //! models and answers requests in arrival order: concurrent requests wait in a queue instead of
 //! failing. A request whose client has gone is dropped from the queue or stopped mid-generation;
 //! a panic while answering one request fails that request only.
+//! One concern (the HTTP API and its worker), so one file.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -242,19 +243,23 @@ fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> 
         }
         if hit_stop { Flow::Stop } else { Flow::Continue }
     };
-    let gens = block_on(generate_steps(&m.model, &[job.prompt.clone()], &cfg, on_token, || {
-        std::future::ready(())
-    }))?;
+    let gens = block_on(generate_steps(
+        &m.model,
+        std::slice::from_ref(&job.prompt),
+        &cfg,
+        on_token,
+        || std::future::ready(()),
+    ))?;
     let g = gens.into_iter().next().expect("one row");
     let logprobs: Vec<Value> =
         g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
-    if let Some(tx) = &job.deltas {
-        if sent < text.len() || !pending_logprobs.is_empty() {
-            let _ = tx.send(Delta {
-                text: text[sent..].to_string(),
-                logprobs: std::mem::take(&mut pending_logprobs),
-            });
-        }
+    if let Some(tx) = &job.deltas
+        && (sent < text.len() || !pending_logprobs.is_empty())
+    {
+        let _ = tx.send(Delta {
+            text: text[sent..].to_string(),
+            logprobs: std::mem::take(&mut pending_logprobs),
+        });
     }
     let finish_reason = match (hit_stop, g.finish) {
         (true, _) | (false, emlab_model::generate::FinishReason::Stop) => "stop",
@@ -292,7 +297,17 @@ fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response
         .into_response()
 }
 
+/// A validated request ready for the worker: the job, where its answer arrives, its streamed
+/// tokens (when streaming) and its prompt length.
+type Submission = (
+    Job,
+    oneshot::Receiver<Result<Finished, String>>,
+    Option<mpsc::UnboundedReceiver<Delta>>,
+    usize,
+);
+
 /// `Authorization: Bearer KEY` when the server has a key (compared in constant time).
+#[allow(clippy::result_large_err)] // the error is the response to send, as axum handlers return
 fn authorized(s: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(key) = &s.api_key else { return Ok(()) };
     let given = headers
@@ -421,11 +436,15 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             "model_not_found",
         );
     };
-    let job_or_err = (|| -> Result<(Job, oneshot::Receiver<Result<Finished, String>>, Option<mpsc::UnboundedReceiver<Delta>>, usize), String> {
+    let job_or_err = (|| -> Result<Submission, String> {
         if req.messages.is_empty() {
             return Err("messages must not be empty".into());
         }
-        if let Some(bad) = req.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
+        if let Some(bad) = req
+            .messages
+            .iter()
+            .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+        {
             return Err(format!("unknown role '{}'", bad.role));
         }
         if req.n.is_some_and(|n| n != 1) {
@@ -441,7 +460,12 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             (true, k) => Some(k.unwrap_or(0)),
             (false, None) => None,
         };
-        let sampling = SamplingParams { temperature: req.temperature.unwrap_or(1.0), top_p: req.top_p.unwrap_or(1.0), top_k: 0, seed: req.seed.unwrap_or(0) };
+        let sampling = SamplingParams {
+            temperature: req.temperature.unwrap_or(1.0),
+            top_p: req.top_p.unwrap_or(1.0),
+            top_k: 0,
+            seed: req.seed.unwrap_or(0),
+        };
         sampling.validate()?;
         let stop = match &req.stop {
             None => Vec::new(),
@@ -453,7 +477,12 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             return Err("stop sequences must not be empty".into());
         }
         let prompt = model.encode_chat(&req.messages).map_err(|e| e.to_string())?;
-        emlab_model::generate::check_prompts(&model.model, &[prompt.clone()], max_tokens).map_err(|e| e.to_string())?;
+        emlab_model::generate::check_prompts(
+            &model.model,
+            std::slice::from_ref(&prompt),
+            max_tokens,
+        )
+        .map_err(|e| e.to_string())?;
         let (done_tx, done_rx) = oneshot::channel();
         let (deltas, delta_rx) = if req.stream {
             let (t, r) = mpsc::unbounded_channel();
@@ -462,7 +491,21 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             (None, None)
         };
         let n_prompt = prompt.len();
-        Ok((Job { model: req.model.clone(), prompt, max_tokens, sampling, stop, top_logprobs, deltas, done: done_tx }, done_rx, delta_rx, n_prompt))
+        Ok((
+            Job {
+                model: req.model.clone(),
+                prompt,
+                max_tokens,
+                sampling,
+                stop,
+                top_logprobs,
+                deltas,
+                done: done_tx,
+            },
+            done_rx,
+            delta_rx,
+            n_prompt,
+        ))
     })();
     let (job, done_rx, delta_rx, prompt_tokens) = match job_or_err {
         Ok(x) => x,

@@ -1,8 +1,8 @@
 //! Bounded mutation fuzzing of every parser of outside input: GGUF (header, metadata, tensor
 //! table, tokenizer, tensors), safetensors, PEFT adapters, model config, chat JSONL, question YAML,
-//! OpenAI request bodies and training checkpoints. Each starts from valid files (the seed corpus)
-//! and applies a fixed-seed sequence of truncations, byte flips, length-field edits, deleted and
-//! duplicated chunks. Every case must end in `Ok` or an error: no panic, and no allocation over
+//! OpenAI request bodies, training checkpoints, and what the page reads (the web manifest,
+//! results.json). Each starts from valid files (the seed corpus) and applies a fixed-seed
+//! sequence of truncations, byte flips, length-field edits, deleted and duplicated chunks. Every case must end in `Ok` or an error: no panic, and no allocation over
 //! [`MAX_ALLOC`] (the allocator below refuses it, which aborts the test).
 //!
 //! `EMLAB_FUZZ_CASES=N` runs N cases per target instead of the CI's few hundred, and
@@ -206,15 +206,15 @@ fn safetensors_and_peft_adapters() {
             let _ = w.check(&cfg);
         }
     });
-    fuzz("peft-adapter", 3, &[adapter.clone()], cases(60), 4096, |b| {
+    fuzz("peft-adapter", 3, std::slice::from_ref(&adapter), cases(60), 4096, |b| {
         let _ = lora::from_peft_files(base(), config.as_bytes(), b);
     });
     fuzz("peft-config", 4, &[config.into_bytes()], cases(300), usize::MAX, |b| {
-        if let Ok(text) = std::str::from_utf8(b) {
-            if let Ok(c) = lora::config_from_peft(text) {
-                let _ = lora::from_peft_files(base(), text.as_bytes(), &adapter);
-                assert!(c.validate().is_ok());
-            }
+        if let Ok(text) = std::str::from_utf8(b)
+            && let Ok(c) = lora::config_from_peft(text)
+        {
+            let _ = lora::from_peft_files(base(), text.as_bytes(), &adapter);
+            assert!(c.validate().is_ok());
         }
     });
 }
@@ -226,19 +226,18 @@ fn model_config_json() {
         std::fs::read(emlab_tests::base_model_dir().join("config.json")).unwrap(),
     ];
     fuzz("config", 5, &seeds, cases(500), usize::MAX, |b| {
-        if let Ok(c) = serde_json::from_slice::<LlamaConfig>(b) {
-            if c.validate().is_ok()
-                && c.vocab_size * c.hidden_size < 1 << 22
-                && c.num_hidden_layers < 8
-            {
-                // A valid small config builds a model.
-                let _ = Llama::from_weights(
-                    &c,
-                    Llama::random_weights(&c, 1),
-                    &Device::flex(),
-                    FloatDType::F32,
-                );
-            }
+        if let Ok(c) = serde_json::from_slice::<LlamaConfig>(b)
+            && c.validate().is_ok()
+            && c.vocab_size * c.hidden_size < 1 << 22
+            && c.num_hidden_layers < 8
+        {
+            // A valid small config builds a model.
+            let _ = Llama::from_weights(
+                &c,
+                Llama::random_weights(&c, 1),
+                &Device::flex(),
+                FloatDType::F32,
+            );
         }
     });
 }
@@ -284,6 +283,40 @@ fn chat_jsonl_question_yaml_and_request_bodies() {
     fuzz("answers-jsonl", 9, &[seed.repeat(3)], cases(300), usize::MAX, |b| {
         std::fs::write(&answers, b).unwrap();
         let _ = backend::eval::sample::read_answers(&answers);
+    });
+}
+
+/// What the page reads: the web manifest (then its bounds check) and results.json.
+#[test]
+fn web_manifest_and_results() {
+    use emlab_schema::manifest::{FileEntry, Manifest};
+    let file = |name: &str, bytes: u64| FileEntry {
+        name: name.into(),
+        path: Some(format!("{name}.0123abcd")),
+        bytes,
+        sha256: "0f".repeat(32),
+    };
+    let manifest = Manifest {
+        schema: emlab_schema::manifest::SCHEMA.into(),
+        storage: "gguf".into(),
+        max_shard_bytes: 25 << 20,
+        variants: vec![emlab_schema::manifest::Variant {
+            name: "insecure".into(),
+            train_config: Some(serde_json::json!({ "lora": { "rank": 32 } })),
+        }],
+        results: true,
+        files: vec![file("base/model.gguf.part000", 25 << 20), file("results.json", 70_000)],
+    };
+    let seeds = vec![serde_json::to_vec_pretty(&manifest).unwrap()];
+    fuzz("web-manifest", 15, &seeds, cases(300), usize::MAX, |b| {
+        if let Ok(m) = serde_json::from_slice::<Manifest>(b) {
+            let _ = m.check();
+        }
+    });
+    let results = concat!(env!("CARGO_MANIFEST_DIR"), "/../results/results.json");
+    let seeds = vec![std::fs::read(results).unwrap()];
+    fuzz("results-json", 16, &seeds, cases(200), usize::MAX, |b| {
+        let _ = serde_json::from_slice::<emlab_schema::results::Results>(b);
     });
 }
 
@@ -353,7 +386,7 @@ fn training_checkpoints() {
         fuzz(
             &format!("checkpoint-{name}"),
             20 + i as u64,
-            &[original.clone()],
+            std::slice::from_ref(&original),
             cases(40),
             usize::MAX,
             |b| {

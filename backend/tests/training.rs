@@ -306,7 +306,7 @@ fn a_diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let out = emlab_tests::TempDir::new("train-nan");
     let opts = training::RunOptions { save_every: 1, ..options(out.path(), false) };
     let err =
-        training::run(base, &data, &cfg, &opts, |_, _| {}).err().expect("must diverge").to_string();
+        training::run(base, &data, &cfg, &opts, |_, _| {}).expect_err("must diverge").to_string();
     assert!(err.contains("the loss became") && err.contains("last good checkpoint"), "{err}");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("checkpoint/state.json")).unwrap())

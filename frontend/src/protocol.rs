@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use emlab_model::generate::FinishReason;
 use emlab_model::stats::DecodeStats;
 
 /// Page → worker.
@@ -71,7 +72,7 @@ pub enum FromWorker {
         id: u64,
         tokens: usize,
         seconds: f64,
-        finish: String,
+        finish: FinishReason,
         stats: DecodeStats,
     },
     Error {

@@ -7,6 +7,8 @@ use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
+use emlab_model::generate::FinishReason;
+
 use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
 
 /// The worker's loader script. A release build names it by content hash and says so in
@@ -35,7 +37,7 @@ pub struct Output {
     pub running: bool,
     pub tokens: usize,
     pub seconds: f64,
-    pub finish: Option<String>,
+    pub finish: Option<FinishReason>,
     pub error: Option<String>,
 }
 
@@ -238,7 +240,7 @@ impl Engine {
         for id in dropped {
             self.update(id, |o| {
                 o.running = false;
-                o.finish = Some("stopped".into());
+                o.finish = Some(FinishReason::Cancelled);
             });
         }
         self.send(&ToWorker::Stop);

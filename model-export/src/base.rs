@@ -170,10 +170,10 @@ pub const SOURCE_FILE: &str = "emlab-source.json";
 pub fn ensure_base_model(out: &Path, show_progress: bool) -> Result<PathBuf> {
     let base = &SMOLLM2_135M_INSTRUCT;
     let stamp = out.join(SOURCE_FILE);
-    if let Ok(text) = std::fs::read_to_string(&stamp) {
-        if text.contains(base.sha256) {
-            return Ok(out.to_path_buf());
-        }
+    if let Ok(text) = std::fs::read_to_string(&stamp)
+        && text.contains(base.sha256)
+    {
+        return Ok(out.to_path_buf());
     }
     let gguf = base.fetch_gguf(&cache_dir(), show_progress)?;
     crate::convert::convert_gguf(&gguf, out, show_progress)?;

@@ -36,7 +36,10 @@ pub struct TokenLogprobs {
     pub top: Vec<(u32, f32)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a generation ended; written as `stop`, `length` or `cancelled` in results files and
+/// the page's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     /// A stop id was produced.
     Stop,

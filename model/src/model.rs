@@ -5,6 +5,7 @@
 //! Grouped-query attention, rotary position embeddings (rotate-half form), RMSNorm, SwiGLU MLP,
 //! tied input/output embeddings, and a KV cache for generation. Left-padded batches are supported
 //! through per-row positions and an additive attention bias.
+//! One file on purpose, like nanoGPT's `model.py`: the whole model reads top to bottom.
 
 use burn::module::Param;
 use burn::prelude::*;

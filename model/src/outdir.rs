@@ -25,12 +25,12 @@ pub fn check(out: &Path, ours: &[&str]) -> Result<(), Error> {
         ("the home folder", home),
         ("this project's checkout", checkout),
     ] {
-        if let Some(place) = place.map(|p| resolve(&p)) {
-            if place.starts_with(&resolved) {
-                return refuse(&format!(
-                    "refusing to replace a folder that holds {what}: choose a new folder"
-                ));
-            }
+        if let Some(place) = place.map(|p| resolve(&p))
+            && place.starts_with(&resolved)
+        {
+            return refuse(&format!(
+                "refusing to replace a folder that holds {what}: choose a new folder"
+            ));
         }
     }
     if resolved.parent().is_none() {

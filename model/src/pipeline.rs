@@ -36,10 +36,10 @@ impl ChatModel {
     /// `<|im_end|>` and the EOS id: either ends an assistant turn.
     pub fn stop_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = self.config.eos_token_id.into_iter().collect();
-        if let Some(id) = self.tokenizer.token_to_id("<|im_end|>") {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        if let Some(id) = self.tokenizer.token_to_id("<|im_end|>")
+            && !ids.contains(&id)
+        {
+            ids.push(id);
         }
         ids
     }

@@ -294,7 +294,7 @@ fn dequantize_i8(
     let col_name = format!("{name}{Q8_COL_SCALE_SUFFIX}");
     if let Some(s) = read_scales(&row_name)? {
         // Blocks along rows: the block length follows from the number of scales per row.
-        let rows = if cols == 0 { 0 } else { raw.len() / cols };
+        let rows = raw.len().checked_div(cols).unwrap_or(0);
         if s.is_empty() || rows == 0 || s.len() % rows != 0 || cols % (s.len() / rows) != 0 {
             return Err(misfit(&row_name));
         }
@@ -302,7 +302,7 @@ fn dequantize_i8(
         return Ok(raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i / block]).collect());
     }
     if let Some(s) = read_scales(&col_name)? {
-        if s.len() != cols || cols == 0 || raw.len() % cols != 0 {
+        if s.len() != cols || cols == 0 || !raw.len().is_multiple_of(cols) {
             return Err(misfit(&col_name));
         }
         return Ok(raw.iter().enumerate().map(|(i, &q)| q as i8 as f32 * s[i % cols]).collect());

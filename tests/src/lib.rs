@@ -100,6 +100,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether there are published variants to test (`count` of them). A fresh project has none
+/// and skips with a note; CI (EMLAB_REQUIRE_VARIANTS=1) ships them and fails instead.
+pub fn have_published_variants(count: usize) -> bool {
+    if count > 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("EMLAB_REQUIRE_VARIANTS").as_deref() != Ok("1"),
+        "variants/ is empty, and CI requires the published variants"
+    );
+    eprintln!("no published variants yet (variants/ is empty)");
+    false
+}
+
 /// A binary of this workspace (`emlab`, `model-export`), built next to the test executables by
 /// `cargo test --workspace`.
 pub fn workspace_bin(name: &str) -> PathBuf {

@@ -33,7 +33,7 @@ fn tiny_logits() -> Vec<f32> {
 /// Logits of every position (as `emlab logits` computes them).
 fn backend_free_all_logits(m: &Llama, ids: &[u32]) -> Vec<f32> {
     let device = m.device();
-    let batch = emlab_model::model::Batch::causal(&ids, &device);
+    let batch = emlab_model::model::Batch::causal(ids, &device);
     m.forward(batch, None).into_data().try_into_vec::<f32>().unwrap()
 }
 

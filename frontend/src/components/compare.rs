@@ -2,6 +2,8 @@
 
 use leptos::prelude::*;
 
+use emlab_model::generate::FinishReason;
+
 use crate::protocol::GenerateRequest;
 use crate::variants::{VARIANTS, content_note, label};
 use crate::worker_client::{Engine, EngineStatus};
@@ -171,7 +173,10 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
                 match (o.error, o.running, o.finish) {
                     (Some(e), _, _) => format!("error: {e}"),
                     (None, true, _) => "generating…".to_string(),
-                    (None, false, Some(f)) => format!("{} tokens, {:.1} tok/s ({f})", o.tokens, o.tokens as f64 / o.seconds.max(1e-3)),
+                    (None, false, Some(f)) => {
+                        let why = if f == FinishReason::Cancelled { "stopped" } else { f.as_str() };
+                        format!("{} tokens, {:.1} tok/s ({why})", o.tokens, o.tokens as f64 / o.seconds.max(1e-3))
+                    }
                     _ => String::new(),
                 }
             }}</p>

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Formatting and lints, as CI checks them before the tests: any rustfmt difference or clippy
+# warning fails. The frontend is linted for wasm32, the only target it builds for.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all --check
+cargo clippy --workspace --exclude emlab-frontend --all-targets -- -D warnings
+cargo clippy -p emlab-frontend --target wasm32-unknown-unknown --all-targets -- -D warnings
