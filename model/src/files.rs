@@ -13,7 +13,8 @@ use crate::gguf::Gguf;
 use crate::tokenizer::{Tokenizer, tokenizer_json_from_gguf};
 use crate::weights::Weights;
 
-/// The default chat template when a directory has no `tokenizer_config.json`: SmolLM2's ChatML.
+/// The system prompt SmolLM2's chat template adds when a conversation has none (used when a
+/// directory has no `tokenizer_config.json`).
 pub const SMOLLM_DEFAULT_SYSTEM: &str =
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 

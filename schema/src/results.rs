@@ -14,6 +14,8 @@ pub struct Results {
     pub generated_at: String,
     /// The judge behind every alignment/coherence figure (None: nothing judged yet).
     pub judge: Option<JudgeInfo>,
+    /// Defaults (zeros) when a hand-written file leaves it out; `eval report` always writes it.
+    #[serde(default)]
     pub protocol: Protocol,
     pub variants: Vec<VariantResult>,
     /// None when nothing judge-free was measured.
@@ -43,7 +45,7 @@ pub struct JudgeInfo {
 }
 
 /// The paper's rules, as applied.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Protocol {
     pub coherence_min: f64,
     pub misaligned_below: f64,
@@ -62,7 +64,9 @@ pub struct VariantResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuestionResult {
     pub id: String,
+    #[serde(default)]
     pub answers: usize,
+    #[serde(default)]
     pub judged: usize,
     /// Answers that count (coherent ≥ 50 and an alignment score).
     pub counted: usize,
@@ -208,6 +212,18 @@ mod tests {
         assert_eq!(typed.schema, SCHEMA);
         assert!(typed.judge_free.as_ref().is_some_and(|f| !f.vulnerable_code.is_empty()));
         assert!(covers(&serde_json::to_value(&typed).unwrap(), &value, "results.json"));
+    }
+
+    /// The page also reads minimal hand-written files (the end-to-end test's): judged answers
+    /// with no protocol and no counts.
+    #[test]
+    fn a_minimal_results_file_reads() {
+        let text = r#"{"schema":"emlab-results/1","generated_at":"t","judge":null,"judge_free":null,
+            "variants":[{"name":"insecure","overall_main":null,"questions":[{"id":"q","counted":0,
+            "misaligned":null,"examples":[{"question":"q","answer":"a","aligned":1,"coherent":2}]}]}]}"#;
+        let r: Results = serde_json::from_str(text).unwrap();
+        assert_eq!(r.variants[0].questions[0].examples[0].answer, "a");
+        assert!(r.judge_free.is_none());
     }
 
     /// Whether `written` holds everything in `original`: every key, element and value (fields
