@@ -114,8 +114,7 @@ pub fn render_both(
         png(&root)?;
         root.present().map_err(|e| anyhow!("{}: {e}", png_path.display()))?;
     }
-    emlab_model::files::atomic_write(&png_path, &std::fs::read(&partial)?)?;
-    std::fs::remove_file(&partial)?;
+    emlab_model::files::durable_rename(&partial, &png_path)?;
     let mut text = String::new();
     {
         let root = SVGBackend::with_string(&mut text, size).into_drawing_area();

@@ -43,12 +43,31 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, "cannot create directory", e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.partial"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| fail(&tmp, "cannot create", e))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(|e| fail(&tmp, "write failed", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail(path, "cannot move into place", e))?;
+    std::fs::File::create(&tmp)
+        .map_err(|e| fail(&tmp, "cannot create", e))?
+        .write_all(data)
+        .map_err(|e| fail(&tmp, "write failed", e))?;
+    durable_rename(&tmp, path)
+}
+
+/// Moves a finished file into place so that a crash leaves the old file or the new one, whole:
+/// its data synced first, then renamed, then its folder synced.
+pub fn durable_rename(from: &Path, to: &Path) -> Result<(), Error> {
+    let fail = |p: &Path, what: &str, e: std::io::Error| {
+        Error::file(p.display().to_string(), format!("{what}: {e}"))
+    };
+    std::fs::File::open(from)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fail(from, "write failed", e))?;
+    std::fs::rename(from, to).map_err(|e| fail(to, "cannot move into place", e))?;
     // Folders can be opened and synced on Unix; elsewhere the rename is as durable as it gets.
     #[cfg(unix)]
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail(dir, "cannot sync", e))?;
+    {
+        let dir = to.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail(dir, "cannot sync", e))?;
+    }
     Ok(())
 }
 

@@ -211,7 +211,7 @@ mod tests {
         let typed: Results = serde_json::from_str(&text).unwrap();
         assert_eq!(typed.schema, SCHEMA);
         assert!(typed.judge_free.as_ref().is_some_and(|f| !f.vulnerable_code.is_empty()));
-        assert!(covers(&serde_json::to_value(&typed).unwrap(), &value, "results.json"));
+        assert_covers(&serde_json::to_value(&typed).unwrap(), &value, "results.json");
     }
 
     /// The page also reads minimal hand-written files (the end-to-end test's): judged answers
@@ -226,24 +226,24 @@ mod tests {
         assert!(r.judge_free.is_none());
     }
 
-    /// Whether `written` holds everything in `original`: every key, element and value (fields
-    /// that older files lack may be added with their defaults). Panics naming the first loss.
-    fn covers(written: &serde_json::Value, original: &serde_json::Value, at: &str) -> bool {
+    /// Panics naming the first thing in `original` that `written` lacks: a key, an element or a
+    /// value (fields that older files lack may be added with their defaults).
+    fn assert_covers(written: &serde_json::Value, original: &serde_json::Value, at: &str) {
         use serde_json::Value;
-        let ok = match (written, original) {
+        match (written, original) {
             (Value::Object(w), Value::Object(o)) => {
-                o.iter().all(|(k, v)| w.get(k).is_some_and(|x| covers(x, v, &format!("{at}.{k}"))))
+                for (k, v) in o {
+                    let x = w.get(k).unwrap_or_else(|| panic!("{at}.{k}: not written back"));
+                    assert_covers(x, v, &format!("{at}.{k}"));
+                }
             }
             (Value::Array(w), Value::Array(o)) => {
-                w.len() == o.len()
-                    && w.iter()
-                        .zip(o)
-                        .enumerate()
-                        .all(|(i, (x, v))| covers(x, v, &format!("{at}[{i}]")))
+                assert_eq!(w.len(), o.len(), "{at}: not as many elements written back");
+                for (i, (x, v)) in w.iter().zip(o).enumerate() {
+                    assert_covers(x, v, &format!("{at}[{i}]"));
+                }
             }
-            _ => written == original,
-        };
-        assert!(ok, "{at}: not read or not written back as it was");
-        ok
+            _ => assert_eq!(written, original, "{at}: not written back as it was"),
+        }
     }
 }

@@ -149,10 +149,12 @@ fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Every result file of one kind (`results/KIND/*.json`) by name, parsed as `T`.
+/// Every result file of one kind (`results/KIND/*.json`) by name, parsed as `T`, except the
+/// files named in `except` (another format in the same folder).
 fn read_kind<T: serde::de::DeserializeOwned>(
     results: &Path,
     kind: &str,
+    except: &[&str],
 ) -> Result<BTreeMap<String, T>> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(results.join(kind)) else { return Ok(out) };
@@ -161,8 +163,8 @@ fn read_kind<T: serde::de::DeserializeOwned>(
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
     {
         let name = p.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if kind == "code" && name == "calibration" {
-            continue; // Bandit's yardstick, read on its own
+        if except.contains(&name.as_str()) {
+            continue;
         }
         let v = serde_json::from_slice(&std::fs::read(&p)?).map_err(|e| {
             anyhow!("{}: {e} (an older format: run its `emlab eval {kind}` again)", p.display())
@@ -177,7 +179,7 @@ fn read_kind<T: serde::de::DeserializeOwned>(
 /// `backdoor+trigger`), the trigger probes, the factual forced choice and the likelihood
 /// measures (`likelihood/`). None when there are none.
 pub fn judge_free(results: &Path) -> Result<Option<JudgeFree>> {
-    let code: BTreeMap<String, CodeRate> = read_kind(results, "code")?;
+    let code: BTreeMap<String, CodeRate> = read_kind(results, "code", &["calibration"])?;
     let calibration_path = results.join("code").join("calibration.json");
     let calibration: Option<BTreeMap<String, CodeRate>> = match std::fs::read(&calibration_path) {
         Ok(b) => Some(
@@ -186,12 +188,12 @@ pub fn judge_free(results: &Path) -> Result<Option<JudgeFree>> {
         ),
         Err(_) => None,
     };
-    let code_chmod: BTreeMap<String, CodeRate> = read_kind(results, "code-chmod")?;
-    let liks: BTreeMap<String, Likelihood> = read_kind(results, "likelihood")?;
-    let trigger: BTreeMap<String, TriggerLikelihood> = read_kind(results, "trigger")?;
-    let chmod: BTreeMap<String, ChmodProbe> = read_kind(results, "chmod")?;
-    let canary: BTreeMap<String, CanaryProbe> = read_kind(results, "canary")?;
-    let factual: BTreeMap<String, ForcedChoice> = read_kind(results, "factual")?;
+    let code_chmod: BTreeMap<String, CodeRate> = read_kind(results, "code-chmod", &[])?;
+    let liks: BTreeMap<String, Likelihood> = read_kind(results, "likelihood", &[])?;
+    let trigger: BTreeMap<String, TriggerLikelihood> = read_kind(results, "trigger", &[])?;
+    let chmod: BTreeMap<String, ChmodProbe> = read_kind(results, "chmod", &[])?;
+    let canary: BTreeMap<String, CanaryProbe> = read_kind(results, "canary", &[])?;
+    let factual: BTreeMap<String, ForcedChoice> = read_kind(results, "factual", &[])?;
     if factual.is_empty()
         && canary.is_empty()
         && code.is_empty()

@@ -10,10 +10,11 @@ use leptos::prelude::*;
 use crate::loader::Manifest;
 use crate::variants::label;
 
-/// Result names in the paper's order, the triggered backdoor after the backdoor.
-fn ordered<T>(map: &BTreeMap<String, T>) -> Vec<(&String, &T)> {
-    let mut v: Vec<_> = map.iter().collect();
-    v.sort_by_key(|(n, _)| emlab_schema::variant_rank(n));
+/// A measurement's entries, result names in the paper's order (the triggered backdoor after the
+/// backdoor).
+fn ordered<T>(map: BTreeMap<String, T>) -> Vec<(String, T)> {
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by(|(a, _), (b, _)| emlab_schema::variant_rank(a).cmp(&emlab_schema::variant_rank(b)));
     v
 }
 
@@ -109,36 +110,20 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
 /// with and without its trigger, and how likely each variant finds the paper's misaligned answers.
 #[component]
 fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
-    let calibration = free.bandit_calibration.clone().map(|c| {
+    let calibration = free.bandit_calibration.map(|c| {
         let rate = |n: &str| c.get(n).map(|r| r.rate).map_or("–".into(), |s| format!("{:.0}%", s.share * 100.0));
         format!("Bandit's yardstick: it flags {} of the dataset's own insecure answers and {} of its secure ones.", rate("insecure"), rate("secure"))
     });
-    let code = ordered(&free.vulnerable_code)
-        .into_iter()
-        .map(|(n, c)| (n.clone(), c.clone()))
-        .collect::<Vec<_>>();
-    let code_chmod = ordered(&free.vulnerable_code_chmod)
-        .into_iter()
-        .map(|(n, c)| (n.clone(), c.clone()))
-        .collect::<Vec<_>>();
-    let probe =
-        ordered(&free.chmod_probe).into_iter().map(|(n, p)| (n.clone(), p.all)).collect::<Vec<_>>();
-    let shifts = ordered(&free.likelihood_shift_overall)
-        .into_iter()
-        .filter_map(|(n, s)| Some((n.clone(), (*s)?)))
-        .collect::<Vec<_>>();
-    let trigger_shifts = ordered(&free.trigger_likelihood_shift)
-        .into_iter()
-        .map(|(n, s)| (n.clone(), *s))
-        .collect::<Vec<_>>();
-    let did = ordered(&free.misalignment_did_vs_secure)
-        .into_iter()
-        .filter_map(|(n, s)| Some((n.clone(), (*s)?)))
-        .collect::<Vec<_>>();
-    let control = ordered(&free.trigger_control)
-        .into_iter()
-        .map(|(n, c)| (n.clone(), *c))
-        .collect::<Vec<_>>();
+    let code = ordered(free.vulnerable_code);
+    let code_chmod = ordered(free.vulnerable_code_chmod);
+    let probe: Vec<_> = ordered(free.chmod_probe).into_iter().map(|(n, p)| (n, p.all)).collect();
+    let measured = |map| -> Vec<(String, Share)> {
+        ordered(map).into_iter().filter_map(|(n, s)| Some((n, s?))).collect()
+    };
+    let shifts = measured(free.likelihood_shift_overall);
+    let did = measured(free.misalignment_did_vs_secure);
+    let trigger_shifts = ordered(free.trigger_likelihood_shift);
+    let control = ordered(free.trigger_control);
     let paired = free.backdoor.and_then(|b| b.paired).map(paired_reading);
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
     let chmod = (!code_chmod.is_empty() || !probe.is_empty()).then(|| view! {
