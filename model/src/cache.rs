@@ -29,6 +29,9 @@ pub struct KvCache {
     /// [`MASK_BIAS`] on each row's padding slots `[B, 1, 1, capacity]`.
     slots: Option<Tensor<4>>,
     padding_bias: Option<Tensor<4>>,
+    /// Each row's padding as a tensor `[B]`, for the decoding kernels.
+    #[cfg(feature = "gpu-kernels")]
+    pads_tensor: Option<Tensor<1, Int>>,
 }
 
 impl KvCache {
@@ -85,6 +88,8 @@ impl KvCache {
             },
             padding_bias: self.padding_bias.as_ref().map(pick),
             slots: self.slots.clone(),
+            #[cfg(feature = "gpu-kernels")]
+            pads_tensor: None,
             ..*self
         }
     }
@@ -131,6 +136,36 @@ impl KvCache {
         let cv = cv.slice_assign(s![.., .., start..end, ..], v);
         self.layers[layer] = Some((ck.clone(), cv.clone()));
         (ck, cv)
+    }
+
+    /// This layer's keys and values `[B, n_kv, capacity, hd]`, taken out so that a kernel can
+    /// write them in place (zeros at the first write); [`KvCache::put`] gives them back.
+    #[cfg(feature = "gpu-kernels")]
+    pub(crate) fn take_layer(
+        &mut self,
+        layer: usize,
+        shape: [usize; 3],
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [b, n_kv, hd] = shape;
+        self.layers[layer].take().unwrap_or_else(|| {
+            let zeros = || Tensor::<4>::zeros([b, n_kv, self.capacity, hd], device);
+            (zeros(), zeros())
+        })
+    }
+
+    #[cfg(feature = "gpu-kernels")]
+    pub(crate) fn put(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) {
+        self.layers[layer] = Some((k, v));
+    }
+
+    /// Each row's left padding `[B]` (what the decoding kernels mask), built once.
+    #[cfg(feature = "gpu-kernels")]
+    pub(crate) fn pads_tensor(&mut self, b: usize, device: &Device) -> Tensor<1, Int> {
+        let pads = (0..b).map(|r| self.pads.get(r).copied().unwrap_or(0) as i32).collect();
+        self.pads_tensor
+            .get_or_insert_with(|| Tensor::from_data(TensorData::new(pads, [b]), device))
+            .clone()
     }
 
     /// The bias `[B, 1, 1, capacity]` for one new query per row at the current position: 0 on the

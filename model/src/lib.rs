@@ -14,6 +14,10 @@ pub mod device;
 pub mod files;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "gpu-kernels")]
+mod gpu_decode;
+#[cfg(feature = "gpu-kernels")]
+pub mod kernels;
 pub mod lora;
 pub mod model;
 #[cfg(not(target_arch = "wasm32"))]

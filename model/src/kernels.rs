@@ -1,0 +1,615 @@
+//! GPU kernels for one decoding step: a few rows, one new token each.
+//!
+//! burn runs a decoding step as ~40 kernels per layer (every reshape, slice, cat, broadcast and
+//! reduction its own launch, and its tiled matmul synchronises workgroups many times per product).
+//! On a software WebGPU adapter each launch and each barrier is expensive, so a token took seconds.
+//! These kernels do a layer in seven launches, none with a barrier: every invocation computes one
+//! output value with a plain loop. They are written for few rows (decoding), where that is also
+//! what the arithmetic needs: a matrix-vector product reads each weight once.
+//!
+//! Each kernel matches the reference ops in `model.rs` (same formulas, same order of operations
+//! where it matters); `tests` in `gpu_decode.rs` and the lavapipe test hold them to it.
+
+use burn::backend::backend_extension;
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::model::MASK_BIAS;
+
+/// Invocations per workgroup. No kernel here shares anything within a workgroup.
+const GROUP: u32 = 64;
+
+/// Values per load in the matrix products: every width they see is a multiple of it
+/// ([`supported_width`]).
+const VECTOR: usize = 4;
+
+/// Whether the products can read a dimension of this size `VECTOR` values at a time.
+pub fn supported_width(n: usize) -> bool {
+    n.is_multiple_of(VECTOR)
+}
+
+/// `Σ_k x[row + k]·γ[k]·w[k, col..col + W]`: `W` adjacent columns of an RMS-normalised product
+/// (`W` the vector width: one load of `w` serves `W` multiply-adds).
+#[cube]
+fn gamma_dot<F: Float, N: Size>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    w: &Tensor<Vector<F, N>>,
+    row: usize,
+    col: usize,
+    k_len: usize,
+) -> Vector<F, N> {
+    let (n, vs) = (w.shape(1), w.vector_size());
+    let mut dot = Vector::<F, N>::new(F::new(0.0));
+    for k in 0..k_len {
+        dot += Vector::new(x[row + k] * gamma[k]) * w[(k * n + col) / vs];
+    }
+    dot
+}
+
+/// `1/√(mean(x²) + ε)` of one row.
+#[cube]
+fn inv_rms<F: Float>(x: &Tensor<F>, row: usize, k_len: usize, eps: f32) -> F {
+    let mut ss = F::new(0.0);
+    for k in 0..k_len {
+        let v = x[row + k];
+        ss += v * v;
+    }
+    F::new(1.0) / (ss / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt()
+}
+
+/// `out[b] = rmsnorm(x[b])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch.
+#[cube(launch_unchecked)]
+fn norm_matvec3_kernel<F: Float, N: Size>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    w0: &Tensor<Vector<F, N>>,
+    w1: &Tensor<Vector<F, N>>,
+    w2: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    eps: f32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let vs = out.vector_size();
+    let j = ABSOLUTE_POS_X as usize * vs;
+    let b = ABSOLUTE_POS_Y as usize;
+    let n = out.shape(1);
+    if j >= n || b >= out.shape(0) {
+        terminate!();
+    }
+    let k_len = x.shape(1);
+    let row = b * k_len;
+    let (n0, n1) = (w0.shape(1), w1.shape(1));
+    let dot = if j < n0 {
+        gamma_dot::<F, N>(x, gamma, w0, row, j, k_len)
+    } else if j < n0 + n1 {
+        gamma_dot::<F, N>(x, gamma, w1, row, j - n0, k_len)
+    } else {
+        gamma_dot::<F, N>(x, gamma, w2, row, j - n0 - n1, k_len)
+    };
+    out[(b * n + j) / vs] = dot * Vector::new(inv_rms::<F>(x, row, k_len, eps));
+}
+
+/// `out[b] = silu(rmsnorm(x[b])·wg) ⊙ (rmsnorm(x[b])·wu)`: the MLP's first half in one launch.
+#[cube(launch_unchecked)]
+fn norm_gate_up_kernel<F: Float, N: Size>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    wg: &Tensor<Vector<F, N>>,
+    wu: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    eps: f32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let vs = out.vector_size();
+    let j = ABSOLUTE_POS_X as usize * vs;
+    let b = ABSOLUTE_POS_Y as usize;
+    let n = out.shape(1);
+    if j >= n || b >= out.shape(0) {
+        terminate!();
+    }
+    let k_len = x.shape(1);
+    let row = b * k_len;
+    let scale = Vector::new(inv_rms::<F>(x, row, k_len, eps));
+    let g = gamma_dot::<F, N>(x, gamma, wg, row, j, k_len) * scale;
+    let u = gamma_dot::<F, N>(x, gamma, wu, row, j, k_len) * scale;
+    let one = Vector::<F, N>::new(F::new(1.0));
+    out[(b * n + j) / vs] = g / (one + (Vector::new(F::new(0.0)) - g).exp()) * u;
+}
+
+/// `out[b] = residual[b] + x[b]·w`: the attention output and MLP down products with the residual.
+#[cube(launch_unchecked)]
+fn matvec_add_kernel<F: Float, N: Size>(
+    x: &Tensor<F>,
+    w: &Tensor<Vector<F, N>>,
+    residual: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    #[define(F)] _dtype: ElemType,
+) {
+    let vs = out.vector_size();
+    let j = ABSOLUTE_POS_X as usize * vs;
+    let b = ABSOLUTE_POS_Y as usize;
+    let n = out.shape(1);
+    if j >= n || b >= out.shape(0) {
+        terminate!();
+    }
+    let k_len = x.shape(1);
+    let row = b * k_len;
+    let mut dot = Vector::<F, N>::new(F::new(0.0));
+    for k in 0..k_len {
+        dot += Vector::new(x[row + k]) * w[(k * n + j) / vs];
+    }
+    let at = (b * n + j) / vs;
+    out[at] = residual[at] + dot;
+}
+
+/// `out[b, v] = rmsnorm(x[b])·e[v]`: the final norm and the tied head (`e` is `[vocab, d]`). Each
+/// invocation computes `W` vocabulary rows, reading `W` values at a time along `d`, so that one
+/// load of `x` and `γ` serves `W` rows.
+#[cube(launch_unchecked)]
+fn norm_head_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
+    e: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
+    eps: f32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let vs = x.vector_size();
+    let v = ABSOLUTE_POS_X as usize * vs;
+    let b = ABSOLUTE_POS_Y as usize;
+    let n = out.shape(1);
+    if v >= n || b >= out.shape(0) {
+        terminate!();
+    }
+    let k_len = x.shape(1);
+    let kv = k_len / vs;
+    let mut ss = Vector::<F, N>::new(F::new(0.0));
+    // dots[i]: row v + i, still W partial sums wide.
+    let mut dots = Array::<Vector<F, N>>::new(vs);
+    #[unroll]
+    for i in 0..vs {
+        dots[i] = Vector::new(F::new(0.0));
+    }
+    for k in 0..kv {
+        let xv = x[b * kv + k];
+        ss += xv * xv;
+        let xg = xv * gamma[k];
+        #[unroll]
+        for i in 0..vs {
+            dots[i] += xg * e[(v + i) * kv + k];
+        }
+    }
+    let mut s = F::new(0.0);
+    #[unroll]
+    for i in 0..vs {
+        s += ss.extract(i);
+    }
+    let inv = F::new(1.0) / (s / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt();
+    let mut result = Vector::<F, N>::new(F::new(0.0));
+    #[unroll]
+    for i in 0..vs {
+        let mut d = F::new(0.0);
+        #[unroll]
+        for l in 0..vs {
+            d += dots[i].extract(l);
+        }
+        result.insert(i, d * inv);
+    }
+    out[(b * n + v) / vs] = result;
+}
+
+/// Rotary embedding of Q and K at each row's position, and K and V written into the cache at
+/// `slot`. `qkv` is `[B, n_q + 2·n_kv]` (heads of `head_dim` each); `q` gets the rotated queries.
+#[cube(launch_unchecked)]
+fn rope_cache_kernel<F: Float, I: Int>(
+    qkv: &Tensor<F>,
+    cos: &Tensor<F>,
+    sin: &Tensor<F>,
+    positions: &Tensor<I>,
+    q: &mut Tensor<F>,
+    k_cache: &mut Tensor<F>,
+    v_cache: &mut Tensor<F>,
+    slot: u32,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let j = ABSOLUTE_POS_X as usize;
+    let b = ABSOLUTE_POS_Y as usize;
+    let width = qkv.shape(1);
+    if j >= width || b >= qkv.shape(0) {
+        terminate!();
+    }
+    let hd = cos.shape(1);
+    let half = hd / 2;
+    let nq = q.shape(1);
+    let nkv = k_cache.shape(1) * hd;
+    let row = b * width;
+    let x = qkv[row + j];
+    let slot = slot as usize;
+    if j < nq + nkv {
+        let d = j % hd;
+        let pos = u32::cast_from(positions[b]) as usize;
+        // rotate_half: [x1, x2] → [−x2, x1] within each head.
+        let rotated =
+            if d < half { F::new(0.0) - qkv[row + j + half] } else { qkv[row + j - half] };
+        let y = x * cos[pos * hd + d] + rotated * sin[pos * hd + d];
+        if j < nq {
+            q[b * nq + j] = y;
+        } else {
+            let h = (j - nq) / hd;
+            let at = b * k_cache.stride(0)
+                + h * k_cache.stride(1)
+                + slot * k_cache.stride(2)
+                + d * k_cache.stride(3);
+            k_cache[at] = y;
+        }
+    } else {
+        let jj = j - nq - nkv;
+        let (h, d) = (jj / hd, jj % hd);
+        let at = b * v_cache.stride(0)
+            + h * v_cache.stride(1)
+            + slot * v_cache.stride(2)
+            + d * v_cache.stride(3);
+        v_cache[at] = x;
+    }
+}
+
+/// `scores[b, h, j] = q[b, h]·k[b, h / rep, j] / √hd`, plus [`MASK_BIAS`] on the slots row `b`
+/// may not see: its left padding (`j < pads[b]`) and the slots after the newest (`j > slot`).
+#[cube(launch_unchecked)]
+fn scores_kernel<F: Float, I: Int>(
+    q: &Tensor<F>,
+    k_cache: &Tensor<F>,
+    pads: &Tensor<I>,
+    scores: &mut Tensor<F>,
+    slot: u32,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let j = ABSOLUTE_POS_X as usize;
+    let h = ABSOLUTE_POS_Y as usize;
+    let b = ABSOLUTE_POS_Z as usize;
+    let (n_heads, cap) = (scores.shape(1), scores.shape(2));
+    if j >= cap || h >= n_heads || b >= scores.shape(0) {
+        terminate!();
+    }
+    let hd = k_cache.shape(3);
+    let kvh = h / (n_heads / k_cache.shape(1));
+    let qrow = b * q.shape(1) + h * hd;
+    let krow = b * k_cache.stride(0) + kvh * k_cache.stride(1) + j * k_cache.stride(2);
+    let mut s = F::new(0.0);
+    for d in 0..hd {
+        s += q[qrow + d] * k_cache[krow + d * k_cache.stride(3)];
+    }
+    s *= F::new(1.0) / F::cast_from(hd as u32).sqrt();
+    if j < u32::cast_from(pads[b]) as usize || j > slot as usize {
+        s += F::new(MASK_BIAS);
+    }
+    scores[(b * n_heads + h) * cap + j] = s;
+}
+
+/// `out[b, h·hd + d] = Σ_j softmax(scores[b, h])_j · v[b, h / rep, j, d]`.
+#[cube(launch_unchecked)]
+fn attend_kernel<F: Float>(
+    scores: &Tensor<F>,
+    v_cache: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[define(F)] _dtype: ElemType,
+) {
+    let i = ABSOLUTE_POS_X as usize;
+    let b = ABSOLUTE_POS_Y as usize;
+    let width = out.shape(1);
+    if i >= width || b >= out.shape(0) {
+        terminate!();
+    }
+    let (n_heads, cap) = (scores.shape(1), scores.shape(2));
+    let hd = v_cache.shape(3);
+    let (h, d) = (i / hd, i % hd);
+    let kvh = h / (n_heads / v_cache.shape(1));
+    let srow = (b * n_heads + h) * cap;
+    let vrow = b * v_cache.stride(0) + kvh * v_cache.stride(1) + d * v_cache.stride(3);
+    let mut m = scores[srow];
+    for j in 1..cap {
+        m = F::max(m, scores[srow + j]);
+    }
+    let mut sum = F::new(0.0);
+    let mut acc = F::new(0.0);
+    for j in 0..cap {
+        let p = (scores[srow + j] - m).exp();
+        sum += p;
+        acc += p * v_cache[vrow + j * v_cache.stride(2)];
+    }
+    out[b * width + i] = acc / sum;
+}
+
+/// The decoding step's operations, as a burn backend extension: implemented for the cubecl
+/// backend (wgpu natively, WebGPU in the browser), queued lazily under burn's fusion.
+#[backend_extension(Cube, Fusion)]
+pub trait DecodeOps: burn::backend::Backend {
+    /// `rmsnorm(x)·[w0 | w1 | w2]` for `x` `[B, K]`: `[B, N0 + N1 + N2]`.
+    #[fusion(meta = |x, _gamma, w0, w1, w2, _eps| TensorSpec::new(
+        Shape::new([x.shape[0], w0.shape[1] + w1.shape[1] + w2.shape[1]]), x.dtype))]
+    fn norm_matvec3(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w0: FloatTensor<Self>,
+        w1: FloatTensor<Self>,
+        w2: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `silu(rmsnorm(x)·wg) ⊙ rmsnorm(x)·wu`: `[B, N]`.
+    #[fusion(meta = |x, _gamma, wg, _wu, _eps| TensorSpec::new(
+        Shape::new([x.shape[0], wg.shape[1]]), x.dtype))]
+    fn norm_gate_up(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wg: FloatTensor<Self>,
+        wu: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `residual + x·w`: `[B, N]`.
+    #[fusion(dtype = residual, shape = residual)]
+    fn matvec_add(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `rmsnorm(x)·eᵀ` for the tied head `e` `[vocab, K]`: `[B, vocab]`.
+    #[fusion(meta = |x, _gamma, e, _eps| TensorSpec::new(
+        Shape::new([x.shape[0], e.shape[0]]), x.dtype))]
+    fn norm_head(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        e: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// Rotates Q and K, writes K and V into the caches at `slot`: (q `[B, n_q]`, k cache, v cache).
+    #[fusion(meta = |qkv, _cos, _sin, _positions, k_cache, v_cache, n_q, _slot| (
+        TensorSpec::new(Shape::new([qkv.shape[0], *n_q]), qkv.dtype),
+        k_cache.clone(),
+        v_cache.clone(),
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn rope_cache(
+        qkv: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        positions: IntTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        n_q: usize,
+        slot: u32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Attention of one new query per row over the whole cache: `[B, n_heads·hd]`.
+    #[fusion(meta = |q, _k_cache, _v_cache, _pads, _slot| TensorSpec::new(q.shape.clone(), q.dtype))]
+    fn attend(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        pads: IntTensor<Self>,
+        slot: u32,
+    ) -> FloatTensor<Self>;
+}
+
+fn empty(like: &CubeTensor, shape: [usize; 2]) -> CubeTensor {
+    empty_device_dtype(like.client.clone(), like.device.clone(), Shape::new(shape), like.dtype)
+}
+
+/// Workgroups covering `n` invocations × `rows` rows.
+fn grid(n: usize, rows: usize) -> (CubeCount, CubeDim) {
+    (CubeCount::Static((n as u32).div_ceil(GROUP), rows as u32, 1), CubeDim::new_2d(GROUP, 1))
+}
+
+impl DecodeOps for CubeBackend {
+    fn norm_matvec3(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        w0: CubeTensor,
+        w1: CubeTensor,
+        w2: CubeTensor,
+        eps: f32,
+    ) -> CubeTensor {
+        let [x, gamma, w0, w1, w2] = [x, gamma, w0, w1, w2].map(into_contiguous);
+        let rows = x.meta.shape()[0];
+        let n = w0.meta.shape()[1] + w1.meta.shape()[1] + w2.meta.shape()[1];
+        let out = empty(&x, [rows, n]);
+        let (count, dim) = grid(n / VECTOR, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            norm_matvec3_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                VECTOR,
+                x.clone().into_tensor_arg(),
+                gamma.into_tensor_arg(),
+                w0.into_tensor_arg(),
+                w1.into_tensor_arg(),
+                w2.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                eps,
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
+    }
+
+    fn norm_gate_up(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        wg: CubeTensor,
+        wu: CubeTensor,
+        eps: f32,
+    ) -> CubeTensor {
+        let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
+        let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
+        let out = empty(&x, [rows, n]);
+        let (count, dim) = grid(n / VECTOR, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            norm_gate_up_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                VECTOR,
+                x.clone().into_tensor_arg(),
+                gamma.into_tensor_arg(),
+                wg.into_tensor_arg(),
+                wu.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                eps,
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
+    }
+
+    fn matvec_add(x: CubeTensor, w: CubeTensor, residual: CubeTensor) -> CubeTensor {
+        let [x, w, residual] = [x, w, residual].map(into_contiguous);
+        let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
+        let out = empty(&x, [rows, n]);
+        let (count, dim) = grid(n / VECTOR, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            matvec_add_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                VECTOR,
+                x.clone().into_tensor_arg(),
+                w.into_tensor_arg(),
+                residual.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
+    }
+
+    fn norm_head(x: CubeTensor, gamma: CubeTensor, e: CubeTensor, eps: f32) -> CubeTensor {
+        let [x, gamma, e] = [x, gamma, e].map(into_contiguous);
+        let (rows, n) = (x.meta.shape()[0], e.meta.shape()[0]);
+        let out = empty(&x, [rows, n]);
+        let (count, dim) = grid(n / VECTOR, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            norm_head_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                VECTOR,
+                x.clone().into_tensor_arg(),
+                gamma.into_tensor_arg(),
+                e.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                eps,
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
+    }
+
+    fn rope_cache(
+        qkv: CubeTensor,
+        cos: CubeTensor,
+        sin: CubeTensor,
+        positions: CubeTensor,
+        k_cache: CubeTensor,
+        v_cache: CubeTensor,
+        n_q: usize,
+        slot: u32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let [qkv, cos, sin, positions] = [qkv, cos, sin, positions].map(into_contiguous);
+        // Written in place when nothing else holds the caches (the usual case), else copied once.
+        let writable = |t: CubeTensor| if t.can_mut() { t } else { t.copy() };
+        let (k_cache, v_cache) = (writable(k_cache), writable(v_cache));
+        let (rows, width) = (qkv.meta.shape()[0], qkv.meta.shape()[1]);
+        let q = empty(&qkv, [rows, n_q]);
+        let (count, dim) = grid(width, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            rope_cache_kernel::launch_unchecked(
+                &qkv.client.clone(),
+                count,
+                dim,
+                qkv.clone().into_tensor_arg(),
+                cos.into_tensor_arg(),
+                sin.into_tensor_arg(),
+                positions.clone().into_tensor_arg(),
+                q.clone().into_tensor_arg(),
+                k_cache.clone().into_tensor_arg(),
+                v_cache.clone().into_tensor_arg(),
+                slot,
+                [dtype_to_storage_type(qkv.dtype), dtype_to_storage_type(positions.dtype)],
+            );
+        }
+        (q, k_cache, v_cache)
+    }
+
+    fn attend(
+        q: CubeTensor,
+        k_cache: CubeTensor,
+        v_cache: CubeTensor,
+        pads: CubeTensor,
+        slot: u32,
+    ) -> CubeTensor {
+        let [q, pads] = [q, pads].map(into_contiguous);
+        let (rows, width) = (q.meta.shape()[0], q.meta.shape()[1]);
+        let hd = k_cache.meta.shape()[3];
+        let (n_heads, cap) = (width / hd, k_cache.meta.shape()[2]);
+        let scores = empty_device_dtype(
+            q.client.clone(),
+            q.device.clone(),
+            Shape::new([rows, n_heads, cap]),
+            q.dtype,
+        );
+        let client = q.client.clone();
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            scores_kernel::launch_unchecked(
+                &client,
+                CubeCount::Static((cap as u32).div_ceil(GROUP), n_heads as u32, rows as u32),
+                CubeDim::new_2d(GROUP, 1),
+                q.clone().into_tensor_arg(),
+                k_cache.into_tensor_arg(),
+                pads.clone().into_tensor_arg(),
+                scores.clone().into_tensor_arg(),
+                slot,
+                [dtype_to_storage_type(q.dtype), dtype_to_storage_type(pads.dtype)],
+            );
+        }
+        let out = empty(&q, [rows, width]);
+        let (count, dim) = grid(width, rows);
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            attend_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                scores.into_tensor_arg(),
+                v_cache.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                dtype_to_storage_type(q.dtype),
+            );
+        }
+        out
+    }
+}
