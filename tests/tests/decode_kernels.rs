@@ -1,19 +1,10 @@
 //! Shape-stable decoding on wgpu, in a test binary of its own: cubecl's launch collector counts
 //! every kernel the process launches, so no other test may run GPU work beside it.
 
-use burn::tensor::FloatDType;
-use emlab_model::device::{self, DeviceChoice};
-use emlab_model::files::ModelFiles;
+use emlab_model::device::DeviceChoice;
 use emlab_model::generate::{Flow, GenerationConfig, block_on, generate};
-use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
-use emlab_tests::{base_model_dir, reference_json};
-
-fn load(choice: DeviceChoice) -> ChatModel {
-    let files = ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
-    ChatModel::new(files, &device::init(choice).expect("device"), FloatDType::F32)
-        .expect("model builds")
-}
+use emlab_tests::{load_base as load, reference_json};
 
 /// On wgpu (lavapipe in CI) decoding compiles its kernels in the first tokens and none after:
 /// within one cache capacity every token launches only kernels launched before (a kernel launched

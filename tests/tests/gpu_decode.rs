@@ -2,19 +2,10 @@
 //! CPU. A binary of its own: `decode_kernels.rs` counts every kernel its process launches.
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use emlab_model::cache::CACHE_BLOCK;
-use emlab_model::device::{self, DeviceChoice};
-use emlab_model::files::ModelFiles;
+use emlab_model::device::DeviceChoice;
 use emlab_model::model::{Batch, Llama};
-use emlab_model::pipeline::ChatModel;
-use emlab_tests::{base_model_dir, reference_json};
-
-fn load(choice: DeviceChoice) -> ChatModel {
-    let files = ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
-    ChatModel::new(files, &device::init(choice).expect("device"), FloatDType::F32)
-        .expect("model builds")
-}
+use emlab_tests::{load_base as load, reference_json};
 
 /// The decoding kernels (`kernels.rs`, used on wgpu) against the reference ops on the CPU: a
 /// left-padded batch of two prompts of different lengths, decoded across the cache's first

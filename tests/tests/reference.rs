@@ -3,23 +3,17 @@
 
 use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
-use emlab_model::device::{self, DeviceChoice};
+use emlab_model::device::DeviceChoice;
 use emlab_model::files::ModelFiles;
 use emlab_model::generate::{GenerationConfig, block_on, generate};
 use emlab_model::model::Batch;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
-use emlab_tests::{base_model_dir, read_npy_f32, reference_dir, reference_json};
+use emlab_tests::{
+    base_model_dir, load_base as load, load_base_as as load_as, read_npy_f32, reference_dir,
+    reference_json,
+};
 use serde_json::Value;
-
-fn load(choice: DeviceChoice) -> ChatModel {
-    load_as(choice, FloatDType::F32)
-}
-
-fn load_as(choice: DeviceChoice, dtype: FloatDType) -> ChatModel {
-    let files = ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
-    ChatModel::new(files, &device::init(choice).expect("device"), dtype).expect("model builds")
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
