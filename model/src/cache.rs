@@ -162,9 +162,12 @@ impl KvCache {
     /// Each row's left padding `[B]` (what the decoding kernels mask), built once.
     #[cfg(feature = "gpu-kernels")]
     pub(crate) fn pads_tensor(&mut self, b: usize, device: &Device) -> Tensor<1, Int> {
-        let pads = (0..b).map(|r| self.pads.get(r).copied().unwrap_or(0) as i32).collect();
+        let pads = &self.pads;
         self.pads_tensor
-            .get_or_insert_with(|| Tensor::from_data(TensorData::new(pads, [b]), device))
+            .get_or_insert_with(|| {
+                let rows = (0..b).map(|r| pads.get(r).copied().unwrap_or(0) as i32).collect();
+                Tensor::from_data(TensorData::new(rows, [b]), device)
+            })
             .clone()
     }
 
