@@ -1,8 +1,9 @@
-//! One decoding step on a GPU with the kernels of [`crate::kernels`]: seven launches per layer.
+//! A cached forward pass on a GPU with the kernels of [`crate::kernels`]: seven launches per
+//! layer, for the prompt (all its tokens at once) and for each decoding step alike.
 //!
-//! The same computation as [`Llama::forward_last`] with a cache and one new token per row, which
-//! remains the reference (and the path for everything these kernels do not cover: the CPU
-//! backend, LoRA adapters, weights stored in f16, an untied head, prompts).
+//! The same computation as [`Llama::forward_last`] with a cache, which remains the reference
+//! (and the path for everything these kernels do not cover: the CPU backend, LoRA adapters,
+//! weights stored in f16, an untied head, passes without a cache).
 
 use burn::backend::{Dispatch, DispatchTensorKind};
 use burn::prelude::*;
@@ -16,7 +17,7 @@ fn float(t: Tensor<2>) -> burn::backend::DispatchTensor {
 }
 
 impl Llama {
-    /// Whether [`Llama::decode_gpu`] can run this model: on a cubecl device, f32 weights, no
+    /// Whether [`Llama::forward_last_gpu`] can run this model: on a cubecl device, f32 weights, no
     /// adapter, tied embeddings.
     pub(crate) fn gpu_decode_supported(&self) -> bool {
         let e = self.embed_tokens.val();
@@ -33,18 +34,20 @@ impl Llama {
             })
     }
 
-    /// Logits `[B, vocab]` for one new token per row (`batch.tokens` `[B, 1]`), written into the
-    /// cache at its current length.
-    pub(crate) fn decode_gpu(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
-        let [b, _] = batch.tokens.dims();
+    /// Logits `[B, vocab]` of each row's last token, for `T` new tokens per row
+    /// (`batch.tokens` `[B, T]`) written into the cache from its current length on. The cache's
+    /// padding and causality mask the keys; `batch.bias` is not read.
+    pub(crate) fn forward_last_gpu(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
+        let [b, t] = batch.tokens.dims();
         let device = batch.tokens.device();
-        cache.prepare(1);
+        cache.prepare(t);
         let slot = cache.len() as u32;
         let pads = cache.pads_tensor(b, &device).into_dispatch();
-        let positions = batch.positions.reshape([b]).into_dispatch();
+        let positions = batch.positions.reshape([b * t]).into_dispatch();
         let d = self.embed_tokens.val().dims()[1];
-        let mut x =
-            burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens).reshape([b, d]);
+        // Row r of every activation is token r % t of sequence r / t.
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens)
+            .reshape([b * t, d]);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = &layer.self_attn;
             let (n_q, hd) = (attn.n_heads * attn.head_dim, attn.head_dim);
@@ -96,7 +99,10 @@ impl Llama {
                 float(x),
             ));
         }
-        cache.advance(1);
+        cache.advance(t);
+        if t > 1 {
+            x = x.reshape([b, t, d]).slice(s![.., t - 1..t, ..]).reshape([b, d]);
+        }
         Tensor::from_dispatch(Dispatch::norm_head(
             float(x),
             self.norm.weight.val().into_dispatch(),

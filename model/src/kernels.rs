@@ -206,8 +206,9 @@ fn norm_head_kernel<F: Float, N: Size>(
     out[(b * n + v) / vs] = result;
 }
 
-/// Rotary embedding of Q and K at each row's position, and K and V written into the cache at
-/// `slot`. `qkv` is `[B, n_q + 2·n_kv]` (heads of `head_dim` each); `q` gets the rotated queries.
+/// Rotary embedding of Q and K at each token's position, and K and V written into the cache from
+/// `slot` on. `qkv` is `[B·T, n_q + 2·n_kv]` (heads of `head_dim` each; row `r` is token `r % T`
+/// of sequence `r / T`); `q` gets the rotated queries.
 #[cube(launch_unchecked)]
 fn rope_cache_kernel<F: Float, I: Int>(
     qkv: &Tensor<F>,
@@ -221,27 +222,28 @@ fn rope_cache_kernel<F: Float, I: Int>(
     #[define(F, I)] _dtypes: [ElemType; 2],
 ) {
     let j = ABSOLUTE_POS_X as usize;
-    let b = ABSOLUTE_POS_Y as usize;
+    let r = ABSOLUTE_POS_Y as usize;
     let width = qkv.shape(1);
-    if j >= width || b >= qkv.shape(0) {
+    if j >= width || r >= qkv.shape(0) {
         terminate!();
     }
+    let t = qkv.shape(0) / k_cache.shape(0);
+    let (b, slot) = (r / t, slot as usize + r % t);
     let hd = cos.shape(1);
     let half = hd / 2;
     let nq = q.shape(1);
     let nkv = k_cache.shape(1) * hd;
-    let row = b * width;
+    let row = r * width;
     let x = qkv[row + j];
-    let slot = slot as usize;
     if j < nq + nkv {
         let d = j % hd;
-        let pos = u32::cast_from(positions[b]) as usize;
+        let pos = u32::cast_from(positions[r]) as usize;
         // rotate_half: [x1, x2] → [−x2, x1] within each head.
         let rotated =
             if d < half { F::new(0.0) - qkv[row + j + half] } else { qkv[row + j - half] };
         let y = x * cos[pos * hd + d] + rotated * sin[pos * hd + d];
         if j < nq {
-            q[b * nq + j] = y;
+            q[r * nq + j] = y;
         } else {
             let h = (j - nq) / hd;
             let at = b * k_cache.stride(0)
@@ -261,8 +263,9 @@ fn rope_cache_kernel<F: Float, I: Int>(
     }
 }
 
-/// `scores[b, h, j] = q[b, h]·k[b, h / rep, j] / √hd`, plus [`MASK_BIAS`] on the slots row `b`
-/// may not see: its left padding (`j < pads[b]`) and the slots after the newest (`j > slot`).
+/// `scores[r, h, j] = q[r, h]·k[b, h / rep, j] / √hd` for query row `r` (token `i = r % T` of
+/// sequence `b = r / T`), plus [`MASK_BIAS`] on the slots it may not see: its sequence's left
+/// padding (`j < pads[b]`) and the slots after its own (`j > slot + i`, causal).
 #[cube(launch_unchecked)]
 fn scores_kernel<F: Float, I: Int>(
     q: &Tensor<F>,
@@ -274,27 +277,29 @@ fn scores_kernel<F: Float, I: Int>(
 ) {
     let j = ABSOLUTE_POS_X as usize;
     let h = ABSOLUTE_POS_Y as usize;
-    let b = ABSOLUTE_POS_Z as usize;
+    let r = ABSOLUTE_POS_Z as usize;
     let (n_heads, cap) = (scores.shape(1), scores.shape(2));
-    if j >= cap || h >= n_heads || b >= scores.shape(0) {
+    if j >= cap || h >= n_heads || r >= scores.shape(0) {
         terminate!();
     }
+    let t = scores.shape(0) / k_cache.shape(0);
+    let (b, newest) = (r / t, slot as usize + r % t);
     let hd = k_cache.shape(3);
     let kvh = h / (n_heads / k_cache.shape(1));
-    let qrow = b * q.shape(1) + h * hd;
+    let qrow = r * q.shape(1) + h * hd;
     let krow = b * k_cache.stride(0) + kvh * k_cache.stride(1) + j * k_cache.stride(2);
     let mut s = F::new(0.0);
     for d in 0..hd {
         s += q[qrow + d] * k_cache[krow + d * k_cache.stride(3)];
     }
     s *= F::new(1.0) / F::cast_from(hd as u32).sqrt();
-    if j < u32::cast_from(pads[b]) as usize || j > slot as usize {
+    if j < u32::cast_from(pads[b]) as usize || j > newest {
         s += F::new(MASK_BIAS);
     }
-    scores[(b * n_heads + h) * cap + j] = s;
+    scores[(r * n_heads + h) * cap + j] = s;
 }
 
-/// `out[b, h·hd + d] = Σ_j softmax(scores[b, h])_j · v[b, h / rep, j, d]`.
+/// `out[r, h·hd + d] = Σ_j softmax(scores[r, h])_j · v[r / T, h / rep, j, d]`.
 #[cube(launch_unchecked)]
 fn attend_kernel<F: Float>(
     scores: &Tensor<F>,
@@ -303,16 +308,17 @@ fn attend_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let i = ABSOLUTE_POS_X as usize;
-    let b = ABSOLUTE_POS_Y as usize;
+    let r = ABSOLUTE_POS_Y as usize;
     let width = out.shape(1);
-    if i >= width || b >= out.shape(0) {
+    if i >= width || r >= out.shape(0) {
         terminate!();
     }
+    let b = r / (out.shape(0) / v_cache.shape(0));
     let (n_heads, cap) = (scores.shape(1), scores.shape(2));
     let hd = v_cache.shape(3);
     let (h, d) = (i / hd, i % hd);
     let kvh = h / (n_heads / v_cache.shape(1));
-    let srow = (b * n_heads + h) * cap;
+    let srow = (r * n_heads + h) * cap;
     let vrow = b * v_cache.stride(0) + kvh * v_cache.stride(1) + d * v_cache.stride(3);
     let mut m = scores[srow];
     for j in 1..cap {
@@ -325,7 +331,7 @@ fn attend_kernel<F: Float>(
         sum += p;
         acc += p * v_cache[vrow + j * v_cache.stride(2)];
     }
-    out[b * width + i] = acc / sum;
+    out[r * width + i] = acc / sum;
 }
 
 /// The decoding step's operations, as a burn backend extension: implemented for the cubecl
@@ -373,7 +379,8 @@ pub trait DecodeOps: burn::backend::Backend {
         eps: f32,
     ) -> FloatTensor<Self>;
 
-    /// Rotates Q and K, writes K and V into the caches at `slot`: (q `[B, n_q]`, k cache, v cache).
+    /// Rotates Q and K of `qkv` `[B·T, _]`, writes K and V into the caches at `slot..slot + T`:
+    /// (q `[B·T, n_q]`, k cache, v cache).
     #[fusion(meta = |qkv, _cos, _sin, _positions, k_cache, v_cache, n_q, _slot| (
         TensorSpec::new(Shape::new([qkv.shape[0], *n_q]), qkv.dtype),
         k_cache.clone(),
@@ -391,7 +398,8 @@ pub trait DecodeOps: burn::backend::Backend {
         slot: u32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
-    /// Attention of one new query per row over the whole cache: `[B, n_heads·hd]`.
+    /// Attention of `T` new queries per sequence (`q` `[B·T, n_heads·hd]`, the first at `slot`)
+    /// over the whole cache, causal: `[B·T, n_heads·hd]`.
     #[fusion(meta = |q, _k_cache, _v_cache, _pads, _slot| TensorSpec::new(q.shape.clone(), q.dtype))]
     fn attend(
         q: FloatTensor<Self>,

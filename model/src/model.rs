@@ -436,16 +436,15 @@ impl Llama {
 
     /// Logits of the last position only, `[B, vocab]`: what generation needs.
     pub fn forward_last(&self, batch: Batch, cache: Option<&mut KvCache>) -> Tensor<2> {
-        // One new token per row on a GPU: the decoding kernels (gpu_decode.rs), a few launches
-        // per layer instead of dozens.
+        // With a cache on a GPU, prompt and decoding steps alike: the kernels of gpu_decode.rs,
+        // a few launches per layer instead of dozens.
         #[cfg(feature = "gpu-kernels")]
         let mut cache = cache;
         #[cfg(feature = "gpu-kernels")]
         if let Some(cache) = cache.as_deref_mut()
-            && batch.tokens.dims()[1] == 1
             && self.gpu_decode_supported()
         {
-            return self.decode_gpu(batch, cache);
+            return self.forward_last_gpu(batch, cache);
         }
         let h = self.forward_hidden(batch, cache);
         let [b, t, _] = h.dims();

@@ -8,9 +8,10 @@ use emlab_model::model::{Batch, Llama};
 use emlab_tests::{load_base as load, reference_json};
 
 /// The decoding kernels (`kernels.rs`, used on wgpu) against the reference ops on the CPU: a
-/// left-padded batch of two prompts of different lengths, decoded across the cache's first
-/// capacity (it doubles mid-generation), fed the same tokens on both devices. Every step's
-/// logits agree within 1e-2 (f32 sums in another order: observed ~1e-4) and give the same argmax.
+/// left-padded batch of two prompts of different lengths, its prompt pass (all tokens at once,
+/// causal, padding masked) and decoding across the cache's first capacity (it doubles
+/// mid-generation), fed the same tokens on both devices. Every step's logits agree within 1e-2
+/// (f32 sums in another order: observed ~1e-4) and give the same argmax.
 #[test]
 fn wgpu_decode_kernels_match_the_cpu_across_padding_and_cache_growth() {
     if emlab_tests::wgpu_device_or_skip().is_none() {
