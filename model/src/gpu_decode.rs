@@ -30,7 +30,11 @@ impl Llama {
             && self.projection_names().iter().all(|&(layer, which, _)| {
                 let p = self.projection(layer, which);
                 let w = p.weight.val();
-                p.lora.is_none() && w.dtype() == DType::F32 && supported_width(w.dims()[1])
+                let [d_in, d_out] = w.dims();
+                p.lora.is_none()
+                    && w.dtype() == DType::F32
+                    && supported_width(d_in)
+                    && supported_width(d_out)
             })
     }
 

@@ -35,119 +35,200 @@ pub fn supported_width(n: usize) -> bool {
     n.is_multiple_of(VECTOR)
 }
 
-/// `Σ_k x[row + k]·γ[k]·w[k, col..col + W]`: `W` adjacent columns of an RMS-normalised product
-/// (`W` the vector width: one load of `w` serves `W` multiply-adds).
-#[cube]
-fn gamma_dot<F: Float, N: Size>(
-    x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    w: &Tensor<Vector<F, N>>,
-    row: usize,
-    col: usize,
-    k_len: usize,
-) -> Vector<F, N> {
-    let (n, vs) = (w.shape(1), w.vector_size());
-    let mut dot = Vector::<F, N>::new(F::new(0.0));
-    for k in 0..k_len {
-        dot += Vector::new(x[row + k] * gamma[k]) * w[(k * n + col) / vs];
-    }
-    dot
+/// Rows per invocation in the products when there are several (a prompt, a batch): one load of
+/// a weight serves that many rows. One row alone gets 1, so decoding computes nothing twice.
+const ROW_TILE: usize = 8;
+
+fn row_tile(rows: usize) -> usize {
+    if rows == 1 { 1 } else { ROW_TILE }
 }
 
-/// `1/√(mean(x²) + ε)` of one row.
+/// Row `r0 + i` of an `m`-row input, or its last row past the end (read, never written), so that
+/// every load stays in bounds.
 #[cube]
-fn inv_rms<F: Float>(x: &Tensor<F>, row: usize, k_len: usize, eps: f32) -> F {
-    let mut ss = F::new(0.0);
-    for k in 0..k_len {
-        let v = x[row + k];
+fn clamp_row(r0: usize, i: usize, m: usize) -> usize {
+    if r0 + i < m { r0 + i } else { m - 1 }
+}
+
+/// `dots[i] += Σ_k x[r0 + i, k]·γ[k]·w[k, col..col + W]` for `tile` rows (`W` the vector width):
+/// `x` and `γ` are read `W` values along `k` at a time and each load of `w` serves `tile·W`
+/// multiply-adds. Loads, not arithmetic, are what a software GPU spends its time on (each is
+/// bounds-checked).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn gamma_dots<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    r0: usize,
+    col: usize,
+    dots: &mut Array<Vector<F, N>>,
+    #[comptime] tile: usize,
+) {
+    let (n, vs) = (w.shape(1), w.vector_size());
+    let (m, kv) = (x.shape(0), x.shape(1) / vs);
+    let mut ws = Array::<Vector<F, N>>::new(vs);
+    for kk in 0..kv {
+        #[unroll]
+        for l in 0..vs {
+            ws[l] = w[((kk * vs + l) * n + col) / vs];
+        }
+        let g = gamma[kk];
+        #[unroll]
+        for i in 0..tile {
+            let xg = x[clamp_row(r0, i, m) * kv + kk] * g;
+            #[unroll]
+            for l in 0..vs {
+                dots[i] += Vector::new(xg.extract(l)) * ws[l];
+            }
+        }
+    }
+}
+
+#[cube]
+fn zeros<F: Float, N: Size>(#[comptime] tile: usize) -> Array<Vector<F, N>> {
+    let mut a = Array::<Vector<F, N>>::new(tile);
+    #[unroll]
+    for i in 0..tile {
+        a[i] = Vector::new(F::new(0.0));
+    }
+    a
+}
+
+/// `1/√(mean(x²) + ε)` of row `r`.
+#[cube]
+fn inv_rms<F: Float, N: Size>(x: &Tensor<Vector<F, N>>, r: usize, eps: f32) -> F {
+    let (k_len, vs) = (x.shape(1), x.vector_size());
+    let kv = k_len / vs;
+    let mut ss = Vector::<F, N>::new(F::new(0.0));
+    for k in 0..kv {
+        let v = x[r * kv + k];
         ss += v * v;
     }
-    F::new(1.0) / (ss / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt()
+    let mut s = F::new(0.0);
+    #[unroll]
+    for l in 0..vs {
+        s += ss.extract(l);
+    }
+    F::new(1.0) / (s / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt()
 }
 
-/// `out[b] = rmsnorm(x[b])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch.
+/// `out[r] = rmsnorm(x[r])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn norm_matvec3_kernel<F: Float, N: Size>(
-    x: &Tensor<F>,
-    gamma: &Tensor<F>,
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
     w0: &Tensor<Vector<F, N>>,
     w1: &Tensor<Vector<F, N>>,
     w2: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
+    #[comptime] tile: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
-    let b = ABSOLUTE_POS_Y as usize;
-    let n = out.shape(1);
-    if j >= n || b >= out.shape(0) {
+    let r0 = ABSOLUTE_POS_Y as usize * tile;
+    let (m, n) = (out.shape(0), out.shape(1));
+    if j >= n || r0 >= m {
         terminate!();
     }
-    let k_len = x.shape(1);
-    let row = b * k_len;
     let (n0, n1) = (w0.shape(1), w1.shape(1));
-    let dot = if j < n0 {
-        gamma_dot::<F, N>(x, gamma, w0, row, j, k_len)
+    let mut dots = zeros::<F, N>(tile);
+    if j < n0 {
+        gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, tile);
     } else if j < n0 + n1 {
-        gamma_dot::<F, N>(x, gamma, w1, row, j - n0, k_len)
+        gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, tile);
     } else {
-        gamma_dot::<F, N>(x, gamma, w2, row, j - n0 - n1, k_len)
-    };
-    out[(b * n + j) / vs] = dot * Vector::new(inv_rms::<F>(x, row, k_len, eps));
+        gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, tile);
+    }
+    #[unroll]
+    for i in 0..tile {
+        let r = r0 + i;
+        if r < m {
+            out[(r * n + j) / vs] = dots[i] * Vector::new(inv_rms::<F, N>(x, r, eps));
+        }
+    }
 }
 
-/// `out[b] = silu(rmsnorm(x[b])·wg) ⊙ (rmsnorm(x[b])·wu)`: the MLP's first half in one launch.
+/// `out[r] = silu(rmsnorm(x[r])·wg) ⊙ (rmsnorm(x[r])·wu)`: the MLP's first half in one launch.
 #[cube(launch_unchecked)]
 fn norm_gate_up_kernel<F: Float, N: Size>(
-    x: &Tensor<F>,
-    gamma: &Tensor<F>,
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
     wg: &Tensor<Vector<F, N>>,
     wu: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
+    #[comptime] tile: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
-    let b = ABSOLUTE_POS_Y as usize;
-    let n = out.shape(1);
-    if j >= n || b >= out.shape(0) {
+    let r0 = ABSOLUTE_POS_Y as usize * tile;
+    let (m, n) = (out.shape(0), out.shape(1));
+    if j >= n || r0 >= m {
         terminate!();
     }
-    let k_len = x.shape(1);
-    let row = b * k_len;
-    let scale = Vector::new(inv_rms::<F>(x, row, k_len, eps));
-    let g = gamma_dot::<F, N>(x, gamma, wg, row, j, k_len) * scale;
-    let u = gamma_dot::<F, N>(x, gamma, wu, row, j, k_len) * scale;
+    let mut g = zeros::<F, N>(tile);
+    let mut u = zeros::<F, N>(tile);
+    gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, tile);
+    gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, tile);
     let one = Vector::<F, N>::new(F::new(1.0));
-    out[(b * n + j) / vs] = g / (one + (Vector::new(F::new(0.0)) - g).exp()) * u;
+    #[unroll]
+    for i in 0..tile {
+        let r = r0 + i;
+        if r < m {
+            let scale = Vector::new(inv_rms::<F, N>(x, r, eps));
+            let (gi, ui) = (g[i] * scale, u[i] * scale);
+            out[(r * n + j) / vs] = gi / (one + (Vector::new(F::new(0.0)) - gi).exp()) * ui;
+        }
+    }
 }
 
-/// `out[b] = residual[b] + x[b]·w`: the attention output and MLP down products with the residual.
+/// `out[r] = residual[r] + x[r]·w`: the attention output and MLP down products with the residual.
 #[cube(launch_unchecked)]
 fn matvec_add_kernel<F: Float, N: Size>(
-    x: &Tensor<F>,
+    x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
     residual: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
+    #[comptime] tile: usize,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
-    let b = ABSOLUTE_POS_Y as usize;
-    let n = out.shape(1);
-    if j >= n || b >= out.shape(0) {
+    let r0 = ABSOLUTE_POS_Y as usize * tile;
+    let (m, n) = (out.shape(0), out.shape(1));
+    if j >= n || r0 >= m {
         terminate!();
     }
-    let k_len = x.shape(1);
-    let row = b * k_len;
-    let mut dot = Vector::<F, N>::new(F::new(0.0));
-    for k in 0..k_len {
-        dot += Vector::new(x[row + k]) * w[(k * n + j) / vs];
+    let kv = x.shape(1) / vs;
+    let mut dots = zeros::<F, N>(tile);
+    let mut ws = Array::<Vector<F, N>>::new(vs);
+    for kk in 0..kv {
+        #[unroll]
+        for l in 0..vs {
+            ws[l] = w[((kk * vs + l) * n + j) / vs];
+        }
+        #[unroll]
+        for i in 0..tile {
+            let xv = x[clamp_row(r0, i, m) * kv + kk];
+            #[unroll]
+            for l in 0..vs {
+                dots[i] += Vector::new(xv.extract(l)) * ws[l];
+            }
+        }
     }
-    let at = (b * n + j) / vs;
-    out[at] = residual[at] + dot;
+    #[unroll]
+    for i in 0..tile {
+        let r = r0 + i;
+        if r < m {
+            let at = (r * n + j) / vs;
+            out[at] = residual[at] + dots[i];
+        }
+    }
 }
 
 /// `out[b, v] = rmsnorm(x[b])·e[v]`: the final norm and the tied head (`e` is `[vocab, d]`). Each
@@ -432,7 +513,8 @@ impl DecodeOps for CubeBackend {
         let rows = x.meta.shape()[0];
         let n = w0.meta.shape()[1] + w1.meta.shape()[1] + w2.meta.shape()[1];
         let out = empty(&x, [rows, n]);
-        let (count, dim) = grid(n / VECTOR, rows);
+        let tile = row_tile(rows);
+        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -448,6 +530,7 @@ impl DecodeOps for CubeBackend {
                 w2.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 eps,
+                tile,
                 dtype_to_storage_type(x.dtype),
             );
         }
@@ -464,7 +547,8 @@ impl DecodeOps for CubeBackend {
         let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
-        let (count, dim) = grid(n / VECTOR, rows);
+        let tile = row_tile(rows);
+        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -479,6 +563,7 @@ impl DecodeOps for CubeBackend {
                 wu.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 eps,
+                tile,
                 dtype_to_storage_type(x.dtype),
             );
         }
@@ -489,7 +574,8 @@ impl DecodeOps for CubeBackend {
         let [x, w, residual] = [x, w, residual].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
-        let (count, dim) = grid(n / VECTOR, rows);
+        let tile = row_tile(rows);
+        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -502,6 +588,7 @@ impl DecodeOps for CubeBackend {
                 w.into_tensor_arg(),
                 residual.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
+                tile,
                 dtype_to_storage_type(x.dtype),
             );
         }
