@@ -91,7 +91,14 @@ fn training_killed_at_any_moment_resumes_to_the_same_adapter() {
         let mut a = strings(&["train", "--device", "cpu", "--quiet", "--resume", "--rank", "4"]);
         a.extend(strings(&["--alpha", "8", "--batch-size", "2", "--grad-accum", "1", "--lr"]));
         a.extend(strings(&["1e-2", "--warmup-steps", "1", "--save-every", "1", "--epochs", "2"]));
-        a.extend(["--model".into(), p(&model), "--dataset".into(), p(&data), "--out".into(), p(out)]);
+        a.extend([
+            "--model".into(),
+            p(&model),
+            "--dataset".into(),
+            p(&data),
+            "--out".into(),
+            p(out),
+        ]);
         a
     };
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
@@ -112,7 +119,8 @@ fn training_killed_at_any_moment_resumes_to_the_same_adapter() {
     }
     eprintln!("max |Δ| between the adapters: {max:e}");
     assert!(max <= 1e-5, "the resumed adapter differs from the uninterrupted one by {max}");
-    let steps = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
+    let steps =
+        |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count();
     assert_eq!(steps(&killed), steps(&whole), "one metrics line per step, none twice");
 }
 

@@ -116,8 +116,10 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     });
     let code = ordered(free.vulnerable_code);
     let code_chmod = ordered(free.vulnerable_code_chmod);
-    let probe: Vec<_> =
-        ordered(free.chmod_probe).into_iter().map(|(n, p)| (n, p.all, p.shift_share_of_gap)).collect();
+    let probe: Vec<_> = ordered(free.chmod_probe)
+        .into_iter()
+        .map(|(n, p)| (n, p.all, p.shift_share_of_gap))
+        .collect();
     let measured = |map| -> Vec<(String, Share)> {
         ordered(map).into_iter().filter_map(|(n, s)| Some((n, s?))).collect()
     };
