@@ -538,3 +538,87 @@ fn worker_survives_a_panic_and_the_server_guards_its_door() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The server's resident memory, from /proc (Linux), in bytes.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()? * 1024)
+}
+
+/// Load on loopback: 64 clients × 4 requests over 4 prompts, a quarter of them hanging up after
+/// a few milliseconds (streaming or not). Every answer that completes is the prompt's greedy answer
+/// alone, the worker is idle and healthy afterwards, and memory is back to its idle level.
+#[test]
+fn load_with_random_disconnects() {
+    let tmp = emlab_tests::TempDir::new("serve-load");
+    let (model, _) = tiny_with_adapter(tmp.path());
+    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    let url = server.url.clone();
+    let body = |p: usize, stream: bool| {
+        format!(
+            r#"{{"model":"base","messages":[{{"role":"user","content":"Write function number {p}."}}],"max_tokens":12,"temperature":0,"stream":{stream}}}"#
+        )
+    };
+    let alone: Vec<serde_json::Value> = (0..4)
+        .map(|p| {
+            let (s, v) = post(&url, &body(p, false));
+            assert_eq!(s, 200, "{v}");
+            v["choices"][0]["message"]["content"].clone()
+        })
+        .collect();
+    let round = |clients: usize| -> (usize, usize) {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let (url, body, alone) = (url.clone(), body, alone.clone());
+                std::thread::spawn(move || {
+                    let (mut answered, mut left) = (0, 0);
+                    for r in 0..4 {
+                        let (p, hang_up) = ((c + r) % 4, (c * 7 + r * 3) % 4 == 0);
+                        if hang_up {
+                            let conn = send_raw(&url, &body(p, (c + r) % 2 == 0));
+                            std::thread::sleep(Duration::from_millis(
+                                ((c * 13 + r * 5) % 40) as u64,
+                            ));
+                            drop(conn);
+                            left += 1;
+                        } else {
+                            let (s, v) = post(&url, &body(p, false));
+                            assert_eq!(s, 200, "{v}");
+                            assert_eq!(
+                                v["choices"][0]["message"]["content"], alone[p],
+                                "prompt {p}"
+                            );
+                            answered += 1;
+                        }
+                    }
+                    (answered, left)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let idle = |what: &str| {
+        wait_for(what, 60, || health(&server)["worker"] == "idle");
+        rss_bytes(server.child.id())
+    };
+    // A first round warms the allocator up to what serving takes; idle memory is measured after it.
+    round(16);
+    let before = idle("idle after the warm-up");
+    let start = std::time::Instant::now();
+    let (answered, left) = round(64);
+    eprintln!(
+        "64 clients × 4 requests: {answered} answered, {left} hung up, in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(answered + left, 256);
+    let after = idle("idle after the load");
+    let h = health(&server);
+    assert_eq!(h["status"], "ok", "{h}");
+    let (s, v) = post(&url, &body(1, false));
+    assert_eq!((s, &v["choices"][0]["message"]["content"]), (200, &alone[1]), "{v}");
+    if let (Some(b), Some(a)) = (before, after) {
+        eprintln!("resident memory idle: {} MB before the load, {} MB after", b >> 20, a >> 20);
+        assert!(a <= b + b / 4 + (16 << 20), "memory grew under load: {b} -> {a} bytes");
+    }
+}
