@@ -39,10 +39,6 @@ pub fn supported_width(n: usize) -> bool {
 /// a weight serves that many rows. One row alone gets 1, so decoding computes nothing twice.
 const ROW_TILE: usize = 8;
 
-fn row_tile(rows: usize) -> usize {
-    if rows == 1 { 1 } else { ROW_TILE }
-}
-
 /// Row `r0 + i` of an `m`-row input, or its last row past the end (read, never written), so that
 /// every load stays in bounds.
 #[cube]
@@ -500,6 +496,14 @@ fn grid(n: usize, rows: usize) -> (CubeCount, CubeDim) {
     (CubeCount::Static((n as u32).div_ceil(GROUP), rows as u32, 1), CubeDim::new_2d(GROUP, 1))
 }
 
+/// The products' launch: `n` output columns read `VECTOR` at a time, `rows` rows in tiles (see
+/// [`ROW_TILE`]): workgroups, and rows per invocation.
+fn product_grid(n: usize, rows: usize) -> (CubeCount, CubeDim, usize) {
+    let tile = if rows == 1 { 1 } else { ROW_TILE };
+    let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
+    (count, dim, tile)
+}
+
 impl DecodeOps for CubeBackend {
     fn norm_matvec3(
         x: CubeTensor,
@@ -513,8 +517,7 @@ impl DecodeOps for CubeBackend {
         let rows = x.meta.shape()[0];
         let n = w0.meta.shape()[1] + w1.meta.shape()[1] + w2.meta.shape()[1];
         let out = empty(&x, [rows, n]);
-        let tile = row_tile(rows);
-        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
+        let (count, dim, tile) = product_grid(n, rows);
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -547,8 +550,7 @@ impl DecodeOps for CubeBackend {
         let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
-        let tile = row_tile(rows);
-        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
+        let (count, dim, tile) = product_grid(n, rows);
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -574,8 +576,7 @@ impl DecodeOps for CubeBackend {
         let [x, w, residual] = [x, w, residual].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
-        let tile = row_tile(rows);
-        let (count, dim) = grid(n / VECTOR, rows.div_ceil(tile));
+        let (count, dim, tile) = product_grid(n, rows);
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
