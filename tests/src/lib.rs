@@ -149,6 +149,43 @@ pub fn run_bin(name: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(workspace_bin(name)).args(args).output().expect("spawn")
 }
 
+/// The flags of a small, fast `emlab train` run on the tiny model, checkpointing every
+/// `save_every` steps.
+pub fn tiny_train_args<'a>(
+    model: &'a Path,
+    data: &'a Path,
+    out: &'a Path,
+    save_every: &'a str,
+) -> Vec<&'a str> {
+    let s = |p: &'a Path| p.to_str().expect("a UTF-8 path");
+    vec![
+        "train",
+        "--model",
+        s(model),
+        "--dataset",
+        s(data),
+        "--out",
+        s(out),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "1",
+        "--save-every",
+        save_every,
+    ]
+}
+
 /// Writes `n` short chat examples as JSONL (distinct, learnable answers).
 pub fn write_chat_jsonl(path: &Path, n: usize) {
     let lines: Vec<String> = (0..n)

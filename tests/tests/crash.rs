@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use emlab_model::weights::Weights;
-use emlab_tests::{TempDir, workspace_bin, write_chat_jsonl, write_tiny_model_dir};
+use emlab_tests::{
+    TempDir, tiny_train_args, workspace_bin, write_chat_jsonl, write_tiny_model_dir,
+};
 
 /// Kills before letting a run finish: enough to land in every phase of these short runs.
 const KILLS: usize = 12;
@@ -87,19 +89,9 @@ fn training_killed_at_any_moment_resumes_to_the_same_adapter() {
     let data = tmp.path().join("data.jsonl");
     write_chat_jsonl(&data, 15);
     let args = |out: &Path| {
-        let p = |p: &Path| p.to_str().unwrap().to_string();
-        let mut a = strings(&["train", "--device", "cpu", "--quiet", "--resume", "--rank", "4"]);
-        a.extend(strings(&["--alpha", "8", "--batch-size", "2", "--grad-accum", "1", "--lr"]));
-        a.extend(strings(&["1e-2", "--warmup-steps", "1", "--save-every", "1", "--epochs", "2"]));
-        a.extend([
-            "--model".into(),
-            p(&model),
-            "--dataset".into(),
-            p(&data),
-            "--out".into(),
-            p(out),
-        ]);
-        a
+        let mut a = tiny_train_args(&model, &data, out, "1");
+        a.extend(["--resume", "--epochs", "2"]);
+        strings(&a)
     };
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
     let t = run_whole(&args(&whole));

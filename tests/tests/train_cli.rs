@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use emlab_tests::{TempDir, run_bin, write_chat_jsonl, write_tiny_model_dir};
+use emlab_tests::{TempDir, run_bin, tiny_train_args, write_chat_jsonl, write_tiny_model_dir};
 
 fn ok(out: Output) -> String {
     assert!(
@@ -20,39 +20,9 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The flags of a small, fast `emlab train` run on the tiny model.
-fn train_args<'a>(model: &'a Path, data: &'a Path, out: &'a Path) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--model",
-        s(model),
-        "--dataset",
-        s(data),
-        "--out",
-        s(out),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--rank",
-        "4",
-        "--alpha",
-        "8",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "1e-2",
-        "--warmup-steps",
-        "1",
-        "--save-every",
-        "2",
-    ]
-}
-
 /// `emlab train` on the tiny model; extra flags appended.
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = train_args(model, data, out);
+    let mut args = tiny_train_args(model, data, out, "2");
     args.extend_from_slice(extra);
     run_bin("emlab", &args)
 }
@@ -201,7 +171,7 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
 
     // The same resume under `ulimit -f 16` (8 KiB per file): the metrics fit, the adapter does not.
     let emlab = emlab_tests::workspace_bin("emlab");
-    let mut args = train_args(&model, &data, &run);
+    let mut args = tiny_train_args(&model, &data, &run, "2");
     args.push("--resume");
     let out = std::process::Command::new("sh")
         .arg("-c")
