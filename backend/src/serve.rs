@@ -2,9 +2,11 @@
 //!
 //! `GET /v1/models`, `POST /v1/chat/completions` (temperature, top_p, max_tokens, seed, stop,
 //! stream as server-sent events, logprobs/top_logprobs), `GET /health`. One worker thread owns the
-//! models and answers requests in arrival order: concurrent requests wait in a queue instead of
-//! failing. A request whose client has gone is dropped from the queue or stopped mid-generation;
-//! a panic while answering one request fails that request only.
+//! models and decodes every running request together (continuous batching, up to `--max-batch`
+//! rows): a request that arrives joins at the next step and leaves when done, and its answer does
+//! not depend on what else is in the batch. Beyond the batch, a bounded queue; beyond the queue,
+//! 429 with `Retry-After`. A request whose client has gone leaves the queue or the batch at once;
+//! a panic while answering fails the requests it touched only.
 //! One concern (the HTTP API and its worker), so one file.
 
 use std::collections::BTreeMap;
@@ -22,8 +24,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use emlab_model::batching::ContinuousBatch;
 use emlab_model::chat::Message;
-use emlab_model::generate::{Flow, block_on, generate_steps};
+use emlab_model::generate::{Flow, Generation, TokenLogprobs, block_on};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::TextStream;
@@ -37,7 +40,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Largest `max_tokens` a request may ask for (and the default).
     pub max_tokens_limit: usize,
-    /// Requests waiting beyond the one being answered; more wait for room (never refused).
+    /// Requests decoded together, at most.
+    pub max_batch: usize,
+    /// Requests waiting for a row beyond those; more are answered 429.
     pub queue: usize,
     /// Required as `Authorization: Bearer KEY` on /v1 when set.
     pub api_key: Option<String>,
@@ -79,7 +84,10 @@ struct Finished {
 
 #[derive(Clone)]
 struct AppState {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Requests accepted and not yet answered, running or waiting: at most `max_batch + queue`.
+    in_flight: Arc<AtomicUsize>,
+    capacity: usize,
     models: Arc<Vec<String>>,
     encoders: Arc<BTreeMap<String, ChatModel>>,
     max_tokens_limit: usize,
@@ -94,6 +102,8 @@ struct AppState {
 #[derive(Default)]
 struct Health {
     busy: AtomicBool,
+    /// Rows in the running batches.
+    running: AtomicUsize,
     answered: AtomicUsize,
     failed: AtomicUsize,
     abandoned: AtomicUsize,
@@ -115,14 +125,21 @@ pub fn serve(
     // The HTTP side only tokenizes; it keeps cheap clones (weights are shared, not copied).
     let encoders: BTreeMap<String, ChatModel> =
         models.iter().map(|(n, m)| (n.clone(), m.clone())).collect();
-    let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
+    // Unbounded channel, bounded count: the worker moves requests into its own queue at every step,
+    // where those whose client has gone are dropped at once (a channel cannot be searched).
+    let (tx, rx) = mpsc::unbounded_channel::<Job>();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let worker_in_flight = in_flight.clone();
     let health = Arc::new(Health::default());
     let worker_health = health.clone();
-    std::thread::Builder::new()
-        .name("emlab-worker".into())
-        .spawn(move || worker(models.into_iter().collect(), rx, &worker_health))?;
+    let max_batch = cfg.max_batch.max(1);
+    std::thread::Builder::new().name("emlab-worker".into()).spawn(move || {
+        worker(models.into_iter().collect(), rx, max_batch, &worker_in_flight, &worker_health)
+    })?;
     let state = AppState {
         jobs: tx,
+        in_flight,
+        capacity: max_batch + cfg.queue,
         models: Arc::new(names),
         encoders: Arc::new(encoders),
         max_tokens_limit: cfg.max_tokens_limit,
@@ -168,104 +185,204 @@ pub fn serve(
     })
 }
 
-fn worker(models: BTreeMap<String, ChatModel>, mut rx: mpsc::Receiver<Job>, health: &Health) {
-    while let Some(job) = rx.blocking_recv() {
-        if job.abandoned() {
-            health.abandoned.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        health.busy.store(true, Ordering::Relaxed);
-        // A panic fails this request only; the models are read-only, so the next is unaffected.
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&models, &job)))
-                .unwrap_or_else(|p| {
-                    let what = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-                    Err(anyhow::anyhow!(
-                        "internal error: {}",
-                        what.unwrap_or_else(|| "panic".into())
-                    ))
-                })
-                .map_err(|e| format!("{e:#}"));
-        health.busy.store(false, Ordering::Relaxed);
-        let counter = if result.is_ok() { &health.answered } else { &health.failed };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let _ = job.done.send(result);
-    }
+/// The text side of one running request: detokenizing, stop strings, streaming.
+struct Active {
+    job: Job,
+    stream: TextStream,
+    text: String,
+    /// Bytes of `text` already streamed.
+    sent: usize,
+    hit_stop: bool,
+    /// Streamed text holds back this many bytes: they could be the start of a stop string.
+    hold_back: usize,
+    pending_logprobs: Vec<Value>,
 }
 
-fn run_job(models: &BTreeMap<String, ChatModel>, job: &Job) -> Result<Finished> {
-    let m = &models[&job.model];
-    let mut cfg = m.generation_config(job.max_tokens, job.sampling);
-    cfg.logprobs = job.top_logprobs;
-    let mut stream = TextStream::new();
-    let mut text = String::new();
-    let mut sent = 0; // bytes of `text` already streamed
-    let mut hit_stop = false;
-    let hold_back = job.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
-    let mut pending_logprobs: Vec<Value> = Vec::new();
-    if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1")
-        && job.stop.iter().any(|s| s == "<panic>")
-    {
-        // Fault injection for the test that the worker survives a panic (off unless set).
-        panic!("injected by EMLAB_SERVE_PANIC_TEST");
+impl Active {
+    fn new(job: Job) -> Self {
+        let hold_back = job.stop.iter().map(String::len).max().unwrap_or(1).saturating_sub(1);
+        Self {
+            job,
+            stream: TextStream::new(),
+            text: String::new(),
+            sent: 0,
+            hit_stop: false,
+            hold_back,
+            pending_logprobs: Vec::new(),
+        }
     }
-    let on_token = |_, id, lp: Option<&emlab_model::generate::TokenLogprobs>| {
-        if job.abandoned() {
+
+    fn on_token(&mut self, m: &ChatModel, id: u32, lp: Option<&TokenLogprobs>) -> Flow {
+        if self.job.abandoned() {
             return Flow::Stop;
         }
         if let Some(t) = lp {
-            pending_logprobs.push(logprob_json(m, t.id, t.logprob, &t.top));
+            self.pending_logprobs.push(logprob_json(m, t.id, t.logprob, &t.top));
         }
-        if let Ok(Some(piece)) = stream.push(&m.tokenizer, id) {
-            text.push_str(&piece);
+        if let Ok(Some(piece)) = self.stream.push(&m.tokenizer, id) {
+            self.text.push_str(&piece);
         }
-        if let Some(at) = job.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(at);
-            hit_stop = true;
+        if let Some(at) = self.job.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            self.text.truncate(at);
+            self.hit_stop = true;
         }
-        // Stream what can no longer turn out to be the start of a stop string.
-        if let Some(tx) = &job.deltas {
-            let safe = if hit_stop {
-                text.len()
+        if let Some(tx) = &self.job.deltas {
+            let safe = if self.hit_stop {
+                self.text.len()
             } else {
-                floor_char_boundary(&text, text.len().saturating_sub(hold_back))
+                floor_char_boundary(&self.text, self.text.len().saturating_sub(self.hold_back))
             };
-            if safe > sent {
+            if safe > self.sent {
                 let _ = tx.send(Delta {
-                    text: text[sent..safe].to_string(),
-                    logprobs: std::mem::take(&mut pending_logprobs),
+                    text: self.text[self.sent..safe].to_string(),
+                    logprobs: std::mem::take(&mut self.pending_logprobs),
                 });
-                sent = safe;
+                self.sent = safe;
             }
         }
-        if hit_stop { Flow::Stop } else { Flow::Continue }
-    };
-    let gens = block_on(generate_steps(
-        &m.model,
-        std::slice::from_ref(&job.prompt),
-        &cfg,
-        on_token,
-        || std::future::ready(()),
-    ))?;
-    let g = gens.into_iter().next().expect("one row");
-    let logprobs: Vec<Value> =
-        g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
-    if let Some(tx) = &job.deltas
-        && (sent < text.len() || !pending_logprobs.is_empty())
-    {
-        let _ = tx.send(Delta {
-            text: text[sent..].to_string(),
-            logprobs: std::mem::take(&mut pending_logprobs),
-        });
+        if self.hit_stop { Flow::Stop } else { Flow::Continue }
     }
-    let finish_reason = match (hit_stop, g.finish) {
-        (true, _) | (false, emlab_model::generate::FinishReason::Stop) => "stop",
-        _ => "length",
+
+    /// Streams what was held back and answers the request.
+    fn finish(mut self, m: &ChatModel, g: Generation) -> (Job, Finished) {
+        if let Some(tx) = &self.job.deltas
+            && (self.sent < self.text.len() || !self.pending_logprobs.is_empty())
+        {
+            let _ = tx.send(Delta {
+                text: self.text[self.sent..].to_string(),
+                logprobs: std::mem::take(&mut self.pending_logprobs),
+            });
+        }
+        let logprobs: Vec<Value> =
+            g.logprobs.iter().map(|t| logprob_json(m, t.id, t.logprob, &t.top)).collect();
+        let finish_reason = match (self.hit_stop, g.finish) {
+            (true, _) | (false, emlab_model::generate::FinishReason::Stop) => "stop",
+            _ => "length",
+        };
+        let f =
+            Finished { text: self.text, finish_reason, completion_tokens: g.ids.len(), logprobs };
+        (self.job, f)
+    }
+}
+
+/// What a panic carried, as an error message.
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let what = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+    format!("internal error: {}", what.unwrap_or_else(|| "panic".into()))
+}
+
+fn worker(
+    models: BTreeMap<String, ChatModel>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    max_batch: usize,
+    in_flight: &AtomicUsize,
+    health: &Health,
+) {
+    // Every request leaves through an answer or as abandoned; each frees its place.
+    let abandoned = || {
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        health.abandoned.fetch_add(1, Ordering::Relaxed);
     };
-    Ok(Finished { text, finish_reason, completion_tokens: g.ids.len(), logprobs })
+    let mut batches: BTreeMap<String, ContinuousBatch<Active>> =
+        models.keys().map(|k| (k.clone(), ContinuousBatch::default())).collect();
+    let mut queue: std::collections::VecDeque<Job> = Default::default();
+    // Answers go out at the end of each step, after /health is updated: a client that reads
+    // /health once it has its answer sees the state that answer left.
+    let mut replies: Vec<(Job, Result<Finished, String>)> = Vec::new();
+    loop {
+        let mut answer = |job: Job, result: Result<Finished, String>| replies.push((job, result));
+        let mut running: usize = batches.values().map(ContinuousBatch::len).sum();
+        if running == 0 && queue.is_empty() {
+            match rx.blocking_recv() {
+                Some(job) => queue.push_back(job),
+                None => return,
+            }
+            health.busy.store(true, Ordering::Relaxed);
+        }
+        while let Ok(job) = rx.try_recv() {
+            queue.push_back(job);
+        }
+        queue.retain(|job| {
+            let gone = job.abandoned();
+            if gone {
+                abandoned();
+            }
+            !gone
+        });
+        // Waiting requests join between steps, oldest first.
+        while running < max_batch {
+            let Some(job) = queue.pop_front() else { break };
+            let m = &models[&job.model];
+            let batch = batches.get_mut(&job.model).expect("a model's batch");
+            let mut cfg = m.generation_config(job.max_tokens, job.sampling);
+            cfg.logprobs = job.top_logprobs;
+            let active = Active::new(job);
+            // The prompt's prefill runs here; a panic in it fails this request only (the models
+            // are read-only and the running batch is not touched until `add`).
+            let prefilled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1")
+                    && active.job.stop.iter().any(|s| s == "<panic>")
+                {
+                    // Fault injection for the test that the worker survives a panic (off unless set).
+                    panic!("injected by EMLAB_SERVE_PANIC_TEST");
+                }
+                ContinuousBatch::<Active>::prefill(&m.model, &active.job.prompt, &cfg)
+            }));
+            match prefilled {
+                Ok(Ok(p)) => {
+                    batch.add(p, cfg, active);
+                    running += 1;
+                }
+                Ok(Err(e)) => answer(active.job, Err(e.to_string())),
+                Err(p) => answer(active.job, Err(panic_message(p))),
+            }
+        }
+        // One token for every running request, model by model.
+        for (name, batch) in &mut batches {
+            let m = &models[name];
+            for _ in batch.cancel_where(|a| a.job.abandoned()) {
+                abandoned();
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                block_on(batch.step(&m.model, |a, id, lp| a.on_token(m, id, lp)))
+            }));
+            match stepped {
+                Ok(Ok(finished)) => {
+                    for (a, g) in finished {
+                        if a.job.abandoned() {
+                            abandoned();
+                            continue;
+                        }
+                        let (job, f) = a.finish(m, g);
+                        answer(job, Ok(f));
+                    }
+                }
+                // A failed step leaves the batch's state unknown: its requests fail, others go on.
+                Ok(Err(e)) => {
+                    batch.drain().into_iter().for_each(|a| answer(a.job, Err(e.to_string())))
+                }
+                Err(p) => {
+                    let msg = panic_message(p);
+                    batch.drain().into_iter().for_each(|a| answer(a.job, Err(msg.clone())));
+                }
+            }
+        }
+        let running: usize = batches.values().map(ContinuousBatch::len).sum();
+        health.running.store(running, Ordering::Relaxed);
+        health.busy.store(running > 0 || !queue.is_empty(), Ordering::Relaxed);
+        for (job, result) in replies.drain(..) {
+            let counter = if result.is_ok() { &health.answered } else { &health.failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.done.send(result);
+        }
+    }
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -347,7 +464,8 @@ async fn health_report(State(s): State<AppState>) -> Response {
     let body = json!({
         "status": if alive { "ok" } else { "worker stopped" },
         "worker": if !alive { "stopped" } else if h.busy.load(Ordering::Relaxed) { "busy" } else { "idle" },
-        "queued": s.jobs.max_capacity() - s.jobs.capacity(),
+        "running": h.running.load(Ordering::Relaxed),
+        "queued": s.in_flight.load(Ordering::Relaxed).saturating_sub(h.running.load(Ordering::Relaxed)),
         "answered": h.answered.load(Ordering::Relaxed),
         "failed": h.failed.load(Ordering::Relaxed),
         "abandoned": h.abandoned.load(Ordering::Relaxed),
@@ -511,8 +629,18 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
         Ok(x) => x,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg, "invalid_request"),
     };
-    // Waits for room in the queue rather than refusing.
-    if s.jobs.send(job).await.is_err() {
+    if s.in_flight.fetch_add(1, Ordering::SeqCst) >= s.capacity {
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the server is busy (every batch row and queue place is taken); retry shortly",
+            "server_busy",
+        );
+        r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return r;
+    }
+    if s.jobs.send(job).is_err() {
+        s.in_flight.fetch_sub(1, Ordering::SeqCst);
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the model worker has stopped",
@@ -603,7 +731,7 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
     }
 }
 
-/// Parses a request body (the first thing outside input meets; fuzzed in tests/fuzz.rs).
+/// Parses a request body (the first thing outside input meets; fuzzed by fuzz/).
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, serde_json::Error> {
     serde_json::from_slice(body)
 }

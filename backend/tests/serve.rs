@@ -553,7 +553,8 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 fn load_with_random_disconnects() {
     let tmp = emlab_tests::TempDir::new("serve-load");
     let (model, _) = tiny_with_adapter(tmp.path());
-    let server = Server::start(&["--model", model.to_str().unwrap()]);
+    // A queue as long as there are clients: none is refused (the 429 test is below).
+    let server = Server::start(&["--model", model.to_str().unwrap(), "--queue", "256"]);
     let url = server.url.clone();
     let body = |p: usize, stream: bool| {
         format!(
@@ -621,4 +622,114 @@ fn load_with_random_disconnects() {
         eprintln!("resident memory idle: {} MB before the load, {} MB after", b >> 20, a >> 20);
         assert!(a <= b + b / 4 + (16 << 20), "memory grew under load: {b} -> {a} bytes");
     }
+}
+
+/// Continuous batching: requests of different lengths, models and settings, sent at once, each
+/// get exactly the answer they get alone (greedy, and sampled with a seed).
+#[test]
+fn batched_requests_answer_as_they_do_alone() {
+    let tmp = emlab_tests::TempDir::new("serve-batch");
+    let (model, adapter) = tiny_with_adapter(tmp.path());
+    let server = Server::start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--max-batch",
+        "6",
+    ]);
+    let url = server.url.clone();
+    let bodies: Vec<String> = (0..12)
+        .map(|i| {
+            let model = if i % 3 == 2 { "run" } else { "base" };
+            let words = "and then some more words ".repeat(i % 5);
+            let (temperature, stream) = (if i % 4 == 3 { 1.0 } else { 0.0 }, i % 2 == 1);
+            format!(
+                r#"{{"model":"{model}","messages":[{{"role":"user","content":"Request {i}: {words}"}}],"max_tokens":{},"temperature":{temperature},"seed":{i},"stream":{stream}}}"#,
+                8 + 7 * (i % 6)
+            )
+        })
+        .collect();
+    let answer = |url: &str, body: &str| -> String {
+        let mut r = agent()
+            .post(&format!("{url}/chat/completions"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.body_mut().read_to_string().unwrap();
+        if !body.contains(r#""stream":true"#) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    };
+    let alone: Vec<String> = bodies.iter().map(|b| answer(&url, b)).collect();
+    assert!(alone.iter().any(|a| a.len() > 20), "answers long enough to overlap: {alone:?}");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (url, peak, done) = (url.replace("/v1", "/health"), peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let running = get(&url, None).1["running"].as_u64().unwrap_or(0);
+                peak.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    for round in 0..3 {
+        let handles: Vec<_> = bodies
+            .iter()
+            .cloned()
+            .map(|b| {
+                let url = url.clone();
+                std::thread::spawn(move || answer(&url, &b))
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap(), alone[i], "round {round}, request {i}");
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("at most {peak} requests ran together");
+    assert!(peak >= 2, "the requests never ran together");
+}
+
+/// Beyond the batch and the queue, 429 with Retry-After; rows freed by clients that leave go to
+/// the next request at once.
+#[test]
+fn a_full_server_answers_429_and_frees_rows_of_clients_that_leave() {
+    let server = Server::start(&["--max-tokens-limit", "1000", "--max-batch", "2", "--queue", "1"]);
+    let running = |n: u64| health(&server)["running"].as_u64() == Some(n);
+    let mut conns: Vec<_> = (0..2).map(|i| send_raw(&server.url, &long_request(i == 0))).collect();
+    wait_for("two requests decode together", 60, || running(2));
+    conns.push(send_raw(&server.url, &long_request(false)));
+    wait_for("one waits in the queue", 10, || health(&server)["queued"] == 1);
+    let mut r = agent()
+        .post(&format!("{}/chat/completions", server.url))
+        .header("Content-Type", "application/json")
+        .send(&long_request(false))
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "server_busy", "{v}");
+    // The first client leaves: the queued request takes its row within a token or two.
+    drop(conns.remove(0));
+    let took = wait_for("the queued request runs", 5, || {
+        let h = health(&server);
+        h["queued"] == 0 && h["running"] == 2
+    });
+    eprintln!("the queued request started {took:?} after a client left");
+    drop(conns);
+    wait_for("every row is freed", 5, || health(&server)["worker"] == "idle");
 }

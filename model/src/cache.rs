@@ -94,6 +94,79 @@ impl KvCache {
         }
     }
 
+    /// Number of rows (0 before the first write).
+    pub fn rows(&self) -> usize {
+        self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dims()[0])
+    }
+
+    /// This cache's rows followed by `other`'s, for a request that joins a running batch
+    /// (continuous batching). Both end at the same slot: the shorter side gains left padding, so
+    /// every row's keys keep their own positions and the padding is masked as usual.
+    pub fn join(self, other: KvCache) -> KvCache {
+        if self.rows() == 0 {
+            return other;
+        }
+        if other.rows() == 0 {
+            return self;
+        }
+        assert_eq!(self.layers.len(), other.layers.len(), "caches of the same model");
+        let len = self.len.max(other.len);
+        let capacity = self.capacity.max(other.capacity).max(len.next_multiple_of(CACHE_BLOCK));
+        let (shift_a, shift_b) = (len - self.len, len - other.len);
+        let pads = |c: &KvCache, shift: usize| -> Vec<usize> {
+            (0..c.rows()).map(|r| c.pads.get(r).copied().unwrap_or(0) + shift).collect()
+        };
+        let mut all_pads = pads(&self, shift_a);
+        all_pads.extend(pads(&other, shift_b));
+        let layers = self
+            .layers
+            .into_iter()
+            .zip(other.layers)
+            .map(|(a, b)| {
+                let ((ka, va), (kb, vb)) = (a.expect("written"), b.expect("written"));
+                let place = |t: Tensor<4>, used, shift| move_slots(t, used, shift, capacity);
+                Some((
+                    Tensor::cat(
+                        vec![place(ka, self.len, shift_a), place(kb, other.len, shift_b)],
+                        0,
+                    ),
+                    Tensor::cat(
+                        vec![place(va, self.len, shift_a), place(vb, other.len, shift_b)],
+                        0,
+                    ),
+                ))
+            })
+            .collect();
+        KvCache {
+            layers,
+            len,
+            capacity,
+            reserve: self.reserve.max(other.reserve),
+            pads: all_pads,
+            ..Default::default()
+        }
+    }
+
+    /// Keeps the given rows (in that order) and drops the left padding they all share, so that a
+    /// batch whose oldest rows have left does not keep growing.
+    pub fn retain_rows(&self, rows: &[usize]) -> KvCache {
+        let mut kept = self.select_rows(rows);
+        let shared = (0..rows.len()).map(|r| kept.pads.get(r).copied().unwrap_or(0)).min();
+        let Some(shift) = shared.filter(|&s| s > 0) else { return kept };
+        let (len, capacity) = (kept.len - shift, kept.capacity);
+        for (k, v) in kept.layers.iter_mut().flatten() {
+            *k = k.clone().slice(s![.., .., shift..kept.len, ..]);
+            *k = move_slots(k.clone(), len, 0, capacity);
+            *v = v.clone().slice(s![.., .., shift..kept.len, ..]);
+            *v = move_slots(v.clone(), len, 0, capacity);
+        }
+        kept.pads.iter_mut().for_each(|p| *p -= shift);
+        kept.len = len;
+        kept.slots = None;
+        kept.padding_bias = None;
+        kept
+    }
+
     /// Makes room for `t` more positions before a forward pass writes them (every layer writes at
     /// the same offset, so the length advances once, in [`KvCache::advance`]).
     pub(crate) fn prepare(&mut self, t: usize) {
@@ -192,6 +265,21 @@ impl KvCache {
         });
         padding.clone() + future
     }
+}
+
+/// The first `used` slots of `t` moved to `shift..shift + used` of a `[B, n_kv, capacity, hd]`
+/// tensor, zero elsewhere (the slots of `t` past `used` are zero already).
+fn move_slots(t: Tensor<4>, used: usize, shift: usize, capacity: usize) -> Tensor<4> {
+    let [b, n_kv, cap, hd] = t.dims();
+    if shift == 0 {
+        return match cap.cmp(&capacity) {
+            std::cmp::Ordering::Equal => t,
+            std::cmp::Ordering::Less => extend_slots(t, capacity),
+            std::cmp::Ordering::Greater => t.slice(s![.., .., 0..capacity, ..]),
+        };
+    }
+    let zeros = Tensor::<4>::zeros([b, n_kv, capacity, hd], (&t.device(), t.dtype()));
+    zeros.slice_assign(s![.., .., shift..shift + used, ..], t.slice(s![.., .., 0..used, ..]))
 }
 
 /// `[B, n_kv, capacity, hd]` → `[B, n_kv, grown, hd]`, the new slots zero.

@@ -218,10 +218,10 @@ pub async fn generate_steps<F: Future<Output = ()>>(
 }
 
 /// New tokens the cache reserves room for before the first write; longer answers grow it.
-const RESERVE_NEW_TOKENS: usize = 1024;
+pub(crate) const RESERVE_NEW_TOKENS: usize = 1024;
 
 /// Reads a tensor back to the host (asynchronously: the only way on WebGPU in a browser).
-async fn read_vec<E: burn::tensor::Element, const D: usize, K>(
+pub(crate) async fn read_vec<E: burn::tensor::Element, const D: usize, K>(
     t: Tensor<D, K>,
 ) -> Result<Vec<E>, Error>
 where

@@ -7,6 +7,7 @@
 //! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache
 //! - [`sampling`], [`generate`]: token sampling and the generation loop; [`stats`]: its per-token figures
 
+pub mod batching;
 pub mod cache;
 pub mod chat;
 pub mod config;

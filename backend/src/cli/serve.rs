@@ -26,6 +26,13 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 1024)]
     pub max_tokens_limit: usize,
+    /// Requests decoded together (continuous batching): a request that arrives joins the running
+    /// batch at the next token.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_batch: u16,
+    /// Requests that wait for a batch row; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
     /// Require `Authorization: Bearer KEY` (required when --host is not loopback). Prefer
     /// --api-key-env: a key on the command line is visible to other users of the machine.
     #[arg(long, conflicts_with = "api_key_env")]
@@ -60,7 +67,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         addr: std::net::SocketAddr::new(a.host, a.port),
         max_body_bytes: a.max_body_bytes,
         max_tokens_limit: a.max_tokens_limit,
-        queue: 64,
+        max_batch: a.max_batch.into(),
+        queue: a.queue,
         api_key: match (&a.api_key, &a.api_key_env) {
             (Some(key), _) => Some(key.clone()),
             (None, Some(var)) => Some(

@@ -1,0 +1,202 @@
+//! Continuous batching: requests join a running batch between two steps and leave it as soon as
+//! they finish, each with its own prompt length, settings and stop rule (`emlab serve`).
+//!
+//! A joining prompt is prefilled alone, then its cache rows are placed after the batch's,
+//! aligned to end at the same slot ([`KvCache::join`]); positions stay per row, so a row decodes
+//! what it would decode alone. Rows that leave are dropped from the cache, with the left padding
+//! the rest no longer need ([`KvCache::retain_rows`]).
+
+use burn::prelude::*;
+
+use crate::Error;
+use crate::cache::KvCache;
+use crate::generate::{
+    FinishReason, Flow, Generation, GenerationConfig, RESERVE_NEW_TOKENS, TokenLogprobs,
+    check_prompts, read_vec, token_logprobs,
+};
+use crate::model::{Batch, Llama};
+use crate::sampling::Sampler;
+
+/// A prompt run through the model: its cache row and the logits of its first new token.
+pub struct Prefilled {
+    cache: KvCache,
+    logits: Tensor<2>,
+    prompt_len: usize,
+}
+
+/// Rows decoding together; `T` is what the caller keeps per row (its request).
+pub struct ContinuousBatch<T> {
+    cache: KvCache,
+    /// `[rows, vocab]`: each row's logits for its next token.
+    logits: Option<Tensor<2>>,
+    rows: Vec<Row<T>>,
+}
+
+struct Row<T> {
+    cfg: GenerationConfig,
+    sampler: Sampler,
+    /// The RoPE position of the next token fed to the model.
+    position: usize,
+    out: Generation,
+    user: T,
+}
+
+impl<T> Default for ContinuousBatch<T> {
+    fn default() -> Self {
+        Self { cache: KvCache::default(), logits: None, rows: Vec::new() }
+    }
+}
+
+impl<T> ContinuousBatch<T> {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Runs a request's prompt through the model alone, ready to [`ContinuousBatch::add`]. Kept
+    /// apart from `add` so that a caller can recover from a failure here with its request intact.
+    pub fn prefill(
+        model: &Llama,
+        prompt: &[u32],
+        cfg: &GenerationConfig,
+    ) -> Result<Prefilled, Error> {
+        let prompts = std::slice::from_ref(&prompt.to_vec()).to_vec();
+        check_prompts(model, &prompts, cfg.max_new_tokens)?;
+        cfg.sampling.validate().map_err(Error::Invalid)?;
+        let (batch, pads) = Batch::left_padded(&prompts, &model.device());
+        let reserve = prompt.len() + cfg.max_new_tokens.min(RESERVE_NEW_TOKENS);
+        let mut cache = model.new_cache().with_reserve(reserve).with_padding(pads);
+        let logits = model.forward_last(batch, Some(&mut cache));
+        Ok(Prefilled { cache, logits, prompt_len: prompt.len() })
+    }
+
+    /// Adds a prefilled request as a row; its first token is sampled at the next step. Its
+    /// sampler is [`Sampler::for_row`]`(cfg.sampling, 0)`: what a single-prompt
+    /// [`crate::generate::generate`] call with the same settings uses.
+    pub fn add(&mut self, p: Prefilled, cfg: GenerationConfig, user: T) {
+        self.cache = std::mem::take(&mut self.cache).join(p.cache);
+        self.logits = Some(match self.logits.take() {
+            Some(l) => Tensor::cat(vec![l, p.logits], 0),
+            None => p.logits,
+        });
+        let out =
+            Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() };
+        let sampler = Sampler::for_row(cfg.sampling, 0);
+        self.rows.push(Row { cfg, sampler, position: p.prompt_len, out, user });
+    }
+
+    /// Removes the rows `cancel` picks (clients that left), as cancelled generations.
+    pub fn cancel_where(&mut self, mut cancel: impl FnMut(&T) -> bool) -> Vec<(T, Generation)> {
+        let keep: Vec<bool> = self.rows.iter().map(|r| !cancel(&r.user)).collect();
+        self.retain(&keep, FinishReason::Cancelled)
+    }
+
+    /// Every row's user data, and an empty batch (after a failure that leaves its state unknown).
+    pub fn drain(&mut self) -> Vec<T> {
+        let rows = std::mem::take(&mut self.rows);
+        *self = Self::default();
+        rows.into_iter().map(|r| r.user).collect()
+    }
+
+    /// One token for every row: sampled, shown to `on_token(user, id, logprobs)`, then fed to
+    /// the model together. Returns the rows that finished at this step (a stop id, their length,
+    /// or [`Flow::Stop`] from the callback, which ends that row only).
+    pub async fn step(
+        &mut self,
+        model: &Llama,
+        mut on_token: impl FnMut(&mut T, u32, Option<&TokenLogprobs>) -> Flow,
+    ) -> Result<Vec<(T, Generation)>, Error> {
+        let Some(logits) = self.logits.take() else { return Ok(Vec::new()) };
+        let vocab = model.vocab_size;
+        let greedy =
+            self.rows.iter().all(|r| r.cfg.sampling.temperature <= 0.0 && r.cfg.logprobs.is_none());
+        let (values, argmax) = if greedy {
+            (Vec::new(), read_vec::<i32, 2, _>(logits.argmax(1)).await?)
+        } else {
+            (read_vec::<f32, 2, _>(logits).await?, Vec::new())
+        };
+        let mut keep = vec![true; self.rows.len()];
+        let mut next = Vec::with_capacity(self.rows.len());
+        for (r, row) in self.rows.iter_mut().enumerate() {
+            let id = if greedy {
+                argmax[r] as u32
+            } else {
+                let l = &values[r * vocab..(r + 1) * vocab];
+                let id = row.sampler.sample(l);
+                if let Some(k) = row.cfg.logprobs
+                    && !row.cfg.stop_ids.contains(&id)
+                {
+                    row.out.logprobs.push(token_logprobs(l, id, k));
+                }
+                id
+            };
+            if row.cfg.stop_ids.contains(&id) {
+                row.out.finish = FinishReason::Stop;
+                keep[r] = false;
+                continue;
+            }
+            row.out.ids.push(id);
+            let lp = row.cfg.logprobs.and_then(|_| row.out.logprobs.last());
+            if on_token(&mut row.user, id, lp) == Flow::Stop {
+                row.out.finish = FinishReason::Cancelled;
+                keep[r] = false;
+            } else if row.out.ids.len() >= row.cfg.max_new_tokens {
+                keep[r] = false; // finish stays Length
+            } else {
+                next.push((id as i32, row.position as i32));
+                row.position += 1;
+            }
+        }
+        let finished = self.retain(&keep, FinishReason::Length);
+        if !self.rows.is_empty() {
+            let device = model.device();
+            let b = next.len();
+            let (tokens, positions): (Vec<i32>, Vec<i32>) = next.into_iter().unzip();
+            let decode = Batch {
+                tokens: Tensor::from_data(TensorData::new(tokens, [b, 1]), &device),
+                positions: Tensor::from_data(TensorData::new(positions, [b, 1]), &device),
+                bias: None, // the cache masks each row's padding and the unused slots
+            };
+            self.logits = Some(model.forward_last(decode, Some(&mut self.cache)));
+        }
+        Ok(finished)
+    }
+
+    /// Keeps the rows marked `true`; the others leave (a row that has not finished otherwise
+    /// gets `finish`). Logits of kept rows are kept only when the caller has not consumed them.
+    fn retain(&mut self, keep: &[bool], finish: FinishReason) -> Vec<(T, Generation)> {
+        if keep.iter().all(|&k| k) {
+            return Vec::new();
+        }
+        let kept: Vec<usize> = (0..keep.len()).filter(|&r| keep[r]).collect();
+        let mut left = Vec::new();
+        let mut rows = Vec::with_capacity(kept.len());
+        for (r, mut row) in std::mem::take(&mut self.rows).into_iter().enumerate() {
+            if keep[r] {
+                rows.push(row);
+            } else {
+                if finish == FinishReason::Cancelled {
+                    row.out.finish = FinishReason::Cancelled;
+                }
+                left.push((row.user, row.out));
+            }
+        }
+        self.rows = rows;
+        if kept.is_empty() {
+            self.cache = KvCache::default();
+            self.logits = None;
+        } else {
+            self.cache = self.cache.retain_rows(&kept);
+            if let Some(l) = self.logits.take() {
+                let idx = kept.iter().map(|&r| r as i32).collect::<Vec<_>>();
+                let idx =
+                    Tensor::<1, Int>::from_data(TensorData::new(idx, [kept.len()]), &l.device());
+                self.logits = Some(l.select(0, idx));
+            }
+        }
+        left
+    }
+}
