@@ -200,3 +200,122 @@ impl<T> ContinuousBatch<T> {
         left
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::FloatDType;
+
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::generate::{block_on, generate};
+    use crate::sampling::SamplingParams;
+
+    /// Rows that join at different steps, with different prompt lengths, budgets and sampling,
+    /// each produce what they produce alone; the cache shrinks back as rows leave.
+    #[test]
+    fn rows_joining_and_leaving_decode_what_they_decode_alone() {
+        let cfg = LlamaConfig::tiny(300);
+        let model = Llama::from_weights(
+            &cfg,
+            Llama::random_weights(&cfg, 7),
+            &Device::flex(),
+            FloatDType::F32,
+        )
+        .unwrap();
+        let greedy = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
+        let sampled = SamplingParams { temperature: 1.0, top_p: 0.9, top_k: 0, seed: 11 };
+        // (prompt, max new tokens, sampling, the step at which it joins)
+        let requests: Vec<(Vec<u32>, usize, SamplingParams, usize)> = vec![
+            ((1..9).collect(), 12, greedy, 0),
+            ((40..43).collect(), 20, sampled, 0),
+            ((100..125).collect(), 6, greedy, 3),
+            ((7..10).collect(), 9, sampled, 5),
+        ];
+        let alone: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|(p, n, s, _)| {
+                let g = block_on(generate(
+                    &model,
+                    std::slice::from_ref(p),
+                    &GenerationConfig::new(*n, *s, Vec::new()),
+                    |_, _| Flow::Continue,
+                ))
+                .unwrap();
+                g[0].ids.clone()
+            })
+            .collect();
+
+        let mut batch = ContinuousBatch::<usize>::default();
+        let mut got: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
+        let mut streamed: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
+        for step in 0.. {
+            for (i, (p, n, s, at)) in requests.iter().enumerate() {
+                if *at == step {
+                    let cfg = GenerationConfig::new(*n, *s, Vec::new());
+                    let pre = ContinuousBatch::<usize>::prefill(&model, p, &cfg).unwrap();
+                    batch.add(pre, cfg, i);
+                }
+            }
+            if batch.is_empty() && step > 5 {
+                break;
+            }
+            let finished = block_on(batch.step(&model, |&mut i, id, _| {
+                streamed[i].push(id);
+                Flow::Continue
+            }))
+            .unwrap();
+            for (i, g) in finished {
+                assert_eq!(g.finish, FinishReason::Length);
+                got[i] = Some(g.ids);
+            }
+        }
+        for (i, want) in alone.iter().enumerate() {
+            assert_eq!(got[i].as_ref(), Some(want), "request {i}");
+            assert_eq!(&streamed[i], want, "request {i}, streamed");
+        }
+        assert_eq!(batch.cache.rows(), 0, "an empty batch holds no cache");
+    }
+
+    /// A row the caller stops leaves at once, and the others go on unchanged.
+    #[test]
+    fn a_cancelled_row_leaves_alone() {
+        let cfg = LlamaConfig::tiny(300);
+        let model = Llama::from_weights(
+            &cfg,
+            Llama::random_weights(&cfg, 8),
+            &Device::flex(),
+            FloatDType::F32,
+        )
+        .unwrap();
+        let greedy = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
+        let mut batch = ContinuousBatch::<u8>::default();
+        for (i, p) in [vec![5u32, 6, 7], vec![9u32; 12]].into_iter().enumerate() {
+            let cfg = GenerationConfig::new(10, greedy, Vec::new());
+            batch.add(ContinuousBatch::<u8>::prefill(&model, &p, &cfg).unwrap(), cfg, i as u8);
+        }
+        let mut ids = Vec::new();
+        for step in 0..10 {
+            let finished = block_on(batch.step(&model, |&mut row, id, _| {
+                if row == 0 {
+                    ids.push(id);
+                }
+                if row == 1 && step == 2 { Flow::Stop } else { Flow::Continue }
+            }))
+            .unwrap();
+            if step == 2 {
+                assert_eq!(finished.len(), 1);
+                assert_eq!((finished[0].0, finished[0].1.finish), (1, FinishReason::Cancelled));
+                assert_eq!(batch.len(), 1);
+                assert_eq!(batch.cache.padding(), &[0], "the shorter prompt's padding is dropped");
+            }
+        }
+        let alone = block_on(generate(
+            &model,
+            &[vec![5, 6, 7]],
+            &GenerationConfig::new(10, greedy, Vec::new()),
+            |_, _| Flow::Continue,
+        ))
+        .unwrap();
+        assert_eq!(ids, alone[0].ids);
+    }
+}

@@ -94,6 +94,11 @@ impl KvCache {
         }
     }
 
+    /// Each row's left padding (empty: none).
+    pub fn padding(&self) -> &[usize] {
+        &self.pads
+    }
+
     /// Number of rows (0 before the first write).
     pub fn rows(&self) -> usize {
         self.layers.iter().flatten().next().map_or(0, |(k, _)| k.dims()[0])
