@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""`emlab serve` under a bounded loopback load: C concurrent clients send a fixed number of chat
-completions each; prints requests/s and p50/p99 latency. The server answers one request at a time
-(one model, one worker) and queues the rest, so latency grows with the queue by design.
+"""`emlab serve` under a bounded loopback load: for each client count, C concurrent clients send a
+fixed number of chat completions each; prints requests/s, generated tokens/s (and its ratio to one
+client's, measured in the same run) and p50/p99 latency. The server decodes concurrent requests
+together (continuous batching, up to --max-batch rows).
 
-    python3 bench/serve.py [--clients 8] [--requests 4] [--max-tokens 16] [--threads 2]
+    python3 bench/serve.py [--clients 1,8,32] [--requests 4] [--max-tokens 16] [--threads 2]
 """
 import argparse
 import json
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
+    ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--requests", type=int, default=4, help="per client")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -31,7 +33,8 @@ def main():
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
     subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
     server = subprocess.Popen([str(target / "emlab"), "serve", "--port", "0", "--quiet", "--threads", str(args.threads),
-                               "--dtype", args.dtype], stdout=subprocess.PIPE, text=True)
+                               "--dtype", args.dtype, "--max-batch", str(args.max_batch)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         url = line.split()[2]
@@ -46,35 +49,41 @@ def main():
             return time.perf_counter() - t, out["usage"]["completion_tokens"]
 
         call()  # warm-up
-        latencies, tokens, errors = [], [0], []
-        lock = threading.Lock()
+        print(f"emlab serve ({time.strftime('%Y-%m-%d %H:%M')}), {args.threads} threads, {args.dtype}, "
+              f"--max-batch {args.max_batch}: {args.requests} requests per client, {args.max_tokens} max tokens")
+        print("| clients | answered | requests/s | generated tokens/s | vs 1 client | latency p50 | latency p99 |")
+        print("|---|---|---|---|---|---|---|")
+        one = None
+        for clients in [int(c) for c in args.clients.split(",")]:
+            latencies, tokens, errors = [], [0], []
+            lock = threading.Lock()
 
-        def client():
-            for _ in range(args.requests):
-                try:
-                    dt, n = call()
-                    with lock:
-                        latencies.append(dt)
-                        tokens[0] += n
-                except Exception as e:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(repr(e))
+            def client():
+                for _ in range(args.requests):
+                    try:
+                        dt, n = call()
+                        with lock:
+                            latencies.append(dt)
+                            tokens[0] += n
+                    except Exception as e:  # noqa: BLE001 - counted and reported
+                        with lock:
+                            errors.append(repr(e))
 
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-        latencies.sort()
-        pct = lambda q: latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))]
-        print(f"emlab serve ({time.strftime('%Y-%m-%d %H:%M')}), {args.threads} threads, {args.dtype}: {args.clients} clients x "
-              f"{args.requests} requests, {args.max_tokens} max tokens")
-        print(f"  {len(latencies)} ok, {len(errors)} failed; {len(latencies) / wall:.2f} requests/s, "
-              f"{tokens[0] / wall:.1f} generated tokens/s; latency p50 {pct(0.5):.2f} s, p99 {pct(0.99):.2f} s")
-        if errors:
-            sys.exit(f"errors: {errors[:3]}")
+            start = time.perf_counter()
+            threads = [threading.Thread(target=client) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - start
+            latencies.sort()
+            pct = lambda q: latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))]
+            rate = tokens[0] / wall
+            one = one or rate
+            print(f"| {clients} | {len(latencies)}/{clients * args.requests} | {len(latencies) / wall:.2f} | {rate:.1f} | "
+                  f"{rate / one:.2f}× | {pct(0.5):.2f} s | {pct(0.99):.2f} s |", flush=True)
+            if errors:
+                sys.exit(f"errors: {errors[:3]}")
     finally:
         server.kill()
 
