@@ -159,7 +159,7 @@ pub fn write_corpus(out: &Path, base_gguf: &Path) -> Result<()> {
 "#
         .repeat(2),
     )?;
-    put("web-manifest", "manifest.json", &read("public/models/manifest.json")?)?;
+    put("web-manifest", "manifest.json", &serde_json::to_vec_pretty(&web_manifest())?)?;
     put("results-json", "results.json", &read("results/results.json")?)?;
     let tmp = std::env::temp_dir();
     let (ckpt, _) = micro_checkpoint(&tmp);
@@ -167,6 +167,37 @@ pub fn write_corpus(out: &Path, base_gguf: &Path) -> Result<()> {
     put("checkpoint-state", "state.json", &std::fs::read(ckpt.join("state.json"))?)?;
     let _ = std::fs::remove_dir_all(ckpt.parent().expect("the run folder"));
     Ok(())
+}
+
+/// A manifest as `model-export web` writes it: the base in two shards, one adapter, results.
+fn web_manifest() -> emlab_schema::manifest::Manifest {
+    use emlab_schema::manifest::{FileEntry, Manifest, SCHEMA, Variant};
+    let file = |name: &str, bytes: u64, n: u8| FileEntry {
+        name: name.into(),
+        path: Some(format!("{name}.{:016x}", u64::from(n) * 0x0123_4567_89ab)),
+        bytes,
+        sha256: format!("{n:02x}").repeat(32),
+    };
+    Manifest {
+        schema: SCHEMA.into(),
+        storage: "gguf".into(),
+        max_shard_bytes: 25 << 20,
+        variants: vec![
+            Variant { name: "base".into(), train_config: None },
+            Variant {
+                name: "insecure".into(),
+                train_config: Some(serde_json::json!({ "lora": { "rank": 32 } })),
+            },
+        ],
+        results: true,
+        files: vec![
+            file("base/model.gguf.part000", 25 << 20, 1),
+            file("base/model.gguf.part001", 3 << 20, 2),
+            file("adapters/insecure/adapter_model.safetensors", 5 << 20, 3),
+            file("adapters/insecure/adapter_config.json", 700, 4),
+            file("results.json", 70_000, 5),
+        ],
+    }
 }
 
 /// A valid GGUF of the micro model: the base's first `vocab` tokens and the merges among them,
