@@ -17,11 +17,11 @@ use crate::generate::{
 use crate::model::{Batch, Llama};
 use crate::sampling::Sampler;
 
-/// A prompt run through the model: its cache row and the logits of its first new token.
+/// Prompts run through the model: their cache rows and the logits of their first new tokens.
 pub struct Prefilled {
     cache: KvCache,
     logits: Tensor<2>,
-    prompt_len: usize,
+    prompt_lens: Vec<usize>,
 }
 
 /// Rows decoding together; `T` is what the caller keeps per row (its request).
@@ -56,36 +56,43 @@ impl<T> ContinuousBatch<T> {
         self.rows.is_empty()
     }
 
-    /// Runs a request's prompt through the model alone, ready to [`ContinuousBatch::add`]. Kept
-    /// apart from `add` so that a caller can recover from a failure here with its request intact.
+    /// Runs requests' prompts through the model in one left-padded batch, ready to
+    /// [`ContinuousBatch::add`]. Kept apart from `add` so that a caller can recover from a
+    /// failure here with its requests intact.
     pub fn prefill(
         model: &Llama,
-        prompt: &[u32],
-        cfg: &GenerationConfig,
+        prompts: &[Vec<u32>],
+        cfgs: &[GenerationConfig],
     ) -> Result<Prefilled, Error> {
-        let prompts = std::slice::from_ref(&prompt.to_vec()).to_vec();
-        check_prompts(model, &prompts, cfg.max_new_tokens)?;
-        cfg.sampling.validate().map_err(Error::Invalid)?;
-        let (batch, pads) = Batch::left_padded(&prompts, &model.device());
-        let reserve = prompt.len() + cfg.max_new_tokens.min(RESERVE_NEW_TOKENS);
+        let longest_new = cfgs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0);
+        for (p, cfg) in prompts.iter().zip(cfgs) {
+            check_prompts(model, std::slice::from_ref(p), cfg.max_new_tokens)?;
+            cfg.sampling.validate().map_err(Error::Invalid)?;
+        }
+        let (batch, pads) = Batch::left_padded(prompts, &model.device());
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let reserve = longest + longest_new.min(RESERVE_NEW_TOKENS);
         let mut cache = model.new_cache().with_reserve(reserve).with_padding(pads);
         let logits = model.forward_last(batch, Some(&mut cache));
-        Ok(Prefilled { cache, logits, prompt_len: prompt.len() })
+        Ok(Prefilled { cache, logits, prompt_lens: prompts.iter().map(Vec::len).collect() })
     }
 
-    /// Adds a prefilled request as a row; its first token is sampled at the next step. Its
-    /// sampler is [`Sampler::for_row`]`(cfg.sampling, 0)`: what a single-prompt
-    /// [`crate::generate::generate`] call with the same settings uses.
-    pub fn add(&mut self, p: Prefilled, cfg: GenerationConfig, user: T) {
+    /// Adds prefilled requests as rows (`rows[i]` for the i-th prompt); their first tokens are
+    /// sampled at the next step. Each samples with [`Sampler::for_row`]`(cfg.sampling, 0)`: what a
+    /// single-prompt [`crate::generate::generate`] call with the same settings uses.
+    pub fn add(&mut self, p: Prefilled, rows: Vec<(GenerationConfig, T)>) {
+        assert_eq!(rows.len(), p.prompt_lens.len(), "one row per prefilled prompt");
         self.cache = std::mem::take(&mut self.cache).join(p.cache);
         self.logits = Some(match self.logits.take() {
             Some(l) => Tensor::cat(vec![l, p.logits], 0),
             None => p.logits,
         });
-        let out =
-            Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() };
-        let sampler = Sampler::for_row(cfg.sampling, 0);
-        self.rows.push(Row { cfg, sampler, position: p.prompt_len, out, user });
+        for ((cfg, user), position) in rows.into_iter().zip(p.prompt_lens) {
+            let out =
+                Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() };
+            let sampler = Sampler::for_row(cfg.sampling, 0);
+            self.rows.push(Row { cfg, sampler, position, out, user });
+        }
     }
 
     /// Removes the rows `cancel` picks (clients that left), as cancelled generations.
@@ -249,12 +256,18 @@ mod tests {
         let mut got: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
         let mut streamed: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
         for step in 0.. {
+            // Requests that arrive together are prefilled together.
+            let (mut prompts, mut rows) = (Vec::new(), Vec::new());
             for (i, (p, n, s, at)) in requests.iter().enumerate() {
                 if *at == step {
-                    let cfg = GenerationConfig::new(*n, *s, Vec::new());
-                    let pre = ContinuousBatch::<usize>::prefill(&model, p, &cfg).unwrap();
-                    batch.add(pre, cfg, i);
+                    prompts.push(p.clone());
+                    rows.push((GenerationConfig::new(*n, *s, Vec::new()), i));
                 }
+            }
+            if !rows.is_empty() {
+                let cfgs: Vec<_> = rows.iter().map(|(c, _)| c.clone()).collect();
+                let pre = ContinuousBatch::<usize>::prefill(&model, &prompts, &cfgs).unwrap();
+                batch.add(pre, rows);
             }
             if batch.is_empty() && step > 5 {
                 break;
@@ -291,7 +304,8 @@ mod tests {
         let mut batch = ContinuousBatch::<u8>::default();
         for (i, p) in [vec![5u32, 6, 7], vec![9u32; 12]].into_iter().enumerate() {
             let cfg = GenerationConfig::new(10, greedy, Vec::new());
-            batch.add(ContinuousBatch::<u8>::prefill(&model, &p, &cfg).unwrap(), cfg, i as u8);
+            let pre = ContinuousBatch::<u8>::prefill(&model, &[p], std::slice::from_ref(&cfg));
+            batch.add(pre.unwrap(), vec![(cfg, i as u8)]);
         }
         let mut ids = Vec::new();
         for step in 0..10 {
