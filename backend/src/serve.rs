@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use emlab_model::batching::ContinuousBatch;
 use emlab_model::chat::Message;
-use emlab_model::generate::{Flow, Generation, GenerationConfig, TokenLogprobs, block_on};
+use emlab_model::generate::{Flow, Generation, TokenLogprobs, block_on};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::TextStream;
@@ -315,38 +315,32 @@ fn worker(
         // Waiting requests join between steps, oldest first, each prefilled alone: a left-padded
         // prefill of several prompts was ~25% faster under load, but a row's logits could then
         // depend on the other prompts' lengths (gemm blocking), and answers must not.
-        let mut joining: Vec<(String, Vec<(GenerationConfig, Active)>)> = Vec::new();
         while running < max_batch {
             let Some(job) = queue.pop_front() else { break };
             let m = &models[&job.model];
             let mut cfg = m.generation_config(job.max_tokens, job.sampling);
             cfg.logprobs = job.top_logprobs;
-            joining.push((job.model.clone(), vec![(cfg, Active::new(job))]));
-            running += 1;
-        }
-        for (name, rows) in joining {
-            let m = &models[&name];
-            // A panic in the prefill fails these requests only (the models are read-only and the
+            let active = Active::new(job);
+            // A panic in the prefill fails this request only (the models are read-only and the
             // running batch is not touched until `add`).
             let prefilled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if std::env::var_os("EMLAB_SERVE_PANIC_TEST").is_some_and(|v| v == "1")
-                    && rows.iter().any(|(_, a)| a.job.stop.iter().any(|s| s == "<panic>"))
+                    && active.job.stop.iter().any(|s| s == "<panic>")
                 {
                     // Fault injection for the test that the worker survives a panic (off unless set).
                     panic!("injected by EMLAB_SERVE_PANIC_TEST");
                 }
-                let prompts: Vec<Vec<u32>> =
-                    rows.iter().map(|(_, a)| a.job.prompt.clone()).collect();
-                let cfgs: Vec<GenerationConfig> = rows.iter().map(|(c, _)| c.clone()).collect();
-                ContinuousBatch::<Active>::prefill(&m.model, &prompts, &cfgs)
+                let prompt = std::slice::from_ref(&active.job.prompt);
+                ContinuousBatch::<Active>::prefill(&m.model, prompt, std::slice::from_ref(&cfg))
             }));
             match prefilled {
-                Ok(Ok(p)) => batches.get_mut(&name).expect("a model's batch").add(p, rows),
-                Ok(Err(e)) => rows.into_iter().for_each(|(_, a)| answer(a.job, Err(e.to_string()))),
-                Err(p) => {
-                    let msg = panic_message(p);
-                    rows.into_iter().for_each(|(_, a)| answer(a.job, Err(msg.clone())));
+                Ok(Ok(p)) => {
+                    let batch = batches.get_mut(&active.job.model).expect("a model's batch");
+                    batch.add(p, vec![(cfg, active)]);
+                    running += 1;
                 }
+                Ok(Err(e)) => answer(active.job, Err(e.to_string())),
+                Err(p) => answer(active.job, Err(panic_message(p))),
             }
         }
         // One token for every running request, model by model.
