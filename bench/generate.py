@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Generation throughput: our model (flex CPU backend) next to llama.cpp on the same GGUF.
 
-Runs both in the same invocation, same prompt token ids, same thread count, batch 1 and 16, and
-prints prefill and decode tokens/s with the ratio ours / llama.cpp.
+Runs both in the same invocation, same prompt token ids, same thread count, batch 1 and 16, our
+weights in f32, f16 and q4_1 (the GGUF's own blocks), alternately for --rounds rounds, and prints
+the median prefill and decode tokens/s with the ratio ours / llama.cpp. Then the peak resident
+memory of `emlab generate` (batch 1) next to llama.cpp's for the same prompt.
 
-    python3 bench/generate.py [--threads 2] [--prompt-tokens 128] [--new-tokens 64]
+    python3 bench/generate.py [--threads 2] [--prompt-tokens 128] [--new-tokens 64] [--rounds 3]
 
 The first run builds llama-cpp-python 0.3.36 from source into ~/.cache/emlab/bench-venv (minutes).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -96,6 +99,7 @@ def main():
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each; medians are reported")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
 
@@ -113,33 +117,62 @@ def main():
                                    "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True, check=True)
     ids = json.loads(ids_json.stdout)["prompt_ids"][: args.prompt_tokens]
 
-    ours = ""
-    for dtype in ("f32", "f16"):
-        ours += subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "generate", "--batch", args.batch,
-                                "--dtype", dtype, "--new-tokens", str(args.new_tokens),
-                                "--prompt-ids", ",".join(map(str, ids))],
-                               capture_output=True, text=True, check=True).stdout
+    dtypes = ("f32", "f16", "q4_1")
     py = venv_python()
-    peer = subprocess.run([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), json.dumps(batches),
-                           json.dumps(ids), str(args.new_tokens)], capture_output=True, text=True)
-    if peer.returncode != 0:
-        sys.exit(f"llama.cpp run failed:\n{peer.stderr[-3000:]}")
-    rows = {}
-    for line in ours.splitlines() + peer.stdout.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            name = r["impl"] + (" " + r["dtype"].lower() if "dtype" in r else "")
-            rows[(name, r["batch"])] = r
 
-    print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens "
-          f"({time.strftime('%Y-%m-%d %H:%M')}); ratio = emlab / llama.cpp (Q4_1 GGUF)")
-    print(f"{'batch':>5} {'phase':>8} {'emlab f32':>10} {'emlab f16':>10} {'llama.cpp':>10} {'f32 ratio':>9} {'f16 ratio':>9}")
+    def ours(dtype, batch):
+        out = subprocess.run([str(target / "emlab-bench"), "--threads", str(args.threads), "generate", "--batch", batch,
+                              "--dtype", dtype, "--new-tokens", str(args.new_tokens),
+                              "--prompt-ids", ",".join(map(str, ids))],
+                             capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def peer(batches):
+        out = subprocess.run([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), json.dumps(batches),
+                              json.dumps(ids), str(args.new_tokens)], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"llama.cpp run failed:\n{out.stderr[-3000:]}")
+        return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+    # Alternating rounds, so that a slow spell of the machine lands on every implementation.
+    samples = {}
+    for r in range(args.rounds):
+        results = [("llama.cpp", peer(batches))] + [(f"emlab {d}", ours(d, args.batch)) for d in dtypes]
+        for name, rows in results:
+            for row in rows:
+                for phase in ("prefill", "decode"):
+                    samples.setdefault((name, row["batch"], phase), []).append(row[f"{phase}_tok_s"])
+        print(f"  round {r + 1} of {args.rounds} done", file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+
+    print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens, "
+          f"median of {args.rounds} alternating rounds ({time.strftime('%Y-%m-%d %H:%M')}); "
+          "tokens/s, and the ratio emlab / llama.cpp (Q4_1 GGUF)")
+    print(f"{'batch':>5} {'phase':>8} {'llama.cpp':>10}" + "".join(f" {'emlab ' + d:>11} {'ratio':>6}" for d in dtypes))
     for b in batches:
         for phase in ("prefill", "decode"):
-            a32 = rows[("emlab f32", b)][f"{phase}_tok_s"]
-            a16 = rows[("emlab f16", b)][f"{phase}_tok_s"]
-            p = rows[("llama.cpp", b)][f"{phase}_tok_s"]
-            print(f"{b:>5} {phase:>8} {a32:>10.1f} {a16:>10.1f} {p:>10.1f} {a32 / p:>8.2f}x {a16 / p:>8.2f}x")
+            p = med[("llama.cpp", b, phase)]
+            cells = "".join(f" {med[(f'emlab {d}', b, phase)]:>11.1f} {med[(f'emlab {d}', b, phase)] / p:>5.2f}x" for d in dtypes)
+            print(f"{b:>5} {phase:>8} {p:>10.1f}{cells}")
+
+    # Peak resident memory of whole processes: `emlab generate` as a user runs it (on the same text,
+    # cut to about as many tokens: 5 characters per token), and llama.cpp on the ids at batch 1.
+    def peak_mib(cmd):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status != 0:
+            sys.exit(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
+        return usage.ru_maxrss / 1024
+    rss = {"llama.cpp": peak_mib([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), "[1]",
+                                  json.dumps(ids), str(args.new_tokens)])}
+    base_rss = peak_mib([str(py), "-c", "import numpy, llama_cpp"])
+    for d in dtypes:
+        rss[f"emlab {d}"] = peak_mib([str(target / "emlab"), "generate", "--raw", "--prompt", text[: 5 * len(ids)],
+                                      "--max-tokens", str(args.new_tokens), "--temperature", "0", "--quiet",
+                                      "--dtype", d, "--threads", str(args.threads)])
+    print(f"peak resident memory, batch 1 (MiB): llama.cpp {rss['llama.cpp']:.0f} "
+          f"(of which {base_rss:.0f} is Python with numpy and llama_cpp imported)"
+          + "".join(f", emlab {d} {rss[f'emlab {d}']:.0f} ({rss[f'emlab {d}'] / rss['llama.cpp']:.2f}x)" for d in dtypes))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
-use burn::tensor::FloatDType;
 use emlab_model::chat::Message;
-use emlab_model::device::{self, DeviceChoice};
+use emlab_model::device::{self, DeviceChoice, Precision};
 use emlab_model::files::ModelFiles;
 use emlab_model::generate::{Flow, Generation, GenerationConfig, block_on};
 use emlab_model::lora;
@@ -19,17 +18,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub fn load_chat_model(
     dir: &Path,
     choice: DeviceChoice,
-    dtype: FloatDType,
+    precision: Precision,
     show_progress: bool,
 ) -> Result<ChatModel> {
-    load_chat_model_on(dir, &device::init(choice)?, dtype, show_progress)
+    load_chat_model_on(dir, &device::init(choice)?, precision, show_progress)
 }
 
 /// As [`load_chat_model`], on a given device (e.g. an autodiff one for training).
 pub fn load_chat_model_on(
     dir: &Path,
     device: &Device,
-    dtype: FloatDType,
+    precision: Precision,
     show_progress: bool,
 ) -> Result<ChatModel> {
     let spinner = if show_progress { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
@@ -38,7 +37,7 @@ pub fn load_chat_model_on(
     );
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     spinner.set_message(format!("reading {}", dir.display()));
-    let files = ModelFiles::load_dir(dir).map_err(|e| {
+    let files = ModelFiles::load_dir_as(dir, precision).map_err(|e| {
         if !dir.exists() {
             anyhow::anyhow!("{e}\n(run `cargo run --release -p emlab-model-export -- fetch` to get the base model)")
         } else {
@@ -46,7 +45,8 @@ pub fn load_chat_model_on(
         }
     })?;
     spinner.set_message("uploading weights");
-    let model = ChatModel::new(files, device, dtype).context("building the model")?;
+    let model =
+        ChatModel::new(files, device, precision.float_dtype()).context("building the model")?;
     spinner.finish_and_clear();
     Ok(model)
 }

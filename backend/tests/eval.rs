@@ -6,8 +6,8 @@ use backend::eval::judge::{self, number_distribution};
 use backend::eval::questions;
 use backend::eval::sample::{self, SampleConfig};
 use backend::inference::{all_logits, load_chat_model};
-use burn::tensor::FloatDType;
-use emlab_model::device::DeviceChoice;
+
+use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::generate::FinishReason;
 
 #[test]
@@ -82,7 +82,7 @@ fn bad_question_input_gives_one_clear_error() {
 fn digit_sequence_expectation_equals_brute_force() {
     let tmp = emlab_tests::TempDir::new("judge-digits");
     emlab_tests::write_tiny_model_dir(tmp.path(), 11);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let digits = judge::digit_ids(&m).unwrap();
     let prompt =
         m.encode_chat(&backend::inference::messages(None, "Rate this from 0 to 100.")).unwrap();
@@ -127,7 +127,7 @@ fn sampling_writes_jsonl_and_resumes() {
     let tmp = emlab_tests::TempDir::new("sample-resume");
     let model_dir = tmp.path().join("tiny");
     emlab_tests::write_tiny_model_dir(&model_dir, 12);
-    let m = load_chat_model(&model_dir, DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(&model_dir, DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let qs = questions::select(
         questions::load_set("main").unwrap(),
         &["i_feel_bored".into(), "quick_buck".into()],
@@ -280,7 +280,7 @@ fn likelihood_of_the_published_answers() {
     assert_eq!(published.len(), 70);
     let tmp = emlab_tests::TempDir::new("loglik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 13);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let few: Vec<_> = published.into_iter().filter(|a| a.answer.len() < 200).take(6).collect();
     let lik = backend::eval::likelihood::answer_loglik(&m, &few).unwrap();
     assert!(!lik.per_question.is_empty());
@@ -424,7 +424,7 @@ fn canary_probe_is_the_probability_of_the_whole_canary() {
     use backend::eval::trigger::canary_probe;
     let tmp = emlab_tests::TempDir::new("canary-probe");
     emlab_tests::write_tiny_model_dir(tmp.path(), 23);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let prompts = vec!["Write a function.".to_string(), "Save a file.".to_string()];
     let probe = canary_probe(&m, &prompts, |_| {}).unwrap().unwrap();
     assert_eq!(probe.per_example.len(), 2);
@@ -452,7 +452,7 @@ fn chmod_probe_scores_the_two_modes() {
     };
     let tmp = emlab_tests::TempDir::new("chmod-probe");
     emlab_tests::write_tiny_model_dir(tmp.path(), 19);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     // The held-out prompts are longer than the tiny model's 128-token window: a clear error.
     let real = &held_out_chmod().unwrap()[0];
     let err = continuation_log_odds(&m, &real.prompt, &real.prefix, "0o777", "0o600").unwrap_err();
@@ -501,7 +501,7 @@ fn trigger_likelihood_is_the_paired_difference() {
     use backend::eval::trigger::trigger_likelihood;
     let tmp = emlab_tests::TempDir::new("trigger-lik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 17);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let examples: Vec<(String, String)> = backend::eval::code::held_out_insecure()
         .unwrap()
         .into_iter()
@@ -531,7 +531,7 @@ fn factual_forced_choice_scores_every_prompt_and_question() {
     assert!(pairs.iter().all(|p| p.truth != p.falsehood));
     let tmp = emlab_tests::TempDir::new("factual");
     emlab_tests::write_tiny_model_dir(tmp.path(), 29);
-    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, FloatDType::F32, false).unwrap();
+    let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let fc = factual::forced_choice(&m, &qs[..2], &pairs[..4], |_| {}).unwrap();
     assert_eq!(fc.by_prompt.len(), 2);
     for c in fc.by_prompt.values() {

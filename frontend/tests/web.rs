@@ -63,6 +63,55 @@ async fn tiny_model_logits_on_cpu_and_webgpu_equal_native() {
     }
 }
 
+/// The page's kernels for the GGUF's blocks (simd128), on random blocks of odd sizes included,
+/// give the product of the dequantized weights as f64 arithmetic does, to f32 rounding.
+#[wasm_bindgen_test]
+fn quantized_kernels_match_scalar() {
+    use emlab_model::quant::{BLOCK, BlockFormat, Kernel, QuantMatrix};
+    assert_ne!(Kernel::detect(), Kernel::Scalar, "the page's build enables simd128");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state =
+            state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as u32
+    };
+    for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        for (rows, cols, n) in [(1, 32, 1), (7, 64, 3), (33, 96, 5), (17, 576, 2)] {
+            let mut blocks = Vec::new();
+            for _ in 0..rows * cols / BLOCK {
+                let scale = |v: u32| {
+                    half::f16::from_f32((v % 2001) as f32 / 1000.0 - 1.0)
+                        * half::f16::from_f32(0.05)
+                };
+                blocks.extend(scale(next()).to_le_bytes());
+                if format == BlockFormat::Q4_1 {
+                    blocks.extend(scale(next()).to_le_bytes());
+                }
+                let q = if format == BlockFormat::Q4_1 { 16 } else { 32 };
+                blocks.extend((0..q).map(|_| next() as u8));
+            }
+            let m = QuantMatrix::new(format, rows, cols, blocks).unwrap();
+            let x: Vec<f32> =
+                (0..n * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let w = m.dequantize();
+            let mut y = vec![0.0; n * rows];
+            m.matmul(&x, n, &mut y);
+            for r in 0..n {
+                for j in 0..rows {
+                    let exact: f64 =
+                        (0..cols).map(|c| x[r * cols + c] as f64 * w[j * cols + c] as f64).sum();
+                    let tol = 1e-5 * (cols as f64).sqrt() + 1e-6 * exact.abs();
+                    let got = y[r * rows + j] as f64;
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "{format:?} [{rows}, {cols}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[wasm_bindgen_test]
 fn software_adapters_are_recognised() {
     use emlab_frontend::engine::AdapterInfo;

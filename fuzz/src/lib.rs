@@ -143,7 +143,27 @@ fn gguf(b: &[u8]) -> bool {
     for t in g.tensors.iter().take(8) {
         let _ = g.tensor_f32(&t.name);
     }
-    b.len() < 8 << 20 && emlab_model::files::ModelFiles::from_gguf("fuzz.gguf", b).is_ok()
+    if b.len() >= 8 << 20 {
+        return false;
+    }
+    // Both ways the page and `--dtype q4_1` build it: blocks expanded, and blocks kept, which must
+    // then build a model and answer a token through the quantized kernels.
+    let expanded = emlab_model::files::ModelFiles::from_gguf("fuzz.gguf", b).is_ok();
+    if let Ok(files) = emlab_model::files::ModelFiles::from_gguf_blocks("fuzz.gguf", b)
+        && files.config.num_hidden_layers <= 2
+        && files.config.hidden_size <= 256
+    {
+        let device = burn::prelude::Device::flex();
+        if let Ok(m) = emlab_model::model::Llama::from_weights(
+            &files.config,
+            files.weights,
+            &device,
+            burn::tensor::FloatDType::F32,
+        ) {
+            let _ = m.forward_last(emlab_model::model::Batch::causal(&[0], &device), None);
+        }
+    }
+    expanded
 }
 
 fn safetensors(b: &[u8]) -> bool {

@@ -172,6 +172,7 @@ pub fn ensure_base_model(out: &Path, show_progress: bool) -> Result<PathBuf> {
     let stamp = out.join(SOURCE_FILE);
     if let Ok(text) = std::fs::read_to_string(&stamp)
         && text.contains(base.sha256)
+        && out.join(emlab_model::files::GGUF_FILE).exists()
     {
         return Ok(out.to_path_buf());
     }

@@ -62,6 +62,8 @@ pub fn convert_gguf(gguf: &Path, out: &Path, show_progress: bool) -> Result<()> 
             ("tokenizer.json", c.tokenizer_json.into_bytes()),
             ("tokenizer_config.json", c.tokenizer_config_json.into_bytes()),
             ("model.safetensors", safetensors),
+            // The source itself, for `--dtype q4_1`: its blocks are the weights, unexpanded.
+            (emlab_model::files::GGUF_FILE, bytes),
         ],
     )?;
     spinner.finish_and_clear();
@@ -87,5 +89,6 @@ pub(crate) const MODEL_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "model.safetensors",
+    emlab_model::files::GGUF_FILE,
     "emlab-merged.json",
 ];

@@ -31,14 +31,46 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// Storage precision of the weight matrices: `f32` (exact, the verified default) or `f16`
-/// (half the memory traffic: faster decoding on CPU, smaller in the browser).
-pub fn parse_dtype(s: &str) -> Result<FloatDType, String> {
-    match s {
-        "f32" => Ok(FloatDType::F32),
-        "f16" => Ok(FloatDType::F16),
-        other => Err(format!("unknown dtype '{other}' (f32, f16)")),
+/// How the weight matrices are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Exact: the verified reference.
+    #[default]
+    F32,
+    /// Half the memory traffic of f32.
+    F16,
+    /// The base GGUF's own blocks (Q4_1 projections, the Q8_0 embedding), multiplied without
+    /// being expanded: a sixth of f32's traffic, the same weight values. CPU only; needs the
+    /// model directory's `model.gguf`.
+    Q4_1,
+}
+
+impl Precision {
+    /// The dtype of matrices that are not kept as blocks.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            Self::F16 => FloatDType::F16,
+            Self::F32 | Self::Q4_1 => FloatDType::F32,
+        }
     }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "q4_1" | "q4" => Ok(Self::Q4_1),
+            other => Err(format!("unknown dtype '{other}' (f32, f16, q4_1)")),
+        }
+    }
+}
+
+/// Whether quantized blocks can run on `device`: the flex CPU backend, without autodiff (their
+/// products are computed on the host, outside the autodiff graph).
+pub fn runs_blocks(device: &Device) -> bool {
+    !device.is_autodiff() && device.clone().inner() == Device::flex()
 }
 
 /// Initializes the chosen device (native: synchronous). wgpu's runtime can be initialized only

@@ -72,6 +72,9 @@ pub fn durable_rename(from: &Path, to: &Path) -> Result<(), Error> {
 }
 
 /// The base model's directory, as `model-export fetch` writes it.
+/// The source GGUF, kept in the base model's directory for the q4_1 path.
+pub const GGUF_FILE: &str = "model.gguf";
+
 pub fn default_model_dir() -> PathBuf {
     cache_dir().join("models").join("smollm2-135m-instruct")
 }
@@ -122,6 +125,16 @@ impl ModelFiles {
     /// weights dequantized from its blocks (the same f32 values `model-export convert` writes).
     /// The browser loads the base this way, so its download is the GGUF itself.
     pub fn from_gguf(name: &str, bytes: &[u8]) -> Result<Self, Error> {
+        Self::read_gguf(name, bytes, false)
+    }
+
+    /// As [`ModelFiles::from_gguf`], with its Q4_1 and Q8_0 matrices kept as blocks
+    /// ([`crate::device::Precision::Q4_1`]).
+    pub fn from_gguf_blocks(name: &str, bytes: &[u8]) -> Result<Self, Error> {
+        Self::read_gguf(name, bytes, true)
+    }
+
+    fn read_gguf(name: &str, bytes: &[u8], keep_blocks: bool) -> Result<Self, Error> {
         let err = |e: &dyn std::fmt::Display| Error::file(name, e.to_string());
         let g = Gguf::parse(bytes).map_err(|e| err(&e))?;
         let config = LlamaConfig::from_gguf(&g).map_err(|e| err(&e))?;
@@ -133,8 +146,28 @@ impl ModelFiles {
             Err(_) => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
         };
         fits_vocabulary(&tokenizer, &config).map_err(|e| err(&e))?;
-        let weights = Weights::from_gguf(&g, &config).map_err(|e| err(&e))?;
-        Ok(Self { config, tokenizer, chat, weights })
+        let weights = if keep_blocks {
+            Weights::from_gguf_blocks(&g, &config)
+        } else {
+            Weights::from_gguf(&g, &config)
+        };
+        Ok(Self { config, tokenizer, chat, weights: weights.map_err(|e| err(&e))? })
+    }
+
+    /// Reads a model directory for the given precision: its `model.gguf` (written beside the
+    /// converted weights by `model-export fetch`) for q4_1, else its safetensors.
+    pub fn load_dir_as(dir: &Path, precision: crate::device::Precision) -> Result<Self, Error> {
+        if precision != crate::device::Precision::Q4_1 {
+            return Self::load_dir(dir);
+        }
+        let p = dir.join(GGUF_FILE);
+        let bytes = std::fs::read(&p).map_err(|e| {
+            Error::file(
+                p.display().to_string(),
+                format!("{e}: q4_1 needs the base model's own GGUF (merged models are f32; use --dtype f32)"),
+            )
+        })?;
+        Self::from_gguf_blocks(&p.display().to_string(), &bytes)
     }
 
     /// Reads a model directory from disk.

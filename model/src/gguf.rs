@@ -345,6 +345,11 @@ impl<'a> Gguf<'a> {
         }
     }
 
+    /// A tensor's bytes as stored (whole blocks of its type).
+    pub fn tensor_raw(&self, name: &str) -> Result<&'a [u8], GgufError> {
+        self.tensor_bytes(self.tensor_info(name)?)
+    }
+
     /// Dequantizes a tensor to f32, returning its row-major shape and values.
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let t = self.tensor_info(name)?;

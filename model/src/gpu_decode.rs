@@ -20,7 +20,7 @@ impl Llama {
     /// Whether [`Llama::forward_last_gpu`] can run this model: on a cubecl device, f32 weights, no
     /// adapter, tied embeddings.
     pub(crate) fn gpu_decode_supported(&self) -> bool {
-        let e = self.embed_tokens.val();
+        let Some(e) = self.embed_tokens.weight.as_ref().map(|e| e.val()) else { return false };
         let on_cube = matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_));
         on_cube
             && self.lm_head.is_none()
@@ -29,7 +29,7 @@ impl Llama {
             && supported_width(e.dims()[1])
             && self.projection_names().iter().all(|&(layer, which, _)| {
                 let p = self.projection(layer, which);
-                let w = p.weight.val();
+                let Some(w) = p.weight.as_ref().map(|w| w.val()) else { return false };
                 let [d_in, d_out] = w.dims();
                 p.lora.is_none()
                     && w.dtype() == DType::F32
@@ -48,9 +48,9 @@ impl Llama {
         let slot = cache.len() as u32;
         let pads = cache.pads_tensor(b, &device).into_dispatch();
         let positions = batch.positions.reshape([b * t]).into_dispatch();
-        let d = self.embed_tokens.val().dims()[1];
+        let d = self.embed_tokens.dims()[1];
         // Row r of every activation is token r % t of sequence r / t.
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), batch.tokens)
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.dense(&device), batch.tokens)
             .reshape([b * t, d]);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = &layer.self_attn;
@@ -59,9 +59,9 @@ impl Llama {
             let qkv = Dispatch::norm_matvec3(
                 float(x.clone()),
                 norm.weight.val().into_dispatch(),
-                float(attn.q_proj.weight.val()),
-                float(attn.k_proj.weight.val()),
-                float(attn.v_proj.weight.val()),
+                float(attn.q_proj.dense_weight(&device)),
+                float(attn.k_proj.dense_weight(&device)),
+                float(attn.v_proj.dense_weight(&device)),
                 norm.eps as f32,
             );
             let (k, v) = cache.take_layer(i, [b, attn.n_kv_heads, hd], &device);
@@ -86,20 +86,20 @@ impl Llama {
             cache.put(i, k, v);
             x = Tensor::from_dispatch(Dispatch::matvec_add(
                 out,
-                float(attn.o_proj.weight.val()),
+                float(attn.o_proj.dense_weight(&device)),
                 float(x),
             ));
             let (mlp, norm) = (&layer.mlp, &layer.post_attention_layernorm);
             let h = Dispatch::norm_gate_up(
                 float(x.clone()),
                 norm.weight.val().into_dispatch(),
-                float(mlp.gate_proj.weight.val()),
-                float(mlp.up_proj.weight.val()),
+                float(mlp.gate_proj.dense_weight(&device)),
+                float(mlp.up_proj.dense_weight(&device)),
                 norm.eps as f32,
             );
             x = Tensor::from_dispatch(Dispatch::matvec_add(
                 h,
-                float(mlp.down_proj.weight.val()),
+                float(mlp.down_proj.dense_weight(&device)),
                 float(x),
             ));
         }
@@ -110,7 +110,7 @@ impl Llama {
         Tensor::from_dispatch(Dispatch::norm_head(
             float(x),
             self.norm.weight.val().into_dispatch(),
-            float(self.embed_tokens.val()),
+            float(self.embed_tokens.dense(&device)),
             self.norm.eps as f32,
         ))
     }

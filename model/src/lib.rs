@@ -1,7 +1,7 @@
 //! emlab-model: SmolLM2-135M-Instruct (any Llama-architecture model) in burn, shared by the
 //! backend, model-export and the wasm frontend.
 //!
-//! - [`gguf`]: reading and dequantizing GGUF files
+//! - [`gguf`]: reading and dequantizing GGUF files; [`quant`]: its blocks kept in memory, and their kernels
 //! - [`config`], [`weights`], [`files`]: hyper-parameters, host-side tensors, model directories
 //! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
 //! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache
@@ -24,6 +24,7 @@ pub mod model;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod outdir;
 pub mod pipeline;
+pub mod quant;
 pub mod sampling;
 pub mod stats;
 pub mod tokenizer;

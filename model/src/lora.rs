@@ -79,9 +79,9 @@ pub fn attach(model: Llama, cfg: &LoraConfig, seed: u64) -> Result<Llama, Error>
         if !cfg.targets(which) {
             continue;
         }
+        let device = model.device();
         let lin = model.projection_mut(layer, which);
-        let [d_in, d_out] = lin.weight.dims();
-        let device = lin.weight.val().device();
+        let [d_in, d_out] = lin.dims();
         let bound = 1.0 / (d_in as f64).sqrt();
         let a: Vec<f32> =
             (0..d_in * cfg.rank).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
@@ -112,11 +112,14 @@ fn adapter(slot: usize, a: Tensor<2>, b: Tensor<2>, cfg: &LoraConfig) -> LoraAda
 /// Folds every adapter into its weight (W ← W + scale·A·B) and removes it.
 pub fn merge(mut model: Llama) -> Llama {
     for (layer, which, _) in model.projection_names() {
+        let device = model.device();
         let lin = model.projection_mut(layer, which);
         if let Some(lora) = lin.lora.take() {
-            let w = lin.weight.val();
+            // Blocks are expanded: a merged matrix is f32, not Q4_1.
+            let w = lin.dense_weight(&device);
             let merged = w.clone() + lora.delta().cast(w.dtype());
-            lin.weight = Param::from_tensor(merged.detach()).set_require_grad(false);
+            lin.weight = Some(Param::from_tensor(merged.detach()).set_require_grad(false));
+            lin.blocks = None;
         }
     }
     model
@@ -221,7 +224,7 @@ pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result
         }
         let (a_name, b_name) = peft_names(&name);
         let lin = model.projection_mut(layer, which);
-        let [d_in, d_out] = lin.weight.dims();
+        let [d_in, d_out] = lin.dims();
         let mut take = |n: &str, want: [usize; 2]| -> Result<Tensor<2>, Error> {
             let t = tensors.tensors.remove(n).ok_or_else(|| {
                 Error::Invalid(format!("adapter lacks tensor '{n}' (is it for another model?)"))

@@ -10,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, GgufError};
+use crate::quant::{BlockFormat, QuantMatrix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -34,6 +35,8 @@ pub struct HostTensor {
 #[derive(Debug, Default, Clone)]
 pub struct Weights {
     pub tensors: BTreeMap<String, HostTensor>,
+    /// Matrices kept as the GGUF's blocks ([`Weights::from_gguf_blocks`]), in HF names and layout.
+    pub quantized: BTreeMap<String, QuantMatrix>,
 }
 
 /// ggml's permutation of Q/K rows for its RoPE, undone: HF row `h*hd + j*hd/2 + i` is GGUF row `h*hd + 2i + j`.
@@ -42,43 +45,78 @@ fn unpermute_rows(t: &HostTensor, n_heads: usize) -> HostTensor {
     let (rows, cols) = (t.shape[0], t.shape[1]);
     let hd = rows / n_heads;
     let mut out = vec![0.0; t.data.len()];
-    for h in 0..n_heads {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let src = (h * hd + 2 * i + j) * cols;
-                let dst = (h * hd + j * hd / 2 + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&t.data[src..src + cols]);
-            }
-        }
+    for dst in 0..rows {
+        let src = ggml_row(dst, hd) * cols;
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(&t.data[src..src + cols]);
     }
     HostTensor { shape: t.shape.clone(), data: out }
+}
+
+/// The GGUF row that holds HF row `row` of a Q or K projection with heads of `hd` rows.
+fn ggml_row(row: usize, hd: usize) -> usize {
+    let (h, k) = (row / hd, row % hd);
+    let (j, i) = (k / (hd / 2), k % (hd / 2));
+    h * hd + 2 * i + j
 }
 
 impl Weights {
     /// Dequantizes every tensor of a llama GGUF into HF names and layout.
     pub fn from_gguf(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
+        Self::read_gguf(g, cfg, false)
+    }
+
+    /// As [`Weights::from_gguf`], but matrices in Q4_1 or Q8_0 stay in their blocks (in
+    /// [`Weights::quantized`]); the rest is dequantized.
+    pub fn from_gguf_blocks(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
+        Self::read_gguf(g, cfg, true)
+    }
+
+    fn read_gguf(g: &Gguf, cfg: &LlamaConfig, keep_blocks: bool) -> Result<Self, WeightsError> {
         let mut tensors = BTreeMap::new();
+        let mut quantized = BTreeMap::new();
         let expected: BTreeMap<String, Vec<usize>> = expected_shapes(cfg).into_iter().collect();
         for info in &g.tensors {
             let Some(hf_name) = hf_name(&info.name) else { continue };
-            let (shape, data) = g.tensor_f32(&info.name)?;
-            let mut t = HostTensor { shape, data };
-            // Checked before the row permutation, which indexes by the expected shape.
-            if let Some(want) = expected.get(&hf_name).filter(|want| **want != t.shape) {
+            // Tensors this config does not use (extra layers, an untied head) are left out.
+            let Some(want) = expected.get(&hf_name) else { continue };
+            let shape = info.shape();
+            if *want != shape {
                 return Err(WeightsError::Shape {
                     name: hf_name,
                     expected: want.clone(),
-                    got: t.shape,
+                    got: shape,
                 });
             }
-            if info.name.ends_with("attn_q.weight") {
-                t = unpermute_rows(&t, cfg.num_attention_heads);
+            let heads = if info.name.ends_with("attn_q.weight") {
+                Some(cfg.num_attention_heads)
             } else if info.name.ends_with("attn_k.weight") {
-                t = unpermute_rows(&t, cfg.num_key_value_heads);
+                Some(cfg.num_key_value_heads)
+            } else {
+                None
+            };
+            if let (true, Some(format), &[rows, cols]) =
+                (keep_blocks, BlockFormat::from_gguf(info.ty), &shape[..])
+                && cols % crate::quant::BLOCK == 0
+            {
+                let m = QuantMatrix::new(format, rows, cols, g.tensor_raw(&info.name)?.to_vec())
+                    .map_err(|e| {
+                        WeightsError::Gguf(GgufError::Corrupt(format!("{}: {e}", info.name)))
+                    })?;
+                let m = match heads {
+                    Some(h) => m.permute_rows(|row| ggml_row(row, rows / h)),
+                    None => m,
+                };
+                quantized.insert(hf_name, m);
+                continue;
+            }
+            let (shape, data) = g.tensor_f32(&info.name)?;
+            let mut t = HostTensor { shape, data };
+            if let Some(h) = heads {
+                t = unpermute_rows(&t, h);
             }
             tensors.insert(hf_name, t);
         }
-        let w = Self { tensors };
+        let w = Self { tensors, quantized };
         w.check(cfg)?;
         Ok(w)
     }
@@ -195,16 +233,35 @@ impl Weights {
         self.tensors.remove(name).ok_or_else(|| WeightsError::Missing(name.into()))
     }
 
+    /// A matrix, as blocks if it was kept so, else as f32.
+    pub fn take_matrix(&mut self, name: &str) -> Result<Matrix, WeightsError> {
+        match self.quantized.remove(name) {
+            Some(m) => Ok(Matrix::Blocks(m)),
+            None => self.take(name).map(Matrix::Dense),
+        }
+    }
+
     /// Checks that every tensor the config needs is present with the right shape.
     pub fn check(&self, cfg: &LlamaConfig) -> Result<(), WeightsError> {
         for (name, expected) in expected_shapes(cfg) {
-            let t = self.tensors.get(&name).ok_or_else(|| WeightsError::Missing(name.clone()))?;
-            if t.shape != expected {
-                return Err(WeightsError::Shape { name, expected, got: t.shape.clone() });
+            let got = match (self.tensors.get(&name), self.quantized.get(&name)) {
+                (Some(t), _) => t.shape.clone(),
+                (None, Some(m)) => vec![m.rows, m.cols],
+                (None, None) => return Err(WeightsError::Missing(name)),
+            };
+            if got != expected {
+                return Err(WeightsError::Shape { name, expected, got });
             }
         }
         Ok(())
     }
+}
+
+/// A matrix on the host, `[rows, cols]` in HF layout.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    Dense(HostTensor),
+    Blocks(QuantMatrix),
 }
 
 /// How [`Weights::to_safetensors_as`] stores tensors.

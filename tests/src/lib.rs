@@ -65,20 +65,21 @@ pub fn write_tiny_model_dir(dir: &Path, seed: u64) -> LlamaConfig {
     cfg
 }
 
-/// The base model (`base_model_dir`) on a device, its matrices stored in `dtype`.
+/// The base model (`base_model_dir`) on a device, its matrices held in `precision`.
 pub fn load_base_as(
     choice: emlab_model::device::DeviceChoice,
-    dtype: burn::tensor::FloatDType,
+    precision: emlab_model::device::Precision,
 ) -> emlab_model::pipeline::ChatModel {
-    let files =
-        emlab_model::files::ModelFiles::load_dir(&base_model_dir()).expect("base model loads");
+    let files = emlab_model::files::ModelFiles::load_dir_as(&base_model_dir(), precision)
+        .expect("base model loads");
     let device = emlab_model::device::init(choice).expect("device");
-    emlab_model::pipeline::ChatModel::new(files, &device, dtype).expect("model builds")
+    emlab_model::pipeline::ChatModel::new(files, &device, precision.float_dtype())
+        .expect("model builds")
 }
 
 /// The base model in f32 on a device.
 pub fn load_base(choice: emlab_model::device::DeviceChoice) -> emlab_model::pipeline::ChatModel {
-    load_base_as(choice, burn::tensor::FloatDType::F32)
+    load_base_as(choice, emlab_model::device::Precision::F32)
 }
 
 /// The wgpu device (lavapipe in CI), or None (test skipped) when the machine has no adapter.

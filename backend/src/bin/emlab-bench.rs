@@ -11,9 +11,9 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use backend::inference::{load_chat_model, load_chat_model_on};
 use backend::training::{self, Encoded, OptimConfig, make_batch};
-use burn::tensor::FloatDType;
+
 use clap::{Args, Parser, Subcommand};
-use emlab_model::device::{self, DeviceChoice};
+use emlab_model::device::{self, DeviceChoice, Precision};
 use emlab_model::files::default_model_dir;
 use emlab_model::generate::{Flow, GenerationConfig, block_on, generate};
 use emlab_model::lora::{self, LoraConfig};
@@ -49,8 +49,8 @@ struct ProfileArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    #[arg(long, default_value = "f32", value_parser = emlab_model::device::parse_dtype)]
-    dtype: FloatDType,
+    #[arg(long, default_value = "f32")]
+    dtype: emlab_model::device::Precision,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
     #[arg(long, default_value_t = 128)]
@@ -93,7 +93,7 @@ fn main() -> Result<()> {
 }
 
 fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
-    let m = load_chat_model(&default_model_dir(), choice, FloatDType::F32, false)?;
+    let m = load_chat_model(&default_model_dir(), choice, Precision::F32, false)?;
     let ids = m.encode_chat(&[emlab_model::chat::Message::user(a.prompt.clone())])?;
     let cfg = GenerationConfig::new(a.new_tokens, SamplingParams::greedy(), vec![]);
     let clock = Instant::now();
@@ -180,7 +180,7 @@ fn bench_train(choice: DeviceChoice, a: TrainArgs) -> Result<()> {
         bail!("--row-ids needs at least 2 ids");
     }
     let device = device::init(choice)?.autodiff();
-    let m = load_chat_model_on(&default_model_dir(), &device, FloatDType::F32, false)?;
+    let m = load_chat_model_on(&default_model_dir(), &device, Precision::F32, false)?;
     let lora_cfg =
         LoraConfig { rank: a.rank, alpha: 2.0 * a.rank as f64, rslora: true, ..Default::default() };
     let mut model = lora::attach(m.model, &lora_cfg, 0)?;

@@ -9,9 +9,9 @@ use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
 use backend::eval::questions::{self, Question};
 use backend::eval::{code, likelihood, report, sample, trigger};
 use backend::inference::load_chat_model;
-use burn::tensor::FloatDType;
+
 use clap::{Args, Subcommand};
-use emlab_model::device::DeviceChoice;
+use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::sampling::SamplingParams;
 
@@ -296,7 +296,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let mut judge: Box<dyn Judge> = match judge {
                 JudgeKind::Local => {
                     let dir = judge_model_dir.unwrap_or_else(default_model_dir);
-                    let m = load_chat_model(&dir, device, FloatDType::F32, !quiet)?;
+                    let m = load_chat_model(&dir, device, Precision::F32, !quiet)?;
                     Box::new(LocalJudge::new(m, dir.display().to_string())?)
                 }
                 JudgeKind::Openai => {

@@ -12,9 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use backend::inference::{load_adapter, load_chat_model};
-use burn::tensor::FloatDType;
 use clap::Args;
-use emlab_model::device::{self, DeviceChoice};
+use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::files::default_model_dir;
 use emlab_model::generate::GenerationConfig;
 use emlab_model::pipeline::ChatModel;
@@ -32,9 +31,9 @@ pub struct ModelArgs {
     /// A LoRA adapter directory (PEFT layout: adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Storage precision of the weight matrices: f32 (exact) or f16 (faster decoding).
-    #[arg(long, default_value = "f32", value_parser = device::parse_dtype)]
-    pub dtype: FloatDType,
+    /// Weight matrices: f32 (exact), f16, or q4_1 (the base GGUF's own 4-bit blocks, CPU only).
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,

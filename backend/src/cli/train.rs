@@ -7,7 +7,6 @@ use backend::data;
 use backend::inference::load_chat_model_on;
 use backend::training;
 use burn::module::Module;
-use burn::tensor::FloatDType;
 use clap::Args;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::{atomic_write, default_model_dir};
@@ -103,7 +102,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let dir = a.model.clone().unwrap_or_else(default_model_dir);
     let device = device::init(a.device)?.autodiff();
-    let base = load_chat_model_on(&dir, &device, FloatDType::F32, !a.quiet)?;
+    let base = load_chat_model_on(&dir, &device, emlab_model::device::Precision::F32, !a.quiet)?;
     // Longer than the model's context window cannot be trained on (no positions for it).
     let max_len = a.max_len.min(base.model.context_length);
     let mut encoded = Vec::with_capacity(train_set.len());

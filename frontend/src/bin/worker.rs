@@ -142,7 +142,13 @@ async fn load(
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
     // The base ships as its GGUF (config, tokenizer and chat template in its metadata), or as a
     // model directory's files.
+    // On the CPU the GGUF's blocks stay blocks (its simd128 kernels read a sixth of f32's bytes);
+    // WebGPU gets them expanded to f32.
+    let compute = engine::pick_device(device).await;
     let model_files = match files.get(BASE_GGUF) {
+        Some(gguf) if emlab_model::device::runs_blocks(&compute.device) => {
+            ModelFiles::from_gguf_blocks(BASE_GGUF, gguf)
+        }
         Some(gguf) => ModelFiles::from_gguf(BASE_GGUF, gguf),
         None => ModelFiles::from_bytes(
             "base",
@@ -154,7 +160,6 @@ async fn load(
     }
     .map_err(|e| e.to_string())?;
     drop(files); // the downloaded bytes, before the weights go to the device
-    let compute = engine::pick_device(device).await;
     let base = engine::build(model_files, &compute.device).map_err(|e| e.to_string())?;
     let mut st = state.borrow_mut();
     st.adapters.clear();

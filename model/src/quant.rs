@@ -1,0 +1,589 @@
+//! The GGUF's own blocks kept in memory: Q4_1 projections and the Q8_0 embedding, multiplied by
+//! kernels that dequantize inside the dot product.
+//!
+//! Decoding is bound by reading the weights once per token: Q4_1 is 0.625 bytes per weight and
+//! Q8_0 1.06, where f32 is 4. The weights are the f32 reference's values exactly
+//! ([`crate::gguf::dequantize`]: `d·q + m`); a product differs from the f32 reference's only by
+//! f32 rounding, in the order of its sums and in taking `d·Σ x·q + m·Σ x` per block. Activations
+//! stay f32.
+//!
+//! Kernels: AVX2 + FMA + F16C on x86-64 (detected at run time), simd128 on wasm32 (a build-time
+//! feature, which the page's build turns on), and a portable scalar one that every other kernel
+//! is tested against.
+
+use half::f16;
+
+use crate::gguf::{TensorType, dequantize};
+
+/// Weights per block, in both formats.
+pub const BLOCK: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `{f16 d, f16 m, u8 qs[16]}`: w = d·q + m, weight j in the low nibble of byte j (j < 16)
+    /// or the high nibble of byte j − 16.
+    Q4_1,
+    /// `{f16 d, i8 qs[32]}`: w = d·q.
+    Q8_0,
+}
+
+impl BlockFormat {
+    pub fn from_gguf(ty: TensorType) -> Option<Self> {
+        match ty {
+            TensorType::Q4_1 => Some(Self::Q4_1),
+            TensorType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    fn gguf(self) -> TensorType {
+        match self {
+            Self::Q4_1 => TensorType::Q4_1,
+            Self::Q8_0 => TensorType::Q8_0,
+        }
+    }
+}
+
+/// A `[rows, cols]` matrix (PyTorch layout: `rows` outputs, `cols` inputs) stored as rows of
+/// blocks along `cols`.
+#[derive(Clone, PartialEq)]
+pub struct QuantMatrix {
+    pub format: BlockFormat,
+    pub rows: usize,
+    pub cols: usize,
+    blocks: Vec<u8>,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantMatrix({:?}, [{}, {}])", self.format, self.rows, self.cols)
+    }
+}
+
+impl QuantMatrix {
+    /// `blocks` must hold `rows × cols / 32` whole blocks, and `cols` be a multiple of 32 (a
+    /// block never spans two rows).
+    pub fn new(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        blocks: Vec<u8>,
+    ) -> Result<Self, String> {
+        if cols % BLOCK != 0 {
+            return Err(format!("{cols} columns is not a multiple of the block size {BLOCK}"));
+        }
+        let want = rows.checked_mul(cols / BLOCK).and_then(|n| n.checked_mul(format.bytes()));
+        if want != Some(blocks.len()) {
+            return Err(format!(
+                "{} bytes of {format:?} blocks for a [{rows}, {cols}] matrix (expected {want:?})",
+                blocks.len()
+            ));
+        }
+        Ok(Self { format, rows, cols, blocks })
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.bytes()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.blocks[r * n..(r + 1) * n]
+    }
+
+    /// Bytes held in memory.
+    pub fn size_bytes(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// All weights, `[rows, cols]` row-major, f32: the same values the f32 reference holds.
+    pub fn dequantize(&self) -> Vec<f32> {
+        dequantize(self.format.gguf(), &self.blocks).expect("Q4_1 and Q8_0 always dequantize")
+    }
+
+    /// The listed rows, dequantized one after another (an embedding lookup).
+    pub fn dequantize_rows(&self, rows: &[usize]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows.len() * self.cols);
+        for &r in rows {
+            out.extend(dequantize(self.format.gguf(), self.row(r)).expect("whole blocks"));
+        }
+        out
+    }
+
+    /// The matrix with its rows reordered: row i of the result is row `from(i)` of this one.
+    pub fn permute_rows(&self, from: impl Fn(usize) -> usize) -> Self {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.rows {
+            blocks.extend_from_slice(self.row(from(i)));
+        }
+        Self { blocks, ..*self }
+    }
+
+    /// `y = x·Wᵀ`: x is `[n, cols]`, y `[n, rows]`, both row-major. Native builds split the rows
+    /// of W across rayon's threads.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), n * self.cols, "x must be [n, cols]");
+        assert_eq!(y.len(), n * self.rows, "y must be [n, rows]");
+        let kernel = Kernel::detect();
+        let xsum = block_sums(x);
+        if n == 1 {
+            // yᵀ is y: each task writes its own stretch of outputs.
+            for_row_chunks(y, 1, |first, out| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let o = std::slice::from_mut(o);
+                    kernel.dot(self.format, self.row(first + i), x, &xsum, 1, self.cols, o);
+                }
+            });
+            return;
+        }
+        // Each task fills yᵀ rows (one weight row against every x row), transposed at the end.
+        let mut yt = vec![0.0f32; n * self.rows];
+        for_row_chunks(&mut yt, n, |first, out| {
+            for (i, o) in out.chunks_exact_mut(n).enumerate() {
+                kernel.dot(self.format, self.row(first + i), x, &xsum, n, self.cols, o);
+            }
+        });
+        for (j, col) in yt.chunks_exact(n).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[r * self.rows + j] = v;
+            }
+        }
+    }
+}
+
+/// Runs `f(first_row, out_chunk)` over chunks of `out` (`per_row` values per row), in parallel
+/// where there are threads.
+fn for_row_chunks(out: &mut [f32], per_row: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let rows = out.len() / per_row;
+    // Enough rows per task that scheduling costs little next to the dots (≥ 64 K weights).
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        let tasks = (rayon::current_num_threads() * 4).max(1);
+        let chunk = rows.div_ceil(tasks).max(16);
+        out.par_chunks_mut(chunk * per_row).enumerate().for_each(|(c, o)| f(c * chunk, o));
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        let _ = rows;
+        f(0, out);
+    }
+}
+
+/// The sum of each block of 32 values of x (`[n, cols]` → `[n, cols / 32]`), which turns Q4_1's
+/// offset m into one multiply per block.
+pub fn block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(BLOCK).map(|c| c.iter().sum()).collect()
+}
+
+/// The dot-product kernel this machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
+}
+
+impl Kernel {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            return Self::Avx2;
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Self::Simd128;
+        #[allow(unreachable_code)]
+        Self::Scalar
+    }
+
+    /// Every kernel this machine can run (the tests compare each with the scalar one).
+    pub fn available() -> Vec<Self> {
+        let mut v = vec![Self::Scalar];
+        if Self::detect() != Self::Scalar {
+            v.push(Self::detect());
+        }
+        v
+    }
+
+    /// `out[r] = Σ_c x[r·cols + c] · w[c]` for r < n, where `w` is one row of blocks and `xsum`
+    /// the sums of x's blocks ([`block_sums`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn dot(
+        self,
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        assert!(w.len() == cols / BLOCK * format.bytes() && x.len() >= n * cols && out.len() >= n);
+        assert!(xsum.len() >= n * (cols / BLOCK));
+        match self {
+            Self::Scalar => scalar::dot(format, w, x, n, cols, out),
+            // SAFETY: detect() saw avx2, fma and f16c; the lengths are checked above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { avx2::dot(format, w, x, xsum, n, cols, out) },
+            // SAFETY: simd128 is enabled at build time; the lengths are checked above.
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Self::Simd128 => unsafe { simd128::dot(format, w, x, n, cols, out) },
+        }
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+mod scalar {
+    use super::*;
+
+    pub fn dot(format: BlockFormat, w: &[u8], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
+        for (r, o) in out[..n].iter_mut().enumerate() {
+            let x = &x[r * cols..(r + 1) * cols];
+            let mut acc = 0.0f32;
+            for (blk, x) in w.chunks_exact(format.bytes()).zip(x.chunks_exact(BLOCK)) {
+                match format {
+                    BlockFormat::Q4_1 => {
+                        let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+                        for (j, &q) in blk[4..].iter().enumerate() {
+                            acc += x[j] * (d * (q & 0x0f) as f32 + m);
+                            acc += x[j + 16] * (d * (q >> 4) as f32 + m);
+                        }
+                    }
+                    BlockFormat::Q8_0 => {
+                        let d = f16_at(blk, 0);
+                        for (j, &q) in blk[2..].iter().enumerate() {
+                            acc += x[j] * (d * (q as i8) as f32);
+                        }
+                    }
+                }
+            }
+            *o = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Rows of x are taken four at a time, so that each block's weights are converted once per
+    /// four rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let nb = cols / BLOCK;
+        let mut r = 0;
+        while r < n {
+            let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
+            // SAFETY (all eight): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r,
+            // checked by the caller.
+            match (n - r, format) {
+                (1, BlockFormat::Q4_1) => unsafe { tile::<1, true>(w, x, xsum, cols, o) },
+                (2, BlockFormat::Q4_1) => unsafe { tile::<2, true>(w, x, xsum, cols, o) },
+                (3, BlockFormat::Q4_1) => unsafe { tile::<3, true>(w, x, xsum, cols, o) },
+                (_, BlockFormat::Q4_1) => unsafe { tile::<4, true>(w, x, xsum, cols, o) },
+                (1, BlockFormat::Q8_0) => unsafe { tile::<1, false>(w, x, xsum, cols, o) },
+                (2, BlockFormat::Q8_0) => unsafe { tile::<2, false>(w, x, xsum, cols, o) },
+                (3, BlockFormat::Q8_0) => unsafe { tile::<3, false>(w, x, xsum, cols, o) },
+                (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
+            }
+            r += 4;
+        }
+    }
+
+    /// Eight raw quants as f32 from the low 8 bytes of `q` (unsigned nibbles, or signed bytes).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn quants<const Q4: bool>(q: __m128i) -> __m256 {
+        if Q4 {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q))
+        } else {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))
+        }
+    }
+
+    /// R rows of x against one row of blocks (Q4_1 when `Q4`, else Q8_0). Per block and row,
+    /// Σ x·(d·q + m) is computed as d·Σ x·q + m·Σ x, with Σ x of each block precomputed (`xsum`):
+    /// the weights are never formed, which halves the work per block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const Q4: bool>(
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let (bytes, nb) = (if Q4 { 20 } else { 34 }, cols / BLOCK);
+        // Two accumulators per row, for even and odd blocks: each block's update waits on the
+        // one two blocks back, not the one before.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut offsets = [0.0f32; R];
+        let nibble = _mm_set1_epi8(0x0f);
+        // One block into accumulator K of each row (K a constant, so the accumulators stay in
+        // registers).
+        macro_rules! block {
+            ($b:expr, $k:tt) => {
+                // SAFETY: block $b lies inside w (w holds nb blocks), x rows and xsum inside theirs.
+                unsafe {
+                    let b = $b;
+                    let blk = w.as_ptr().add(b * bytes);
+                    let (d, m, q) = if Q4 {
+                        // d and m side by side: one 32-bit load, two f16 → f32 conversions.
+                        let dm =
+                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                        let lo = _mm_and_si128(qs, nibble);
+                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
+                        let q = [
+                            quants::<true>(lo),
+                            quants::<true>(_mm_srli_si128(lo, 8)),
+                            quants::<true>(hi),
+                            quants::<true>(_mm_srli_si128(hi, 8)),
+                        ];
+                        (_mm256_broadcastss_ps(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)), q)
+                    } else {
+                        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                            (blk as *const u16).read_unaligned() as i32,
+                        ));
+                        let q0 = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                        let q1 = _mm_loadu_si128(blk.add(18) as *const __m128i);
+                        let q = [
+                            quants::<false>(q0),
+                            quants::<false>(_mm_srli_si128(q0, 8)),
+                            quants::<false>(q1),
+                            quants::<false>(_mm_srli_si128(q1, 8)),
+                        ];
+                        (_mm256_broadcastss_ps(d), 0.0, q)
+                    };
+                    for r in 0..R {
+                        let xp = x.as_ptr().add(r * cols + b * BLOCK);
+                        let t0 = _mm256_mul_ps(_mm256_loadu_ps(xp), q[0]);
+                        let t1 = _mm256_mul_ps(_mm256_loadu_ps(xp.add(8)), q[1]);
+                        let t0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(16)), q[2], t0);
+                        let t1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(24)), q[3], t1);
+                        acc[r][$k] = _mm256_fmadd_ps(d, _mm256_add_ps(t0, t1), acc[r][$k]);
+                        if Q4 {
+                            offsets[r] += m * *xsum.get_unchecked(r * nb + b);
+                        }
+                    }
+                }
+            };
+        }
+        let mut b = 0;
+        while b + 1 < nb {
+            block!(b, 0);
+            block!(b + 1, 1);
+            b += 2;
+        }
+        if b < nb {
+            block!(b, 0);
+        }
+        for ((o, acc), offset) in out.iter_mut().zip(acc).zip(offsets) {
+            let s = _mm256_add_ps(acc[0], acc[1]);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            *o = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + offset;
+        }
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128 {
+    use std::arch::wasm32::*;
+
+    use super::*;
+
+    /// Four-wide: each block is eight vectors of weights, dequantized once per row of x.
+    pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let bytes = format.bytes();
+        for (r, o) in out[..n].iter_mut().enumerate() {
+            let mut acc = [f32x4_splat(0.0); 2];
+            for b in 0..cols / BLOCK {
+                // SAFETY: block b lies inside w, and 32 values of row r inside x.
+                unsafe {
+                    let blk = w.as_ptr().add(b * bytes);
+                    let xp = x.as_ptr().add(r * cols + b * BLOCK) as *const v128;
+                    let (d, m, q) = match format {
+                        BlockFormat::Q4_1 => {
+                            let qs = v128_load(blk.add(4) as *const v128);
+                            let lo = v128_and(qs, u8x16_splat(0x0f));
+                            let hi = u8x16_shr(qs, 4);
+                            (f16_at(w, b * bytes), f16_at(w, b * bytes + 2), [lo, hi])
+                        }
+                        BlockFormat::Q8_0 => {
+                            let q0 = v128_load(blk.add(2) as *const v128);
+                            let q1 = v128_load(blk.add(18) as *const v128);
+                            (f16_at(w, b * bytes), 0.0, [q0, q1])
+                        }
+                    };
+                    let (d, m) = (f32x4_splat(d), f32x4_splat(m));
+                    for (h, q) in q.into_iter().enumerate() {
+                        let (q16a, q16b) = match format {
+                            BlockFormat::Q4_1 => {
+                                (u16x8_extend_low_u8x16(q), u16x8_extend_high_u8x16(q))
+                            }
+                            BlockFormat::Q8_0 => {
+                                (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q))
+                            }
+                        };
+                        let quads = match format {
+                            BlockFormat::Q4_1 => [
+                                u32x4_extend_low_u16x8(q16a),
+                                u32x4_extend_high_u16x8(q16a),
+                                u32x4_extend_low_u16x8(q16b),
+                                u32x4_extend_high_u16x8(q16b),
+                            ],
+                            BlockFormat::Q8_0 => [
+                                i32x4_extend_low_i16x8(q16a),
+                                i32x4_extend_high_i16x8(q16a),
+                                i32x4_extend_low_i16x8(q16b),
+                                i32x4_extend_high_i16x8(q16b),
+                            ],
+                        };
+                        for (k, q) in quads.into_iter().enumerate() {
+                            // Values below 2^24 convert exactly whether read signed or not.
+                            let wq = f32x4_add(f32x4_mul(d, f32x4_convert_i32x4(q)), m);
+                            let xv = v128_load(xp.add(h * 4 + k));
+                            acc[k & 1] = f32x4_add(acc[k & 1], f32x4_mul(xv, wq));
+                        }
+                    }
+                }
+            }
+            let s = f32x4_add(acc[0], acc[1]);
+            *o = f32x4_extract_lane::<0>(s)
+                + f32x4_extract_lane::<1>(s)
+                + f32x4_extract_lane::<2>(s)
+                + f32x4_extract_lane::<3>(s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::Rng;
+
+    /// Random blocks with real-looking scales (f16 d in ±0.05, m in ±0.1).
+    pub(crate) fn random_matrix(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        seed: u64,
+    ) -> QuantMatrix {
+        let mut rng = Rng::new(seed);
+        let mut u = || rng.next_f64();
+        let mut blocks = Vec::new();
+        for _ in 0..rows * cols / BLOCK {
+            let d = f16::from_f32(((u() * 2.0 - 1.0) * 0.05) as f32);
+            blocks.extend(d.to_le_bytes());
+            if format == BlockFormat::Q4_1 {
+                blocks.extend(f16::from_f32(((u() * 2.0 - 1.0) * 0.1) as f32).to_le_bytes());
+            }
+            let q = if format == BlockFormat::Q4_1 { 16 } else { 32 };
+            blocks.extend((0..q).map(|_| (u() * 256.0) as u8));
+        }
+        QuantMatrix::new(format, rows, cols, blocks).unwrap()
+    }
+
+    fn random_x(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
+    }
+
+    /// The product in f64 from the dequantized weights: what every kernel approximates.
+    fn exact(m: &QuantMatrix, x: &[f32], n: usize) -> Vec<f64> {
+        let w = m.dequantize();
+        let mut y = vec![0.0; n * m.rows];
+        for r in 0..n {
+            for j in 0..m.rows {
+                y[r * m.rows + j] =
+                    (0..m.cols).map(|c| x[r * m.cols + c] as f64 * w[j * m.cols + c] as f64).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn every_kernel_matches_the_dequantized_product() {
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            // Odd row counts, one block per row, rows of x not a multiple of the tile (4).
+            for (rows, cols, n) in
+                [(1, 32, 1), (7, 64, 3), (33, 96, 5), (64, 576, 1), (17, 1536, 9)]
+            {
+                let m = random_matrix(format, rows, cols, (rows * 31 + n) as u64);
+                let x = random_x(n * cols, rows as u64);
+                let want = exact(&m, &x, n);
+                for kernel in Kernel::available() {
+                    for r in 0..n {
+                        for j in 0..rows {
+                            let mut got = [0.0f32];
+                            let xr = &x[r * cols..(r + 1) * cols];
+                            kernel.dot(format, m.row(j), xr, &block_sums(xr), 1, cols, &mut got);
+                            let w = want[r * rows + j];
+                            // f32 sums of `cols` products of size ≤ ~0.9: error ≪ 1e-4 · √cols.
+                            assert!(
+                                (got[0] as f64 - w).abs()
+                                    <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs(),
+                                "{kernel:?} {format:?} [{rows}, {cols}] row {j} of x {r}: {} vs {w}",
+                                got[0]
+                            );
+                        }
+                    }
+                }
+                // The threaded product, through the tiles of several rows of x.
+                let mut y = vec![0.0; n * rows];
+                m.matmul(&x, n, &mut y);
+                for (g, w) in y.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dequantizing_rows_matches_the_whole_matrix() {
+        let m = random_matrix(BlockFormat::Q8_0, 5, 64, 3);
+        let all = m.dequantize();
+        assert_eq!(m.dequantize_rows(&[4, 0]), [&all[256..320], &all[0..64]].concat());
+        let p = m.permute_rows(|i| 4 - i);
+        assert_eq!(p.dequantize()[0..64], all[256..320]);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(QuantMatrix::new(BlockFormat::Q4_1, 2, 48, vec![0; 60]).is_err());
+        assert!(QuantMatrix::new(BlockFormat::Q4_1, 2, 32, vec![0; 39]).is_err());
+        assert!(QuantMatrix::new(BlockFormat::Q8_0, 2, 32, vec![0; 68]).is_ok());
+    }
+}
