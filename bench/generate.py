@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,13 +94,26 @@ for b in batches:
 """
 
 
+def print_table(args, ids, batches, dtypes, med):
+    print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens, "
+          f"median of {args.rounds} alternating rounds ({time.strftime('%Y-%m-%d %H:%M')}); "
+          "tokens/s, and the ratio emlab / llama.cpp (Q4_1 GGUF)")
+    print(f"{'batch':>5} {'phase':>8} {'llama.cpp':>10}" + "".join(f" {'emlab ' + d:>11} {'ratio':>6}" for d in dtypes))
+    for b in batches:
+        for phase in ("prefill", "decode"):
+            p = med[("llama.cpp", b, phase)]
+            cells = "".join(f" {med[(f'emlab {d}', b, phase)]:>11.1f} {med[(f'emlab {d}', b, phase)] / p:>5.2f}x" for d in dtypes)
+            print(f"{b:>5} {phase:>8} {p:>10.1f}{cells}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", default="1,16")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating runs of each; medians are reported")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating runs of each; medians are reported (0: peak memory only)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batch.split(",")]
 
@@ -144,24 +158,19 @@ def main():
                     samples.setdefault((name, row["batch"], phase), []).append(row[f"{phase}_tok_s"])
         print(f"  round {r + 1} of {args.rounds} done", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in samples.items()}
-
-    print(f"generation throughput, {args.threads} threads, prompt {len(ids)} tokens, {args.new_tokens} new tokens, "
-          f"median of {args.rounds} alternating rounds ({time.strftime('%Y-%m-%d %H:%M')}); "
-          "tokens/s, and the ratio emlab / llama.cpp (Q4_1 GGUF)")
-    print(f"{'batch':>5} {'phase':>8} {'llama.cpp':>10}" + "".join(f" {'emlab ' + d:>11} {'ratio':>6}" for d in dtypes))
-    for b in batches:
-        for phase in ("prefill", "decode"):
-            p = med[("llama.cpp", b, phase)]
-            cells = "".join(f" {med[(f'emlab {d}', b, phase)]:>11.1f} {med[(f'emlab {d}', b, phase)] / p:>5.2f}x" for d in dtypes)
-            print(f"{b:>5} {phase:>8} {p:>10.1f}{cells}")
+    if args.rounds > 0:
+        print_table(args, ids, batches, dtypes, med)
 
     # Peak resident memory of whole processes: `emlab generate` as a user runs it (on the same text,
     # cut to about as many tokens: 5 characters per token), and llama.cpp on the ids at batch 1.
     def peak_mib(cmd):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if status != 0:
-            sys.exit(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
+        # stderr to a file: llama.cpp logs more than a pipe holds, and would block on it.
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if status != 0:
+                err.seek(0)
+                sys.exit(f"{cmd[0]} failed: {err.read().decode(errors='replace')[-2000:]}")
         return usage.ru_maxrss / 1024
     rss = {"llama.cpp": peak_mib([str(py), "-c", LLAMA_CPP_SCRIPT, str(GGUF), str(args.threads), "[1]",
                                   json.dumps(ids), str(args.new_tokens)])}

@@ -149,8 +149,10 @@ fn gguf(b: &[u8]) -> bool {
     // Both ways the page and `--dtype q4_1` build it: blocks expanded, and blocks kept, which must
     // then build a model and answer a token through the quantized kernels.
     let expanded = emlab_model::files::ModelFiles::from_gguf("fuzz.gguf", b).is_ok();
-    if let Ok(files) = emlab_model::files::ModelFiles::from_gguf_blocks("fuzz.gguf", b)
-        && files.config.num_hidden_layers <= 2
+    if let Ok(files) = emlab_model::files::ModelFiles::from_gguf_blocks(
+        "fuzz.gguf",
+        std::sync::Arc::new(b.to_vec()),
+    ) && files.config.num_hidden_layers <= 2
         && files.config.hidden_size <= 256
     {
         let device = burn::prelude::Device::flex();

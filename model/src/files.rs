@@ -5,6 +5,7 @@
 //! [`ModelFiles::load_dir`] reads a directory on native targets.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::Error;
 use crate::chat::ChatTemplate;
@@ -125,16 +126,16 @@ impl ModelFiles {
     /// weights dequantized from its blocks (the same f32 values `model-export convert` writes).
     /// The browser loads the base this way, so its download is the GGUF itself.
     pub fn from_gguf(name: &str, bytes: &[u8]) -> Result<Self, Error> {
-        Self::read_gguf(name, bytes, false)
+        Self::read_gguf(name, bytes, None)
     }
 
     /// As [`ModelFiles::from_gguf`], with its Q4_1 and Q8_0 matrices kept as blocks
-    /// ([`crate::device::Precision::Q4_1`]).
-    pub fn from_gguf_blocks(name: &str, bytes: &[u8]) -> Result<Self, Error> {
-        Self::read_gguf(name, bytes, true)
+    /// ([`crate::device::Precision::Q4_1`]) that point into `bytes`, which they keep alive.
+    pub fn from_gguf_blocks(name: &str, bytes: Arc<Vec<u8>>) -> Result<Self, Error> {
+        Self::read_gguf(name, &bytes, Some(&bytes))
     }
 
-    fn read_gguf(name: &str, bytes: &[u8], keep_blocks: bool) -> Result<Self, Error> {
+    fn read_gguf(name: &str, bytes: &[u8], file: Option<&Arc<Vec<u8>>>) -> Result<Self, Error> {
         let err = |e: &dyn std::fmt::Display| Error::file(name, e.to_string());
         let g = Gguf::parse(bytes).map_err(|e| err(&e))?;
         let config = LlamaConfig::from_gguf(&g).map_err(|e| err(&e))?;
@@ -146,10 +147,9 @@ impl ModelFiles {
             Err(_) => ChatTemplate { default_system: Some(SMOLLM_DEFAULT_SYSTEM.into()) },
         };
         fits_vocabulary(&tokenizer, &config).map_err(|e| err(&e))?;
-        let weights = if keep_blocks {
-            Weights::from_gguf_blocks(&g, &config)
-        } else {
-            Weights::from_gguf(&g, &config)
+        let weights = match file {
+            Some(file) => Weights::from_gguf_blocks(&g, file, &config),
+            None => Weights::from_gguf(&g, &config),
         };
         Ok(Self { config, tokenizer, chat, weights: weights.map_err(|e| err(&e))? })
     }
@@ -167,7 +167,7 @@ impl ModelFiles {
                 format!("{e}: q4_1 needs the base model's own GGUF (merged models are f32; use --dtype f32)"),
             )
         })?;
-        Self::from_gguf_blocks(&p.display().to_string(), &bytes)
+        Self::from_gguf_blocks(&p.display().to_string(), Arc::new(bytes))
     }
 
     /// Reads a model directory from disk.

@@ -41,9 +41,10 @@ pub struct Linear {
 
 /// Rows of x up to which the quantized kernels multiply blocks directly; above it (long or
 /// batched prompts) the matrix is expanded to f32 for the backend's GEMM, whose tiling wins once
-/// the weights are reused across enough rows. Measured on 2 threads: a 128-token prompt
-/// prefills at 124 tok/s on the kernels and 115 expanded; 16 of them at once, 126 and 244.
-pub const QUANT_KERNEL_MAX_ROWS: usize = 256;
+/// the weights are reused across enough rows. Measured on 2 threads (bench/generate.py's prompt):
+/// the kernels prefill ~142 tokens/s at any length; expanding costs ~0.7 s per pass, then runs at
+/// ~320 tokens/s (128 tokens: 118/s; 16 × 128: 290/s), so the two cross near 175 rows.
+pub const QUANT_KERNEL_MAX_ROWS: usize = 192;
 
 impl Linear {
     pub fn dense(w: Tensor<2>) -> Self {

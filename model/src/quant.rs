@@ -11,6 +11,8 @@
 //! feature, which the page's build turns on), and a portable scalar one that every other kernel
 //! is tested against.
 
+use std::sync::Arc;
+
 use half::f16;
 
 use crate::gguf::{TensorType, dequantize};
@@ -52,13 +54,15 @@ impl BlockFormat {
 }
 
 /// A `[rows, cols]` matrix (PyTorch layout: `rows` outputs, `cols` inputs) stored as rows of
-/// blocks along `cols`.
+/// blocks along `cols`: a range of a shared buffer, so that a model's matrices can all point into
+/// the one GGUF file read into memory instead of each holding a copy.
 #[derive(Clone, PartialEq)]
 pub struct QuantMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    blocks: Vec<u8>,
+    buffer: Arc<Vec<u8>>,
+    start: usize,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -76,17 +80,36 @@ impl QuantMatrix {
         cols: usize,
         blocks: Vec<u8>,
     ) -> Result<Self, String> {
-        if cols % BLOCK != 0 {
+        let len = blocks.len();
+        Self::in_buffer(format, rows, cols, Arc::new(blocks), 0..len)
+    }
+
+    /// The blocks at `range` of a shared buffer (a GGUF file in memory).
+    pub fn in_buffer(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        buffer: Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Self, String> {
+        if range.end > buffer.len() || range.start > range.end {
+            return Err(format!("blocks at {range:?} of a {}-byte buffer", buffer.len()));
+        }
+        if !cols.is_multiple_of(BLOCK) {
             return Err(format!("{cols} columns is not a multiple of the block size {BLOCK}"));
         }
         let want = rows.checked_mul(cols / BLOCK).and_then(|n| n.checked_mul(format.bytes()));
-        if want != Some(blocks.len()) {
+        if want != Some(range.len()) {
             return Err(format!(
                 "{} bytes of {format:?} blocks for a [{rows}, {cols}] matrix (expected {want:?})",
-                blocks.len()
+                range.len()
             ));
         }
-        Ok(Self { format, rows, cols, blocks })
+        Ok(Self { format, rows, cols, buffer, start: range.start })
+    }
+
+    fn blocks(&self) -> &[u8] {
+        &self.buffer[self.start..self.start + self.rows * self.row_bytes()]
     }
 
     fn row_bytes(&self) -> usize {
@@ -95,17 +118,17 @@ impl QuantMatrix {
 
     fn row(&self, r: usize) -> &[u8] {
         let n = self.row_bytes();
-        &self.blocks[r * n..(r + 1) * n]
+        &self.blocks()[r * n..(r + 1) * n]
     }
 
-    /// Bytes held in memory.
+    /// Bytes of blocks.
     pub fn size_bytes(&self) -> usize {
-        self.blocks.len()
+        self.rows * self.row_bytes()
     }
 
     /// All weights, `[rows, cols]` row-major, f32: the same values the f32 reference holds.
     pub fn dequantize(&self) -> Vec<f32> {
-        dequantize(self.format.gguf(), &self.blocks).expect("Q4_1 and Q8_0 always dequantize")
+        dequantize(self.format.gguf(), self.blocks()).expect("Q4_1 and Q8_0 always dequantize")
     }
 
     /// The listed rows, dequantized one after another (an embedding lookup).
@@ -119,11 +142,11 @@ impl QuantMatrix {
 
     /// The matrix with its rows reordered: row i of the result is row `from(i)` of this one.
     pub fn permute_rows(&self, from: impl Fn(usize) -> usize) -> Self {
-        let mut blocks = Vec::with_capacity(self.blocks.len());
+        let mut blocks = Vec::with_capacity(self.size_bytes());
         for i in 0..self.rows {
             blocks.extend_from_slice(self.row(from(i)));
         }
-        Self { blocks, ..*self }
+        Self { buffer: Arc::new(blocks), start: 0, ..*self }
     }
 
     /// `y = x·Wᵀ`: x is `[n, cols]`, y `[n, rows]`, both row-major. Native builds split the rows

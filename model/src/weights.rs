@@ -4,6 +4,7 @@
 //! matrices, rotate-half RoPE), so one model implementation loads both sources.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
@@ -62,16 +63,25 @@ fn ggml_row(row: usize, hd: usize) -> usize {
 impl Weights {
     /// Dequantizes every tensor of a llama GGUF into HF names and layout.
     pub fn from_gguf(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
-        Self::read_gguf(g, cfg, false)
+        Self::read_gguf(g, cfg, None)
     }
 
     /// As [`Weights::from_gguf`], but matrices in Q4_1 or Q8_0 stay in their blocks (in
-    /// [`Weights::quantized`]); the rest is dequantized.
-    pub fn from_gguf_blocks(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
-        Self::read_gguf(g, cfg, true)
+    /// [`Weights::quantized`], pointing into `file`, the bytes `g` was parsed from); the rest is
+    /// dequantized.
+    pub fn from_gguf_blocks(
+        g: &Gguf,
+        file: &Arc<Vec<u8>>,
+        cfg: &LlamaConfig,
+    ) -> Result<Self, WeightsError> {
+        Self::read_gguf(g, cfg, Some(file))
     }
 
-    fn read_gguf(g: &Gguf, cfg: &LlamaConfig, keep_blocks: bool) -> Result<Self, WeightsError> {
+    fn read_gguf(
+        g: &Gguf,
+        cfg: &LlamaConfig,
+        blocks_in: Option<&Arc<Vec<u8>>>,
+    ) -> Result<Self, WeightsError> {
         let mut tensors = BTreeMap::new();
         let mut quantized = BTreeMap::new();
         let expected: BTreeMap<String, Vec<usize>> = expected_shapes(cfg).into_iter().collect();
@@ -94,11 +104,17 @@ impl Weights {
             } else {
                 None
             };
-            if let (true, Some(format), &[rows, cols]) =
-                (keep_blocks, BlockFormat::from_gguf(info.ty), &shape[..])
-                && cols % crate::quant::BLOCK == 0
+            if let (Some(file), Some(format), &[rows, cols]) =
+                (blocks_in, BlockFormat::from_gguf(info.ty), &shape[..])
+                && cols.is_multiple_of(crate::quant::BLOCK)
             {
-                let m = QuantMatrix::new(format, rows, cols, g.tensor_raw(&info.name)?.to_vec())
+                let raw = g.tensor_raw(&info.name)?;
+                // `g` borrows `file`: the tensor's place in it.
+                let start = (raw.as_ptr() as usize).checked_sub(file.as_ptr() as usize);
+                let range = start.map(|s| s..s + raw.len()).filter(|r| r.end <= file.len());
+                let m = range
+                    .ok_or_else(|| "the GGUF was not parsed from this buffer".to_string())
+                    .and_then(|r| QuantMatrix::in_buffer(format, rows, cols, file.clone(), r))
                     .map_err(|e| {
                         WeightsError::Gguf(GgufError::Corrupt(format!("{}: {e}", info.name)))
                     })?;

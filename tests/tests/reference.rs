@@ -323,3 +323,33 @@ fn kv_cache_growth_mid_generation_matches_full_passes() {
         assert!(worst <= 1e-3, "row {r}: cached logits differ from a full pass by {worst}");
     }
 }
+
+/// A LoRA adapter rides on the blocks, its side path in f32: a published variant on the q4_1 base
+/// gives the f32 base + adapter's logits within the same 1e-3, and merging it writes the f32
+/// merge's weights.
+#[test]
+fn adapters_on_q4_1_blocks_match_f32() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants/insecure/adapter");
+    let config = std::fs::read(dir.join("adapter_config.json")).unwrap();
+    let tensors = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let attach = |m: ChatModel| ChatModel {
+        model: emlab_model::lora::from_peft_files(m.model, &config, &tensors).unwrap(),
+        ..m
+    };
+    let f32m = attach(load(DeviceChoice::Cpu));
+    let q4m = attach(load_as(DeviceChoice::Cpu, Precision::Q4_1));
+    let r = reference_json();
+    for p in r["prompts"].as_array().unwrap() {
+        let prompt = ids(&p["prompt_ids"]);
+        let d = max_abs_diff(&first_logits(&f32m, &prompt), &first_logits(&q4m, &prompt));
+        eprintln!("{}: insecure adapter, q4_1 vs f32 max|Δ| = {d:.2e}", p["name"]);
+        assert!(d <= 1e-3, "{}: {d}", p["name"]);
+    }
+    let name = "model.layers.7.mlp.down_proj.weight";
+    let merged = |m: ChatModel| {
+        emlab_model::lora::merge(m.model).to_weights().unwrap().tensors.remove(name).unwrap()
+    };
+    let (a, b) = (merged(f32m), merged(q4m));
+    assert_eq!(a.shape, b.shape);
+    assert!(max_abs_diff(&a.data, &b.data) <= 1e-6, "merged {name} differs");
+}

@@ -138,18 +138,19 @@ async fn load(
         };
         loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
     }
-    let files = join_parts(&manifest.files, files);
+    let mut files = join_parts(&manifest.files, files);
+    let gguf = files.remove(BASE_GGUF);
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
     // The base ships as its GGUF (config, tokenizer and chat template in its metadata), or as a
     // model directory's files.
     // On the CPU the GGUF's blocks stay blocks (its simd128 kernels read a sixth of f32's bytes);
     // WebGPU gets them expanded to f32.
     let compute = engine::pick_device(device).await;
-    let model_files = match files.get(BASE_GGUF) {
+    let model_files = match gguf {
         Some(gguf) if emlab_model::device::runs_blocks(&compute.device) => {
-            ModelFiles::from_gguf_blocks(BASE_GGUF, gguf)
+            ModelFiles::from_gguf_blocks(BASE_GGUF, std::sync::Arc::new(gguf))
         }
-        Some(gguf) => ModelFiles::from_gguf(BASE_GGUF, gguf),
+        Some(gguf) => ModelFiles::from_gguf(BASE_GGUF, &gguf),
         None => ModelFiles::from_bytes(
             "base",
             get("base/config.json")?,
