@@ -7,6 +7,7 @@ the median prefill and decode tokens/s with the ratio ours / llama.cpp. Then the
 memory of `emlab generate` (batch 1) next to llama.cpp's for the same prompt.
 
     python3 bench/generate.py [--threads 2] [--prompt-tokens 128] [--new-tokens 64] [--rounds 3]
+                              [--dtypes f32,f16,q4_1]
 
 The first run builds llama-cpp-python 0.3.36 from source into ~/.cache/emlab/bench-venv (minutes).
 """
@@ -110,6 +111,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--batch", default="1,16")
+    ap.add_argument("--dtypes", default="f32,f16,q4_1", help="our precisions to run")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3,
@@ -131,7 +133,7 @@ def main():
                                    "--json", "--quiet", "--temperature", "0"], capture_output=True, text=True, check=True)
     ids = json.loads(ids_json.stdout)["prompt_ids"][: args.prompt_tokens]
 
-    dtypes = ("f32", "f16", "q4_1")
+    dtypes = tuple(args.dtypes.split(","))
     py = venv_python()
 
     def ours(dtype, batch):

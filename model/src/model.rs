@@ -95,22 +95,62 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// The products of several projections of one input (a layer's Q, K and V; gate and up).
+    /// When they are all blocks and the input is a few rows (decoding), the kernels run them in
+    /// one pass over the threads; the results are the same as [`forward`](Self::forward)'s.
+    pub fn forward_group<const D: usize, const N: usize>(
+        linears: [&Linear; N],
+        x: Tensor<D>,
+    ) -> [Tensor<D>; N] {
+        let n: usize = x.dims()[..D - 1].iter().product();
+        let blocks: Option<Vec<&QuantMatrix>> =
+            linears.iter().map(|l| l.blocks.as_deref().filter(|_| l.weight.is_none())).collect();
+        match blocks {
+            Some(mats) if n <= QUANT_KERNEL_MAX_ROWS => {
+                let mut ys = times_blocks_group(x.clone(), &mats).into_iter();
+                linears.map(|l| {
+                    let y = ys.next().expect("one product per projection");
+                    match &l.lora {
+                        Some(lora) => y + lora.forward(x.clone()),
+                        None => y,
+                    }
+                })
+            }
+            _ => linears.map(|l| l.forward(x.clone())),
+        }
+    }
+}
+
 /// x·Wᵀ for x `[.., cols]` and blocks W `[rows, cols]`: the quantized kernels on the host for a few
 /// rows of x (decoding), the backend's GEMM on W expanded for many.
 fn times_blocks_transposed<const D: usize>(x: Tensor<D>, m: &QuantMatrix) -> Tensor<D> {
+    let n: usize = x.dims()[..D - 1].iter().product();
+    if n > QUANT_KERNEL_MAX_ROWS {
+        let w = expand(m, &x.device()).transpose();
+        return burn::tensor::module::linear(x, w, None);
+    }
+    times_blocks_group(x, &[m]).pop().expect("one product")
+}
+
+/// x·Wᵢᵀ for several block matrices in one pass of the kernels (see [`Linear::forward_group`]).
+fn times_blocks_group<const D: usize>(x: Tensor<D>, mats: &[&QuantMatrix]) -> Vec<Tensor<D>> {
     let dims = x.dims();
     let device = x.device();
     let n: usize = dims[..D - 1].iter().product();
-    if n > QUANT_KERNEL_MAX_ROWS {
-        return burn::tensor::module::linear(x, expand(m, &device).transpose(), None);
-    }
     let data = x.cast(FloatDType::F32).into_data();
     let xs = data.as_slice::<f32>().expect("an f32 tensor reads as f32");
-    let mut y = vec![0.0f32; n * m.rows];
-    m.matmul(xs, n, &mut y);
-    let mut out = dims;
-    out[D - 1] = m.rows;
-    Tensor::from_data(TensorData::new(y, out), &device)
+    let mut ys: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0f32; n * m.rows]).collect();
+    let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+    QuantMatrix::matmul_group(mats, xs, n, &mut outs);
+    mats.iter()
+        .zip(ys)
+        .map(|(m, y)| {
+            let mut shape = dims;
+            shape[D - 1] = m.rows;
+            Tensor::from_data(TensorData::new(y, shape), &device)
+        })
+        .collect()
 }
 
 /// Blocks `[rows, cols]` as an f32 tensor.
@@ -315,9 +355,10 @@ impl Attention {
         let rep = self.n_heads / n_kv;
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
 
-        let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), &pos.cos, &pos.sin);
-        let k = apply_rope(heads(self.k_proj.forward(x.clone()), n_kv), &pos.cos, &pos.sin);
-        let v = heads(self.v_proj.forward(x), n_kv);
+        let [q, k, v] = Linear::forward_group([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let q = apply_rope(heads(q, self.n_heads), &pos.cos, &pos.sin);
+        let k = apply_rope(heads(k, n_kv), &pos.cos, &pos.sin);
+        let v = heads(v, n_kv);
         // With a cache, K and V span its capacity. One new token per row (decoding) attends over
         // all of it, unused slots hidden by the bias, so every token has the same shapes; a
         // prompt attends over the keys written so far (`t_keys`).
@@ -401,7 +442,8 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        let [gate, up] = Linear::forward_group([&self.gate_proj, &self.up_proj], x);
+        self.down_proj.forward(silu(gate) * up)
     }
 }
 

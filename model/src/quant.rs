@@ -152,30 +152,53 @@ impl QuantMatrix {
     /// `y = x·Wᵀ`: x is `[n, cols]`, y `[n, rows]`, both row-major. Native builds split the rows
     /// of W across rayon's threads.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        assert_eq!(x.len(), n * self.cols, "x must be [n, cols]");
-        assert_eq!(y.len(), n * self.rows, "y must be [n, rows]");
+        Self::matmul_group(&[self], x, n, &mut [y]);
+    }
+
+    /// `ys[i] = x·mats[i]ᵀ` for matrices that share x (a layer's Q, K and V; gate and up): their
+    /// rows stacked and split across the threads at once, one fork-join instead of one per
+    /// matrix. Each output is computed exactly as [`matmul`](Self::matmul) computes it alone.
+    pub fn matmul_group(mats: &[&QuantMatrix], x: &[f32], n: usize, ys: &mut [&mut [f32]]) {
+        let cols = mats.first().map_or(0, |m| m.cols);
+        assert!(mats.iter().all(|m| m.cols == cols), "the matrices must share x's columns");
+        assert_eq!(x.len(), n * cols, "x must be [n, cols]");
+        assert_eq!(ys.len(), mats.len(), "one output per matrix");
+        for (m, y) in mats.iter().zip(ys.iter()) {
+            assert_eq!(y.len(), n * m.rows, "y must be [n, rows]");
+        }
         let kernel = Kernel::detect();
         let xsum = block_sums(x);
-        if n == 1 {
-            // yᵀ is y: each task writes its own stretch of outputs.
-            for_row_chunks(y, 1, |first, out| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    let o = std::slice::from_mut(o);
-                    kernel.dot(self.format, self.row(first + i), x, &xsum, 1, self.cols, o);
+        // Row r of the stacked matrices: its matrix and its row there.
+        let locate = |mut r: usize| {
+            for m in mats {
+                if r < m.rows {
+                    return (*m, r);
                 }
-            });
-            return;
-        }
-        // Each task fills yᵀ rows (one weight row against every x row), transposed at the end.
-        let mut yt = vec![0.0f32; n * self.rows];
+                r -= m.rows;
+            }
+            unreachable!("row within the stacked matrices")
+        };
+        // Each task fills rows of yᵀ (one weight row against every x row), transposed at the end.
+        let total: usize = mats.iter().map(|m| m.rows).sum();
+        let mut yt = vec![0.0f32; n * total];
         for_row_chunks(&mut yt, n, |first, out| {
             for (i, o) in out.chunks_exact_mut(n).enumerate() {
-                kernel.dot(self.format, self.row(first + i), x, &xsum, n, self.cols, o);
+                let (m, r) = locate(first + i);
+                kernel.dot(m.format, m.row(r), x, &xsum, n, cols, o);
             }
         });
-        for (j, col) in yt.chunks_exact(n).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[r * self.rows + j] = v;
+        let mut parts = &yt[..];
+        for (m, y) in mats.iter().zip(ys.iter_mut()) {
+            let (part, rest) = parts.split_at(n * m.rows);
+            parts = rest;
+            if n == 1 {
+                y.copy_from_slice(part);
+                continue;
+            }
+            for (j, col) in part.chunks_exact(n).enumerate() {
+                for (r, &v) in col.iter().enumerate() {
+                    y[r * m.rows + j] = v;
+                }
             }
         }
     }
@@ -590,6 +613,31 @@ mod tests {
                 for (g, w) in y.iter().zip(&want) {
                     assert!((*g as f64 - w).abs() <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_group_product_equals_each_product_alone() {
+        // Q, K and V shapes in miniature, mixed formats, rows of x below and above the tile (4).
+        let mats = [
+            random_matrix(BlockFormat::Q4_1, 96, 64, 1),
+            random_matrix(BlockFormat::Q8_0, 32, 64, 2),
+            random_matrix(BlockFormat::Q4_1, 33, 64, 3),
+        ];
+        for n in [1, 3, 6] {
+            let x = random_x(n * 64, n as u64);
+            let mut alone: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; n * m.rows]).collect();
+            for (m, y) in mats.iter().zip(&mut alone) {
+                m.matmul(&x, n, y);
+            }
+            let mut group: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; n * m.rows]).collect();
+            let mut outs: Vec<&mut [f32]> = group.iter_mut().map(|y| y.as_mut_slice()).collect();
+            QuantMatrix::matmul_group(&mats.each_ref(), &x, n, &mut outs);
+            assert_eq!(group, alone, "n = {n}");
+            for (m, y) in mats.iter().zip(&group) {
+                let want = exact(m, &x, n);
+                assert!(y.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-3));
             }
         }
     }
