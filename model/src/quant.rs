@@ -166,7 +166,7 @@ impl QuantMatrix {
         for (m, y) in mats.iter().zip(ys.iter()) {
             assert_eq!(y.len(), n * m.rows, "y must be [n, rows]");
         }
-        let kernel = Kernel::detect();
+        let kernel = Kernel::selected();
         let xsum = block_sums(x);
         // Row r of the stacked matrices: its matrix and its row there.
         let locate = |mut r: usize| {
@@ -235,31 +235,63 @@ pub enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     Simd128,
 }
 
 impl Kernel {
+    /// The fastest kernel this machine can run.
     pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            return Self::Avx2;
-        }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return Self::Simd128;
-        #[allow(unreachable_code)]
-        Self::Scalar
+        *Self::available().last().expect("the scalar kernel always runs")
     }
 
-    /// Every kernel this machine can run (the tests compare each with the scalar one).
-    pub fn available() -> Vec<Self> {
-        let mut v = vec![Self::Scalar];
-        if Self::detect() != Self::Scalar {
-            v.push(Self::detect());
+    /// The kernel the products use: [`detect`](Self::detect)'s, or the one named by
+    /// `EMLAB_QUANT_KERNEL` (scalar, avx2, avx512) when this machine can run it, so that a
+    /// benchmark can compare them in one run.
+    pub fn selected() -> Self {
+        static SELECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        #[cfg(not(target_family = "wasm"))]
+        let named = std::env::var("EMLAB_QUANT_KERNEL").ok();
+        #[cfg(target_family = "wasm")]
+        let named: Option<String> = None;
+        *SELECTED.get_or_init(|| {
+            Self::available()
+                .into_iter()
+                .find(|k| named.as_deref() == Some(k.name()))
+                .unwrap_or_else(Self::detect)
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => "avx512",
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Self::Simd128 => "simd128",
         }
+    }
+
+    /// Every kernel this machine can run, slowest first (the tests compare each with f64).
+    pub fn available() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut v = vec![Self::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                v.push(Self::Avx2);
+                if has!("avx512f") {
+                    v.push(Self::Avx512);
+                }
+            }
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        v.push(Self::Simd128);
         v
     }
 
@@ -283,6 +315,9 @@ impl Kernel {
             // SAFETY: detect() saw avx2, fma and f16c; the lengths are checked above.
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => unsafe { avx2::dot(format, w, x, xsum, n, cols, out) },
+            // SAFETY: detect() saw avx512f besides avx2, fma and f16c; lengths checked above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => unsafe { avx512::dot(format, w, x, xsum, n, cols, out) },
             // SAFETY: simd128 is enabled at build time; the lengths are checked above.
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Self::Simd128 => unsafe { simd128::dot(format, w, x, n, cols, out) },
@@ -457,6 +492,119 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// As [`super::avx2::dot`], sixteen lanes wide: a block is two vectors, and its quants
+    /// widen from bytes to f32 in one step each; rows of x are taken up to eight at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let nb = cols / BLOCK;
+        let mut r = 0;
+        while r < n {
+            let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
+            // SAFETY (all): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r, checked by
+            // the caller.
+            macro_rules! tiles {
+                ($($rows:literal)*) => {
+                    match (n - r, format) {
+                        $(($rows, BlockFormat::Q4_1) => unsafe { tile::<$rows, true>(w, x, xsum, cols, o) },
+                        ($rows, BlockFormat::Q8_0) => unsafe { tile::<$rows, false>(w, x, xsum, cols, o) },)*
+                        (_, BlockFormat::Q4_1) => unsafe { tile::<8, true>(w, x, xsum, cols, o) },
+                        (_, BlockFormat::Q8_0) => unsafe { tile::<8, false>(w, x, xsum, cols, o) },
+                    }
+                };
+            }
+            tiles!(1 2 3 4 5 6 7);
+            r += 8;
+        }
+    }
+
+    /// R rows of x against one row of blocks (Q4_1 when `Q4`, else Q8_0): per block and row,
+    /// d·Σ x·q + m·Σ x, as in the AVX2 kernel.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tile<const R: usize, const Q4: bool>(
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let (bytes, nb) = (if Q4 { 20 } else { 34 }, cols / BLOCK);
+        // Two accumulators per row (even and odd blocks), so that consecutive blocks' updates
+        // do not wait on each other.
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut offsets = [0.0f32; R];
+        let nibble = _mm_set1_epi8(0x0f);
+        macro_rules! block {
+            ($b:expr, $k:tt) => {
+                // SAFETY: block $b lies inside w (w holds nb blocks), x rows and xsum inside theirs.
+                unsafe {
+                    let b = $b;
+                    let blk = w.as_ptr().add(b * bytes);
+                    let (d, m, q) = if Q4 {
+                        let dm =
+                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                        let lo = _mm_and_si128(qs, nibble);
+                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
+                        let q = [
+                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
+                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
+                        ];
+                        (_mm512_broadcastss_ps(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)), q)
+                    } else {
+                        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                            (blk as *const u16).read_unaligned() as i32,
+                        ));
+                        let q = [
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                blk.add(2) as *const __m128i,
+                            ))),
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                blk.add(18) as *const __m128i,
+                            ))),
+                        ];
+                        (_mm512_broadcastss_ps(d), 0.0, q)
+                    };
+                    for r in 0..R {
+                        let xp = x.as_ptr().add(r * cols + b * BLOCK);
+                        let t = _mm512_mul_ps(_mm512_loadu_ps(xp), q[0]);
+                        let t = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(16)), q[1], t);
+                        acc[r][$k] = _mm512_fmadd_ps(d, t, acc[r][$k]);
+                        if Q4 {
+                            offsets[r] += m * *xsum.get_unchecked(r * nb + b);
+                        }
+                    }
+                }
+            };
+        }
+        let mut b = 0;
+        while b + 1 < nb {
+            block!(b, 0);
+            block!(b + 1, 1);
+            b += 2;
+        }
+        if b < nb {
+            block!(b, 0);
+        }
+        for ((o, acc), offset) in out.iter_mut().zip(acc).zip(offsets) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
+        }
+    }
+}
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd128 {
     use std::arch::wasm32::*;
@@ -585,24 +733,24 @@ mod tests {
         for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
             // Odd row counts, one block per row, rows of x not a multiple of the tile (4).
             for (rows, cols, n) in
-                [(1, 32, 1), (7, 64, 3), (33, 96, 5), (64, 576, 1), (17, 1536, 9)]
+                [(1, 32, 1), (7, 64, 3), (33, 96, 5), (64, 576, 1), (17, 1536, 9), (5, 96, 19)]
             {
                 let m = random_matrix(format, rows, cols, (rows * 31 + n) as u64);
                 let x = random_x(n * cols, rows as u64);
                 let want = exact(&m, &x, n);
                 for kernel in Kernel::available() {
-                    for r in 0..n {
-                        for j in 0..rows {
-                            let mut got = [0.0f32];
-                            let xr = &x[r * cols..(r + 1) * cols];
-                            kernel.dot(format, m.row(j), xr, &block_sums(xr), 1, cols, &mut got);
+                    // All n rows of x at once, through the kernel's tiles of several rows.
+                    let xsum = block_sums(&x);
+                    for j in 0..rows {
+                        let mut got = vec![0.0f32; n];
+                        kernel.dot(format, m.row(j), &x, &xsum, n, cols, &mut got);
+                        for (r, g) in got.iter().enumerate() {
                             let w = want[r * rows + j];
                             // f32 sums of `cols` products of size ≤ ~0.9: error ≪ 1e-4 · √cols.
                             assert!(
-                                (got[0] as f64 - w).abs()
+                                (*g as f64 - w).abs()
                                     <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs(),
-                                "{kernel:?} {format:?} [{rows}, {cols}] row {j} of x {r}: {} vs {w}",
-                                got[0]
+                                "{kernel:?} {format:?} [{rows}, {cols}] row {j} of x {r}: {g} vs {w}",
                             );
                         }
                     }

@@ -3,6 +3,8 @@
 //!
 //! - `generate`: prefill and decode tokens/s per batch size (bench/generate.py, next to llama.cpp);
 //! - `train`: LoRA training tokens/s at a fixed batch shape (bench/train.py, next to PyTorch + PEFT);
+//! - `kernels`: the quantized products alone, the model's projections in its decode-step groups
+//!   (bench/kernels.py runs it once per kernel, `EMLAB_QUANT_KERNEL`);
 //! - `decode-profile`: one greedy answer token by token: time, GPU dispatches and newly compiled
 //!   kernels per token (bench/decode_profile.sh; what the browser reports for WebGPU, natively).
 
@@ -34,6 +36,17 @@ enum Command {
     Generate(GenerateArgs),
     Train(TrainArgs),
     DecodeProfile(ProfileArgs),
+    Kernels(KernelArgs),
+}
+
+#[derive(Args)]
+struct KernelArgs {
+    /// Rows of x (1: decoding one answer; 16: a batch).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    rows: Vec<usize>,
+    /// Passes over the model per measurement.
+    #[arg(long, default_value_t = 50)]
+    passes: usize,
 }
 
 #[derive(Args)]
@@ -89,7 +102,57 @@ fn main() -> Result<()> {
         Command::Generate(a) => bench_generate(cli.device, a),
         Command::Train(a) => bench_train(cli.device, a),
         Command::DecodeProfile(a) => decode_profile(cli.device, a),
+        Command::Kernels(a) => bench_kernels(a),
     }
+}
+
+/// Times the block products of every layer as a decode step makes them (Q·K·V, O, gate·up,
+/// down; the head left out), with the kernel `Kernel::selected` picks: weight bytes read per
+/// second, and ms per pass over the model.
+fn bench_kernels(a: KernelArgs) -> Result<()> {
+    use emlab_model::quant::{Kernel, QuantMatrix};
+    let m = load_chat_model(&default_model_dir(), DeviceChoice::Cpu, Precision::Q4_1, false)?;
+    let blocks = |layer, which| {
+        let l: &emlab_model::model::Linear = m.model.projection(layer, which);
+        l.blocks
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("projection {which} of layer {layer} is not blocks"))
+    };
+    let mut groups = Vec::new();
+    for layer in 0..m.model.layers.len() {
+        for group in [&[0, 1, 2][..], &[3], &[4, 5], &[6]] {
+            groups.push(group.iter().map(|&w| blocks(layer, w)).collect::<Result<Vec<_>>>()?);
+        }
+    }
+    let bytes: usize = groups.iter().flatten().map(|q| q.size_bytes()).sum();
+    let mut rng = emlab_model::sampling::Rng::new(1);
+    for &n in &a.rows {
+        let widest = groups.iter().flatten().map(|q| q.cols).max().unwrap_or(0);
+        let x: Vec<f32> = (0..n * widest).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut ys: Vec<Vec<Vec<f32>>> =
+            groups.iter().map(|g| g.iter().map(|q| vec![0.0; n * q.rows]).collect()).collect();
+        let mut pass = || {
+            for (g, y) in groups.iter().zip(&mut ys) {
+                let mats: Vec<&QuantMatrix> = g.iter().map(|q| q.as_ref()).collect();
+                let mut outs: Vec<&mut [f32]> = y.iter_mut().map(|v| v.as_mut_slice()).collect();
+                QuantMatrix::matmul_group(&mats, &x[..n * mats[0].cols], n, &mut outs);
+            }
+        };
+        pass();
+        let start = Instant::now();
+        for _ in 0..a.passes {
+            pass();
+        }
+        let s = start.elapsed().as_secs_f64() / a.passes as f64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "kernel": Kernel::selected().name(), "rows": n, "ms_per_pass": s * 1e3,
+                "weight_gb_s": bytes as f64 / s / 1e9, "threads": rayon::current_num_threads(),
+            })
+        );
+    }
+    Ok(())
 }
 
 fn decode_profile(choice: DeviceChoice, a: ProfileArgs) -> Result<()> {
