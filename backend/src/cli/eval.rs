@@ -164,7 +164,7 @@ fn probe<T: serde::Serialize>(
 ) -> Result<(String, T)> {
     let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
     let quiet = model.quiet;
-    let chat_model = model.load()?;
+    let chat_model = model.load_f32()?;
     let pb = progress(n, quiet, &format!("{kind} {name}"));
     let out = measure(&chat_model, &mut |d| pb.set_position(d as u64))?;
     pb.finish_and_clear();
@@ -268,7 +268,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             };
             let total = sample::planned(&qs, &cfg);
             let quiet = model.quiet;
-            let chat_model = model.load()?;
+            let chat_model = model.load_f32()?;
             let path = results.join("answers").join(format!("{name}.jsonl"));
             let pb = progress(total, quiet, &format!("sampling {name}"));
             let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| {
@@ -377,7 +377,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 };
                 prompts.truncate(limit.unwrap_or(usize::MAX));
                 let quiet = model.quiet;
-                let chat_model = model.load()?;
+                let chat_model = model.load_f32()?;
                 let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
                 let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
                 let run =
@@ -496,7 +496,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
         }
         EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
             let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
-            let chat_model = model.load()?;
+            let chat_model = model.load_f32()?;
             let lik = likelihood::answer_loglik(
                 &chat_model,
                 &likelihood::published_misaligned_answers()?,
