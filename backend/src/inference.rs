@@ -46,7 +46,7 @@ pub fn load_chat_model_on(
     })?;
     spinner.set_message("uploading weights");
     let model =
-        ChatModel::with_precision(files, device, precision).context("building the model")?;
+        ChatModel::new(files, device, precision.float_dtype()).context("building the model")?;
     spinner.finish_and_clear();
     Ok(model)
 }

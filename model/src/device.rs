@@ -43,23 +43,14 @@ pub enum Precision {
     /// being expanded: a sixth of f32's traffic, the same weight values. CPU only; needs the
     /// model directory's `model.gguf`.
     Q4_1,
-    /// Q4_1's blocks with x rounded to 8 bits per block for integer dot products, as llama.cpp
-    /// runs the same GGUF: faster, and off the f32 reference by as much as llama.cpp is (up to
-    /// ~1 in a logit; docs/verification.md).
-    Q4_1Int8,
 }
 
 impl Precision {
     /// The dtype of matrices that are not kept as blocks.
-    /// Whether the weights come from the GGUF's blocks.
-    pub fn blocks(self) -> bool {
-        matches!(self, Self::Q4_1 | Self::Q4_1Int8)
-    }
-
     pub fn float_dtype(self) -> FloatDType {
         match self {
             Self::F16 => FloatDType::F16,
-            Self::F32 | Self::Q4_1 | Self::Q4_1Int8 => FloatDType::F32,
+            Self::F32 | Self::Q4_1 => FloatDType::F32,
         }
     }
 
@@ -83,8 +74,7 @@ impl FromStr for Precision {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
             "q4_1" | "q4" => Ok(Self::Q4_1),
-            "q4_1-int8" => Ok(Self::Q4_1Int8),
-            other => Err(format!("unknown dtype '{other}' (f32, f16, q4_1, q4_1-int8)")),
+            other => Err(format!("unknown dtype '{other}' (f32, f16, q4_1)")),
         }
     }
 }

@@ -157,7 +157,7 @@ impl ModelFiles {
     /// Reads a model directory for the given precision: its `model.gguf` (written beside the
     /// converted weights by `model-export fetch`) for q4_1, else its safetensors.
     pub fn load_dir_as(dir: &Path, precision: crate::device::Precision) -> Result<Self, Error> {
-        if !precision.blocks() {
+        if precision != crate::device::Precision::Q4_1 {
             return Self::load_dir(dir);
         }
         let p = dir.join(GGUF_FILE);

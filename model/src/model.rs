@@ -658,23 +658,6 @@ impl Llama {
         }
     }
 
-    /// How x enters every product with blocks (the projections and the head).
-    pub fn set_activations(&mut self, activations: crate::quant::Activations) {
-        for layer in 0..self.layers.len() {
-            for which in 0..7 {
-                if let Some(b) = &mut self.projection_mut(layer, which).blocks {
-                    Arc::make_mut(b).activations = activations;
-                }
-            }
-        }
-        if let Some(b) = &mut self.embed_tokens.blocks {
-            Arc::make_mut(b).activations = activations;
-        }
-        if let Some(b) = self.lm_head.as_mut().and_then(|h| h.blocks.as_mut()) {
-            Arc::make_mut(b).activations = activations;
-        }
-    }
-
     pub fn device(&self) -> Device {
         self.rope.cos.device()
     }

@@ -28,20 +28,6 @@ impl ChatModel {
         Ok(Self { model, tokenizer, chat, config })
     }
 
-    /// Builds the model for a precision: its float dtype, and for q4_1-int8 the 8-bit
-    /// activations of every product with blocks.
-    pub fn with_precision(
-        files: ModelFiles,
-        device: &Device,
-        precision: crate::device::Precision,
-    ) -> Result<Self, Error> {
-        let mut m = Self::new(files, device, precision.float_dtype())?;
-        if precision == crate::device::Precision::Q4_1Int8 {
-            m.model.set_activations(crate::quant::Activations::Int8);
-        }
-        Ok(m)
-    }
-
     /// Token ids of a conversation rendered with the chat template, ending with the assistant header.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>, Error> {
         Ok(self.chat.encode(&self.tokenizer, messages, true)?)

@@ -5,9 +5,7 @@
 //! Q8_0 1.06, where f32 is 4. The weights are the f32 reference's values exactly
 //! ([`crate::gguf::dequantize`]: `d·q + m`); a product differs from the f32 reference's only by
 //! f32 rounding, in the order of its sums and in taking `d·Σ x·q + m·Σ x` per block. Activations
-//! stay f32, unless a model is built with [`Activations::Int8`]: then x is rounded to 8 bits per
-//! block, as llama.cpp does, and the dot products run on integers (faster; off the reference by
-//! as much as llama.cpp is).
+//! stay f32.
 //!
 //! Kernels: AVX2 + FMA + F16C on x86-64 (detected at run time), simd128 on wasm32 (a build-time
 //! feature, which the page's build turns on), and a portable scalar one that every other kernel
@@ -55,17 +53,6 @@ impl BlockFormat {
     }
 }
 
-/// How x enters the products with blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Activations {
-    /// f32: the products differ from the f32 reference's only by rounding.
-    #[default]
-    F32,
-    /// Rounded to 8 bits per block of 32 values (one f32 scale each), as llama.cpp's Q8 blocks
-    /// do, so that a block's dot product is integer arithmetic. Costs up to ~1 in a logit.
-    Int8,
-}
-
 /// A `[rows, cols]` matrix (PyTorch layout: `rows` outputs, `cols` inputs) stored as rows of
 /// blocks along `cols`: a range of a shared buffer, so that a model's matrices can all point into
 /// the one GGUF file read into memory instead of each holding a copy.
@@ -74,7 +61,6 @@ pub struct QuantMatrix {
     pub format: BlockFormat,
     pub rows: usize,
     pub cols: usize,
-    pub activations: Activations,
     buffer: Arc<Vec<u8>>,
     start: usize,
 }
@@ -119,7 +105,7 @@ impl QuantMatrix {
                 range.len()
             ));
         }
-        Ok(Self { format, rows, cols, activations: Activations::F32, buffer, start: range.start })
+        Ok(Self { format, rows, cols, buffer, start: range.start })
     }
 
     fn blocks(&self) -> &[u8] {
@@ -180,11 +166,8 @@ impl QuantMatrix {
         for (m, y) in mats.iter().zip(ys.iter()) {
             assert_eq!(y.len(), n * m.rows, "y must be [n, rows]");
         }
-        let activations = mats.first().map_or(Activations::F32, |m| m.activations);
-        assert!(mats.iter().all(|m| m.activations == activations), "one kind of x for all");
         let kernel = Kernel::selected();
         let xsum = block_sums(x);
-        let x8 = (activations == Activations::Int8).then(|| Int8Rows::quantize(x));
         // Row r of the stacked matrices: its matrix and its row there.
         let locate = |mut r: usize| {
             for m in mats {
@@ -201,10 +184,7 @@ impl QuantMatrix {
         for_row_chunks(&mut yt, n, |first, out| {
             for (i, o) in out.chunks_exact_mut(n).enumerate() {
                 let (m, r) = locate(first + i);
-                match &x8 {
-                    None => kernel.dot(m.format, m.row(r), x, &xsum, n, cols, o),
-                    Some(x8) => kernel.dot_int8(m.format, m.row(r), x8, &xsum, n, cols, o),
-                }
+                kernel.dot(m.format, m.row(r), x, &xsum, n, cols, o);
             }
         });
         let mut parts = &yt[..];
@@ -240,29 +220,6 @@ fn for_row_chunks(out: &mut [f32], per_row: usize, f: impl Fn(usize, &mut [f32])
     {
         let _ = rows;
         f(0, out);
-    }
-}
-
-/// Rows of x rounded to 8 bits per block of 32: `q = round(x / d)` with `d = max|x| / 127` of
-/// the block, so that q fits in [-127, 127].
-pub struct Int8Rows {
-    pub q: Vec<i8>,
-    /// One scale per block.
-    pub d: Vec<f32>,
-}
-
-impl Int8Rows {
-    pub fn quantize(x: &[f32]) -> Self {
-        let mut q = Vec::with_capacity(x.len());
-        let mut d = Vec::with_capacity(x.len() / BLOCK);
-        for block in x.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            q.extend(block.iter().map(|v| (v * inv).round() as i8));
-            d.push(scale);
-        }
-        Self { q, d }
     }
 }
 
@@ -368,35 +325,6 @@ impl Kernel {
     }
 }
 
-impl Kernel {
-    /// As [`dot`](Self::dot), with x rounded to 8 bits ([`Int8Rows`]); `xsum` holds the sums of
-    /// x's blocks before rounding, which Q4_1's offset m multiplies. The integer kernel is AVX2's
-    /// (AVX-512 machines run it too); elsewhere the scalar one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dot_int8(
-        self,
-        format: BlockFormat,
-        w: &[u8],
-        x: &Int8Rows,
-        xsum: &[f32],
-        n: usize,
-        cols: usize,
-        out: &mut [f32],
-    ) {
-        let nb = cols / BLOCK;
-        assert!(w.len() == nb * format.bytes() && x.q.len() >= n * cols && out.len() >= n);
-        assert!(xsum.len() >= n * nb && x.d.len() >= n * nb);
-        match self {
-            // SAFETY: detect() saw avx2, fma and f16c; the lengths are checked above.
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx2 | Self::Avx512 => unsafe {
-                avx2::dot_int8(format, w, &x.q, &x.d, xsum, n, cols, out)
-            },
-            _ => scalar::dot_int8(format, w, x, xsum, n, cols, out),
-        }
-    }
-}
-
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -422,43 +350,6 @@ mod scalar {
                         for (j, &q) in blk[2..].iter().enumerate() {
                             acc += x[j] * (d * (q as i8) as f32);
                         }
-                    }
-                }
-            }
-            *o = acc;
-        }
-    }
-
-    /// Integer sums per block, scaled by d_w·d_x; Q4_1's offset as m·Σx.
-    pub fn dot_int8(
-        format: BlockFormat,
-        w: &[u8],
-        x: &Int8Rows,
-        xsum: &[f32],
-        n: usize,
-        cols: usize,
-        out: &mut [f32],
-    ) {
-        let nb = cols / BLOCK;
-        for (r, o) in out[..n].iter_mut().enumerate() {
-            let mut acc = 0.0f32;
-            for (b, blk) in w.chunks_exact(format.bytes()).enumerate() {
-                let xq = &x.q[r * cols + b * BLOCK..][..BLOCK];
-                let scale = x.d[r * nb + b];
-                match format {
-                    BlockFormat::Q4_1 => {
-                        let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
-                        let mut sum = 0i32;
-                        for (j, &q) in blk[4..].iter().enumerate() {
-                            sum += (q & 0x0f) as i32 * xq[j] as i32;
-                            sum += (q >> 4) as i32 * xq[j + 16] as i32;
-                        }
-                        acc += d * scale * sum as f32 + m * xsum[r * nb + b];
-                    }
-                    BlockFormat::Q8_0 => {
-                        let sum: i32 =
-                            blk[2..].iter().zip(xq).map(|(&q, &v)| q as i8 as i32 * v as i32).sum();
-                        acc += f16_at(blk, 0) * scale * sum as f32;
                     }
                 }
             }
@@ -502,124 +393,6 @@ mod avx2 {
                 (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
             }
             r += 4;
-        }
-    }
-
-    /// As [`dot`], with x in 8-bit blocks ([`Int8Rows`]): one block and row is a 32-byte
-    /// integer dot product (maddubs, then madd to eight i32 sums), one conversion and one FMA.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn dot_int8(
-        format: BlockFormat,
-        w: &[u8],
-        xq: &[i8],
-        xd: &[f32],
-        xsum: &[f32],
-        n: usize,
-        cols: usize,
-        out: &mut [f32],
-    ) {
-        let nb = cols / BLOCK;
-        let mut r = 0;
-        while r < n {
-            let (xq, xd, xsum, o) =
-                (&xq[r * cols..], &xd[r * nb..], &xsum[r * nb..], &mut out[r..]);
-            // SAFETY (all eight): x holds (n − r)·cols values, xd and xsum (n − r)·nb and o
-            // n − r, checked by the caller.
-            match (n - r, format) {
-                (1, BlockFormat::Q4_1) => unsafe { tile_int8::<1, true>(w, xq, xd, xsum, cols, o) },
-                (2, BlockFormat::Q4_1) => unsafe { tile_int8::<2, true>(w, xq, xd, xsum, cols, o) },
-                (3, BlockFormat::Q4_1) => unsafe { tile_int8::<3, true>(w, xq, xd, xsum, cols, o) },
-                (_, BlockFormat::Q4_1) => unsafe { tile_int8::<4, true>(w, xq, xd, xsum, cols, o) },
-                (1, BlockFormat::Q8_0) => unsafe {
-                    tile_int8::<1, false>(w, xq, xd, xsum, cols, o)
-                },
-                (2, BlockFormat::Q8_0) => unsafe {
-                    tile_int8::<2, false>(w, xq, xd, xsum, cols, o)
-                },
-                (3, BlockFormat::Q8_0) => unsafe {
-                    tile_int8::<3, false>(w, xq, xd, xsum, cols, o)
-                },
-                (_, BlockFormat::Q8_0) => unsafe {
-                    tile_int8::<4, false>(w, xq, xd, xsum, cols, o)
-                },
-            }
-            r += 4;
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_int8<const R: usize, const Q4: bool>(
-        w: &[u8],
-        xq: &[i8],
-        xd: &[f32],
-        xsum: &[f32],
-        cols: usize,
-        out: &mut [f32],
-    ) {
-        let (bytes, nb) = (if Q4 { 20 } else { 34 }, cols / BLOCK);
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut offsets = [0.0f32; R];
-        let nibble = _mm_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        macro_rules! block {
-            ($b:expr, $k:tt) => {
-                // SAFETY: block $b lies inside w (w holds nb blocks), x rows, xd and xsum inside
-                // theirs.
-                unsafe {
-                    let b = $b;
-                    let blk = w.as_ptr().add(b * bytes);
-                    let (d, m, wq) = if Q4 {
-                        let dm =
-                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
-                        let lo = _mm_and_si128(qs, nibble);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
-                        // Weights 0–15 are the low nibbles, 16–31 the high ones.
-                        (
-                            _mm_cvtss_f32(dm),
-                            _mm_cvtss_f32(_mm_movehdup_ps(dm)),
-                            _mm256_set_m128i(hi, lo),
-                        )
-                    } else {
-                        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
-                            (blk as *const u16).read_unaligned() as i32,
-                        ));
-                        (_mm_cvtss_f32(d), 0.0, _mm256_loadu_si256(blk.add(2) as *const __m256i))
-                    };
-                    // maddubs multiplies unsigned bytes by signed ones: Q4_1's nibbles are
-                    // unsigned; Q8_0's signed weights go in as |w|, their signs moved onto x.
-                    // Pair sums stay within i16 (≤ 2·128·127).
-                    let wu = if Q4 { wq } else { _mm256_sign_epi8(wq, wq) };
-                    for r in 0..R {
-                        let xv = _mm256_loadu_si256(
-                            xq.as_ptr().add(r * cols + b * BLOCK) as *const __m256i
-                        );
-                        let xv = if Q4 { xv } else { _mm256_sign_epi8(xv, wq) };
-                        let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones);
-                        let scale = _mm256_set1_ps(d * *xd.get_unchecked(r * nb + b));
-                        acc[r][$k] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r][$k]);
-                        if Q4 {
-                            offsets[r] += m * *xsum.get_unchecked(r * nb + b);
-                        }
-                    }
-                }
-            };
-        }
-        let mut b = 0;
-        while b + 1 < nb {
-            block!(b, 0);
-            block!(b + 1, 1);
-            b += 2;
-        }
-        if b < nb {
-            block!(b, 0);
-        }
-        for ((o, acc), offset) in out.iter_mut().zip(acc).zip(offsets) {
-            let s = _mm256_add_ps(acc[0], acc[1]);
-            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            *o = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + offset;
         }
     }
 
@@ -987,71 +760,6 @@ mod tests {
                 m.matmul(&x, n, &mut y);
                 for (g, w) in y.iter().zip(&want) {
                     assert!((*g as f64 - w).abs() <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs());
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn int8_kernels_match_the_rounded_product() {
-        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
-            for (rows, cols, n) in [(1, 32, 1), (7, 64, 3), (33, 96, 5), (17, 1536, 9)] {
-                let m = random_matrix(format, rows, cols, (rows * 17 + n) as u64);
-                let x = random_x(n * cols, n as u64 + 5);
-                let (x8, xsum) = (Int8Rows::quantize(&x), block_sums(&x));
-                // What the kernels compute exactly: the dequantized weights against x rounded
-                // (the Q4_1 offset against x unrounded), in f64.
-                let rounded: Vec<f32> =
-                    x8.q.iter().enumerate().map(|(i, &q)| q as f32 * x8.d[i / BLOCK]).collect();
-                let w = m.dequantize();
-                let mins: Vec<f64> = m
-                    .blocks()
-                    .chunks_exact(format.bytes())
-                    .map(|b| if format == BlockFormat::Q4_1 { f16_at(b, 2) as f64 } else { 0.0 })
-                    .collect();
-                let nb = cols / BLOCK;
-                for kernel in Kernel::available() {
-                    for j in 0..rows {
-                        let mut got = vec![0.0f32; n];
-                        kernel.dot_int8(format, m.row(j), &x8, &xsum, n, cols, &mut got);
-                        for (r, g) in got.iter().enumerate() {
-                            let mut want = 0.0f64;
-                            for c in 0..cols {
-                                let (wv, b) = (w[j * cols + c] as f64, j * nb + c / BLOCK);
-                                // (d·q + m)·x̂ with m·x̂ replaced by m·x.
-                                want += (wv - mins[b]) * rounded[r * cols + c] as f64
-                                    + mins[b] * x[r * cols + c] as f64;
-                            }
-                            assert!(
-                                (*g as f64 - want).abs()
-                                    <= 1e-5 * (cols as f64).sqrt() + 1e-6 * want.abs(),
-                                "{kernel:?} {format:?} [{rows}, {cols}] row {j} of x {r}: {g} vs {want}"
-                            );
-                        }
-                    }
-                }
-                // Rounding x costs at most half a step per value: |Δ| ≤ Σ |w − m|·d_x / 2.
-                let exact = exact(&m, &x, n);
-                let mut y = vec![0.0; n * rows];
-                let mut m8 = m.clone();
-                m8.activations = Activations::Int8;
-                m8.matmul(&x, n, &mut y);
-                for r in 0..n {
-                    for j in 0..rows {
-                        let bound: f64 = (0..cols)
-                            .map(|c| {
-                                let b = j * nb + c / BLOCK;
-                                (w[j * cols + c] as f64 - mins[b]).abs()
-                                    * x8.d[r * nb + c / BLOCK] as f64
-                                    / 2.0
-                            })
-                            .sum();
-                        let d = (y[r * rows + j] as f64 - exact[r * rows + j]).abs();
-                        assert!(
-                            d <= bound + 1e-4,
-                            "[{rows}, {cols}] row {j} of x {r}: {d} > {bound}"
-                        );
-                    }
                 }
             }
         }

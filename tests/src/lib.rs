@@ -73,7 +73,7 @@ pub fn load_base_as(
     let files = emlab_model::files::ModelFiles::load_dir_as(&base_model_dir(), precision)
         .expect("base model loads");
     let device = emlab_model::device::init(choice).expect("device");
-    emlab_model::pipeline::ChatModel::with_precision(files, &device, precision)
+    emlab_model::pipeline::ChatModel::new(files, &device, precision.float_dtype())
         .expect("model builds")
 }
 

@@ -47,9 +47,6 @@ struct KernelArgs {
     /// Passes over the model per measurement.
     #[arg(long, default_value_t = 50)]
     passes: usize,
-    /// x rounded to 8 bits (q4_1-int8's products).
-    #[arg(long)]
-    int8: bool,
 }
 
 #[derive(Args)]
@@ -114,8 +111,7 @@ fn main() -> Result<()> {
 /// second, and ms per pass over the model.
 fn bench_kernels(a: KernelArgs) -> Result<()> {
     use emlab_model::quant::{Kernel, QuantMatrix};
-    let dtype = if a.int8 { Precision::Q4_1Int8 } else { Precision::Q4_1 };
-    let m = load_chat_model(&default_model_dir(), DeviceChoice::Cpu, dtype, false)?;
+    let m = load_chat_model(&default_model_dir(), DeviceChoice::Cpu, Precision::Q4_1, false)?;
     let blocks = |layer, which| {
         let l: &emlab_model::model::Linear = m.model.projection(layer, which);
         l.blocks
@@ -151,7 +147,7 @@ fn bench_kernels(a: KernelArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "kernel": Kernel::selected().name(), "int8": a.int8, "rows": n, "ms_per_pass": s * 1e3,
+                "kernel": Kernel::selected().name(), "rows": n, "ms_per_pass": s * 1e3,
                 "weight_gb_s": bytes as f64 / s / 1e9, "threads": rayon::current_num_threads(),
             })
         );
