@@ -117,8 +117,13 @@ impl QuantMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
+        self.rows_from(r, 1)
+    }
+
+    /// `count` rows from row `r`.
+    fn rows_from(&self, r: usize, count: usize) -> &[u8] {
         let n = self.row_bytes();
-        &self.blocks()[r * n..(r + 1) * n]
+        &self.blocks()[r * n..(r + count) * n]
     }
 
     /// Bytes of blocks.
@@ -181,10 +186,15 @@ impl QuantMatrix {
         // Each task fills rows of yᵀ (one weight row against every x row), transposed at the end.
         let total: usize = mats.iter().map(|m| m.rows).sum();
         let mut yt = vec![0.0f32; n * total];
-        for_row_chunks(&mut yt, n, |first, out| {
-            for (i, o) in out.chunks_exact_mut(n).enumerate() {
-                let (m, r) = locate(first + i);
-                kernel.dot(m.format, m.row(r), x, &xsum, n, cols, o);
+        for_row_chunks(&mut yt, n, |first, mut out| {
+            // The chunk's rows, one call per matrix they fall in.
+            let mut row = first;
+            while !out.is_empty() {
+                let (m, r) = locate(row);
+                let take = (m.rows - r).min(out.len() / n);
+                let (o, rest) = out.split_at_mut(take * n);
+                kernel.dot(m.format, m.rows_from(r, take), x, &xsum, n, cols, o);
+                (row, out) = (row + take, rest);
             }
         });
         let mut parts = &yt[..];
@@ -295,8 +305,9 @@ impl Kernel {
         v
     }
 
-    /// `out[r] = Σ_c x[r·cols + c] · w[c]` for r < n, where `w` is one row of blocks and `xsum`
-    /// the sums of x's blocks ([`block_sums`]).
+    /// `out[j·n + r] = Σ_c x[r·cols + c] · w_j[c]` for r < n, where `w` holds rows w_j of blocks
+    /// one after another and `xsum` the sums of x's blocks ([`block_sums`]). Rows are looped over
+    /// inside the kernel: a call per row would cost about as much as a short row's arithmetic.
     #[allow(clippy::too_many_arguments)]
     pub fn dot(
         self,
@@ -308,8 +319,9 @@ impl Kernel {
         cols: usize,
         out: &mut [f32],
     ) {
-        assert!(w.len() == cols / BLOCK * format.bytes() && x.len() >= n * cols && out.len() >= n);
-        assert!(xsum.len() >= n * (cols / BLOCK));
+        let row_bytes = cols / BLOCK * format.bytes();
+        assert!(row_bytes > 0 && w.len().is_multiple_of(row_bytes) && x.len() >= n * cols);
+        assert!(out.len() >= w.len() / row_bytes * n && xsum.len() >= n * (cols / BLOCK));
         match self {
             Self::Scalar => scalar::dot(format, w, x, n, cols, out),
             // SAFETY: detect() saw avx2, fma and f16c; the lengths are checked above.
@@ -333,6 +345,13 @@ mod scalar {
     use super::*;
 
     pub fn dot(format: BlockFormat, w: &[u8], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
+        let row_bytes = cols / BLOCK * format.bytes();
+        for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            row(format, w, x, n, cols, out);
+        }
+    }
+
+    fn row(format: BlockFormat, w: &[u8], x: &[f32], n: usize, cols: usize, out: &mut [f32]) {
         for (r, o) in out[..n].iter_mut().enumerate() {
             let x = &x[r * cols..(r + 1) * cols];
             let mut acc = 0.0f32;
@@ -364,10 +383,30 @@ mod avx2 {
 
     use super::*;
 
+    /// Each row of blocks in `w` against the n rows of x (see [`Kernel::dot`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let row_bytes = cols / BLOCK * format.bytes();
+        for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            // SAFETY: the caller's checks hold for each row.
+            unsafe { row(format, w, x, xsum, n, cols, out) }
+        }
+    }
+
     /// Rows of x are taken four at a time, so that each block's weights are converted once per
     /// four rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(
+    #[inline]
+    unsafe fn row(
         format: BlockFormat,
         w: &[u8],
         x: &[f32],
@@ -498,10 +537,30 @@ mod avx512 {
 
     use super::*;
 
-    /// As [`super::avx2::dot`], sixteen lanes wide: a block is two vectors, and its quants
+    /// Each row of blocks in `w` against the n rows of x (see [`Kernel::dot`]).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        xsum: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let row_bytes = cols / BLOCK * format.bytes();
+        for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            // SAFETY: the caller's checks hold for each row.
+            unsafe { row(format, w, x, xsum, n, cols, out) }
+        }
+    }
+
+    /// As AVX2's kernel, sixteen lanes wide: a block is two vectors, and its quants
     /// widen from bytes to f32 in one step each; rows of x are taken up to eight at a time.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot(
+    #[inline]
+    unsafe fn row(
         format: BlockFormat,
         w: &[u8],
         x: &[f32],
@@ -611,8 +670,25 @@ mod simd128 {
 
     use super::*;
 
-    /// Four-wide: each block is eight vectors of weights, dequantized once per row of x.
+    /// Each row of blocks in `w` against the n rows of x (see [`Kernel::dot`]).
     pub unsafe fn dot(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let row_bytes = cols / BLOCK * format.bytes();
+        for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+            // SAFETY: the caller's checks hold for each row.
+            unsafe { row(format, w, x, n, cols, out) }
+        }
+    }
+
+    /// Four-wide: each block is eight vectors of weights, dequantized once per row of x.
+    #[inline]
+    unsafe fn row(
         format: BlockFormat,
         w: &[u8],
         x: &[f32],
