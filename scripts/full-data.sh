@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `nice` alone does not hold a job started with setsid back: the kernel shares the CPU between
+# sessions first (autogroups), so the whole session is set to the lowest priority too.
+echo 19 > /proc/self/autogroup 2>/dev/null || true
+
 device="${1:-cpu}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"
