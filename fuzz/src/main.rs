@@ -6,7 +6,6 @@
 //! - `emlab-fuzz run TARGET`: built with `--features afl` by `cargo afl build`, the AFL++
 //!   harness (scripts/fuzz.sh starts it); without the feature, one input from stdin.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -74,6 +73,7 @@ fn run(f: fn(&[u8]) -> bool) {
 
 #[cfg(not(feature = "afl"))]
 fn run(f: fn(&[u8]) -> bool) {
+    use std::io::Read;
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).expect("reading stdin");
     f(&input);
