@@ -159,8 +159,8 @@ pub fn load(
     })?;
     // burn's deserializer is not ours to harden: a panic on bytes it cannot read is an error here.
     let bytes = Bytes::from_bytes_vec(read("optimizer.bin")?);
-    let optim = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| optim.from_bytes(bytes)))
-        .map_err(|_| {
+    let optim = catch_quietly(|| optim.from_bytes(bytes))
+        .ok_or_else(|| {
             anyhow::anyhow!(
                 "{}: corrupt optimizer state (unreadable)",
                 ckpt.join("optimizer.bin").display()
@@ -173,4 +173,15 @@ pub fn load(
             )
         })?;
     Ok((model, optim, state))
+}
+
+/// Runs `f`, a panic becoming `None` without the panic hook's message: for a third-party parser
+/// that panics on bytes it cannot read, so that the user sees one clear error, and a fuzzer's
+/// abort-on-panic hook sees none.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.ok()
 }
