@@ -93,9 +93,7 @@ impl Linear {
             None => y,
         }
     }
-}
 
-impl Linear {
     /// The products of several projections of one input (a layer's Q, K and V; gate and up).
     /// When they are all blocks and the input is a few rows (decoding), the kernels run them in
     /// one pass over the threads; the results are the same as [`forward`](Self::forward)'s.

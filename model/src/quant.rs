@@ -201,10 +201,6 @@ impl QuantMatrix {
         for (m, y) in mats.iter().zip(ys.iter_mut()) {
             let (part, rest) = parts.split_at(n * m.rows);
             parts = rest;
-            if n == 1 {
-                y.copy_from_slice(part);
-                continue;
-            }
             for (j, col) in part.chunks_exact(n).enumerate() {
                 for (r, &v) in col.iter().enumerate() {
                     y[r * m.rows + j] = v;
@@ -262,11 +258,8 @@ impl Kernel {
     /// benchmark can compare them in one run.
     pub fn selected() -> Self {
         static SELECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        #[cfg(not(target_family = "wasm"))]
-        let named = std::env::var("EMLAB_QUANT_KERNEL").ok();
-        #[cfg(target_family = "wasm")]
-        let named: Option<String> = None;
         *SELECTED.get_or_init(|| {
+            let named = std::env::var("EMLAB_QUANT_KERNEL").ok();
             Self::available()
                 .into_iter()
                 .find(|k| named.as_deref() == Some(k.name()))
@@ -815,12 +808,20 @@ mod tests {
                 let x = random_x(n * cols, rows as u64);
                 let want = exact(&m, &x, n);
                 for kernel in Kernel::available() {
-                    // All n rows of x at once, through the kernel's tiles of several rows.
-                    let xsum = block_sums(&x);
+                    // Every row of W against all n rows of x in one call, through the kernel's
+                    // loop over W's rows and its tiles of several rows of x.
+                    let mut got = vec![0.0f32; rows * n];
+                    kernel.dot(
+                        format,
+                        m.rows_from(0, rows),
+                        &x,
+                        &block_sums(&x),
+                        n,
+                        cols,
+                        &mut got,
+                    );
                     for j in 0..rows {
-                        let mut got = vec![0.0f32; n];
-                        kernel.dot(format, m.row(j), &x, &xsum, n, cols, &mut got);
-                        for (r, g) in got.iter().enumerate() {
+                        for (r, g) in got[j * n..(j + 1) * n].iter().enumerate() {
                             let w = want[r * rows + j];
                             // f32 sums of `cols` products of size ≤ ~0.9: error ≪ 1e-4 · √cols.
                             assert!(

@@ -125,9 +125,9 @@ fn bench_kernels(a: KernelArgs) -> Result<()> {
         }
     }
     let bytes: usize = groups.iter().flatten().map(|q| q.size_bytes()).sum();
+    let widest = groups.iter().flatten().map(|q| q.cols).max().unwrap_or(0);
     let mut rng = emlab_model::sampling::Rng::new(1);
     for &n in &a.rows {
-        let widest = groups.iter().flatten().map(|q| q.cols).max().unwrap_or(0);
         let x: Vec<f32> = (0..n * widest).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let mut ys: Vec<Vec<Vec<f32>>> =
             groups.iter().map(|g| g.iter().map(|q| vec![0.0; n * q.rows]).collect()).collect();
