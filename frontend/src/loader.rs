@@ -2,8 +2,15 @@
 //! comes from the Cache API when a verified copy is there, else from the network with byte-level
 //! progress, and is checked against its hash before use. A cache entry that fails the check is
 //! deleted and fetched again; a cache that cannot store (quota, private mode) only costs speed.
+//!
+//! Bytes stay on the JavaScript side until they are verified, and the browser hashes them
+//! (SubtleCrypto, native code) when it can; a file's parts are then copied into wasm memory once,
+//! into the whole file. A returning visitor's load is mostly this path, so it is kept to one copy.
 
-use js_sys::{Uint8Array, wasm_bindgen::JsCast};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use js_sys::{ArrayBuffer, Uint8Array, wasm_bindgen::JsCast};
 use sha2::{Digest, Sha256};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
@@ -42,7 +49,24 @@ fn js_err(what: &str, e: JsValue) -> String {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of bytes held by JavaScript: the browser's own (native, off the worker's thread) where
+/// SubtleCrypto exists, which is a secure context (https, localhost); else ours, in wasm.
+pub async fn sha256_js(bytes: &Uint8Array) -> String {
+    let subtle = scope().ok().and_then(|s| s.crypto().ok()).map(|c| c.subtle());
+    if let Some(subtle) = subtle
+        && let Ok(promise) = subtle.digest_with_str_and_buffer_source("SHA-256", bytes)
+        && let Ok(digest) = JsFuture::from(promise).await
+    {
+        return hex(&Uint8Array::new(&digest).to_vec());
+    }
+    sha256_hex(&bytes.to_vec())
 }
 
 /// Opens the model cache, or None when the browser refuses (the app then works uncached).
@@ -57,15 +81,17 @@ pub async fn clear_cache() -> Result<(), String> {
     Ok(())
 }
 
+/// The body of a response, kept on the JavaScript side; `total` (from the manifest, checked against
+/// MAX_FILE_BYTES) bounds it: a longer body is refused.
 async fn response_bytes(
     resp: &Response,
     total: u64,
     mut on_progress: impl FnMut(u64),
-) -> Result<Vec<u8>, String> {
-    let Some(body) = resp.body() else { return Ok(Vec::new()) };
+) -> Result<Uint8Array, String> {
+    let Some(body) = resp.body() else { return Ok(Uint8Array::new_with_length(0)) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    // `total` comes from the manifest (checked against MAX_FILE_BYTES); more than it is refused.
-    let mut out = Vec::with_capacity(total.min(MAX_FILE_BYTES) as usize);
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
     loop {
         let chunk =
             JsFuture::from(reader.read()).await.map_err(|e| js_err("reading the download", e))?;
@@ -76,13 +102,21 @@ async fn response_bytes(
         if done {
             break;
         }
-        let value = js_sys::Reflect::get(&chunk, &"value".into())
-            .map_err(|e| js_err("reading the download", e))?;
-        out.extend_from_slice(&Uint8Array::new(&value).to_vec());
-        if out.len() as u64 > total {
+        let value: Uint8Array = js_sys::Reflect::get(&chunk, &"value".into())
+            .map_err(|e| js_err("reading the download", e))?
+            .unchecked_into();
+        len += u64::from(value.length());
+        if len > total {
             return Err(format!("the download is longer than the manifest says ({total} bytes)"));
         }
-        on_progress(out.len() as u64);
+        chunks.push(value);
+        on_progress(len);
+    }
+    let out = Uint8Array::new_with_length(len as u32);
+    let mut at = 0;
+    for chunk in chunks {
+        out.set(&chunk, at);
+        at += chunk.length();
     }
     Ok(out)
 }
@@ -107,25 +141,38 @@ pub async fn fetch_manifest(url: &str) -> Result<Manifest, String> {
     Ok(m)
 }
 
+/// A cached copy of `url` whose hash is the manifest's; a copy that is not is deleted.
+async fn from_cache(cache: &Cache, url: &str, entry: &FileEntry) -> Option<Uint8Array> {
+    let resp: Response = JsFuture::from(cache.match_with_str(url)).await.ok()?.dyn_into().ok()?;
+    let body = resp.array_buffer().ok().map(JsFuture::from);
+    let bytes = match body {
+        Some(body) => body.await.ok().and_then(|b| b.dyn_into::<ArrayBuffer>().ok()),
+        None => None,
+    };
+    if let Some(bytes) = bytes.map(|b| Uint8Array::new(&b))
+        && u64::from(bytes.length()) == entry.bytes
+        && sha256_js(&bytes).await == entry.sha256
+    {
+        return Some(bytes);
+    }
+    // Corrupt or stale: drop it and download again.
+    let _ = JsFuture::from(cache.delete_with_str(url)).await;
+    None
+}
+
 /// One file's verified bytes, from the cache or the network; `on_progress(bytes, from_cache)`.
 pub async fn fetch_verified(
     base: &str,
     entry: &FileEntry,
     cache: Option<&Cache>,
     mut on_progress: impl FnMut(u64, bool),
-) -> Result<Vec<u8>, String> {
+) -> Result<Uint8Array, String> {
     let url = entry.url(base);
     if let Some(cache) = cache
-        && let Ok(hit) = JsFuture::from(cache.match_with_str(&url)).await
-        && let Ok(resp) = hit.dyn_into::<Response>()
+        && let Some(bytes) = from_cache(cache, &url, entry).await
     {
-        let bytes = response_bytes(&resp, entry.bytes, |_| {}).await.unwrap_or_default();
-        if sha256_hex(&bytes) == entry.sha256 {
-            on_progress(bytes.len() as u64, true);
-            return Ok(bytes);
-        }
-        // Corrupt or stale: drop it and download again.
-        let _ = JsFuture::from(cache.delete_with_str(&url)).await;
+        on_progress(entry.bytes, true);
+        return Ok(bytes);
     }
     let resp: Response = JsFuture::from(scope()?.fetch_with_str(&url))
         .await
@@ -141,20 +188,67 @@ pub async fn fetch_verified(
         ));
     }
     let bytes = response_bytes(&resp, entry.bytes, |n| on_progress(n, false)).await?;
-    if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {
+    if u64::from(bytes.length()) != entry.bytes || sha256_js(&bytes).await != entry.sha256 {
         return Err(format!(
             "{}: the download does not match the manifest ({} bytes, expected {}): a corrupt transfer, a server that rewrites files, or a stale manifest",
             entry.name,
-            bytes.len(),
+            bytes.length(),
             entry.bytes
         ));
     }
-    if let Some(cache) = cache {
-        let body = Uint8Array::from(bytes.as_slice());
-        if let Ok(resp) = Response::new_with_opt_buffer_source(Some(&body)) {
-            // A full quota only means no caching.
-            let _ = JsFuture::from(cache.put_with_str(&url, &resp)).await;
-        }
+    if let Some(cache) = cache
+        && let Ok(resp) = Response::new_with_opt_buffer_source(Some(&bytes))
+    {
+        // A full quota only means no caching.
+        let _ = JsFuture::from(cache.put_with_str(&url, &resp)).await;
     }
     Ok(bytes)
+}
+
+/// Several files at once (downloads and cache reads overlap), each verified, with the parts of a
+/// file split for strict hosts (NAME.part000, NAME.part001, …) joined in manifest order: whole
+/// files by name, each copied into wasm memory once. `on_progress(bytes so far, total, from_cache)`.
+pub async fn fetch_files(
+    base: &str,
+    entries: &[FileEntry],
+    cache: Option<&Cache>,
+    on_progress: impl Fn(u64, u64, bool),
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let loaded = RefCell::new(vec![0u64; entries.len()]);
+    let fetches = entries.iter().enumerate().map(|(i, entry)| {
+        let (loaded, on_progress) = (&loaded, &on_progress);
+        fetch_verified(base, entry, cache, move |n, from_cache| {
+            let sum = {
+                let mut loaded = loaded.borrow_mut();
+                loaded[i] = n;
+                loaded.iter().sum()
+            };
+            on_progress(sum, total, from_cache);
+        })
+    });
+    let parts = futures::future::try_join_all(fetches).await?;
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in entries {
+        *sizes.entry(whole_name(&entry.name)).or_default() += entry.bytes as usize;
+    }
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (entry, bytes) in entries.iter().zip(parts) {
+        let name = whole_name(&entry.name);
+        let file = files.entry(name.clone()).or_insert_with(|| Vec::with_capacity(sizes[&name]));
+        let at = file.len();
+        file.resize(at + bytes.length() as usize, 0);
+        bytes.copy_to(&mut file[at..]);
+    }
+    Ok(files)
+}
+
+/// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
+pub fn whole_name(name: &str) -> String {
+    match name.rsplit_once(".part") {
+        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            stem.to_string()
+        }
+        _ => name.to_string(),
+    }
 }

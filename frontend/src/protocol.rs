@@ -52,7 +52,6 @@ pub enum FromWorker {
     /// The worker's code is running and listening (messages sent before this would be lost).
     Started,
     Progress {
-        file: String,
         loaded: u64,
         total: u64,
         from_cache: bool,

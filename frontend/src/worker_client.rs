@@ -25,8 +25,19 @@ fn worker_url() -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineStatus {
     Starting,
-    Loading { file: String, loaded: u64, total: u64, from_cache: bool },
-    Ready { device: String, notice: Option<String>, detail: Option<String>, variants: Vec<String> },
+    /// `seconds_left`: an estimate from the rate so far, once there is one worth showing.
+    Loading {
+        loaded: u64,
+        total: u64,
+        from_cache: bool,
+        seconds_left: Option<f64>,
+    },
+    Ready {
+        device: String,
+        notice: Option<String>,
+        detail: Option<String>,
+        variants: Vec<String>,
+    },
     Failed(String),
 }
 
@@ -55,6 +66,8 @@ pub struct Engine {
     load: StoredValue<ToWorker>,
     /// Why the engine left WebGPU (a sentence and its detail), shown with the CPU's Ready status.
     crash_notice: StoredValue<Option<(String, String)>>,
+    /// When the first byte of this load arrived (ms, page clock), for the time-left estimate.
+    load_started: StoredValue<Option<(f64, u64)>>,
 }
 
 impl Engine {
@@ -69,6 +82,7 @@ impl Engine {
             next_id: StoredValue::new(1),
             load: StoredValue::new(ToWorker::Load { models_url, device }),
             crash_notice: StoredValue::new(None),
+            load_started: StoredValue::new(None),
         };
         engine.spawn();
         engine
@@ -154,8 +168,25 @@ impl Engine {
     fn on_message(self, msg: FromWorker) {
         match msg {
             FromWorker::Started => self.send(&self.load.get_value()),
-            FromWorker::Progress { file, loaded, total, from_cache } => {
-                self.status.set(EngineStatus::Loading { file, loaded, total, from_cache })
+            FromWorker::Progress { loaded, total, from_cache } => {
+                let now = js_sys::Date::now();
+                let (t0, at0) = match self.load_started.get_value() {
+                    Some(start)
+                        if matches!(self.status.get_untracked(), EngineStatus::Loading { .. }) =>
+                    {
+                        start
+                    }
+                    _ => {
+                        self.load_started.set_value(Some((now, loaded)));
+                        (now, loaded)
+                    }
+                };
+                let seconds_left = estimate_seconds_left(
+                    now - t0,
+                    loaded - at0.min(loaded),
+                    total - loaded.min(total),
+                );
+                self.status.set(EngineStatus::Loading { loaded, total, from_cache, seconds_left })
             }
             FromWorker::Ready { device, notice, detail, variants } => {
                 let (notice, detail) = match self.crash_notice.get_value() {
@@ -264,4 +295,11 @@ impl Engine {
     pub fn output(&self, id: u64) -> Option<Output> {
         self.outputs.with(|outs| outs.iter().find(|(i, _)| *i == id).map(|(_, o)| o.clone()))
     }
+}
+
+/// Seconds left at the rate so far: None until a second has passed and some bytes arrived (an
+/// early rate says little), or when nothing is left.
+pub fn estimate_seconds_left(elapsed_ms: f64, bytes_done: u64, bytes_left: u64) -> Option<f64> {
+    (elapsed_ms >= 1000.0 && bytes_done > 0 && bytes_left > 0)
+        .then(|| bytes_left as f64 * elapsed_ms / 1000.0 / bytes_done as f64)
 }

@@ -1,5 +1,7 @@
 // A plain static file server for the browser tests, like any static host: files only, no server
-// logic. `prefix` serves the folder under a sub-path (e.g. "/em-lab/"); `cors` adds the header a
+// logic, and validators as hosts send them (an ETag, answered with 304 when it still matches, and
+// `Cache-Control: no-cache`, as Netlify does), so a browser's HTTP cache and its cache of compiled
+// WebAssembly work as they would for a visitor. `prefix` serves the folder under a sub-path (e.g. "/em-lab/"); `cors` adds the header a
 // second origin needs to serve the model files. `mangleBinary` acts like careless hosts do with
 // files they do not know: a generic content type, and gzip on the wire (Content-Encoding: gzip).
 import http from "node:http";
@@ -29,7 +31,10 @@ export async function serveStatic(rootDir, { prefix = "/", cors = false, mangleB
         res.end(zlib.gzipSync(data, { level: 1 }));
         return;
       }
-      res.writeHead(200, { ...headers, "Content-Type": known || "application/octet-stream" });
+      const etag = `"${data.length.toString(16)}-${fs.statSync(file).mtimeMs.toString(16)}"`;
+      const validators = { "ETag": etag, "Cache-Control": "no-cache" };
+      if (req.headers["if-none-match"] === etag) { res.writeHead(304, { ...headers, ...validators }); res.end(); return; }
+      res.writeHead(200, { ...headers, ...validators, "Content-Type": known || "application/octet-stream" });
       res.end(data);
     });
   });

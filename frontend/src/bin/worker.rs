@@ -111,24 +111,17 @@ async fn load(
         loader::fetch_manifest(&format!("{}/manifest.json", models_url.trim_end_matches('/')))
             .await?;
     let cache = loader::open_cache().await;
-    let base_files: Vec<&loader::FileEntry> =
-        manifest.files.iter().filter(|f| f.name.starts_with("base/")).collect();
-    let total: u64 = base_files.iter().map(|f| f.bytes).sum();
-    let mut done = 0u64;
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for entry in base_files {
-        let bytes = loader::fetch_verified(models_url, entry, cache.as_ref(), |n, from_cache| {
-            post(&FromWorker::Progress {
-                file: entry.name.clone(),
-                loaded: done + n,
-                total,
-                from_cache,
-            });
-        })
-        .await?;
-        done += entry.bytes;
-        files.insert(entry.name.clone(), bytes);
-    }
+    let base_files: Vec<loader::FileEntry> =
+        manifest.files.iter().filter(|f| f.name.starts_with("base/")).cloned().collect();
+    let mut files = loader::fetch_files(
+        models_url,
+        &base_files,
+        cache.as_ref(),
+        |loaded, total, from_cache| {
+            post(&FromWorker::Progress { loaded, total, from_cache });
+        },
+    )
+    .await?;
     if let Some(cache) = &cache {
         // Cache keys are absolute URLs.
         let absolute = |e: &loader::FileEntry| {
@@ -138,7 +131,6 @@ async fn load(
         };
         loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
     }
-    let mut files = join_parts(&manifest.files, files);
     let gguf = files.remove(BASE_GGUF);
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));
     // The base ships as its GGUF (config, tokenizer and chat template in its metadata), or as a
@@ -186,30 +178,6 @@ async fn load(
     Ok(())
 }
 
-/// Files split for strict hosts arrive as NAME.part000, NAME.part001, …: joined in manifest order.
-fn join_parts(
-    entries: &[loader::FileEntry],
-    mut files: BTreeMap<String, Vec<u8>>,
-) -> BTreeMap<String, Vec<u8>> {
-    let mut joined: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for entry in entries {
-        if let Some(bytes) = files.remove(&entry.name) {
-            joined.entry(whole_name(&entry.name)).or_default().extend(bytes);
-        }
-    }
-    joined
-}
-
-/// `x.safetensors.part002` → `x.safetensors`; other names unchanged.
-fn whole_name(name: &str) -> String {
-    match name.rsplit_once(".part") {
-        Some((stem, n)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
-            stem.to_string()
-        }
-        _ => name.to_string(),
-    }
-}
-
 /// The model of a variant, built on first use: its adapter is fetched (verified, cached) and
 /// attached to the shared base weights.
 async fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, String> {
@@ -224,14 +192,7 @@ async fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, St
         (base, entries, st.models_url.clone())
     };
     let cache = loader::open_cache().await;
-    let mut files = BTreeMap::new();
-    for entry in &entries {
-        files.insert(
-            entry.name.clone(),
-            loader::fetch_verified(&models_url, entry, cache.as_ref(), |_, _| {}).await?,
-        );
-    }
-    let files = join_parts(&entries, files);
+    let files = loader::fetch_files(&models_url, &entries, cache.as_ref(), |_, _, _| {}).await?;
     let get = |f: &str| {
         files
             .get(&format!("adapters/{name}/{f}"))

@@ -10,13 +10,14 @@ pub fn LoadingStatus() -> impl IntoView {
     move || {
         match engine.status.get() {
         EngineStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
-        EngineStatus::Loading { file, loaded, total, from_cache } => {
+        EngineStatus::Loading { loaded, total, from_cache, seconds_left } => {
             let pct = if total > 0 { loaded as f64 * 100.0 / total as f64 } else { 0.0 };
-            let source = if from_cache { "from this browser's cache" } else { "downloading" };
+            let source = if from_cache { "from this browser's cache" } else { "downloading the model" };
+            let left = seconds_left.map(|s| format!(", about {} left", duration(s))).unwrap_or_default();
             view! {
                 <div class="status">
-                    <progress max="100" value=pct></progress>
-                    <span>{format!(" {:.1} / {:.1} MB ({source} {file})", loaded as f64 / 1e6, total as f64 / 1e6)}</span>
+                    <progress max="100" value=pct aria-label="Model download"></progress>
+                    <span>{format!(" {:.1} / {:.1} MB ({source}{left})", loaded as f64 / 1e6, total as f64 / 1e6)}</span>
                 </div>
             }
             .into_any()
@@ -35,5 +36,14 @@ pub fn LoadingStatus() -> impl IntoView {
         }
         .into_any(),
     }
+    }
+}
+
+/// "40 s", "3 min": rounded as people say it.
+fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{} s", seconds.ceil().max(1.0))
+    } else {
+        format!("{} min", (seconds / 60.0).round())
     }
 }
