@@ -42,6 +42,9 @@ async fn last_logits(device: &Device, seed: u64, ids: &[u32]) -> Vec<f32> {
 
 #[wasm_bindgen_test]
 async fn tiny_model_logits_on_cpu_and_webgpu_equal_native() {
+    // As the page's entry points do: linking the crate's call to the constructors means the linker
+    // no longer runs them for us, and cubecl's IR registry is built by them.
+    emlab_frontend::run_static_constructors();
     let f = fixture();
     let ids: Vec<u32> =
         f["tiny_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();

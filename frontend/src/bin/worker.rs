@@ -56,6 +56,7 @@ fn now_s() -> f64 {
 }
 
 fn main() {
+    emlab_frontend::run_static_constructors();
     let state = Rc::new(RefCell::new(State::default()));
     let stop = Rc::new(Cell::new(false));
     let onmessage = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
