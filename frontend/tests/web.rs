@@ -167,3 +167,26 @@ fn manifests_with_absurd_sizes_or_escaping_paths_are_refused() {
     bad(vec![file("https://evil.example/x", 10)], "outside the model folder");
     bad(vec![FileEntry { sha256: "zz".into(), ..file("base/x", 10) }], "not a sha256");
 }
+
+static CONSTRUCTOR_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+extern "C" fn count_constructor_run() {
+    CONSTRUCTOR_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+/// A constructor of our own, registered as `inventory` registers cubecl's.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static COUNT_CONSTRUCTOR_RUNS: extern "C" fn() = count_constructor_run;
+
+/// Static constructors run once, not on every call from JavaScript into the module (what wasm-ld
+/// does to a command-style binary, and what cost the page ~1 ms a call).
+#[wasm_bindgen_test]
+async fn static_constructors_run_once() {
+    emlab_frontend::run_static_constructors();
+    for _ in 0..3 {
+        // Each resolved promise is a call from JavaScript into the module.
+        let resolved = js_sys::Promise::resolve(&wasm_bindgen::JsValue::NULL);
+        wasm_bindgen_futures::JsFuture::from(resolved).await.unwrap();
+    }
+    emlab_frontend::run_static_constructors();
+    assert_eq!(CONSTRUCTOR_RUNS.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
