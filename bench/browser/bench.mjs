@@ -35,7 +35,9 @@ fs.mkdirSync(path.join(benchDir, "gguf"));
 fs.symlinkSync(gguf, path.join(benchDir, "gguf/model.gguf"));
 const bench = await serveStatic(benchDir);
 
-const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"];
+// EMLAB_BENCH_CHROMIUM_FLAGS adds flags (bench/gpu.sh: Vulkan, to reach a hardware GPU).
+const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+  ...(process.env.EMLAB_BENCH_CHROMIUM_FLAGS ?? "").split(" ").filter(Boolean)];
 const launch = () => chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), "emlab-bench-profile-")), { executablePath: "/usr/bin/chromium", headless: true, args: flags });
 
 /// Figures from the arrival time of each token (ms from the request).
