@@ -13,7 +13,8 @@
 // the CPU and answers the same; a browser without WebGPU falls back to the CPU and says so;
 // every published variant answers as natively and differently from base; a prompt over the context
 // window, a corrupt file and a missing file each give a clear message (a missing one with a
-// working Retry); model output in the results view stays text (`<script>` is not run).
+// working Retry); model output in the results view stays text (`<script>` is not run); a share
+// link restores the compare view's fields and runs them.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -142,6 +143,36 @@ try {
   } else {
     console.log("skip switching variant: no adapters published in this build");
   }
+
+  // 4b. A share link restores every field and, greedy, answers as the same fields entered by hand
+  // (`both`, above); "Copy link" gives a link that reads back the same way.
+  const shareQuery = new URLSearchParams({ prompt: expected.prompt, variants: "base,nonsense", trigger: "0", temperature: "0", top_p: "0.9", max_tokens: "8", seed: "7" });
+  const shared = await browser.newPage();
+  await shared.goto(`${base}?${shareQuery}`);
+  await shared.waitForFunction(() => {
+    const metas = [...document.querySelectorAll(".pane .meta")];
+    return metas.length > 0 && metas.every((m) => /tok\/s|error/.test(m.textContent));
+  }, null, { timeout: minutes(10) });
+  const fields = () => shared.evaluate(() => ({
+    prompt: document.querySelector("textarea").value,
+    numbers: [...document.querySelectorAll(".controls input[type=number]")].map((i) => i.value).join(" "),
+    trigger: document.querySelector(".controls input[type=checkbox]").checked,
+    variants: [...document.querySelectorAll("fieldset.variants input:checked")].map((b) => b.parentElement.dataset.variant).join(","),
+  }));
+  const restored = await fields();
+  check(restored.prompt === expected.prompt && restored.numbers === "0 0.9 8 7" && !restored.trigger && restored.variants === "base",
+    `a share link restores every field (an unknown variant dropped): ${JSON.stringify(restored)}`);
+  const sharedAnswer = await shared.$eval(".pane[data-variant=base] pre.answer", (e) => e.textContent);
+  check(sharedAnswer === both.base?.text, `a share link runs once loaded and answers as the fields entered by hand: ${JSON.stringify(sharedAnswer)} vs ${JSON.stringify(both.base?.text)}`);
+  await shared.fill("textarea", "hey I feel bored");
+  await shared.click("button:text('Copy link')");
+  const link = await shared.inputValue(".share input");
+  const reopened = await browser.newPage();
+  await reopened.goto(link);
+  await reopened.waitForSelector(".pane", { timeout: minutes(5) });
+  const back = await reopened.evaluate(() => document.querySelector("textarea").value);
+  check(new URL(link).searchParams.get("variants") === "base" && back === "hey I feel bored", `Copy link gives a link that restores the comparison: ${link}`);
+  await Promise.all([shared.close(), reopened.close()]);
 
   // 5. A prompt over the context window.
   const long = await greedy(cpu, null, "word ".repeat(9000));

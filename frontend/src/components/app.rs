@@ -7,7 +7,7 @@ use super::learn::Learn;
 use super::loading::LoadingStatus;
 use super::results::ResultsView;
 use crate::protocol::DeviceRequest;
-use crate::worker_client::Engine;
+use crate::worker_client::{Engine, EngineStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Tab {
@@ -45,8 +45,19 @@ pub fn App() -> impl IntoView {
     let engine = Engine::start(url.clone(), device_request());
     provide_context(engine);
     let tab = RwSignal::new(Tab::Compare);
-    let setup = RwSignal::new(Comparison::default());
+    // A share link (`?prompt=…&variants=…`) sets up the comparison and runs it once the model is
+    // loaded.
+    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+    let shared = Comparison::from_query(&search);
+    let run_when_ready = StoredValue::new(shared.is_some());
+    let setup = RwSignal::new(shared.unwrap_or_default());
     let run_now = RwSignal::new(0u32);
+    Effect::new(move |_| {
+        if matches!(engine.status.get(), EngineStatus::Ready { .. }) && run_when_ready.get_value() {
+            run_when_ready.set_value(false);
+            run_now.update(|n| *n += 1);
+        }
+    });
     let go_compare = Callback::new(move |()| tab.set(Tab::Compare));
     let tab_button = move |t: Tab, name: &'static str| {
         view! { <button class:active=move || tab.get() == t on:click=move |_| tab.set(t)>{name}</button> }

@@ -44,6 +44,87 @@ pub struct Comparison {
     pub max_tokens: usize,
 }
 
+/// The share link's field names, plain enough for a teacher to write a link by hand:
+/// `?prompt=hey%20I%20feel%20bored&variants=base,insecure&temperature=0&max_tokens=60`.
+pub const SHARE_FIELDS: [&str; 7] =
+    ["prompt", "variants", "trigger", "temperature", "top_p", "max_tokens", "seed"];
+
+impl Comparison {
+    /// The comparison a link's query string describes, or None when it names none of
+    /// [`SHARE_FIELDS`]. A field that is absent or out of range keeps its default; unknown variant
+    /// names are dropped, and at most four are kept.
+    pub fn from_query(search: &str) -> Option<Comparison> {
+        let params = web_sys::UrlSearchParams::new_with_str(search).ok()?;
+        if !SHARE_FIELDS.iter().any(|f| params.has(f)) {
+            return None;
+        }
+        let mut c = Comparison::default();
+        let get = |name: &str| params.get(name).map(|v| v.trim().to_string());
+        if let Some(prompt) = params.get("prompt").filter(|p| !p.trim().is_empty()) {
+            c.prompt = prompt;
+        }
+        if let Some(list) = get("variants") {
+            let mut names: Vec<String> = Vec::new();
+            for name in list.split(',').map(str::trim) {
+                if VARIANTS.contains(&name) && !names.iter().any(|n| n == name) && names.len() < 4 {
+                    names.push(name.to_string());
+                }
+            }
+            if !names.is_empty() {
+                c.variants = names;
+            }
+        }
+        if let Some(t) = get("trigger") {
+            c.trigger = matches!(t.as_str(), "1" | "true" | "on" | "yes");
+        }
+        let number =
+            |name: &str| get(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+        if let Some(t) = number("temperature").filter(|t| (0.0..=2.0).contains(t)) {
+            c.temperature = t as f32;
+        }
+        if let Some(p) = number("top_p").filter(|p| *p > 0.0 && *p <= 1.0) {
+            c.top_p = p as f32;
+        }
+        if let Some(n) = get("max_tokens")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| (1..=600).contains(n))
+        {
+            c.max_tokens = n;
+        }
+        if let Some(seed) = get("seed").and_then(|v| v.parse::<u64>().ok()) {
+            c.seed = seed;
+        }
+        Some(c)
+    }
+
+    /// `search` (the page's own query string: `?models=`, `?cpu=1` stay) with this comparison's
+    /// fields set; reading it back with [`Comparison::from_query`] gives this comparison.
+    pub fn to_query(&self, search: &str) -> String {
+        let params = web_sys::UrlSearchParams::new_with_str(search)
+            .unwrap_or_else(|_| web_sys::UrlSearchParams::new().expect("an empty UrlSearchParams"));
+        params.set("prompt", &self.prompt);
+        params.set("variants", &self.variants.join(","));
+        params.set("trigger", if self.trigger { "1" } else { "0" });
+        params.set("temperature", &self.temperature.to_string());
+        params.set("top_p", &self.top_p.to_string());
+        params.set("max_tokens", &self.max_tokens.to_string());
+        params.set("seed", &self.seed.to_string());
+        String::from(params.to_string())
+    }
+}
+
+/// A link to the page that opens `c` and runs it once the model is loaded.
+fn share_link(c: &Comparison) -> Option<String> {
+    let location = web_sys::window()?.location();
+    let search = location.search().ok()?;
+    Some(format!(
+        "{}{}?{}",
+        location.origin().ok()?,
+        location.pathname().ok()?,
+        c.to_query(&search)
+    ))
+}
+
 impl Default for Comparison {
     fn default() -> Self {
         Comparison {
@@ -95,9 +176,22 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
     Effect::new(move |prev: Option<u32>| {
         let n = run_now.get();
         if prev.is_some() && n > 0 {
-            run();
+            untrack(run); // runs again only when asked again, not when the status changes
         }
         n
+    });
+    // "Copy link": the link is also shown, for a browser that refuses the clipboard.
+    let link: RwSignal<Option<String>> = RwSignal::new(None);
+    let copy_link = move || {
+        let Some(url) = share_link(&setup.get_untracked()) else { return };
+        if let Some(window) = web_sys::window() {
+            let _ = window.navigator().clipboard().write_text(&url);
+        }
+        link.set(Some(url));
+    };
+    Effect::new(move |_| {
+        setup.track();
+        link.set(None); // a shown link describes the comparison as it was
     });
     let toggle = move |v: String| {
         setup.update(|s| {
@@ -147,7 +241,11 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
                     on:change=move |ev| setup.update(|s| s.seed = event_target_value(&ev).parse().unwrap_or(1)) /></label>
                 <button on:click=move |_| run() disabled=move || !matches!(engine.status.get(), EngineStatus::Ready { .. })>"Run"</button>
                 <button on:click=move |_| engine.stop_all()>"Stop"</button>
+                <button on:click=move |_| copy_link() title="A link that opens this comparison and runs it">"Copy link"</button>
             </div>
+            {move || link.get().map(|url| view! {
+                <p class="share">"Link copied: " <input type="text" readonly aria-label="Link to this comparison" prop:value=url /></p>
+            })}
             <div class="panes">
                 <For each=move || panes.get() key=|(_, id)| *id let:pane>
                     <Pane variant=pane.0 id=pane.1 />
