@@ -250,11 +250,20 @@ try {
   check(true, "Retry loads the model once the file is back");
   await fresh.close();
 
-  // 8. Phone-sized screen.
-  await cpu.setViewportSize({ width: 390, height: 844 });
+  // 8. Phone-sized screen, and dark mode from the system setting.
+  await cpu.setViewportSize({ width: 375, height: 812 });
   const wide = await cpu.evaluate(() => document.documentElement.scrollWidth);
-  check(wide <= 390, `no horizontal scrolling on a 390 px screen (${wide} px)`);
+  check(wide <= 375, `no horizontal scrolling on a 375 px screen (${wide} px)`);
   await cpu.screenshot({ path: path.join(shots, "phone.png"), fullPage: true });
+  const lightness = () => cpu.evaluate(() => {
+    const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\d+/g).map(Number);
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+  });
+  const light = await lightness();
+  await cpu.emulateMedia({ colorScheme: "dark" });
+  const dark = await lightness();
+  check(light > 0.8 && dark < 0.2, `the page follows the system's dark mode (background lightness ${light.toFixed(2)} -> ${dark.toFixed(2)})`);
+  await cpu.screenshot({ path: path.join(shots, "phone-dark.png"), fullPage: true });
   await browser.close();
 } catch (e) {
   failures.push(String(e));
