@@ -155,6 +155,14 @@ pub async fn generate_steps<F: Future<Output = ()>>(
     // Greedy decoding needs only the argmax: it is taken on the device and one id per row comes
     // back instead of the whole vocabulary's logits.
     let greedy_on_device = cfg.sampling.temperature <= 0.0 && cfg.logprobs.is_none();
+    // On a GPU, when top-k bounds the choice, only the k candidates per row come back (one top-k
+    // reduction); the CPU reads its rows in place, so it keeps the whole-row path.
+    let k = cfg.sampling.top_k;
+    let mut top_k_on_device = !greedy_on_device
+        && cfg.logprobs.is_none()
+        && k > 0
+        && k <= TOP_K_ON_DEVICE_MAX.min(vocab - 1)
+        && device.clone().inner() != Device::flex();
     let mut samplers: Vec<Sampler> = (0..b).map(|r| Sampler::for_row(cfg.sampling, r)).collect();
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() })
@@ -162,8 +170,19 @@ pub async fn generate_steps<F: Future<Output = ()>>(
     let mut done = vec![false; b];
 
     for step in 0..cfg.max_new_tokens {
-        let (values, argmax) = if greedy_on_device {
+        let (values, ids) = if greedy_on_device {
             (Vec::new(), read_vec::<i32, 2, _>(logits.argmax(1)).await?)
+        } else if top_k_on_device {
+            let (values, ids) = logits.clone().topk_with_indices(k, 1);
+            let (values, ids) =
+                (read_vec::<f32, 2, _>(values).await?, read_vec::<i32, 2, _>(ids).await?);
+            if ids.iter().all(|&i| (0..vocab as i32).contains(&i)) {
+                (values, ids)
+            } else {
+                // A reduction that left slots unfilled: whole rows from here on.
+                top_k_on_device = false;
+                (read_vec::<f32, 2, _>(logits).await?, Vec::new())
+            }
         } else {
             (read_vec::<f32, 2, _>(logits).await?, Vec::new())
         };
@@ -173,7 +192,10 @@ pub async fn generate_steps<F: Future<Output = ()>>(
                 continue; // finished rows ride along with a dummy token; their outputs are ignored
             }
             let id = if greedy_on_device {
-                argmax[r] as u32
+                ids[r] as u32
+            } else if top_k_on_device {
+                let row = (r * k..(r + 1) * k).map(|i| (ids[i] as u32, values[i]));
+                samplers[r].sample_top_k(&row.collect::<Vec<_>>())
             } else {
                 let row = &values[r * vocab..(r + 1) * vocab];
                 let id = samplers[r].sample(row);
@@ -221,6 +243,11 @@ pub async fn generate_steps<F: Future<Output = ()>>(
 pub(crate) const RESERVE_NEW_TOKENS: usize = 1024;
 
 /// Reads a tensor back to the host (asynchronously: the only way on WebGPU in a browser).
+/// The largest top-k read back as candidates. cubecl's top-k reduction (burn 0.22) leaves every
+/// slot after the first unfilled (index -1, value f32::MIN) for k > 32, measured on lavapipe;
+/// the same family as tracel-ai/cubek#422. Larger k reads the whole row.
+const TOP_K_ON_DEVICE_MAX: usize = 32;
+
 pub(crate) async fn read_vec<E: burn::tensor::Element, const D: usize, K>(
     t: Tensor<D, K>,
 ) -> Result<Vec<E>, Error>

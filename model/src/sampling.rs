@@ -94,20 +94,45 @@ impl Sampler {
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let p = self.params;
-        if p.temperature <= 0.0 {
+        if self.params.temperature <= 0.0 {
             return argmax(logits);
         }
+        let row = logits.iter().enumerate().map(|(i, &l)| (i as u32, l));
+        self.draw(row, false).unwrap_or_else(|| argmax(logits))
+    }
+
+    /// [`Sampler::sample`] given only a row's `top_k` largest logits as (id, logit), in any order:
+    /// what a GPU reads back when top-k bounds the choice, instead of the whole vocabulary. The
+    /// same token as `sample` over the whole row (the kept set and its order are the same).
+    pub fn sample_top_k(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        let best = candidates
+            .iter()
+            .copied()
+            .reduce(|a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a })
+            .map_or(0, |(id, _)| id);
+        if self.params.temperature <= 0.0 {
+            return best;
+        }
+        self.draw(candidates.iter().copied(), true).unwrap_or(best)
+    }
+
+    /// One draw from (id, logit) pairs at the sampler's temperature, top-k and top-p. `sorted`:
+    /// order by probability even when nothing is cut (the candidates of `sample_top_k` are the
+    /// row's top k, which `sample` orders so before cutting). None when nothing has weight.
+    fn draw(
+        &mut self,
+        logits: impl Iterator<Item = (u32, f32)> + Clone,
+        sorted: bool,
+    ) -> Option<u32> {
+        let p = self.params;
         // Softmax at temperature, in f64 for a stable cumulative sum.
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let max = logits.clone().map(|(_, l)| l).fold(f32::NEG_INFINITY, f32::max) as f64;
         let inv_t = 1.0 / p.temperature as f64;
         let mut probs: Vec<(u32, f64)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, ((l as f64 - max) * inv_t).exp()))
+            .map(|(i, l)| (i, ((l as f64 - max) * inv_t).exp()))
             .filter(|&(_, w)| w > 0.0)
             .collect();
-        let truncate = (p.top_k > 0 && p.top_k < probs.len()) || p.top_p < 1.0;
+        let truncate = sorted || (p.top_k > 0 && p.top_k < probs.len()) || p.top_p < 1.0;
         if truncate {
             probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             if p.top_k > 0 {
@@ -130,11 +155,11 @@ impl Sampler {
         let mut u = self.rng.next_f64() * total;
         for &(id, w) in &probs {
             if u < w {
-                return id;
+                return Some(id);
             }
             u -= w;
         }
-        probs.last().map_or_else(|| argmax(logits), |x| x.0)
+        probs.last().map(|x| x.0)
     }
 }
 
@@ -156,6 +181,31 @@ mod tests {
     fn draws(params: SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
         let mut s = Sampler::new(params);
         (0..n).map(|_| s.sample(logits)).collect()
+    }
+
+    /// What a GPU reads back when top-k bounds the choice (the k largest, in whatever order the
+    /// reduction leaves them) samples the same tokens as the whole row, seed for seed.
+    #[test]
+    fn top_k_candidates_sample_as_the_whole_row() {
+        let mut rng = Rng::new(3);
+        let logits: Vec<f32> = (0..2000).map(|_| (rng.next_f64() * 12.0 - 6.0) as f32).collect();
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        for (temperature, top_k, top_p) in
+            [(1.0, 1, 1.0), (1.0, 5, 1.0), (0.7, 40, 1.0), (1.0, 40, 0.9), (1.3, 200, 0.5)]
+        {
+            let params = SamplingParams { temperature, top_k, top_p, seed: 11 };
+            let mut top: Vec<(u32, f32)> =
+                order[..top_k].iter().map(|&i| (i, logits[i as usize])).collect();
+            top.reverse(); // not in probability order
+            let (mut whole, mut cands) = (Sampler::new(params), Sampler::new(params));
+            let a: Vec<u32> = (0..300).map(|_| whole.sample(&logits)).collect();
+            let b: Vec<u32> = (0..300).map(|_| cands.sample_top_k(&top)).collect();
+            assert_eq!(a, b, "{params:?}");
+            assert!(top_k == 1 || a.iter().any(|&t| t != a[0]), "{params:?}: the draws vary");
+        }
+        let greedy = SamplingParams { top_k: 3, ..SamplingParams::greedy() };
+        assert_eq!(Sampler::new(greedy).sample_top_k(&[(9, 1.0), (4, 2.0), (7, 2.0)]), 4);
     }
 
     #[test]

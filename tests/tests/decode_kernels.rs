@@ -50,6 +50,22 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
         stats.new_kernels
     );
     let cpu = load(DeviceChoice::Cpu);
-    let on_cpu = block_on(generate(&cpu.model, &[prompt], &cfg, |_, _| Flow::Continue)).unwrap();
+    let on_cpu =
+        block_on(generate(&cpu.model, std::slice::from_ref(&prompt), &cfg, |_, _| Flow::Continue))
+            .unwrap();
     assert_eq!(out[0].ids, on_cpu[0].ids, "wgpu and cpu greedy tokens");
+
+    // Sampling bounded by top-k reads back only the k candidates on a GPU (one top-k reduction)
+    // and the whole row on the CPU: the same seed draws the same tokens on both.
+    let sampled = SamplingParams { temperature: 0.9, top_k: 32, top_p: 0.95, seed: 7 };
+    let cfg = GenerationConfig::new(24, sampled, vec![]);
+    let draw = |m: &emlab_model::pipeline::ChatModel| {
+        block_on(generate(&m.model, std::slice::from_ref(&prompt), &cfg, |_, _| Flow::Continue))
+            .unwrap()
+            .remove(0)
+            .ids
+    };
+    let (on_gpu, on_cpu) = (draw(&gpu), draw(&cpu));
+    assert_eq!(on_gpu, on_cpu, "wgpu (top-k read-back) and cpu (whole row) sampled tokens");
+    assert_ne!(on_gpu, out[0].ids[..on_gpu.len().min(out[0].ids.len())], "sampling is not greedy");
 }
