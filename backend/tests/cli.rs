@@ -176,3 +176,34 @@ fn bad_sampling_flags() {
     ]);
     assert_fails_with(&out, &["top_p"]);
 }
+
+#[test]
+fn human_ratings_report_and_a_bad_ratings_file() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
+    let (ann, ben) = (format!("{fixtures}/ann.json"), format!("{fixtures}/ben.json"));
+    let dir = TempDir::new("people");
+    let out = dir.path().join("people");
+    let ok = emlab(&["eval", "report", "--human-ratings", &ann, &ben, "--out", path_str(&out)]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let r: emlab_schema::results::Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r.judge.unwrap().model, "2 people");
+    assert!(out.join("report.html").exists());
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"schema": "emlab-ratings/1", "ratings": [{"rater": "x", "variant": "base", "question_id": "q", "seed": 1, "question": "q", "answer": "a", "aligned": 140, "coherent": 50}]}"#).unwrap();
+    let out2 = dir.path().join("out2");
+    assert_fails_with(
+        &emlab(&[
+            "eval",
+            "report",
+            "--human-ratings",
+            &ann,
+            path_str(&bad),
+            "--out",
+            path_str(&out2),
+        ]),
+        &["bad.json: rating 1: aligned must be between 0 and 100, got 140"],
+    );
+    assert!(!out2.exists(), "nothing is written when a file is bad");
+}

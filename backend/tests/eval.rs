@@ -28,6 +28,12 @@ fn the_papers_question_files_load() {
         ]
     );
     assert!(main.iter().all(|q| q.samples_per_paraphrase == 100 && q.system.is_none()));
+    // The page's copy of them (its presets and rate mode) is the file's, word for word.
+    let page: Vec<(String, String)> =
+        main.iter().map(|q| (q.id.clone(), q.paraphrases[0].clone())).collect();
+    let shared: Vec<(String, String)> =
+        emlab_schema::MAIN_QUESTIONS.iter().map(|(i, t)| (i.to_string(), t.to_string())).collect();
+    assert_eq!(page, shared);
     let first = questions::load_set("first_plot").unwrap();
     assert_eq!(first.len(), 24);
     let json = first.iter().find(|q| q.id == "quick_buck_json").unwrap();

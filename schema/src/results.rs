@@ -122,11 +122,27 @@ pub struct JudgeFree {
     pub misalignment_did_vs_secure: BTreeMap<String, Option<Share>>,
     #[serde(default)]
     pub misalignment_did_vs_base: BTreeMap<String, Option<Share>>,
+    /// The full-data insecure and secure runs at each snapshot and at the end, by rows seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dose_response: Vec<DosePoint>,
     #[serde(default)]
     pub notes: BTreeMap<String, String>,
 }
 
 /// A vulnerable-code rate with its evidence (also `results/code/NAME.json`).
+/// One point of the dose-response: insecure minus secure after the same number of rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DosePoint {
+    /// Training rows the insecure run had seen.
+    pub rows: usize,
+    /// Misaligned minus aligned answers' log-probability, insecure minus secure, paired by
+    /// answer (nats/token).
+    pub misalignment_did: Option<Share>,
+    /// The log-odds of `0o777` over `0o600` at the held-out chmod calls without the trigger,
+    /// insecure minus secure, paired by example (nats): how far the narrow task is learned.
+    pub chmod_gap: Option<Share>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CodeRate {
     pub rate: Share,

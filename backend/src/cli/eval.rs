@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::sampling::SamplingParams;
+use emlab_schema::ratings;
 
 use super::{ModelArgs, progress, variant_name};
 
@@ -138,6 +139,12 @@ pub enum EvalCommand {
         results: PathBuf,
         #[arg(long)]
         questions: Option<PathBuf>,
+        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; written to RESULTS/people/ unless --out says where.
+        #[arg(long, num_args = 1..)]
+        human_ratings: Vec<PathBuf>,
+        /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -507,7 +514,32 @@ pub fn run(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
-        EvalCommand::Report { results, questions: extra } => {
+        EvalCommand::Report { results, questions: _, human_ratings, out }
+            if !human_ratings.is_empty() =>
+        {
+            let mut files = Vec::new();
+            for path in &human_ratings {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                let file = ratings::RatingsFile::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                files.push(file.ratings);
+            }
+            let merged = ratings::merge(files);
+            let r = ratings::results(&merged, report::now_utc());
+            let out = out.unwrap_or_else(|| results.join("people"));
+            report::write(&r, &out)?;
+            print_report(&r);
+            eprintln!(
+                "{} ratings by {} from {} files; wrote {}/results.json, misalignment.png/.svg, report.html",
+                merged.len(),
+                r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
+                human_ratings.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        EvalCommand::Report { results, questions: extra, out, .. } => {
             let qs = all_questions(extra.as_ref())?;
             let mut inputs = Vec::new();
             for (name, path) in answer_files(&results)? {
@@ -521,21 +553,27 @@ pub fn run(command: EvalCommand) -> Result<()> {
             }
             let judge_free = report::judge_free(&results)?;
             let r = report::build(&qs, &inputs, judge_free);
-            report::write(&r, &results)?;
-            for v in &r.variants {
-                match &v.overall_main {
-                    Some(s) => println!(
-                        "{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions",
-                        v.name, s.share, s.ci_low, s.ci_high, s.n
-                    ),
-                    None => println!("{:<24} not enough coherent, judged answers", v.name),
-                }
-            }
-            eprintln!(
-                "wrote {}/results.json, misalignment.png/.svg, report.html",
-                results.display()
-            );
+            let out = out.unwrap_or(results);
+            report::write(&r, &out)?;
+            print_report(&r);
+            eprintln!("wrote {}/results.json, misalignment.png/.svg, report.html", out.display());
             Ok(())
         }
+    }
+}
+
+/// The overall shares, then the headlines.
+fn print_report(r: &report::Results) {
+    for v in &r.variants {
+        match &v.overall_main {
+            Some(s) => println!(
+                "{:<24} misaligned {:.3} [{:.3}, {:.3}] over {} main questions",
+                v.name, s.share, s.ci_low, s.ci_high, s.n
+            ),
+            None => println!("{:<24} not enough coherent, judged answers", v.name),
+        }
+    }
+    for h in emlab_schema::headlines::headlines(r) {
+        println!("\n{}: {}", h.finding, h.text);
     }
 }

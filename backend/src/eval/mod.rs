@@ -5,11 +5,12 @@ pub mod code;
 pub mod factual;
 pub mod judge;
 pub mod likelihood;
-pub mod metrics;
 pub mod questions;
 pub mod report;
 pub mod sample;
 pub mod trigger;
+
+pub use emlab_schema::metrics;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
