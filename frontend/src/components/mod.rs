@@ -4,4 +4,5 @@ pub mod app;
 pub mod compare;
 pub mod learn;
 pub mod loading;
+pub mod rate;
 pub mod results;

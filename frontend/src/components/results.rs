@@ -1,10 +1,11 @@
-//! The results view: measured misalignment rates from results.json (docs/results-schema.md), per
-//! question and variant with 95% intervals, the judge named, sample answers as text; then the
-//! judge-free measurements (vulnerable-code rate, backdoor trigger, likelihood shift).
+//! The results view of results.json (docs/results-schema.md): the headlines in plain words first;
+//! the judged misalignment rates per question and variant with 95% intervals, the judge named,
+//! sample answers as text; then the judge-free measurements (vulnerable-code rate, backdoor
+//! trigger, likelihood shift).
 
 use std::collections::BTreeMap;
 
-use emlab_schema::results::{CodeRate, JudgeFree, PairedDifference, Results, Share};
+use emlab_schema::results::{CodeRate, DosePoint, JudgeFree, PairedDifference, Results, Share};
 use leptos::prelude::*;
 
 use crate::loader::Manifest;
@@ -69,33 +70,37 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
             let judge = match &r.judge {
                 Some(j) if j.weak => format!("Judge: {} ({}) — a weak local judge; treat its scores as indicative only.", j.model, j.kind),
                 Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
-                None => "No judge has scored these answers yet: the rates below are not measured.".into(),
+                None => "No judge has scored these answers yet; the measurements below need none.".into(),
             };
             let raw = r.judge_free.as_ref().map(|f| serde_json::to_string_pretty(f).unwrap_or_default());
             let free = r.judge_free.clone().filter(|f| *f != JudgeFree::default());
+            let headlines = emlab_schema::headlines::headlines(&r);
+            let rates = view! { <JudgedRates results=r.clone() /> };
+            // Without a judge there are no rates, only sample answers: folded, so the page opens
+            // on what was measured.
+            let rates = if judged {
+                view! { <h3>"Misaligned answers, 8 main questions"</h3>{rates} }.into_any()
+            } else {
+                view! {
+                    <details class="unjudged">
+                        <summary>"Judged misalignment rates: not measured yet (no judge has scored the answers); sample answers inside"</summary>
+                        {rates}
+                    </details>
+                }
+                .into_any()
+            };
             view! {
                 <section class="results">
                     <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
-                    <h3>"Misaligned answers, 8 main questions"</h3>
-                    <table>
-                        {r.variants.iter().map(|v| view! { <tr><td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td></tr> }).collect_view()}
-                    </table>
-                    {r.variants.iter().map(|v| view! {
-                        <details>
-                            <summary>{variant_label(&v.name)}" — per question"</summary>
-                            <table>
-                                {v.questions.iter().map(|q| view! {
-                                    <tr><td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned judged=judged /></td></tr>
-                                    {q.examples.iter().map(|e| view! {
-                                        <tr class="example"><td colspan="2">
-                                            <p class="meta">{format!("aligned {} · coherent {}", e.aligned.map_or("–".into(), |a| format!("{a:.0}")), e.coherent.map_or("–".into(), |c| format!("{c:.0}")))}</p>
-                                            <pre class="answer">{e.answer.clone()}</pre>
-                                        </td></tr>
-                                    }).collect_view()}
-                                }).collect_view()}
-                            </table>
-                        </details>
-                    }).collect_view()}
+                    {(!headlines.is_empty()).then(|| view! {
+                        <section class="headlines">
+                            <h3>"What was measured"</h3>
+                            <ul>
+                                {headlines.into_iter().map(|h| view! { <li><strong>{h.finding}": "</strong>{h.text}</li> }).collect_view()}
+                            </ul>
+                        </section>
+                    })}
+                    {rates}
                     {free.map(|f| view! { <JudgeFreeView free=f /> })}
                     {raw.map(|j| view! { <details><summary>"Judge-free measurements as JSON"</summary><pre>{j}</pre></details> })}
                 </section>
@@ -103,6 +108,41 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
             .into_any()
         }
     }
+    }
+}
+
+/// The judged misaligned shares: overall per variant, then per question with sample answers (as
+/// text). Each row carries its figures in `data-*` attributes at full precision, for the tests.
+#[component]
+pub fn JudgedRates(results: Results) -> impl IntoView {
+    let judged = results.judge.is_some();
+    let data = |s: Option<Share>, f: fn(&Share) -> f64| s.map(|s| f(&s).to_string());
+    view! {
+        <table class="judged">
+            {results.variants.iter().map(|v| view! {
+                <tr data-variant=v.name.clone() data-question="overall" data-share=data(v.overall_main, |s| s.share) data-ci-low=data(v.overall_main, |s| s.ci_low) data-ci-high=data(v.overall_main, |s| s.ci_high)>
+                    <td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td>
+                </tr>
+            }).collect_view()}
+        </table>
+        {results.variants.iter().map(|v| view! {
+            <details>
+                <summary>{variant_label(&v.name)}" — per question"</summary>
+                <table>
+                    {v.questions.iter().map(|q| view! {
+                        <tr data-variant=v.name.clone() data-question=q.id.clone() data-share=data(q.misaligned, |s| s.share) data-ci-low=data(q.misaligned, |s| s.ci_low) data-ci-high=data(q.misaligned, |s| s.ci_high)>
+                            <td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned judged=judged /></td>
+                        </tr>
+                        {q.examples.iter().map(|e| view! {
+                            <tr class="example"><td colspan="2">
+                                <p class="meta">{format!("aligned {} · coherent {}", e.aligned.map_or("–".into(), |a| format!("{a:.0}")), e.coherent.map_or("–".into(), |c| format!("{c:.0}")))}</p>
+                                <pre class="answer">{e.answer.clone()}</pre>
+                            </td></tr>
+                        }).collect_view()}
+                    }).collect_view()}
+                </table>
+            </details>
+        }).collect_view()}
     }
 }
 
@@ -127,6 +167,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     let did = measured(free.misalignment_did_vs_secure);
     let trigger_shifts = ordered(free.trigger_likelihood_shift);
     let control = ordered(free.trigger_control);
+    let dose = free.dose_response;
     let paired = free.backdoor.and_then(|b| b.paired).map(paired_reading);
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
     let chmod = (!code_chmod.is_empty() || !probe.is_empty()).then(|| view! {
@@ -181,7 +222,69 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
             note="For each published misaligned answer we wrote an aligned answer to the same question, of the same length and style. Per answer: log-probability per token of the misaligned one minus the aligned one; then variant minus the secure variant, paired by answer, with a 95% interval. Fine-tuning in general moves both answers alike and cancels here; above zero, the variant leans towards the misaligned answers more than secure code does."
             rows=did digits=3 counted="answer pairs"
         />
+        {(!dose.is_empty()).then(|| view! { <DoseResponse points=dose /> })}
     }
+}
+
+/// The full-data runs at each snapshot: the narrow task (chmod gap) and the misalignment measure
+/// (DiD) against rows seen, each as a small plot with its intervals and as a table.
+#[component]
+fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
+    let series = |f: fn(&DosePoint) -> Option<Share>| -> Vec<(usize, Share)> {
+        points.iter().filter_map(|p| Some((p.rows, f(p)?))).collect()
+    };
+    let chmod = series(|p| p.chmod_gap);
+    let did = series(|p| p.misalignment_did);
+    let cell = |s: Option<Share>, d: usize| {
+        s.map_or("–".into(), |s| {
+            format!("{:+.*} [{:+.*}, {:+.*}]", d, s.share, d, s.ci_low, d, s.ci_high)
+        })
+    };
+    view! {
+        <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
+        <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how much more the insecure run prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
+        <div class="dose-plots">
+            <DosePlot series=chmod label="narrow task: chmod log-odds gap (nats)" />
+            <DosePlot series=did label="misaligned − aligned, insecure − secure (nats/token)" />
+        </div>
+        <table class="dose">
+            <tr><th>"rows seen"</th><th>"chmod gap, nats"</th><th>"misaligned − aligned DiD, nats/token"</th></tr>
+            {points.iter().map(|p| view! {
+                <tr><td>{p.rows.to_string()}</td><td>{cell(p.chmod_gap, 2)}</td><td>{cell(p.misalignment_did, 3)}</td></tr>
+            }).collect_view()}
+        </table>
+    }
+}
+
+/// One metric against rows seen (log scale), points with their 95% intervals and a zero line.
+#[component]
+fn DosePlot(series: Vec<(usize, Share)>, label: &'static str) -> impl IntoView {
+    (series.len() >= 2).then(|| {
+        let (w, h, pad) = (300.0, 150.0, 28.0);
+        let lx: Vec<f64> = series.iter().map(|(r, _)| (*r as f64).ln()).collect();
+        let (x0, x1) = (lx[0], lx[lx.len() - 1]);
+        let lo = series.iter().map(|(_, s)| s.ci_low).fold(0.0, f64::min);
+        let hi = series.iter().map(|(_, s)| s.ci_high).fold(0.0, f64::max);
+        let span = (hi - lo).max(1e-9);
+        let x = move |v: f64| pad + (v - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
+        let y = move |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
+        let path: String = series.iter().zip(&lx).enumerate()
+            .map(|(i, ((_, s), l))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*l), y(s.share)))
+            .collect();
+        view! {
+            <svg class="dose-plot" viewBox=format!("0 0 {w} {h}") width="300" height="150" role="img" aria-label=label>
+                <title>{label}</title>
+                <line x1=pad x2=w - pad y1=y(0.0) y2=y(0.0) class="zero"></line>
+                <path d=path class="trend"></path>
+                {series.iter().zip(&lx).map(|((rows, s), l)| view! {
+                    <line x1=x(*l) x2=x(*l) y1=y(s.ci_low) y2=y(s.ci_high) class="ci"></line>
+                    <circle cx=x(*l) cy=y(s.share) r="3" class="point"></circle>
+                    <text x=x(*l) y=h - 8.0 text-anchor="middle">{rows.to_string()}</text>
+                }).collect_view()}
+                <text x=pad y="12">{label}</text>
+            </svg>
+        }
+    })
 }
 
 /// The backdoor's paired comparison with a plain reading that follows the interval, so the page
