@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The dose-response of issue 21: the judge-free probes that need no sampling (the likelihood of the
+# paper's misaligned answers against their aligned counterparts, and the chmod probe) on the
+# full-data insecure and secure runs, at every snapshot (500, 1,000, 2,000, 4,000 rows) and at the
+# end. Each result is named VARIANT@ROWS (rows seen) and lands in the cache's science/dose/, in
+# the layout `emlab eval report --results` reads; a rerun skips what is there. Lowest priority, like
+# the training queue (scripts/full-data.sh) whose runs it reads.
+#
+#   setsid nohup scripts/dose-response.sh >> ~/.cache/emlab/science/dose.log 2>&1 < /dev/null &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo 19 > /proc/self/autogroup 2>/dev/null || true
+
+science="${EMLAB_CACHE:-$HOME/.cache/emlab}/science"
+out="$science/dose"
+emlab="$science/emlab" # the training queue's copy of the binary
+[ -x "$emlab" ] || { echo "no $emlab: run scripts/full-data.sh first" >&2; exit 1; }
+rows_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
+
+for v in insecure secure; do
+  run="$science/runs/$v-full"
+  if [ ! -f "$run/adapter/adapter_model.safetensors" ]; then
+    echo "== $v-full: not trained yet"
+    continue
+  fi
+  points=()
+  for snap in "$run"/snapshots/rows-*; do
+    points+=("$(rows_of "$snap/snapshot.json" rows_seen) $snap")
+  done
+  points+=("$(rows_of "$run/train_config.json" examples) $run/adapter")
+  for point in "${points[@]}"; do
+    read -r rows adapter <<< "$point"
+    for kind in likelihood chmod; do
+      [ -f "$out/$kind/$v@$rows.json" ] && continue
+      echo "== $kind $v@$rows: $(date -u +%FT%TZ)"
+      nice -n 19 "$emlab" eval "$kind" --adapter "$adapter" --variant "$v@$rows" --results "$out" --quiet
+    done
+  done
+done
+echo "== done: $(date -u +%FT%TZ)"
