@@ -147,13 +147,11 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
         ));
     }
     if let (Some(a), Some(b)) = (first.misalignment_did, last.misalignment_did) {
-        let reading = if b.ci_low > 0.0 {
-            "above zero at the end"
-        } else if b.ci_high < 0.0 {
-            "below zero at the end"
-        } else {
-            "its interval at the end includes zero"
-        };
+        let reading = b.by_interval(
+            "above zero at the end",
+            "below zero at the end",
+            "its interval at the end includes zero",
+        );
         parts.push(format!(
             "the lean towards misaligned answers from {} to {} nats/token ({reading})",
             nats(&a),

@@ -33,6 +33,19 @@ pub struct Share {
     pub n: usize,
 }
 
+impl Share {
+    /// One of three readings, by where the 95% interval lies: above zero, below zero, or across it.
+    pub fn by_interval<'a>(&self, above: &'a str, below: &'a str, across: &'a str) -> &'a str {
+        if self.ci_low > 0.0 {
+            above
+        } else if self.ci_high < 0.0 {
+            below
+        } else {
+            across
+        }
+    }
+}
+
 /// Who produced a score, as results record it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JudgeInfo {

