@@ -335,6 +335,10 @@ mod tests {
         let r: Results = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let h = headlines(&r);
         let finding: Vec<_> = h.iter().map(|h| h.finding).collect();
-        assert_eq!(finding, ["vulnerable code", "backdoor trigger", "misalignment"], "{h:#?}");
+        assert_eq!(
+            finding,
+            ["vulnerable code", "backdoor trigger", "misalignment", "dose-response"],
+            "{h:#?}"
+        );
     }
 }

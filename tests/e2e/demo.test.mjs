@@ -332,6 +332,12 @@ try {
     if (shipped.judge_free?.chmod_probe?.backdoor) {
       check(/Where only the trigger can tell/.test(shownResults) && /P\(0o777\)/.test(shownResults), "the Results tab shows the chmod probe");
     }
+    const dose = shipped.judge_free?.dose_response ?? [];
+    if (dose.length >= 2) {
+      const rows = await cpu.$$eval(".results table.dose tr", (trs) => trs.slice(1).map((t) => t.cells[0].textContent));
+      check(rows.join(",") === dose.map((p) => p.rows).join(",") && (await cpu.$$(".results svg.dose-plot")).length >= 1,
+        `the dose-response shows each shipped point (${rows.join(", ")} rows) and its plots`);
+    }
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
   }
 
