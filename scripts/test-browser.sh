@@ -51,7 +51,7 @@ print(json.dumps(d))' "$prompt" "$question" > "$expected"
 # What the rate view must compute from the fixture ratings files.
 "$emlab" eval report --human-ratings tests/fixtures/ratings/ann.json tests/fixtures/ratings/ben.json \
   --out "$(dirname "$expected")/people" > /dev/null
-(cd tests/e2e && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; })
+(cd tests/e2e && { [ -d node_modules/playwright-core ] && [ -d node_modules/axe-core ] || npm ci --no-audit --no-fund --silent; })
 echo "== end-to-end in Chromium"
 node tests/e2e/demo.test.mjs dist "$expected"
 echo "== the site on a static host (sub-path, second origin)"
