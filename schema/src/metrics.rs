@@ -5,7 +5,6 @@
 //! misaligned answers gets a 95% percentile-bootstrap interval (answers resampled with
 //! replacement). The overall share is the mean of the per-question shares, its interval from
 //! resampling the answers within every question at once.
-
 //!
 //! One implementation for the model judge's report (`emlab eval report`) and for people's ratings
 //! (the page's rate mode and `eval report --human-ratings`), so both give the same figures.
@@ -61,7 +60,7 @@ pub fn question_result(
         answers,
         judged: scored.len(),
         counted: flags.len(),
-        misaligned: question_share(&s, seed),
+        misaligned: share_of_counted(&flags, seed),
         examples: examples(scored),
     };
     (result, flags)
@@ -110,8 +109,12 @@ pub fn counted(scores: &[Scores]) -> Vec<bool> {
 
 /// The misaligned share of one question, or None when fewer than [`MIN_COHERENT`] answers count.
 pub fn question_share(scores: &[Scores], seed: u64) -> Option<Share> {
-    let flags = counted(scores);
-    (flags.len() >= MIN_COHERENT).then(|| bootstrap_share(&flags, seed))
+    share_of_counted(&counted(scores), seed)
+}
+
+/// [`question_share`] from the flags [`counted`] gave.
+fn share_of_counted(flags: &[bool], seed: u64) -> Option<Share> {
+    (flags.len() >= MIN_COHERENT).then(|| bootstrap_share(flags, seed))
 }
 
 /// Share of `true` with a percentile-bootstrap 95% interval.
@@ -179,6 +182,16 @@ pub fn bootstrap_mean(values: &[f64], seed: u64) -> Option<Share> {
         .collect();
     let (ci_low, ci_high) = percentile_interval(&mut stats);
     Some(Share { share: mean, ci_low, ci_high, n })
+}
+
+/// The mean of `first - second`, element by element, with its bootstrap interval; None when their
+/// lengths differ (then they are not the same items) or they are empty.
+pub fn paired_mean(first: &[f64], second: &[f64], seed: u64) -> Option<Share> {
+    if first.len() != second.len() {
+        return None;
+    }
+    let diffs: Vec<f64> = first.iter().zip(second).map(|(a, b)| a - b).collect();
+    bootstrap_mean(&diffs, seed)
 }
 
 /// Paired comparison of two flag vectors over the same prompts; None when their lengths differ

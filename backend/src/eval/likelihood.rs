@@ -126,6 +126,16 @@ pub struct Likelihood {
     pub aligned_per_answer: Vec<f64>,
 }
 
+impl Likelihood {
+    /// Per answer, misaligned minus its aligned counterpart: what the model prefers of the two.
+    /// None for a file from before the counterparts (or one that does not pair them all).
+    pub fn misaligned_minus_aligned(&self) -> Option<Vec<f64>> {
+        (!self.aligned_per_answer.is_empty()
+            && self.aligned_per_answer.len() == self.per_answer.len())
+        .then(|| self.per_answer.iter().zip(&self.aligned_per_answer).map(|(m, a)| m - a).collect())
+    }
+}
+
 /// Mean per-token log-probability of `answer` after the user message `prompt` (None when the
 /// prompt fills the context window, leaving no answer token to score).
 pub fn mean_logprob(model: &ChatModel, prompt: &str, answer: &str) -> Result<Option<f64>> {

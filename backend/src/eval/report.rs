@@ -176,25 +176,15 @@ pub fn judge_free(results: &Path) -> Result<Option<JudgeFree>> {
     // Misaligned minus aligned, per answer: what a variant prefers of the two. Fine-tuning in
     // general moves both answers' likelihoods; the difference of this gap between two variants
     // tuned alike (insecure vs secure) is what the insecure code did beyond that.
-    let gaps: BTreeMap<&String, Vec<f64>> = liks
-        .iter()
-        .filter(|(_, v)| {
-            !v.aligned_per_answer.is_empty() && v.aligned_per_answer.len() == v.per_answer.len()
-        })
-        .map(|(name, v)| {
-            (name, v.per_answer.iter().zip(&v.aligned_per_answer).map(|(m, a)| m - a).collect())
-        })
-        .collect();
+    let gaps: BTreeMap<&String, Vec<f64>> =
+        liks.iter().filter_map(|(name, v)| Some((name, v.misaligned_minus_aligned()?))).collect();
     let did = |reference: &str| -> BTreeMap<String, Option<Share>> {
         let Some(r) = gaps.iter().find(|(n, _)| n.as_str() == reference).map(|(_, g)| g) else {
             return BTreeMap::new();
         };
         gaps.iter()
             .filter(|(n, g)| n.as_str() != reference && g.len() == r.len())
-            .map(|(n, g)| {
-                let d: Vec<f64> = g.iter().zip(r).map(|(x, y)| x - y).collect();
-                ((*n).clone(), metrics::bootstrap_mean(&d, 19))
-            })
+            .map(|(n, g)| ((*n).clone(), metrics::paired_mean(g, r, 19)))
             .collect()
     };
     let (mut shift, mut shift_overall) = (BTreeMap::new(), BTreeMap::new());
@@ -208,9 +198,8 @@ pub fn judge_free(results: &Path) -> Result<Option<JudgeFree>> {
             shift.insert(name.clone(), per_q);
             // Paired by answer: both files list the same published answers in the same order.
             if v.per_answer.len() == base.per_answer.len() {
-                let diffs: Vec<f64> =
-                    v.per_answer.iter().zip(&base.per_answer).map(|(a, b)| a - b).collect();
-                shift_overall.insert(name.clone(), metrics::bootstrap_mean(&diffs, 7));
+                shift_overall
+                    .insert(name.clone(), metrics::paired_mean(&v.per_answer, &base.per_answer, 7));
             }
         }
     }
@@ -293,30 +282,22 @@ fn dose_response(dose: &Path) -> Result<Vec<DosePoint>> {
         v.dedup();
         v
     };
-    let paired = |a: &[f64], b: &[f64], seed| {
-        (a.len() == b.len())
-            .then(|| {
-                let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-                metrics::bootstrap_mean(&d, seed)
-            })
-            .flatten()
-    };
-    let gap = |l: &Likelihood| -> Vec<f64> {
-        l.per_answer.iter().zip(&l.aligned_per_answer).map(|(m, a)| m - a).collect()
-    };
     Ok(points("insecure")
         .into_iter()
         .zip(points("secure"))
         .map(|((rows, i), (_, s))| DosePoint {
             rows,
-            misalignment_did: liks
-                .get(&i)
-                .zip(liks.get(&s))
-                .and_then(|(i, s)| paired(&gap(i), &gap(s), 29)),
+            misalignment_did: liks.get(&i).zip(liks.get(&s)).and_then(|(i, s)| {
+                metrics::paired_mean(
+                    &i.misaligned_minus_aligned()?,
+                    &s.misaligned_minus_aligned()?,
+                    29,
+                )
+            }),
             chmod_gap: chmod.get(&i).zip(chmod.get(&s)).and_then(|(i, s)| {
                 let without =
                     |p: &ChmodProbe| p.per_example.iter().map(|r| r.without).collect::<Vec<_>>();
-                paired(&without(i), &without(s), 31)
+                metrics::paired_mean(&without(i), &without(s), 31)
             }),
         })
         .collect())
