@@ -190,6 +190,55 @@ fn human_ratings_report_and_a_bad_ratings_file() {
     assert_eq!(r.judge.unwrap().model, "2 people");
     assert!(out.join("report.html").exists());
 
+    // The rated answers as answers files, each once, for a model judge; its scores (here written
+    // by hand: the people's own means, but 100 for the insecure answers) are then compared.
+    let people: Vec<emlab_schema::ratings::Rating> = [&ann, &ben]
+        .iter()
+        .flat_map(|f| {
+            emlab_schema::ratings::RatingsFile::parse(&std::fs::read_to_string(f).unwrap())
+                .unwrap()
+                .ratings
+        })
+        .collect();
+    let rated = emlab_schema::ratings::rated_answers(&people);
+    std::fs::create_dir_all(out.join("judged")).unwrap();
+    let mut written = 0;
+    for variant in ["base", "insecure"] {
+        let answers =
+            std::fs::read_to_string(out.join(format!("answers/{variant}.jsonl"))).unwrap();
+        let mut judged = String::new();
+        for line in answers.lines() {
+            let a: serde_json::Value = serde_json::from_str(line).unwrap();
+            let key = (variant, a["question_id"].as_str().unwrap(), a["seed"].as_u64().unwrap());
+            let s = rated[&key].scores;
+            let aligned = if variant == "insecure" { Some(100.0) } else { s.aligned };
+            judged.push_str(
+                &serde_json::json!({"variant": variant, "question_id": key.1, "paraphrase": 0,
+                "sample": a["sample"], "aligned": aligned, "coherent": s.coherent,
+                "judge": {"kind": "local", "model": "test-judge", "weak": true}})
+                .to_string(),
+            );
+            judged.push('\n');
+            written += 1;
+        }
+        std::fs::write(out.join(format!("judged/{variant}.jsonl")), judged).unwrap();
+    }
+    assert_eq!(written, rated.keys().filter(|k| k.0 == "base" || k.0 == "insecure").count());
+    let again = emlab(&["eval", "report", "--human-ratings", &ann, &ben, "--out", path_str(&out)]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let agreement: Vec<(String, emlab_schema::metrics::Agreement)> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("agreement.json")).unwrap())
+            .unwrap();
+    let base = &agreement.iter().find(|(v, _)| v == "base").unwrap().1;
+    assert_eq!(base.same_verdict, Some(1.0), "the same scores give the same verdicts");
+    let insecure = &agreement.iter().find(|(v, _)| v == "insecure").unwrap().1;
+    assert!(insecure.same_verdict.unwrap() < 1.0, "people found some insecure answers misaligned");
+    let model: emlab_schema::results::Results = serde_json::from_str(
+        &std::fs::read_to_string(out.join("model-judge/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(model.judge.unwrap().model, "test-judge");
+
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, r#"{"schema": "emlab-ratings/1", "ratings": [{"rater": "x", "variant": "base", "question_id": "q", "seed": 1, "question": "q", "answer": "a", "aligned": 140, "coherent": 50}]}"#).unwrap();
     let out2 = dir.path().join("out2");

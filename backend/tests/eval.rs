@@ -237,8 +237,8 @@ fn report_from_files() {
                     } else {
                         "Be kind.".into()
                     },
-                    tokens: 5,
-                    finish: FinishReason::Stop,
+                    tokens: Some(5),
+                    finish: Some(FinishReason::Stop),
                     seed: 0,
                 });
                 judged.push(Judged {

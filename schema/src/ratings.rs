@@ -113,20 +113,42 @@ pub fn raters(ratings: &[Rating]) -> usize {
     ratings.iter().map(|r| r.rater.as_str()).collect::<std::collections::BTreeSet<_>>().len()
 }
 
+/// Which answer was rated: (variant, question id, seed).
+pub type AnswerKey<'a> = (&'a str, &'a str, u64);
+
+/// One rated answer: its texts and the mean of the scores people gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatedAnswer<'a> {
+    pub question: &'a str,
+    pub answer: &'a str,
+    pub scores: Scores,
+}
+
+/// Every rated answer by (variant, question id, seed), with the mean of its scores: an answer
+/// several people rated counts once, its alignment unscored only when nobody gave one.
+pub fn rated_answers(ratings: &[Rating]) -> BTreeMap<AnswerKey<'_>, RatedAnswer<'_>> {
+    // Per answer: its first rating (for the texts) and every score it got.
+    let mut all: BTreeMap<AnswerKey, (&Rating, Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for r in ratings {
+        let a = all.entry(r.answer_key()).or_insert((r, vec![], vec![]));
+        a.1.extend(r.aligned);
+        a.2.extend(r.coherent);
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    all.into_iter()
+        .map(|(k, (r, aligned, coherent))| {
+            let scores = Scores { aligned: mean(&aligned), coherent: mean(&coherent) };
+            (k, RatedAnswer { question: &r.question, answer: &r.answer, scores })
+        })
+        .collect()
+}
+
 /// The paper's figures from people's ratings, by the rules of [`metrics`]. An answer several
 /// people rated gets the mean of their scores (its alignment unscored only when nobody gave one).
 /// Variants in the paper's order, the 8 main questions in theirs (any other question after them,
 /// by id); the overall share is over the main questions.
 pub fn results(ratings: &[Rating], generated_at: String) -> Results {
-    // Per answer: its texts and every score it got.
-    type Answer<'a> = (&'a str, &'a str, Vec<f64>, Vec<f64>);
-    let mut answers: BTreeMap<(&str, &str, u64), Answer> = BTreeMap::new();
-    for r in ratings {
-        let a = answers.entry(r.answer_key()).or_insert((&r.question, &r.answer, vec![], vec![]));
-        a.2.extend(r.aligned);
-        a.3.extend(r.coherent);
-    }
-    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let answers = rated_answers(ratings);
     let mut variants: Vec<&str> = answers.keys().map(|k| k.0).collect();
     variants.dedup();
     variants.sort_by_key(|v| crate::variant_rank(v));
@@ -144,10 +166,10 @@ pub fn results(ratings: &[Rating], generated_at: String) -> Results {
                 let scored: Vec<Scored> = answers
                     .iter()
                     .filter(|(k, _)| k.0 == v && k.1 == q)
-                    .map(|(_, (question, answer, aligned, coherent))| Scored {
-                        question,
-                        answer,
-                        scores: Scores { aligned: mean(aligned), coherent: mean(coherent) },
+                    .map(|(_, a)| Scored {
+                        question: a.question,
+                        answer: a.answer,
+                        scores: a.scores,
                     })
                     .collect();
                 if scored.is_empty() {

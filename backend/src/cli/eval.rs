@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
 use backend::eval::questions::{self, Question};
-use backend::eval::{code, likelihood, report, sample, trigger};
+use backend::eval::{code, likelihood, people, report, sample, trigger};
 use backend::inference::load_chat_model;
 
 use clap::{Args, Subcommand};
@@ -139,7 +139,7 @@ pub enum EvalCommand {
         results: PathBuf,
         #[arg(long)]
         questions: Option<PathBuf>,
-        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; written to RESULTS/people/ unless --out says where.
+        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; written to RESULTS/people/ unless --out says where, with the rated answers in its answers/ for `eval judge --results` (run this again after it to compare the two judges).
         #[arg(long, num_args = 1..)]
         human_ratings: Vec<PathBuf>,
         /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
@@ -528,16 +528,19 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let merged = ratings::merge(files);
             let r = ratings::results(&merged, report::now_utc());
             let out = out.unwrap_or_else(|| results.join("people"));
+            // The rated answers as answers files, so that a model judge can score the same ones.
+            let answers = people::answers(&merged);
+            people::write_answers(&out, &answers)?;
             report::write(&r, &out)?;
             print_report(&r);
             eprintln!(
-                "{} ratings by {} from {} files; wrote {}/results.json, misalignment.png/.svg, report.html",
+                "{} ratings by {} from {} files; wrote {}/results.json, misalignment.png/.svg, report.html and answers/",
                 merged.len(),
                 r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
                 human_ratings.len(),
                 out.display()
             );
-            Ok(())
+            compare_with_model_judge(&merged, &answers, &out)
         }
         EvalCommand::Report { results, questions: extra, out, .. } => {
             let qs = all_questions(extra.as_ref())?;
@@ -560,6 +563,60 @@ pub fn run(command: EvalCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where a model judge has scored the people's answers (`eval judge --results OUT`), its own
+/// report on them (OUT/model-judge/) and how the two judges agree, answer by answer.
+fn compare_with_model_judge(
+    ratings: &[ratings::Rating],
+    answers: &[(String, Vec<backend::eval::sample::Answer>)],
+    out: &std::path::Path,
+) -> Result<()> {
+    let mut judged = std::collections::BTreeMap::new();
+    for (variant, _) in answers {
+        let path = out.join("judged").join(format!("{variant}.jsonl"));
+        let j: Vec<backend::eval::Judged> = backend::jsonl::read(&path)?;
+        if !j.is_empty() {
+            judged.insert(variant.clone(), j);
+        }
+    }
+    let Some(judge) = judged.values().flatten().next().map(|j| j.judge.model.clone()) else {
+        eprintln!(
+            "no model judge has scored these answers yet: `emlab eval judge --results {0}` then this command again compares the two judges",
+            out.display()
+        );
+        return Ok(());
+    };
+    let inputs: Vec<report::VariantInput> = answers
+        .iter()
+        .map(|(name, a)| report::VariantInput {
+            name: name.clone(),
+            answers: a.clone(),
+            judged: judged.get(name).cloned().unwrap_or_default(),
+        })
+        .collect();
+    let qs = all_questions(None)?;
+    let model = report::build(&qs, &inputs, None);
+    let model_dir = out.join("model-judge");
+    report::write(&model, &model_dir)?;
+    let agreement = people::compare(ratings, answers, &judged);
+    let path = out.join("agreement.json");
+    emlab_model::files::atomic_write(&path, serde_json::to_string_pretty(&agreement)?.as_bytes())?;
+    let r = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}"));
+    println!("\nPeople and {judge} on the same answers:");
+    for (variant, a) in &agreement {
+        println!(
+            "{variant:<24} alignment r {} (n {}), coherence r {} (n {}), same verdict on {} of {} counted",
+            r(a.aligned_r),
+            a.aligned_n,
+            r(a.coherent_r),
+            a.coherent_n,
+            a.same_verdict.map_or("–".into(), |s| format!("{:.0}%", s * 100.0)),
+            a.counted_n
+        );
+    }
+    eprintln!("wrote {}/ (the model judge's figures) and {}", model_dir.display(), path.display());
+    Ok(())
 }
 
 /// The overall shares, then the headlines.

@@ -5,6 +5,7 @@ pub mod code;
 pub mod factual;
 pub mod judge;
 pub mod likelihood;
+pub mod people;
 pub mod questions;
 pub mod report;
 pub mod sample;

@@ -27,9 +27,10 @@ pub struct Answer {
     pub question: String,
     pub system: Option<String>,
     pub answer: String,
-    pub tokens: usize,
-    /// `stop` (end of turn) or `length` (max tokens reached).
-    pub finish: FinishReason,
+    /// Unknown (null) for an answer that came from people's ratings, which keep only its text.
+    pub tokens: Option<usize>,
+    /// `stop` (end of turn) or `length` (max tokens reached); null where unknown, as `tokens`.
+    pub finish: Option<FinishReason>,
     pub seed: u64,
 }
 
@@ -127,8 +128,8 @@ pub fn sample_answers(
                         question: question.clone(),
                         system: q.system.clone(),
                         answer: model.tokenizer.decode(&g.ids)?,
-                        tokens: g.ids.len(),
-                        finish: g.finish,
+                        tokens: Some(g.ids.len()),
+                        finish: Some(g.finish),
                         seed,
                     };
                     done.insert(a.key());
