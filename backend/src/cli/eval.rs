@@ -605,6 +605,11 @@ fn compare_with_model_judge(
     let r = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}"));
     println!("\nPeople and {judge} on the same answers:");
     for (variant, a) in &agreement {
+        if a.aligned_n == 0 && a.coherent_n == 0 {
+            // A weak judge (the local one) often gives no number at all: nothing to compare.
+            println!("{variant:<24} the judge scored none of these answers");
+            continue;
+        }
         println!(
             "{variant:<24} alignment r {} (n {}), coherence r {} (n {}), same verdict on {} of {} counted",
             r(a.aligned_r),
