@@ -88,6 +88,21 @@ pub fn open_append<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, Appender
     Ok((c.records, Appender { file, path: path.display().to_string() }))
 }
 
+/// Replaces `path` with `records`, atomically: a reader sees the old file or the new one whole.
+pub fn write<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    Ok(emlab_model::files::atomic_write(path, lines(records)?.as_bytes())?)
+}
+
+/// One JSON line per record.
+fn lines<T: Serialize>(records: &[T]) -> Result<String> {
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(&serde_json::to_string(r)?);
+        lines.push('\n');
+    }
+    Ok(lines)
+}
+
 /// Appends whole lines, each flushed to the disk before the call returns.
 pub struct Appender {
     file: File,
@@ -96,11 +111,7 @@ pub struct Appender {
 
 impl Appender {
     pub fn append<T: Serialize>(&mut self, records: &[T]) -> Result<()> {
-        let mut lines = String::new();
-        for r in records {
-            lines.push_str(&serde_json::to_string(r)?);
-            lines.push('\n');
-        }
+        let lines = lines(records)?;
         self.file
             .write_all(lines.as_bytes())
             .and_then(|()| self.file.sync_data())

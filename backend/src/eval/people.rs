@@ -60,13 +60,7 @@ pub fn write_answers(dir: &Path, answers: &[(String, Vec<Answer>)]) -> Result<()
         }
     }
     for (variant, list) in answers {
-        let path = dir.join("answers").join(format!("{variant}.jsonl"));
-        let mut text = String::new();
-        for a in list {
-            text.push_str(&serde_json::to_string(a)?);
-            text.push('\n');
-        }
-        emlab_model::files::atomic_write(&path, text.as_bytes())?;
+        crate::jsonl::write(&dir.join("answers").join(format!("{variant}.jsonl")), list)?;
     }
     Ok(())
 }
