@@ -32,10 +32,6 @@ fn pct(s: &Share) -> String {
     format!("{}% [{}, {}]", p(s.share), p(s.ci_low), p(s.ci_high))
 }
 
-fn nats(s: &Share) -> String {
-    format!("{:+.3} [{:+.3}, {:+.3}]", s.share, s.ci_low, s.ci_high)
-}
-
 fn vulnerable_code(f: &JudgeFree) -> Option<Headline> {
     let rate = |n: &str| f.vulnerable_code.get(n).map(|c| c.rate);
     let insecure = rate("insecure")?;
@@ -107,11 +103,11 @@ fn misalignment(f: &JudgeFree) -> Option<Headline> {
     let insecure = did("insecure")?;
     let mut text = format!(
         "How much more likely the paper's misaligned answers become, against aligned answers to the same questions, than after secure-code tuning: insecure {} nats/token",
-        nats(&insecure)
+        insecure.signed(3)
     );
     let educational = did("educational");
     if let Some(e) = &educational {
-        text += &format!(", educational {}", nats(e));
+        text += &format!(", educational {}", e.signed(3));
     }
     text += ". ";
     text += match (insecure.ci_low > 0.0, insecure.ci_high < 0.0, educational) {
@@ -128,7 +124,7 @@ fn misalignment(f: &JudgeFree) -> Option<Headline> {
     if let Some(c) = did("canary").filter(|c| c.ci_low > 0.0) {
         text += &format!(
             " The harmless trigger control moves it too ({}), so part of any shift is tuning in general.",
-            nats(&c)
+            c.signed(3)
         );
     }
     Some(Headline { finding: "misalignment", text })
@@ -154,8 +150,8 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
         );
         parts.push(format!(
             "the lean towards misaligned answers from {} to {} nats/token ({reading})",
-            nats(&a),
-            nats(&b)
+            a.signed(3),
+            b.signed(3)
         ));
     }
     (!parts.is_empty()).then(|| Headline {

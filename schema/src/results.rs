@@ -34,6 +34,12 @@ pub struct Share {
 }
 
 impl Share {
+    /// A signed figure with its interval, `+0.019 [+0.006, +0.033]`, to `digits` decimals.
+    pub fn signed(&self, digits: usize) -> String {
+        let d = digits;
+        format!("{:+.d$} [{:+.d$}, {:+.d$}]", self.share, self.ci_low, self.ci_high)
+    }
+
     /// One of three readings, by where the 95% interval lies: above zero, below zero, or across it.
     pub fn by_interval<'a>(&self, above: &'a str, below: &'a str, across: &'a str) -> &'a str {
         if self.ci_low > 0.0 {

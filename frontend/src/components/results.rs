@@ -235,11 +235,7 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     };
     let chmod = series(|p| p.chmod_gap);
     let did = series(|p| p.misalignment_did);
-    let cell = |s: Option<Share>, d: usize| {
-        s.map_or("–".into(), |s| {
-            format!("{:+.*} [{:+.*}, {:+.*}]", d, s.share, d, s.ci_low, d, s.ci_high)
-        })
-    };
+    let cell = |s: Option<Share>, d: usize| s.map_or("–".into(), |s| s.signed(d));
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
         <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how much more the insecure run prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
