@@ -6,8 +6,11 @@
 //! Capacities are multiples of [`CACHE_BLOCK`]; a cache that runs out grows once, by doubling,
 //! with one copy.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 
+use crate::cpu_decode::HostWeights;
 use crate::model::MASK_BIAS;
 
 /// Capacities are multiples of this many positions.
@@ -32,6 +35,8 @@ pub struct KvCache {
     /// Each row's padding as a tensor `[B]`, for the decoding kernels.
     #[cfg(feature = "gpu-kernels")]
     pads_tensor: Option<Tensor<1, Int>>,
+    /// The weights the CPU decoding step reads on the host, copied once per generation.
+    host_weights: Option<Arc<HostWeights>>,
 }
 
 impl KvCache {
@@ -90,6 +95,7 @@ impl KvCache {
             slots: self.slots.clone(),
             #[cfg(feature = "gpu-kernels")]
             pads_tensor: None,
+            host_weights: self.host_weights.clone(),
             ..*self
         }
     }
@@ -148,6 +154,7 @@ impl KvCache {
             capacity,
             reserve: self.reserve.max(other.reserve),
             pads: all_pads,
+            host_weights: self.host_weights.or(other.host_weights),
             ..Default::default()
         }
     }
@@ -216,9 +223,14 @@ impl KvCache {
         (ck, cv)
     }
 
-    /// This layer's keys and values `[B, n_kv, capacity, hd]`, taken out so that a kernel can
-    /// write them in place (zeros at the first write); [`KvCache::put`] gives them back.
-    #[cfg(feature = "gpu-kernels")]
+    /// The host copies of the model's weights the CPU decoding step reads, made at its first step.
+    pub(crate) fn host_weights(&mut self, make: impl FnOnce() -> HostWeights) -> Arc<HostWeights> {
+        self.host_weights.get_or_insert_with(|| Arc::new(make())).clone()
+    }
+
+    /// This layer's keys and values `[B, n_kv, capacity, hd]`, taken out so that a kernel (or the
+    /// CPU decoding step) can write them in place (zeros at the first write); [`KvCache::put`]
+    /// gives them back.
     pub(crate) fn take_layer(
         &mut self,
         layer: usize,
@@ -232,7 +244,6 @@ impl KvCache {
         })
     }
 
-    #[cfg(feature = "gpu-kernels")]
     pub(crate) fn put(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) {
         self.layers[layer] = Some((k, v));
     }

@@ -11,6 +11,7 @@ pub mod batching;
 pub mod cache;
 pub mod chat;
 pub mod config;
+mod cpu_decode;
 pub mod device;
 pub mod files;
 pub mod generate;

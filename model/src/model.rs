@@ -276,6 +276,9 @@ impl RmsNorm {
 pub struct Rope {
     pub cos: Tensor<2>,
     pub sin: Tensor<2>,
+    /// The frequencies the tables were built from, for computing a position's row on the host.
+    #[module(skip)]
+    pub inv_freq: Vec<f32>,
 }
 
 impl Rope {
@@ -296,7 +299,18 @@ impl Rope {
             }
         }
         let t = |v| Tensor::from_data(TensorData::new(v, [max_positions, head_dim]), device);
-        Self { cos: t(cos), sin: t(sin) }
+        Self { cos: t(cos), sin: t(sin), inv_freq }
+    }
+
+    /// The rows of cos and sin for one position, `[head_dim]` each, computed as the tables are
+    /// (bit for bit).
+    pub fn row(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let half = self.inv_freq.len();
+        for (i, f) in self.inv_freq.iter().enumerate() {
+            let angle = pos as f32 * f;
+            (cos[i], cos[i + half]) = (angle.cos(), angle.cos());
+            (sin[i], sin[i + half]) = (angle.sin(), angle.sin());
+        }
     }
 
     /// cos and sin for each (row, position): `[B, 1, T, head_dim]`, ready to broadcast over heads.
@@ -614,6 +628,15 @@ impl Llama {
             && self.gpu_decode_supported()
         {
             return self.forward_last_gpu(batch, cache);
+        }
+        // Decoding on the CPU over blocks: plain loops around the kernels (cpu_decode.rs).
+        #[cfg(not(feature = "gpu-kernels"))]
+        let mut cache = cache;
+        if let Some(cache) = cache.as_deref_mut()
+            && batch.tokens.dims()[1] == 1
+            && self.cpu_decode_supported()
+        {
+            return self.forward_last_cpu(batch, cache);
         }
         let h = self.forward_hidden(batch, cache);
         let [b, t, _] = h.dims();

@@ -753,31 +753,32 @@ mod simd128 {
 }
 
 #[cfg(test)]
+/// Random blocks with real-looking scales (f16 d in ±0.05, m in ±0.1).
+pub(crate) fn random_matrix(
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> QuantMatrix {
+    let mut rng = crate::sampling::Rng::new(seed);
+    let mut u = || rng.next_f64();
+    let mut blocks = Vec::new();
+    for _ in 0..rows * cols / BLOCK {
+        let d = f16::from_f32(((u() * 2.0 - 1.0) * 0.05) as f32);
+        blocks.extend(d.to_le_bytes());
+        if format == BlockFormat::Q4_1 {
+            blocks.extend(f16::from_f32(((u() * 2.0 - 1.0) * 0.1) as f32).to_le_bytes());
+        }
+        let q = if format == BlockFormat::Q4_1 { 16 } else { 32 };
+        blocks.extend((0..q).map(|_| (u() * 256.0) as u8));
+    }
+    QuantMatrix::new(format, rows, cols, blocks).unwrap()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::sampling::Rng;
-
-    /// Random blocks with real-looking scales (f16 d in ±0.05, m in ±0.1).
-    pub(crate) fn random_matrix(
-        format: BlockFormat,
-        rows: usize,
-        cols: usize,
-        seed: u64,
-    ) -> QuantMatrix {
-        let mut rng = Rng::new(seed);
-        let mut u = || rng.next_f64();
-        let mut blocks = Vec::new();
-        for _ in 0..rows * cols / BLOCK {
-            let d = f16::from_f32(((u() * 2.0 - 1.0) * 0.05) as f32);
-            blocks.extend(d.to_le_bytes());
-            if format == BlockFormat::Q4_1 {
-                blocks.extend(f16::from_f32(((u() * 2.0 - 1.0) * 0.1) as f32).to_le_bytes());
-            }
-            let q = if format == BlockFormat::Q4_1 { 16 } else { 32 };
-            blocks.extend((0..q).map(|_| (u() * 256.0) as u8));
-        }
-        QuantMatrix::new(format, rows, cols, blocks).unwrap()
-    }
 
     fn random_x(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = Rng::new(seed);
