@@ -82,6 +82,16 @@ impl Llama {
     /// values written into the cache at the current length. The cache's padding and length mask
     /// the keys; `batch.bias` is not read.
     pub(crate) fn forward_last_cpu(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
+        // The whole step on one of the thread pool's workers: its products then fork and join
+        // among workers that are still spinning from the last one, instead of waking the pool
+        // and putting this thread to sleep some 120 times per token.
+        #[cfg(not(target_family = "wasm"))]
+        return rayon::scope(|_| self.decode_step(batch, cache));
+        #[cfg(target_family = "wasm")]
+        self.decode_step(batch, cache)
+    }
+
+    fn decode_step(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
         let [b, t] = batch.tokens.dims();
         assert_eq!(t, 1, "one new token per row");
         let device = batch.tokens.device();
@@ -264,13 +274,14 @@ fn attend(q: &[f32], kc: &[f32], vc: &[f32], s: AttendShape, pads: &[usize]) -> 
             o.iter_mut().zip(vj).for_each(|(o, v)| *o += wj * v);
         }
     };
-    // Rows and heads in parallel where there is enough of them to pay for the fork.
+    // Rows and heads in parallel (even one row's 9 heads: at a few hundred keys they cost more
+    // than the fork).
     #[cfg(not(target_family = "wasm"))]
-    if b > 1 {
+    {
         use rayon::prelude::*;
         out.par_chunks_mut(hd).enumerate().for_each(|(task, o)| one(task, o));
-        return out;
     }
+    #[cfg(target_family = "wasm")]
     for (task, o) in out.chunks_mut(hd).enumerate() {
         one(task, o);
     }
