@@ -583,13 +583,17 @@ mod avx512 {
         }
     }
 
-    /// R rows of x against one row of blocks (Q4_1 when `Q4`, else Q8_0): per block and row,
-    /// d·Σ x·q + m·Σ x, as in the AVX2 kernel.
+    /// R rows of x against one row of blocks (Q4_1 when `Q4`, else Q8_0). Each block is expanded
+    /// once into its f32 weights, d·q + m (d·q for Q8_0), in two vectors, and every row of x takes
+    /// its dot product with them: two FMAs per row and block, the expansion shared by the R rows.
+    /// (AVX2's d·Σ x·q + m·Σ x costs a multiply and a scalar FMA more per row, which is what
+    /// products over many rows, prompts, are made of.) Every row is computed the same way
+    /// whatever R is, so a row's result does not depend on the rows beside it.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn tile<const R: usize, const Q4: bool>(
         w: &[u8],
         x: &[f32],
-        xsum: &[f32],
+        _xsum: &[f32],
         cols: usize,
         out: &mut [f32],
     ) {
@@ -597,47 +601,42 @@ mod avx512 {
         // Two accumulators per row (even and odd blocks), so that consecutive blocks' updates
         // do not wait on each other.
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let mut offsets = [0.0f32; R];
         let nibble = _mm_set1_epi8(0x0f);
         macro_rules! block {
             ($b:expr, $k:tt) => {
-                // SAFETY: block $b lies inside w (w holds nb blocks), x rows and xsum inside theirs.
+                // SAFETY: block $b lies inside w (w holds nb blocks), x rows inside theirs.
                 unsafe {
                     let b = $b;
                     let blk = w.as_ptr().add(b * bytes);
-                    let (d, m, q) = if Q4 {
+                    let wv = if Q4 {
                         let dm =
                             _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                        let (d, m) = (
+                            _mm512_broadcastss_ps(dm),
+                            _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
+                        );
                         let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
                         let lo = _mm_and_si128(qs, nibble);
                         let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
-                        let q = [
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-                            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-                        ];
-                        (_mm512_broadcastss_ps(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)), q)
+                        [
+                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), m),
+                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), m),
+                        ]
                     } else {
-                        let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                        let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
                             (blk as *const u16).read_unaligned() as i32,
-                        ));
-                        let q = [
+                        )));
+                        let q = |at: usize| {
                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                blk.add(2) as *const __m128i,
-                            ))),
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                blk.add(18) as *const __m128i,
-                            ))),
-                        ];
-                        (_mm512_broadcastss_ps(d), 0.0, q)
+                                blk.add(at) as *const __m128i
+                            )))
+                        };
+                        [_mm512_mul_ps(d, q(2)), _mm512_mul_ps(d, q(18))]
                     };
                     for r in 0..R {
                         let xp = x.as_ptr().add(r * cols + b * BLOCK);
-                        let t = _mm512_mul_ps(_mm512_loadu_ps(xp), q[0]);
-                        let t = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(16)), q[1], t);
-                        acc[r][$k] = _mm512_fmadd_ps(d, t, acc[r][$k]);
-                        if Q4 {
-                            offsets[r] += m * *xsum.get_unchecked(r * nb + b);
-                        }
+                        let a = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv[0], acc[r][$k]);
+                        acc[r][$k] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(16)), wv[1], a);
                     }
                 }
             };
@@ -651,8 +650,8 @@ mod avx512 {
         if b < nb {
             block!(b, 0);
         }
-        for ((o, acc), offset) in out.iter_mut().zip(acc).zip(offsets) {
-            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
+        for (o, acc) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
     }
 }
@@ -838,6 +837,38 @@ mod tests {
                 m.matmul(&x, n, &mut y);
                 for (g, w) in y.iter().zip(&want) {
                     assert!((*g as f64 - w).abs() <= 1e-5 * (cols as f64).sqrt() + 1e-6 * w.abs());
+                }
+            }
+        }
+    }
+
+    /// A row of x gets the same bits whatever rows are multiplied beside it: a request's answer
+    /// must not depend on the others in its batch.
+    #[test]
+    fn a_rows_product_does_not_depend_on_the_rows_beside_it() {
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let (rows, cols) = (40, 576);
+            let m = random_matrix(format, rows, cols, 9);
+            let x = random_x(11 * cols, 4);
+            for kernel in Kernel::available() {
+                let product = |x: &[f32], n: usize| {
+                    let mut y = vec![0.0f32; rows * n];
+                    kernel.dot(format, m.rows_from(0, rows), x, &block_sums(x), n, cols, &mut y);
+                    y
+                };
+                let alone: Vec<Vec<f32>> =
+                    (0..11).map(|r| product(&x[r * cols..(r + 1) * cols], 1)).collect();
+                for n in [2, 4, 8, 9, 11] {
+                    let y = product(&x[..n * cols], n);
+                    for (j, col) in y.chunks_exact(n).enumerate() {
+                        for (r, v) in col.iter().enumerate() {
+                            assert_eq!(
+                                v.to_bits(),
+                                alone[r][j].to_bits(),
+                                "{kernel:?} {format:?} n {n}"
+                            );
+                        }
+                    }
                 }
             }
         }
