@@ -1,5 +1,6 @@
-//! A cached decoding step on the CPU over the GGUF's blocks: one new token per row, computed on
-//! plain f32 buffers with the quantized kernels of [`crate::quant`], the KV cache written in place.
+//! A cached forward pass on the CPU over the GGUF's blocks, for a prompt (up to
+//! [`crate::model::QUANT_KERNEL_MAX_ROWS`] tokens in all) or a decoding step, computed on plain f32 buffers with
+//! the quantized kernels of [`crate::quant`], the KV cache written in place.
 //!
 //! The same computation as [`Llama::forward_last`] with a cache, which remains the reference (and
 //! the path for prompts, dense weights and GPUs). Through burn a step is some fifty small tensor
@@ -78,22 +79,23 @@ impl Llama {
             && self.projection_names().iter().all(|&(i, j, _)| blocks(self.projection(i, j)))
     }
 
-    /// Logits `[B, vocab]` for one new token per row (`batch.tokens` `[B, 1]`), its keys and
-    /// values written into the cache at the current length. The cache's padding and length mask
-    /// the keys; `batch.bias` is not read.
+    /// Logits `[B, vocab]` of each row's last token, for `T` new tokens per row
+    /// (`batch.tokens` `[B, T]`) written into the cache from its current length on. The cache's
+    /// padding and causality mask the keys; `batch.bias` is not read.
     pub(crate) fn forward_last_cpu(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
         // The whole step on one of the thread pool's workers: its products then fork and join
         // among workers that are still spinning from the last one, instead of waking the pool
         // and putting this thread to sleep some 120 times per token.
         #[cfg(not(target_family = "wasm"))]
-        return rayon::scope(|_| self.decode_step(batch, cache));
+        return rayon::scope(|_| self.cpu_pass(batch, cache));
         #[cfg(target_family = "wasm")]
-        self.decode_step(batch, cache)
+        self.cpu_pass(batch, cache)
     }
 
-    fn decode_step(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
+    fn cpu_pass(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
         let [b, t] = batch.tokens.dims();
-        assert_eq!(t, 1, "one new token per row");
+        // Row a of every activation is token a % t of sequence a / t.
+        let n = b * t;
         let device = batch.tokens.device();
         let ints = |x: Tensor<2, Int>| -> Vec<usize> {
             x.into_data().convert::<i64>().iter::<i64>().map(|v| v.max(0) as usize).collect()
@@ -104,7 +106,7 @@ impl Llama {
             ints(batch.tokens).into_iter().map(|id| id.min(embed.rows - 1)).collect();
         let weights = cache.host_weights(|| HostWeights::of(self));
 
-        cache.prepare(1);
+        cache.prepare(t);
         let (slot, cap) = (cache.len(), cache.capacity());
         let pads: Vec<usize> =
             (0..b).map(|r| cache.padding().get(r).copied().unwrap_or(0)).collect();
@@ -112,14 +114,14 @@ impl Llama {
         let (n_heads, n_kv, hd) = (attn0.n_heads, attn0.n_kv_heads, attn0.head_dim);
         let d = embed.cols;
 
-        // RoPE rows per row of the batch, the same for every layer.
-        let (mut cos, mut sin) = (vec![0.0f32; b * hd], vec![0.0f32; b * hd]);
-        for (r, &p) in positions.iter().enumerate() {
-            self.rope.row(p, &mut cos[r * hd..(r + 1) * hd], &mut sin[r * hd..(r + 1) * hd]);
+        // RoPE rows per token, the same for every layer.
+        let (mut cos, mut sin) = (vec![0.0f32; n * hd], vec![0.0f32; n * hd]);
+        for (a, &p) in positions.iter().enumerate() {
+            self.rope.row(p, &mut cos[a * hd..(a + 1) * hd], &mut sin[a * hd..(a + 1) * hd]);
         }
 
         let mut x = embed.dequantize_rows(&ids);
-        let mut h = vec![0.0f32; b * d];
+        let mut h = vec![0.0f32; n * d];
         for (i, layer) in self.layers.iter().enumerate() {
             let (attn, mlp) = (&layer.self_attn, &layer.mlp);
             let lora = &weights.lora[i];
@@ -129,14 +131,14 @@ impl Llama {
                 [&attn.q_proj, &attn.k_proj, &attn.v_proj],
                 [&lora[0], &lora[1], &lora[2]],
                 &h,
-                b,
+                n,
             );
-            for r in 0..b {
-                let (c, s) = (&cos[r * hd..(r + 1) * hd], &sin[r * hd..(r + 1) * hd]);
-                for head in q[r * n_heads * hd..(r + 1) * n_heads * hd].chunks_exact_mut(hd) {
+            for a in 0..n {
+                let (c, s) = (&cos[a * hd..(a + 1) * hd], &sin[a * hd..(a + 1) * hd]);
+                for head in q[a * n_heads * hd..(a + 1) * n_heads * hd].chunks_exact_mut(hd) {
                     rope(head, c, s);
                 }
-                for head in k[r * n_kv * hd..(r + 1) * n_kv * hd].chunks_exact_mut(hd) {
+                for head in k[a * n_kv * hd..(a + 1) * n_kv * hd].chunks_exact_mut(hd) {
                     rope(head, c, s);
                 }
             }
@@ -147,30 +149,35 @@ impl Llama {
                 kd.as_mut_slice::<f32>().expect("an f32 cache"),
                 vd.as_mut_slice::<f32>().expect("an f32 cache"),
             );
-            for r in 0..b {
+            for a in 0..n {
+                let (r, i) = (a / t, a % t);
                 for g in 0..n_kv {
-                    let at = ((r * n_kv + g) * cap + slot) * hd;
-                    let from = (r * n_kv + g) * hd;
+                    let at = ((r * n_kv + g) * cap + slot + i) * hd;
+                    let from = (a * n_kv + g) * hd;
                     kc[at..at + hd].copy_from_slice(&k[from..from + hd]);
                     vc[at..at + hd].copy_from_slice(&v[from..from + hd]);
                 }
             }
-            let out = attend(&q, kc, vc, AttendShape { b, n_heads, n_kv, hd, cap, slot }, &pads);
+            let shape = AttendShape { t, n_heads, n_kv, hd, cap, slot };
+            let out = attend(&q, kc, vc, shape, &pads);
             cache.put(i, Tensor::from_data(kd, &device), Tensor::from_data(vd, &device));
 
-            let [o] = products([&attn.o_proj], [&lora[3]], &out, b);
+            let [o] = products([&attn.o_proj], [&lora[3]], &out, n);
             add(&mut x, &o);
             rms_norm(&x, &weights.norms[i][1], &layer.post_attention_layernorm, &mut h);
             let [mut gate, up] =
-                products([&mlp.gate_proj, &mlp.up_proj], [&lora[4], &lora[5]], &h, b);
+                products([&mlp.gate_proj, &mlp.up_proj], [&lora[4], &lora[5]], &h, n);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-            let [down] = products([&mlp.down_proj], [&lora[6]], &gate, b);
+            let [down] = products([&mlp.down_proj], [&lora[6]], &gate, n);
             add(&mut x, &down);
         }
-        cache.advance(1);
-        rms_norm(&x, &weights.final_norm, &self.norm, &mut h);
+        cache.advance(t);
+        let last: Vec<f32> =
+            x.chunks_exact(t * d).flat_map(|row| row[(t - 1) * d..].iter().copied()).collect();
+        let mut h = vec![0.0f32; b * d];
+        rms_norm(&last, &weights.final_norm, &self.norm, &mut h);
         let mut logits = vec![0.0f32; b * self.vocab_size];
         embed.matmul(&h, b, &mut logits);
         Tensor::from_data(TensorData::new(logits, [b, self.vocab_size]), &device)
@@ -237,29 +244,31 @@ fn products<const N: usize>(
 
 #[derive(Clone, Copy)]
 struct AttendShape {
-    b: usize,
+    /// New tokens per row.
+    t: usize,
     n_heads: usize,
     n_kv: usize,
     hd: usize,
     cap: usize,
-    /// The new token's slot: row r attends to its slots pads[r]..=slot.
+    /// The first new token's slot: token i of row r attends to its slots pads[r]..=slot + i.
     slot: usize,
 }
 
-/// softmax(q·kᵀ/√hd)·v per row and query head, over the keys each row may see; query head h
-/// reads KV head h / (n_heads / n_kv). q `[b, n_heads·hd]`, caches `[b, n_kv, cap, hd]`.
-/// Returns `[b, n_heads·hd]`.
+/// softmax(q·kᵀ/√hd)·v per token and query head, over the keys each token may see; query head h
+/// reads KV head h / (n_heads / n_kv). q `[b·t, n_heads·hd]`, caches `[b, n_kv, cap, hd]`.
+/// Returns `[b·t, n_heads·hd]`; a padding token, which may see no key, gets zeros.
 fn attend(q: &[f32], kc: &[f32], vc: &[f32], s: AttendShape, pads: &[usize]) -> Vec<f32> {
-    let AttendShape { b, n_heads, n_kv, hd, cap, slot } = s;
+    let AttendShape { t, n_heads, n_kv, hd, cap, slot } = s;
+    let b = pads.len();
     let rep = n_heads / n_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0.0f32; b * n_heads * hd];
+    let mut out = vec![0.0f32; b * t * n_heads * hd];
     let one = |task: usize, o: &mut [f32]| {
-        let (r, h) = (task / n_heads, task % n_heads);
-        let g = h / rep;
+        let (a, h) = (task / n_heads, task % n_heads);
+        let (r, g) = (a / t, h / rep);
         let qh: Vec<f32> = q[task * hd..(task + 1) * hd].iter().map(|v| v * scale).collect();
         let base = (r * n_kv + g) * cap;
-        let seen = pads[r].min(slot)..slot + 1;
+        let seen = pads[r]..slot + a % t + 1;
         let mut w: Vec<f32> =
             seen.clone().map(|j| dot(&qh, &kc[(base + j) * hd..(base + j + 1) * hd])).collect();
         let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -344,19 +353,30 @@ mod tests {
         t.into_data().try_into_vec_as::<f32>().unwrap()
     }
 
-    /// Two left-padded rows decoded past the cache's first capacity: at every step the CPU step's
-    /// logits equal burn's path on an identical cache (the reference), the keys it wrote are
-    /// burn's, and the cache's buffers are written where they lie, not copied.
+    fn max_rel_diff(ours: &[f32], want: &[f32]) -> f32 {
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
+    }
+
+    /// Two left-padded prompts (one mostly padding) and then 12 decoding steps that cross the
+    /// cache's first capacity: at every pass this module's logits equal burn's path on an
+    /// identical cache (the reference) and so do the keys and values written; within a capacity,
+    /// the cache's buffers are written where they lie, not copied.
     #[test]
-    fn decoding_step_equals_the_burn_path() {
+    fn cpu_pass_equals_the_burn_path() {
         let model = quantized_model();
         let device = model.device();
         let prompts: Vec<Vec<u32>> = vec![(10..130).collect(), (200..203).collect()];
-        let (prefill, pads) = Batch::left_padded(&prompts, &device);
-        let mut cache = model.new_cache().with_padding(pads);
-        model.forward_last(prefill, Some(&mut cache));
+        let prefill = || Batch::left_padded(&prompts, &device);
+        let (batch, pads) = prefill();
+        let mut cache = model.new_cache().with_padding(pads.clone());
+        let ours = values(model.forward_last_cpu(batch, &mut cache));
+        let mut reference = model.new_cache().with_padding(pads);
+        let hidden = model.forward_hidden(prefill().0, Some(&mut reference));
+        let want = values(model.logits(hidden.slice(s![.., 119..120, ..])).reshape([2, 300]));
+        let d = max_rel_diff(&ours, &want);
+        assert!(d <= 1e-5, "prompts: max |Δ| {d} of the largest logit");
         assert_eq!(cache.capacity(), 128);
-        let mut reference = cache.clone();
         let mut buffer = None;
         for step in 0..12 {
             // The first 8 steps fill the first capacity, the 9th grows it.
@@ -375,21 +395,31 @@ mod tests {
             let ours = values(model.forward_last_cpu(batch(), &mut cache));
             let hidden = model.forward_hidden(batch(), Some(&mut reference));
             let want = values(model.logits(hidden).reshape([2, model.vocab_size]));
-            let worst = ours.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            assert!(worst <= 1e-5 * scale, "step {step}: max |Δ| {worst}, largest logit {scale}");
+            let d = max_rel_diff(&ours, &want);
+            assert!(d <= 1e-5, "step {step}: max |Δ| {d} of the largest logit");
             assert_eq!(cache.len(), reference.len());
             assert_eq!(cache.capacity(), reference.capacity());
 
             let (k, v) = cache.take_layer(1, [0; 3], &device);
             let (rk, rv) = reference.take_layer(1, [0; 3], &device);
-            let d = |a: &Tensor<4>, b: &Tensor<4>| {
-                let (a, b) = (a.clone().into_data(), b.clone().into_data());
-                let (a, b) = (a.as_slice::<f32>().unwrap(), b.as_slice::<f32>().unwrap());
-                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+            // Keys and values of every token, not of the padding (which nothing reads).
+            let written = |t: &Tensor<4>| -> Vec<f32> {
+                let [_, n_kv, cap, hd] = t.dims();
+                let data = t.clone().into_data();
+                let all = data.as_slice::<f32>().unwrap();
+                let mut out = Vec::new();
+                for (r, pad) in cache.padding().iter().enumerate() {
+                    for g in 0..n_kv {
+                        let at = (r * n_kv + g) * cap;
+                        out.extend(&all[(at + pad) * hd..(at + cache.len()) * hd]);
+                    }
+                }
+                out
             };
-            let (dk, dv) = (d(&k, &rk), d(&v, &rv));
+            let (dk, dv) = (
+                max_rel_diff(&written(&k), &written(&rk)),
+                max_rel_diff(&written(&v), &written(&rv)),
+            );
             assert!(dk <= 1e-5 && dv <= 1e-5, "step {step}: cached keys differ: {dk:e} {dv:e}");
             reference.put(1, rk, rv);
             // Within one capacity the step writes into the same buffer every time.

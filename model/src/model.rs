@@ -629,11 +629,13 @@ impl Llama {
         {
             return self.forward_last_gpu(batch, cache);
         }
-        // Decoding on the CPU over blocks: plain loops around the kernels (cpu_decode.rs).
+        // On the CPU over blocks, decoding steps and prompts short enough for the quantized
+        // kernels: plain loops around them (cpu_decode.rs).
         #[cfg(not(feature = "gpu-kernels"))]
         let mut cache = cache;
+        let [b, t] = batch.tokens.dims();
         if let Some(cache) = cache.as_deref_mut()
-            && batch.tokens.dims()[1] == 1
+            && b * t <= QUANT_KERNEL_MAX_ROWS
             && self.cpu_decode_supported()
         {
             return self.forward_last_cpu(batch, cache);

@@ -19,10 +19,13 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 /// Last-position logits of a prompt, computed without the KV cache path.
+/// The prompt's last logits, through a cache as generation computes them (on the CPU over
+/// blocks, cpu_decode.rs; on a GPU, gpu_decode.rs).
 fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
     let device = m.model.device();
     let batch = Batch::causal(prompt, &device);
-    m.model.forward_last(batch, None).into_data().try_into_vec_as::<f32>().unwrap()
+    let mut cache = m.model.new_cache();
+    m.model.forward_last(batch, Some(&mut cache)).into_data().try_into_vec_as::<f32>().unwrap()
 }
 
 fn greedy(m: &ChatModel, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
@@ -253,7 +256,12 @@ fn f16_weights_stay_close_to_f32() {
 /// row by row and with left padding, the logits of one full causal pass over the same tokens.
 #[test]
 fn kv_cache_growth_mid_generation_matches_full_passes() {
-    let m = load(DeviceChoice::Cpu);
+    for precision in [Precision::F32, Precision::Q4_1] {
+        cache_growth_matches_full_passes(&load_as(DeviceChoice::Cpu, precision));
+    }
+}
+
+fn cache_growth_matches_full_passes(m: &ChatModel) {
     let device = m.model.device();
     let story = "Once upon a time, in a small village by the sea, there lived an old fisherman who told stories to every child who would listen. ";
     let prompts: Vec<Vec<u32>> = [story.repeat(3), story.repeat(2)]
