@@ -358,6 +358,49 @@ mod tests {
         ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
     }
 
+    /// Prompts prefilled together, left-padded, get the bits each gets alone, and so do the
+    /// decoding steps after: in `serve`'s batches, a request's answer does not depend on the
+    /// others'.
+    #[test]
+    fn rows_together_get_the_bits_they_get_alone() {
+        let model = quantized_model();
+        let device = model.device();
+        let prompts: Vec<Vec<u32>> =
+            vec![(10..40).collect(), (200..203).collect(), (50..61).collect()];
+        let run = |prompts: &[Vec<u32>]| -> Vec<Vec<f32>> {
+            let (batch, pads) = Batch::left_padded(prompts, &device);
+            let mut cache = model.new_cache().with_padding(pads);
+            let mut out = vec![values(model.forward_last(batch, Some(&mut cache)))];
+            for step in 0..3 {
+                let b = prompts.len();
+                let batch = Batch {
+                    tokens: Tensor::from_data(TensorData::new(vec![7i32; b], [b, 1]), &device),
+                    positions: Tensor::from_data(
+                        TensorData::new(
+                            prompts.iter().map(|p| (p.len() + step) as i32).collect::<Vec<_>>(),
+                            [b, 1],
+                        ),
+                        &device,
+                    ),
+                    bias: None,
+                };
+                out.push(values(model.forward_last(batch, Some(&mut cache))));
+            }
+            out
+        };
+        let together = run(&prompts);
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = run(std::slice::from_ref(p));
+            for (step, (all, one)) in together.iter().zip(&alone).enumerate() {
+                let row = &all[r * 300..(r + 1) * 300];
+                assert!(
+                    row.iter().zip(one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "prompt {r}, pass {step}"
+                );
+            }
+        }
+    }
+
     /// Two left-padded prompts (one mostly padding) and then 12 decoding steps that cross the
     /// cache's first capacity: at every pass this module's logits equal burn's path on an
     /// identical cache (the reference) and so do the keys and values written; within a capacity,
