@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use emlab_model::batching::ContinuousBatch;
+use emlab_model::batching::{ContinuousBatch, SharedPrefix};
 use emlab_model::chat::Message;
 use emlab_model::generate::{Flow, Generation, TokenLogprobs, block_on};
 use emlab_model::pipeline::ChatModel;
@@ -288,6 +288,10 @@ fn worker(
     };
     let mut batches: BTreeMap<String, ContinuousBatch<Active>> =
         models.keys().map(|k| (k.clone(), ContinuousBatch::default())).collect();
+    // The chat template's start, before the user's words, is the same for most requests: computed
+    // once per model, each such prompt is prefilled from its end.
+    let prefixes: BTreeMap<&String, Option<SharedPrefix>> =
+        models.iter().map(|(k, m)| (k, SharedPrefix::new(&m.model, template_prefix(m)))).collect();
     let mut queue: std::collections::VecDeque<Job> = Default::default();
     // Answers go out at the end of each step, after /health is updated: a client that reads
     // /health once it has its answer sees the state that answer left.
@@ -331,7 +335,9 @@ fn worker(
                     panic!("injected by EMLAB_SERVE_PANIC_TEST");
                 }
                 let prompt = std::slice::from_ref(&active.job.prompt);
-                ContinuousBatch::<Active>::prefill(&m.model, prompt, std::slice::from_ref(&cfg))
+                let prefix = prefixes[&active.job.model].as_ref();
+                let cfgs = std::slice::from_ref(&cfg);
+                ContinuousBatch::<Active>::prefill_after(&m.model, prefix, prompt, cfgs)
             }));
             match prefilled {
                 Ok(Ok(p)) => {
@@ -386,6 +392,15 @@ fn worker(
             let _ = job.done.send(result);
         }
     }
+}
+
+/// The tokens a chat with the default system prompt starts with, up to the user's words: what
+/// two one-word chats have in common.
+fn template_prefix(m: &ChatModel) -> Vec<u32> {
+    let chat = |word: &str| m.encode_chat(&[Message::user(word.to_string())]).unwrap_or_default();
+    let (a, b) = (chat("a"), chat("b"));
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    a[..common].to_vec()
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

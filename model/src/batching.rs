@@ -24,6 +24,26 @@ pub struct Prefilled {
     prompt_lens: Vec<usize>,
 }
 
+/// The cached keys and values of a prompt prefix that many requests share (a chat template's
+/// system prompt: 27 of a short question's 38 tokens), computed once. A prompt prefilled after it
+/// gets the bits it gets from its whole prefill, because the CPU pass computes every token alike
+/// whatever else is in the pass; so it is made only for a model that runs that pass.
+pub struct SharedPrefix {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+impl SharedPrefix {
+    pub fn new(model: &Llama, ids: Vec<u32>) -> Option<Self> {
+        if ids.is_empty() || !model.runs_cpu_pass(ids.len()) {
+            return None;
+        }
+        let mut cache = model.new_cache();
+        model.forward_last(Batch::causal(&ids, &model.device()), Some(&mut cache));
+        Some(Self { ids, cache })
+    }
+}
+
 /// Rows decoding together; `T` is what the caller keeps per row (its request).
 pub struct ContinuousBatch<T> {
     cache: KvCache,
@@ -64,10 +84,39 @@ impl<T> ContinuousBatch<T> {
         prompts: &[Vec<u32>],
         cfgs: &[GenerationConfig],
     ) -> Result<Prefilled, Error> {
+        Self::prefill_after(model, None, prompts, cfgs)
+    }
+
+    /// As [`ContinuousBatch::prefill`]; a single prompt that starts with `prefix`'s tokens is
+    /// run from the prefix's end, on a copy of its cached keys and values.
+    pub fn prefill_after(
+        model: &Llama,
+        prefix: Option<&SharedPrefix>,
+        prompts: &[Vec<u32>],
+        cfgs: &[GenerationConfig],
+    ) -> Result<Prefilled, Error> {
         let longest_new = cfgs.iter().map(|c| c.max_new_tokens).max().unwrap_or(0);
         for (p, cfg) in prompts.iter().zip(cfgs) {
             check_prompts(model, std::slice::from_ref(p), cfg.max_new_tokens)?;
             cfg.sampling.validate().map_err(Error::Invalid)?;
+        }
+        if let (Some(prefix), [prompt]) = (prefix, prompts)
+            && let Some(rest) = prompt.strip_prefix(prefix.ids.as_slice())
+            && !rest.is_empty()
+            && model.runs_cpu_pass(rest.len())
+        {
+            let device = model.device();
+            let start = prefix.ids.len();
+            let ints =
+                |v: Vec<i32>| Tensor::from_data(TensorData::new(v, [1, rest.len()]), &device);
+            let batch = Batch {
+                tokens: ints(rest.iter().map(|&id| id as i32).collect()),
+                positions: ints((start..prompt.len()).map(|p| p as i32).collect()),
+                bias: None, // the CPU pass masks by the cache's length
+            };
+            let mut cache = prefix.cache.select_rows(&[0]);
+            let logits = model.forward_last(batch, Some(&mut cache));
+            return Ok(Prefilled { cache, logits, prompt_lens: vec![prompt.len()] });
         }
         let (batch, pads) = Batch::left_padded(prompts, &model.device());
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -216,6 +265,47 @@ mod tests {
     use crate::config::LlamaConfig;
     use crate::generate::{block_on, generate};
     use crate::sampling::SamplingParams;
+
+    /// A prompt prefilled after a shared prefix gets the bits of its whole prefill, and decodes
+    /// the same tokens; a model off the CPU pass gets no shared prefix.
+    #[test]
+    fn a_shared_prefix_changes_no_bit() {
+        let model = crate::cpu_decode::tests::quantized_model();
+        let prefix: Vec<u32> = (20..47).collect();
+        let shared = SharedPrefix::new(&model, prefix.clone()).expect("the CPU pass runs it");
+        let prompt: Vec<u32> = prefix.iter().copied().chain(60..71).collect();
+        let greedy = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
+        let cfg = GenerationConfig::new(6, greedy, vec![]);
+        let run = |after: Option<&SharedPrefix>| {
+            let p = ContinuousBatch::<()>::prefill_after(
+                &model,
+                after,
+                &[prompt.clone()],
+                &[cfg.clone()],
+            )
+            .unwrap();
+            let logits = p.logits.clone().into_data().try_into_vec_as::<f32>().unwrap();
+            let mut batch = ContinuousBatch::default();
+            batch.add(p, vec![(cfg.clone(), ())]);
+            loop {
+                let done = block_on(batch.step(&model, |_, _, _| Flow::Continue)).unwrap();
+                if let Some((_, g)) = done.into_iter().next() {
+                    return (logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), g.ids);
+                }
+            }
+        };
+        assert_eq!(run(Some(&shared)), run(None));
+
+        let cfg = LlamaConfig::tiny(300);
+        let dense = Llama::from_weights(
+            &cfg,
+            Llama::random_weights(&cfg, 7),
+            &Device::flex(),
+            FloatDType::F32,
+        )
+        .unwrap();
+        assert!(SharedPrefix::new(&dense, prefix).is_none());
+    }
 
     /// Rows that join at different steps, with different prompt lengths, budgets and sampling,
     /// each produce what they produce alone; the cache shrinks back as rows leave.

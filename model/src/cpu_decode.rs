@@ -79,6 +79,14 @@ impl Llama {
             && self.projection_names().iter().all(|&(i, j, _)| blocks(self.projection(i, j)))
     }
 
+    /// Whether a cached pass of `tokens` tokens in all (rows × padded length) runs on the CPU
+    /// pass of this module, which computes each token bit for bit as it would in any other pass
+    /// (every product, norm and attention is per token, over its own row's keys, and the kernels
+    /// give a row the same bits whatever rows are beside it).
+    pub fn runs_cpu_pass(&self, tokens: usize) -> bool {
+        tokens <= crate::model::QUANT_KERNEL_MAX_ROWS && self.cpu_decode_supported()
+    }
+
     /// Logits `[B, vocab]` of each row's last token, for `T` new tokens per row
     /// (`batch.tokens` `[B, T]`) written into the cache from its current length on. The cache's
     /// padding and causality mask the keys; `batch.bias` is not read.
@@ -311,7 +319,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::module::Param;
     use burn::tensor::{Distribution, FloatDType};
 
@@ -323,7 +331,7 @@ mod tests {
 
     /// A tiny model whose products are random Q4_1 blocks and whose embeddings are Q8_0 blocks, as
     /// the GGUF has them, with LoRA adapters on every projection whose B is not zero.
-    fn quantized_model() -> Llama {
+    pub(crate) fn quantized_model() -> Llama {
         let cfg = LlamaConfig { max_position_embeddings: 512, ..LlamaConfig::tiny(300) };
         let mut w = Llama::random_weights(&cfg, 3);
         for (seed, (name, shape)) in expected_shapes(&cfg).into_iter().enumerate() {
