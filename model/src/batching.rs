@@ -280,8 +280,8 @@ mod tests {
             let p = ContinuousBatch::<()>::prefill_after(
                 &model,
                 after,
-                &[prompt.clone()],
-                &[cfg.clone()],
+                std::slice::from_ref(&prompt),
+                std::slice::from_ref(&cfg),
             )
             .unwrap();
             let logits = p.logits.clone().into_data().try_into_vec_as::<f32>().unwrap();
