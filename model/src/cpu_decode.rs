@@ -361,6 +361,10 @@ pub(crate) mod tests {
         t.into_data().try_into_vec_as::<f32>().unwrap()
     }
 
+    /// The same f32 arithmetic summed in another order: measured up to ~1e-5 of the largest value
+    /// over 12 steps (this random model's logits reach ~80), so 1e-4 bounds it with room.
+    const TOLERANCE: f32 = 1e-4;
+
     fn max_rel_diff(ours: &[f32], want: &[f32]) -> f32 {
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / scale
@@ -426,7 +430,7 @@ pub(crate) mod tests {
         let hidden = model.forward_hidden(prefill().0, Some(&mut reference));
         let want = values(model.logits(hidden.slice(s![.., 119..120, ..])).reshape([2, 300]));
         let d = max_rel_diff(&ours, &want);
-        assert!(d <= 1e-5, "prompts: max |Δ| {d} of the largest logit");
+        assert!(d <= TOLERANCE, "prompts: max |Δ| {d} of the largest logit");
         assert_eq!(cache.capacity(), 128);
         let mut buffer = None;
         for step in 0..12 {
@@ -447,7 +451,7 @@ pub(crate) mod tests {
             let hidden = model.forward_hidden(batch(), Some(&mut reference));
             let want = values(model.logits(hidden).reshape([2, model.vocab_size]));
             let d = max_rel_diff(&ours, &want);
-            assert!(d <= 1e-5, "step {step}: max |Δ| {d} of the largest logit");
+            assert!(d <= TOLERANCE, "step {step}: max |Δ| {d} of the largest logit");
             assert_eq!(cache.len(), reference.len());
             assert_eq!(cache.capacity(), reference.capacity());
 
@@ -471,7 +475,10 @@ pub(crate) mod tests {
                 max_rel_diff(&written(&k), &written(&rk)),
                 max_rel_diff(&written(&v), &written(&rv)),
             );
-            assert!(dk <= 1e-5 && dv <= 1e-5, "step {step}: cached keys differ: {dk:e} {dv:e}");
+            assert!(
+                dk <= TOLERANCE && dv <= TOLERANCE,
+                "step {step}: cached keys differ: {dk:e} {dv:e}"
+            );
             reference.put(1, rk, rv);
             // Within one capacity the step writes into the same buffer every time.
             let data = k.into_data();
