@@ -3,13 +3,13 @@
 //! the quantized kernels of [`crate::quant`], the KV cache written in place.
 //!
 //! The same computation as [`Llama::forward_last`] with a cache, which remains the reference (and
-//! the path for prompts, dense weights and GPUs). Through burn a step is some fifty small tensor
+//! the path for longer prompts, dense weights and GPUs). Through burn a step is some fifty small tensor
 //! operations per layer, each with its own allocation and dispatch; at batch 1 they cost as much
 //! as the weight products themselves. Here a layer is its four products and a few loops.
 
 use burn::prelude::*;
 
-use crate::model::{Batch, KvCache, Linear, Llama, RmsNorm};
+use crate::model::{Batch, KvCache, Linear, Llama, PROJECTIONS, RmsNorm};
 use crate::quant::QuantMatrix;
 
 /// What a decoding step reads from burn tensors, copied to the host once per generation (per
@@ -19,9 +19,9 @@ pub struct HostWeights {
     /// Per layer: the input and post-attention norms.
     norms: Vec<[Vec<f32>; 2]>,
     final_norm: Vec<f32>,
-    /// Per layer, per projection (in [`crate::model::PROJECTIONS`] order): A `[d_in, r]`,
+    /// Per layer, per projection (in [`PROJECTIONS`] order): A `[d_in, r]`,
     /// B `[r, d_out]`, scale.
-    lora: Vec<[Option<HostLora>; 7]>,
+    lora: Vec<[Option<HostLora>; PROJECTIONS.len()]>,
 }
 
 #[derive(Debug)]
@@ -76,7 +76,8 @@ impl Llama {
         self.embed_tokens.weight.is_none()
             && self.embed_tokens.blocks.is_some()
             && self.lm_head.is_none()
-            && self.projection_names().iter().all(|&(i, j, _)| blocks(self.projection(i, j)))
+            && (0..self.layers.len())
+                .all(|i| (0..PROJECTIONS.len()).all(|j| blocks(self.projection(i, j))))
     }
 
     /// Whether a cached pass of `tokens` tokens in all (rows × padded length) runs on the CPU
