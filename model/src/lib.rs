@@ -4,7 +4,8 @@
 //! - [`gguf`]: reading and dequantizing GGUF files; [`quant`]: its blocks kept in memory, and their kernels
 //! - [`config`], [`weights`], [`files`]: hyper-parameters, host-side tensors, model directories
 //! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
-//! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache
+//! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache;
+//!   `cpu_decode`: its cached pass on the CPU over the GGUF's blocks, outside burn's ops
 //! - [`sampling`], [`generate`]: token sampling and the generation loop; [`stats`]: its per-token figures
 
 pub mod batching;
