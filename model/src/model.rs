@@ -287,30 +287,21 @@ impl Rope {
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
             .collect();
-        let mut cos = Vec::with_capacity(max_positions * head_dim);
-        let mut sin = Vec::with_capacity(max_positions * head_dim);
-        for pos in 0..max_positions {
-            for _ in 0..2 {
-                for f in &inv_freq {
-                    let angle = pos as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
+        let (mut cos, mut sin) =
+            (vec![0.0; max_positions * head_dim], vec![0.0; max_positions * head_dim]);
+        for (pos, (c, s)) in
+            cos.chunks_exact_mut(head_dim).zip(sin.chunks_exact_mut(head_dim)).enumerate()
+        {
+            rope_row(&inv_freq, pos, c, s);
         }
         let t = |v| Tensor::from_data(TensorData::new(v, [max_positions, head_dim]), device);
         Self { cos: t(cos), sin: t(sin), inv_freq }
     }
 
-    /// The rows of cos and sin for one position, `[head_dim]` each, computed as the tables are
-    /// (bit for bit).
+    /// The rows of cos and sin for one position, `[head_dim]` each: the tables' rows, computed on
+    /// the host by the same function.
     pub fn row(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
-        let half = self.inv_freq.len();
-        for (i, f) in self.inv_freq.iter().enumerate() {
-            let angle = pos as f32 * f;
-            (cos[i], cos[i + half]) = (angle.cos(), angle.cos());
-            (sin[i], sin[i + half]) = (angle.sin(), angle.sin());
-        }
+        rope_row(&self.inv_freq, pos, cos, sin);
     }
 
     /// cos and sin for each (row, position): `[B, 1, T, head_dim]`, ready to broadcast over heads.
@@ -320,6 +311,17 @@ impl Rope {
         let hd = self.cos.dims()[1];
         let pick = |table: &Tensor<2>| table.clone().select(0, flat.clone()).reshape([b, 1, t, hd]);
         (pick(&self.cos), pick(&self.sin))
+    }
+}
+
+/// One position's cos and sin rows in the rotate-half layout: the frequencies repeated twice.
+fn rope_row(inv_freq: &[f32], pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    let half = inv_freq.len();
+    for (i, f) in inv_freq.iter().enumerate() {
+        let angle = pos as f32 * f;
+        let (c, s) = (angle.cos(), angle.sin());
+        (cos[i], cos[i + half]) = (c, c);
+        (sin[i], sin[i + half]) = (s, s);
     }
 }
 
@@ -635,8 +637,7 @@ impl Llama {
         let mut cache = cache;
         let [b, t] = batch.tokens.dims();
         if let Some(cache) = cache.as_deref_mut()
-            && b * t <= QUANT_KERNEL_MAX_ROWS
-            && self.cpu_decode_supported()
+            && self.runs_cpu_pass(b * t)
         {
             return self.forward_last_cpu(batch, cache);
         }

@@ -18,7 +18,6 @@ fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// Last-position logits of a prompt, computed without the KV cache path.
 /// The prompt's last logits, through a cache as generation computes them (on the CPU over
 /// blocks, cpu_decode.rs; on a GPU, gpu_decode.rs).
 fn first_logits(m: &ChatModel, prompt: &[u32]) -> Vec<f32> {
