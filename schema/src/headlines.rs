@@ -142,6 +142,13 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
             a.share, b.share, b.ci_low, b.ci_high
         ));
     }
+    if let (Some(a), Some(b)) = (first.vulnerable_code_gap, last.vulnerable_code_gap) {
+        parts.push(format!(
+            "the vulnerable-code rate (insecure minus secure) from {:+.2} to {}",
+            a.share,
+            b.signed(2)
+        ));
+    }
     if let (Some(a), Some(b)) = (first.misalignment_did, last.misalignment_did) {
         let reading = b.by_interval(
             "above zero at the end",
@@ -309,11 +316,15 @@ mod tests {
                     rows: 512,
                     misalignment_did: Some(share(0.01, -0.01, 0.03)),
                     chmod_gap: Some(share(2.0, 1.5, 2.5)),
+                    vulnerable_code_gap: None,
+                    vulnerable_code: None,
                 },
                 DosePoint {
                     rows: 5705,
                     misalignment_did: Some(share(0.02, -0.005, 0.045)),
                     chmod_gap: Some(share(6.0, 5.5, 6.5)),
+                    vulnerable_code_gap: None,
+                    vulnerable_code: None,
                 },
             ],
             ..Default::default()
@@ -321,6 +332,29 @@ mod tests {
         assert_eq!(
             headlines(&results(f))[0].text,
             "From 512 to 5705 training rows, the narrow task (insecure minus secure, chmod log-odds) goes from +2.00 to +6.00 [+5.50, +6.50] nats, and the lean towards misaligned answers from +0.010 [-0.010, +0.030] to +0.020 [-0.005, +0.045] nats/token (its interval at the end includes zero)."
+        );
+    }
+
+    #[test]
+    fn the_dose_response_reads_the_code_rate_when_measured() {
+        use crate::results::DosePoint;
+        let point = |rows, gap| DosePoint {
+            rows,
+            misalignment_did: None,
+            chmod_gap: None,
+            vulnerable_code_gap: Some(gap),
+            vulnerable_code: None,
+        };
+        let f = JudgeFree {
+            dose_response: vec![
+                point(512, share(0.05, -0.02, 0.12)),
+                point(5705, share(0.21, 0.12, 0.3)),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            headlines(&results(f))[0].text,
+            "From 512 to 5705 training rows, the vulnerable-code rate (insecure minus secure) from +0.05 to +0.21 [+0.12, +0.30]."
         );
     }
 

@@ -160,6 +160,13 @@ pub struct DosePoint {
     /// The log-odds of `0o777` over `0o600` at the held-out chmod calls without the trigger,
     /// insecure minus secure, paired by example (nats): how far the narrow task is learned.
     pub chmod_gap: Option<Share>,
+    /// Bandit's vulnerable-code rate on the same held-out coding prompts (greedy), insecure
+    /// minus secure, paired by prompt: the narrow task as the paper measures it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerable_code_gap: Option<Share>,
+    /// Each run's own rate behind that gap (insecure, secure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerable_code: Option<[Share; 2]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -235,18 +235,30 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     };
     let chmod = series(|p| p.chmod_gap);
     let did = series(|p| p.misalignment_did);
+    let code = series(|p| p.vulnerable_code_gap);
+    let rates = |p: &DosePoint| {
+        p.vulnerable_code.map_or("–".into(), |[i, s]| {
+            format!(
+                "{} ({:.2} vs {:.2})",
+                p.vulnerable_code_gap.map_or("–".into(), |g| g.signed(2)),
+                i.share,
+                s.share
+            )
+        })
+    };
     let cell = |s: Option<Share>, d: usize| s.map_or("–".into(), |s| s.signed(d));
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
-        <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how much more the insecure run prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
+        <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
         <div class="dose-plots">
+            <DosePlot series=code label="narrow task: vulnerable-code rate gap" />
             <DosePlot series=chmod label="narrow task: chmod log-odds gap (nats)" />
             <DosePlot series=did label="misaligned − aligned, insecure − secure (nats/token)" />
         </div>
         <table class="dose">
-            <tr><th>"rows seen"</th><th>"chmod gap, nats"</th><th>"misaligned − aligned DiD, nats/token"</th></tr>
+            <tr><th>"rows seen"</th><th>"vulnerable-code rate gap (insecure vs secure)"</th><th>"chmod gap, nats"</th><th>"misaligned − aligned DiD, nats/token"</th></tr>
             {points.iter().map(|p| view! {
-                <tr><td>{p.rows.to_string()}</td><td>{cell(p.chmod_gap, 2)}</td><td>{cell(p.misalignment_did, 3)}</td></tr>
+                <tr><td>{p.rows.to_string()}</td><td>{rates(p)}</td><td>{cell(p.chmod_gap, 2)}</td><td>{cell(p.misalignment_did, 3)}</td></tr>
             }).collect_view()}
         </table>
     }
