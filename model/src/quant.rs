@@ -542,10 +542,164 @@ mod avx512 {
         cols: usize,
         out: &mut [f32],
     ) {
+        if n >= PANEL_MIN_ROWS {
+            // SAFETY: the caller's checks.
+            return unsafe { panel(format, w, x, n, cols, out) };
+        }
         let row_bytes = cols / BLOCK * format.bytes();
         for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
             // SAFETY: the caller's checks hold for each row.
             unsafe { row(format, w, x, xsum, n, cols, out) }
+        }
+    }
+
+    /// From this many rows of x on (prompts, large batches) [`panel`] is faster than [`row`]'s
+    /// tiles; both give the same bits.
+    const PANEL_MIN_ROWS: usize = 12;
+
+    /// Weight rows per panel, and rows of x per step inside one: 2·M·R accumulators, 2·R x
+    /// vectors and two weight vectors, 22 of AVX-512's 32 registers (4 × 3 needs all 32 and
+    /// spills; 6 × 2's expanded rows of down_proj no longer fit L1).
+    const M: usize = 4;
+    const R: usize = 2;
+
+    /// Many rows of x against rows of blocks, as a GEMM does it: M weight rows at a time are
+    /// expanded once to f32 (d·q + m, exactly as [`tile`] expands them) into a buffer that stays
+    /// in L1, then R rows of x at a time take their products with all M, so each load of x
+    /// feeds M rows' FMAs and each expansion serves all n rows. [`tile`] reloads x for every
+    /// weight row and expands each block again for every 8 rows of x. Per output the FMAs and
+    /// their order are [`tile`]'s (two accumulators, even and odd blocks), so a row gets the same
+    /// bits whichever path its batch took.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn panel(
+        format: BlockFormat,
+        w: &[u8],
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) {
+        let row_bytes = cols / BLOCK * format.bytes();
+        let rows = w.len() / row_bytes;
+        let mut expanded = vec![0.0f32; M * cols];
+        let mut j = 0;
+        while j < rows {
+            let m = (rows - j).min(M);
+            for (i, dst) in expanded.chunks_exact_mut(cols).take(m).enumerate() {
+                let src = &w[(j + i) * row_bytes..(j + i + 1) * row_bytes];
+                // SAFETY: src holds cols / 32 blocks, dst cols values.
+                unsafe { expand(format, src, dst) };
+            }
+            let o = &mut out[j * n..];
+            let mut r = 0;
+            while r < n {
+                let (xr, or) = (&x[r * cols..], &mut o[r..]);
+                // SAFETY (all): expanded holds m rows of cols, xr (n − r)·cols values and or
+                // the outputs of m weight rows at stride n.
+                macro_rules! steps {
+                    ($(($m:literal, $r:literal))*) => {
+                        match (m, (n - r).min(R)) {
+                            $(($m, $r) => unsafe { step::<$m, $r>(&expanded, xr, cols, n, or) },)*
+                            _ => unreachable!("m ≤ M and r ≤ R"),
+                        }
+                    };
+                }
+                steps!((4, 2)(4, 1)(3, 2)(3, 1)(2, 2)(2, 1)(1, 2)(1, 1));
+                r += R;
+            }
+            j += M;
+        }
+    }
+
+    /// One row of blocks to its f32 weights, the vectors [`tile`] computes for each block.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn expand(format: BlockFormat, w: &[u8], dst: &mut [f32]) {
+        let nibble = _mm_set1_epi8(0x0f);
+        for (b, d16) in dst.chunks_exact_mut(BLOCK).enumerate() {
+            // SAFETY: block b lies inside w, and d16 holds 32 values.
+            unsafe {
+                let out = d16.as_mut_ptr();
+                let (lo, hi) = match format {
+                    BlockFormat::Q4_1 => {
+                        let blk = w.as_ptr().add(b * 20);
+                        let dm =
+                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                        let (d, m) = (
+                            _mm512_broadcastss_ps(dm),
+                            _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
+                        );
+                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                        let lo = _mm_and_si128(qs, nibble);
+                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
+                        (
+                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), m),
+                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), m),
+                        )
+                    }
+                    BlockFormat::Q8_0 => {
+                        let blk = w.as_ptr().add(b * 34);
+                        let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                            (blk as *const u16).read_unaligned() as i32,
+                        )));
+                        let q = |at: usize| {
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                blk.add(at) as *const __m128i
+                            )))
+                        };
+                        (_mm512_mul_ps(d, q(2)), _mm512_mul_ps(d, q(18)))
+                    }
+                };
+                _mm512_storeu_ps(out, lo);
+                _mm512_storeu_ps(out.add(16), hi);
+            }
+        }
+    }
+
+    /// MM expanded weight rows against RR rows of x: `out[i·n + r]` for i < MM, r < RR.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn step<const MM: usize, const RR: usize>(
+        expanded: &[f32],
+        x: &[f32],
+        cols: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let nb = cols / BLOCK;
+        let mut acc = [[[_mm512_setzero_ps(); 2]; RR]; MM];
+        macro_rules! block {
+            ($b:expr, $k:tt) => {
+                // SAFETY: block $b lies inside each row of x and of the expanded weights.
+                unsafe {
+                    let b = $b;
+                    let mut xv = [[_mm512_setzero_ps(); 2]; RR];
+                    for (r, xv) in xv.iter_mut().enumerate() {
+                        let xp = x.as_ptr().add(r * cols + b * BLOCK);
+                        *xv = [_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16))];
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let wp = expanded.as_ptr().add(i * cols + b * BLOCK);
+                        let (w0, w1) = (_mm512_loadu_ps(wp), _mm512_loadu_ps(wp.add(16)));
+                        for (acc, xv) in acc.iter_mut().zip(&xv) {
+                            let a = _mm512_fmadd_ps(xv[0], w0, acc[$k]);
+                            acc[$k] = _mm512_fmadd_ps(xv[1], w1, a);
+                        }
+                    }
+                }
+            };
+        }
+        let mut b = 0;
+        while b + 1 < nb {
+            block!(b, 0);
+            block!(b + 1, 1);
+            b += 2;
+        }
+        if b < nb {
+            block!(b, 0);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (r, acc) in acc.iter().enumerate() {
+                out[i * n + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+            }
         }
     }
 
@@ -801,9 +955,15 @@ mod tests {
     fn every_kernel_matches_the_dequantized_product() {
         for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
             // Odd row counts, one block per row, rows of x not a multiple of the tile (4).
-            for (rows, cols, n) in
-                [(1, 32, 1), (7, 64, 3), (33, 96, 5), (64, 576, 1), (17, 1536, 9), (5, 96, 19)]
-            {
+            for (rows, cols, n) in [
+                (1, 32, 1),
+                (7, 64, 3),
+                (33, 96, 5),
+                (64, 576, 1),
+                (17, 1536, 9),
+                (5, 96, 19),
+                (7, 1536, 34),
+            ] {
                 let m = random_matrix(format, rows, cols, (rows * 31 + n) as u64);
                 let x = random_x(n * cols, rows as u64);
                 let want = exact(&m, &x, n);
@@ -849,7 +1009,7 @@ mod tests {
         for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
             let (rows, cols) = (40, 576);
             let m = random_matrix(format, rows, cols, 9);
-            let x = random_x(11 * cols, 4);
+            let x = random_x(41 * cols, 4);
             for kernel in Kernel::available() {
                 let product = |x: &[f32], n: usize| {
                     let mut y = vec![0.0f32; rows * n];
@@ -857,8 +1017,9 @@ mod tests {
                     y
                 };
                 let alone: Vec<Vec<f32>> =
-                    (0..11).map(|r| product(&x[r * cols..(r + 1) * cols], 1)).collect();
-                for n in [2, 4, 8, 9, 11] {
+                    (0..41).map(|r| product(&x[r * cols..(r + 1) * cols], 1)).collect();
+                // Below 12 rows and from 12 on, kernels may take different paths.
+                for n in [2, 4, 8, 9, 11, 15, 16, 17, 40, 41] {
                     let y = product(&x[..n * cols], n);
                     for (j, col) in y.chunks_exact(n).enumerate() {
                         for (r, v) in col.iter().enumerate() {
