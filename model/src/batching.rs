@@ -379,6 +379,66 @@ mod tests {
         assert_eq!(batch.cache.rows(), 0, "an empty batch holds no cache");
     }
 
+    /// As `serve` runs them: on the CPU pass, each request prefilled alone after the shared
+    /// prefix and joining the running batch at its own step (also an empty one), long enough that
+    /// the batch's cache grows past its first capacity and sheds padding as rows leave; each
+    /// gets the tokens it gets alone.
+    #[test]
+    fn requests_after_a_shared_prefix_decode_in_a_batch_what_they_decode_alone() {
+        let model = crate::cpu_decode::tests::quantized_model();
+        let prefix: Vec<u32> = (20..47).collect();
+        let shared = SharedPrefix::new(&model, prefix.clone()).unwrap();
+        let greedy = SamplingParams { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0 };
+        let sampled = |seed| SamplingParams { temperature: 1.0, top_p: 1.0, top_k: 0, seed };
+        // (prompt after the prefix, max new tokens, sampling, the step at which it joins)
+        let requests: Vec<(Vec<u32>, usize, SamplingParams, usize)> = vec![
+            ((60..70).collect(), 43, greedy, 0),
+            ((80..83).collect(), 22, sampled(3), 2),
+            ((90..110).collect(), 43, sampled(5), 9),
+            ((70..75).collect(), 8, greedy, 30),
+            ((75..90).collect(), 43, sampled(11), 31),
+            ((61..64).collect(), 43, greedy, 60),
+            ((64..68).collect(), 15, sampled(2), 130),
+        ];
+        let prompt = |rest: &[u32]| -> Vec<u32> { prefix.iter().chain(rest).copied().collect() };
+        let alone: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|(rest, n, s, _)| {
+                let g = block_on(generate(
+                    &model,
+                    &[prompt(rest)],
+                    &GenerationConfig::new(*n, *s, Vec::new()),
+                    |_, _| Flow::Continue,
+                ))
+                .unwrap();
+                g[0].ids.clone()
+            })
+            .collect();
+        let mut batch = ContinuousBatch::<usize>::default();
+        let mut got: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
+        for step in 0..200 {
+            for (i, (rest, n, s, at)) in requests.iter().enumerate() {
+                if *at == step {
+                    let cfg = GenerationConfig::new(*n, *s, Vec::new());
+                    let p = ContinuousBatch::<usize>::prefill_after(
+                        &model,
+                        Some(&shared),
+                        &[prompt(rest)],
+                        std::slice::from_ref(&cfg),
+                    )
+                    .unwrap();
+                    batch.add(p, vec![(cfg, i)]);
+                }
+            }
+            for (i, g) in block_on(batch.step(&model, |_, _, _| Flow::Continue)).unwrap() {
+                got[i] = Some(g.ids);
+            }
+        }
+        for (i, want) in alone.iter().enumerate() {
+            assert_eq!(got[i].as_ref(), Some(want), "request {i}");
+        }
+    }
+
     /// A row the caller stops leaves at once, and the others go on unchanged.
     #[test]
     fn a_cancelled_row_leaves_alone() {
