@@ -154,19 +154,25 @@ impl ModelFiles {
         Ok(Self { config, tokenizer, chat, weights: weights.map_err(|e| err(&e))? })
     }
 
-    /// Reads a model directory for the given precision: its `model.gguf` (written beside the
-    /// converted weights by `model-export fetch`) for q4_1, else its safetensors.
+    /// Reads a model directory for the given precision: for q4_1 its `model.gguf` (written beside
+    /// the converted weights by `model-export fetch`) with the blocks as they are, or, for a model
+    /// without one (a merged adapter, another model), its safetensors with every matrix rounded
+    /// to the same block formats ([`Weights::quantize_matrices`]); else its safetensors.
     pub fn load_dir_as(dir: &Path, precision: crate::device::Precision) -> Result<Self, Error> {
         if precision != crate::device::Precision::Q4_1 {
             return Self::load_dir(dir);
         }
         let p = dir.join(GGUF_FILE);
-        let bytes = std::fs::read(&p).map_err(|e| {
-            Error::file(
-                p.display().to_string(),
-                format!("{e}: q4_1 needs the base model's own GGUF (merged models are f32; use --dtype f32)"),
-            )
-        })?;
+        if !p.exists() {
+            let mut files = Self::load_dir(dir)?;
+            files
+                .weights
+                .quantize_matrices()
+                .map_err(|e| Error::file(dir.display().to_string(), e))?;
+            return Ok(files);
+        }
+        let bytes =
+            std::fs::read(&p).map_err(|e| Error::file(p.display().to_string(), e.to_string()))?;
         Self::from_gguf_blocks(&p.display().to_string(), Arc::new(bytes))
     }
 

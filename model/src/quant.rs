@@ -84,6 +84,50 @@ impl QuantMatrix {
         Self::in_buffer(format, rows, cols, Arc::new(blocks), 0..len)
     }
 
+    /// An f32 matrix `[rows, cols]` rounded to blocks, as llama.cpp's quantize does. Q4_1: per
+    /// block the minimum m and the step d = (max − min) / 15, both f16, each value the nearest
+    /// of m + d·q for q < 16. Q8_0: d = max |x| / 127 (f16), q = round(x / d). For a model that
+    /// comes without the GGUF's own blocks (the GGUF's are used as they are).
+    pub fn quantize(
+        format: BlockFormat,
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+    ) -> Result<Self, String> {
+        if x.len() != rows * cols || !cols.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "{} values are not [{rows}, {cols}] in blocks of {BLOCK}",
+                x.len()
+            ));
+        }
+        let mut blocks = Vec::with_capacity(x.len() / BLOCK * format.bytes());
+        for b in x.chunks_exact(BLOCK) {
+            match format {
+                BlockFormat::Q4_1 => {
+                    let (lo, hi) =
+                        b.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                    let (d, m) = (f16::from_f32((hi - lo) / 15.0), f16::from_f32(lo));
+                    blocks.extend(d.to_le_bytes());
+                    blocks.extend(m.to_le_bytes());
+                    let (d, m) = (d.to_f32(), m.to_f32());
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    let q = |v: f32| ((v - m) * inv).round().clamp(0.0, 15.0) as u8;
+                    blocks.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+                }
+                BlockFormat::Q8_0 => {
+                    let d = f16::from_f32(b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0);
+                    blocks.extend(d.to_le_bytes());
+                    let d = d.to_f32();
+                    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    blocks.extend(
+                        b.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+                    );
+                }
+            }
+        }
+        Self::new(format, rows, cols, blocks)
+    }
+
     /// The blocks at `range` of a shared buffer (a GGUF file in memory).
     pub fn in_buffer(
         format: BlockFormat,
@@ -1006,8 +1050,15 @@ mod tests {
     /// must not depend on the others in its batch.
     #[test]
     fn a_rows_product_does_not_depend_on_the_rows_beside_it() {
-        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
-            let (rows, cols) = (40, 576);
+        // Every remainder of the weight rows (by 4) and rows of x (by 2 and 8), odd and even
+        // block counts.
+        for (format, rows, cols) in [
+            (BlockFormat::Q4_1, 40, 576),
+            (BlockFormat::Q8_0, 40, 576),
+            (BlockFormat::Q4_1, 39, 96),
+            (BlockFormat::Q8_0, 38, 64),
+            (BlockFormat::Q4_1, 37, 1536),
+        ] {
             let m = random_matrix(format, rows, cols, 9);
             let x = random_x(41 * cols, 4);
             for kernel in Kernel::available() {
@@ -1058,6 +1109,35 @@ mod tests {
                 assert!(y.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-3));
             }
         }
+    }
+
+    /// Quantizing puts each value within half a step of where it was (plus the f16 rounding of
+    /// the block's scale and minimum), and quantizing the dequantized blocks gives them back.
+    #[test]
+    fn quantizing_rounds_each_value_to_its_block_grid() {
+        for format in [BlockFormat::Q4_1, BlockFormat::Q8_0] {
+            let (rows, cols) = (5, 96);
+            let x: Vec<f32> = random_x(rows * cols, 8).iter().map(|v| v * 3.0).collect();
+            let m = QuantMatrix::quantize(format, rows, cols, &x).unwrap();
+            let back = m.dequantize();
+            for (b, (xs, ys)) in x.chunks_exact(BLOCK).zip(back.chunks_exact(BLOCK)).enumerate() {
+                let (lo, hi) =
+                    xs.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let step = match format {
+                    BlockFormat::Q4_1 => (hi - lo) / 15.0,
+                    BlockFormat::Q8_0 => lo.abs().max(hi.abs()) / 127.0,
+                };
+                for (x, y) in xs.iter().zip(ys) {
+                    assert!(
+                        (x - y).abs() <= step * 0.5 + 2e-3 * hi.abs().max(lo.abs()),
+                        "{format:?} block {b}: {x} -> {y}"
+                    );
+                }
+            }
+            let again = QuantMatrix::quantize(format, rows, cols, &back).unwrap();
+            assert_eq!(again.dequantize(), back, "{format:?}: a grid value stays");
+        }
+        assert!(QuantMatrix::quantize(BlockFormat::Q4_1, 2, 48, &[0.0; 96]).is_err());
     }
 
     #[test]

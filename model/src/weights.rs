@@ -61,6 +61,31 @@ fn ggml_row(row: usize, hd: usize) -> usize {
 }
 
 impl Weights {
+    /// Every matrix rounded to the blocks the GGUF of the base model has (Q8_0 embeddings, Q4_1
+    /// projections; [`QuantMatrix::quantize`]), for the CPU pass of a model that comes without
+    /// them. Matrices already in blocks, and any whose width is not a multiple of 32, stay.
+    pub fn quantize_matrices(&mut self) -> Result<(), String> {
+        let names: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|(_, t)| t.shape.len() == 2)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let (rows, cols) = (self.tensors[&name].shape[0], self.tensors[&name].shape[1]);
+            if !cols.is_multiple_of(crate::quant::BLOCK) {
+                continue;
+            }
+            let format =
+                if name.contains("embed_tokens") { BlockFormat::Q8_0 } else { BlockFormat::Q4_1 };
+            let t = self.tensors.remove(&name).expect("listed above");
+            let m = QuantMatrix::quantize(format, rows, cols, &t.data)
+                .map_err(|e| format!("{name}: {e}"))?;
+            self.quantized.insert(name, m);
+        }
+        Ok(())
+    }
+
     /// Dequantizes every tensor of a llama GGUF into HF names and layout.
     pub fn from_gguf(g: &Gguf, cfg: &LlamaConfig) -> Result<Self, WeightsError> {
         Self::read_gguf(g, cfg, None)

@@ -360,3 +360,24 @@ fn adapters_on_q4_1_blocks_match_f32() {
     assert_eq!(a.shape, b.shape);
     assert!(max_abs_diff(&a.data, &b.data) <= 1e-6, "merged {name} differs");
 }
+
+/// A model without its GGUF is rounded to blocks on load (`--dtype q4_1`): for the base, whose
+/// safetensors are the GGUF's blocks dequantized, that gives the GGUF's own blocks back.
+#[test]
+fn rounding_the_base_to_blocks_gives_back_the_gguf_blocks() {
+    let dir = base_model_dir();
+    let from_gguf = ModelFiles::load_dir_as(&dir, Precision::Q4_1).unwrap().weights.quantized;
+    let mut rounded = ModelFiles::load_dir(&dir).unwrap().weights;
+    rounded.quantize_matrices().unwrap();
+    assert!(!from_gguf.is_empty());
+    assert_eq!(
+        rounded.quantized.keys().collect::<Vec<_>>(),
+        from_gguf.keys().collect::<Vec<_>>(),
+        "the same matrices in blocks"
+    );
+    for (name, m) in &from_gguf {
+        let r = &rounded.quantized[name];
+        assert_eq!((r.format, r.rows, r.cols), (m.format, m.rows, m.cols), "{name}");
+        assert!(r.dequantize() == m.dequantize(), "{name}: other values");
+    }
+}

@@ -31,7 +31,8 @@ pub struct ModelArgs {
     /// A LoRA adapter directory (PEFT layout: adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Weight matrices: f32 (exact), f16, or q4_1 (the base GGUF's own 4-bit blocks, CPU only)
+    /// Weight matrices: f32 (exact), f16, or q4_1 (the base GGUF's own 4-bit blocks, CPU only;
+    /// a model without a model.gguf is rounded to the same block formats on load)
     /// [default: q4_1 on the CPU when the model directory has its model.gguf, else f32; the
     /// eval commands: f32, in which the published results were measured].
     #[arg(long)]
