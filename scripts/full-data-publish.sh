@@ -52,7 +52,7 @@ lines = [json.loads(l) for l in open(path) if l.strip()]
 for l in lines:
     if "variant" in l:
         l["variant"] = name
-open(path, "w").write("".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
+open(path, "w").write("".join(json.dumps(l, ensure_ascii=False, separators=(",", ":")) + "\n" for l in lines))
 EOF
       ;;
     esac
