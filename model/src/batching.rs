@@ -307,6 +307,13 @@ mod tests {
         assert!(SharedPrefix::new(&dense, prefix).is_none());
     }
 
+    /// What a prompt decodes alone, through `generate`.
+    fn alone(model: &Llama, prompt: Vec<u32>, max_new: usize, s: SamplingParams) -> Vec<u32> {
+        let cfg = GenerationConfig::new(max_new, s, Vec::new());
+        let g = block_on(generate(model, &[prompt], &cfg, |_, _| Flow::Continue)).unwrap();
+        g[0].ids.clone()
+    }
+
     /// Rows that join at different steps, with different prompt lengths, budgets and sampling,
     /// each produce what they produce alone; the cache shrinks back as rows leave.
     #[test]
@@ -328,19 +335,8 @@ mod tests {
             ((100..125).collect(), 6, greedy, 3),
             ((7..10).collect(), 9, sampled, 5),
         ];
-        let alone: Vec<Vec<u32>> = requests
-            .iter()
-            .map(|(p, n, s, _)| {
-                let g = block_on(generate(
-                    &model,
-                    std::slice::from_ref(p),
-                    &GenerationConfig::new(*n, *s, Vec::new()),
-                    |_, _| Flow::Continue,
-                ))
-                .unwrap();
-                g[0].ids.clone()
-            })
-            .collect();
+        let alone: Vec<Vec<u32>> =
+            requests.iter().map(|(p, n, s, _)| alone(&model, p.clone(), *n, *s)).collect();
 
         let mut batch = ContinuousBatch::<usize>::default();
         let mut got: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
@@ -401,19 +397,8 @@ mod tests {
             ((64..68).collect(), 15, sampled(2), 130),
         ];
         let prompt = |rest: &[u32]| -> Vec<u32> { prefix.iter().chain(rest).copied().collect() };
-        let alone: Vec<Vec<u32>> = requests
-            .iter()
-            .map(|(rest, n, s, _)| {
-                let g = block_on(generate(
-                    &model,
-                    &[prompt(rest)],
-                    &GenerationConfig::new(*n, *s, Vec::new()),
-                    |_, _| Flow::Continue,
-                ))
-                .unwrap();
-                g[0].ids.clone()
-            })
-            .collect();
+        let alone: Vec<Vec<u32>> =
+            requests.iter().map(|(rest, n, s, _)| alone(&model, prompt(rest), *n, *s)).collect();
         let mut batch = ContinuousBatch::<usize>::default();
         let mut got: Vec<Option<Vec<u32>>> = vec![None; requests.len()];
         for step in 0..200 {

@@ -658,43 +658,48 @@ mod avx512 {
     /// One row of blocks to its f32 weights, the vectors [`tile`] computes for each block.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn expand(format: BlockFormat, w: &[u8], dst: &mut [f32]) {
-        let nibble = _mm_set1_epi8(0x0f);
-        for (b, d16) in dst.chunks_exact_mut(BLOCK).enumerate() {
-            // SAFETY: block b lies inside w, and d16 holds 32 values.
+        for (b, d32) in dst.chunks_exact_mut(BLOCK).enumerate() {
+            // SAFETY: block b lies inside w, and d32 holds 32 values.
             unsafe {
-                let out = d16.as_mut_ptr();
-                let (lo, hi) = match format {
-                    BlockFormat::Q4_1 => {
-                        let blk = w.as_ptr().add(b * 20);
-                        let dm =
-                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                        let (d, m) = (
-                            _mm512_broadcastss_ps(dm),
-                            _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
-                        );
-                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
-                        let lo = _mm_and_si128(qs, nibble);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
-                        (
-                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), m),
-                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), m),
-                        )
-                    }
-                    BlockFormat::Q8_0 => {
-                        let blk = w.as_ptr().add(b * 34);
-                        let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                            (blk as *const u16).read_unaligned() as i32,
-                        )));
-                        let q = |at: usize| {
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                blk.add(at) as *const __m128i
-                            )))
-                        };
-                        (_mm512_mul_ps(d, q(2)), _mm512_mul_ps(d, q(18)))
-                    }
+                let [lo, hi] = match format {
+                    BlockFormat::Q4_1 => expand_block::<true>(w.as_ptr().add(b * 20)),
+                    BlockFormat::Q8_0 => expand_block::<false>(w.as_ptr().add(b * 34)),
                 };
-                _mm512_storeu_ps(out, lo);
-                _mm512_storeu_ps(out.add(16), hi);
+                _mm512_storeu_ps(d32.as_mut_ptr(), lo);
+                _mm512_storeu_ps(d32.as_mut_ptr().add(16), hi);
+            }
+        }
+    }
+
+    /// The 32 weights of the block at `blk` in f32, two vectors: d·q + m (Q4_1 when `Q4`) or
+    /// d·q (Q8_0). [`tile`] and [`panel`] both expand through it, so they see the same weights.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn expand_block<const Q4: bool>(blk: *const u8) -> [__m512; 2] {
+        // SAFETY: blk points at a whole block (20 bytes for Q4_1, 34 for Q8_0).
+        unsafe {
+            if Q4 {
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let (d, m) =
+                    (_mm512_broadcastss_ps(dm), _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))));
+                let nibble = _mm_set1_epi8(0x0f);
+                let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                let lo = _mm_and_si128(qs, nibble);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
+                [
+                    _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), m),
+                    _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), m),
+                ]
+            } else {
+                let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (blk as *const u16).read_unaligned() as i32,
+                )));
+                let q = |at: usize| {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        blk.add(at) as *const __m128i
+                    )))
+                };
+                [_mm512_mul_ps(d, q(2)), _mm512_mul_ps(d, q(18))]
             }
         }
     }
@@ -799,38 +804,12 @@ mod avx512 {
         // Two accumulators per row (even and odd blocks), so that consecutive blocks' updates
         // do not wait on each other.
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let nibble = _mm_set1_epi8(0x0f);
         macro_rules! block {
             ($b:expr, $k:tt) => {
                 // SAFETY: block $b lies inside w (w holds nb blocks), x rows inside theirs.
                 unsafe {
                     let b = $b;
-                    let blk = w.as_ptr().add(b * bytes);
-                    let wv = if Q4 {
-                        let dm =
-                            _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                        let (d, m) = (
-                            _mm512_broadcastss_ps(dm),
-                            _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dm))),
-                        );
-                        let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
-                        let lo = _mm_and_si128(qs, nibble);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), nibble);
-                        [
-                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), m),
-                            _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), m),
-                        ]
-                    } else {
-                        let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                            (blk as *const u16).read_unaligned() as i32,
-                        )));
-                        let q = |at: usize| {
-                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                                blk.add(at) as *const __m128i
-                            )))
-                        };
-                        [_mm512_mul_ps(d, q(2)), _mm512_mul_ps(d, q(18))]
-                    };
+                    let wv = expand_block::<Q4>(w.as_ptr().add(b * bytes));
                     for r in 0..R {
                         let xp = x.as_ptr().add(r * cols + b * BLOCK);
                         let a = _mm512_fmadd_ps(_mm512_loadu_ps(xp), wv[0], acc[r][$k]);
