@@ -631,9 +631,9 @@ fn batched_requests_answer_as_they_do_alone() {
     let tmp = emlab_tests::TempDir::new("serve-batch");
     let (model, adapter) = tiny_with_adapter(tmp.path());
     // In 4-bit blocks, as serve runs the base on the CPU: the CPU pass gives a row the same bits
-    // whatever rows are beside it. (On burn's dense path a row's sums over its keys round
-    // differently with its left padding in the batch, and a sampled answer changed at a near-tie
-    // in about one run in ten of this test under load.)
+    // whatever rows are beside it. (On burn's dense path a row's logits can round differently
+    // in a batch: a sampled answer changed at a near-tie in about one run in ten of this test
+    // under load, in a batch of three rows left-padded by 0, 16 and 13.)
     let server = Server::start(&[
         "--model",
         model.to_str().unwrap(),
