@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One prepared run for a machine with a hardware GPU (issue 19's last item): native decoding with
-# `--device wgpu` next to the CPU on the same machine, the per-token profile (launches, kernels
-# compiled), and, when Chromium there reaches the GPU through WebGPU, the browser benchmark. Not part
+# One prepared run for a machine with a hardware GPU: native decoding with `--device wgpu` next to
+# the CPU on the same machine, the per-token profile (launches, kernels compiled), `serve` with
+# concurrent clients, training tokens/s, and, when Chromium there reaches the GPU through WebGPU,
+# the browser benchmark. docs/performance.md#on-a-gpu-one-nvidia-h200 has one run's figures. Not part
 # of CI. Everything it prints is also written under $OUT (default: a fresh temporary folder).
 #   bash bench/gpu.sh [--force]  # after scripts/site.sh (or a release build and `model-export fetch`)
 #     --force  run even where no hardware GPU is found (to try the script on a software driver)
-# Needs the release build (emlab, emlab-bench) in $CARGO_TARGET_DIR and the fetched base model.
+# Needs the release build (emlab, emlab-bench, model-export) in $CARGO_TARGET_DIR and the fetched
+# base model; no cargo (a GPU machine may have none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -36,6 +38,15 @@ run "$target/release/emlab-bench" --device cpu decode-profile --new-tokens 64
 step "throughput, batch 1, 16 and 64: wgpu f32, then cpu q4_1 on all cores"
 run "$target/release/emlab-bench" --device wgpu generate --batch 1,16,64 --dtype f32
 run "$target/release/emlab-bench" --device cpu generate --batch 1,16,64 --dtype q4_1
+
+step "serve: 1, 8 and 32 clients on wgpu, then on the cpu (q4_1)"
+run python3 bench/serve.py --no-build --device wgpu --max-batch 32
+run python3 bench/serve.py --no-build --device cpu --dtype q4_1 --max-batch 32
+
+step "LoRA training tokens/s at a fixed shape (16 rows of 300 tokens, micro-batches of 2): wgpu, then cpu"
+ids=$(seq -s, 100 400)
+run "$target/release/emlab-bench" --device wgpu train --batch 16 --micro-batch 2 --row-ids "$ids" --steps 4
+run "$target/release/emlab-bench" --device cpu train --batch 16 --micro-batch 2 --row-ids "$ids" --steps 4
 
 step "greedy answer on the GPU equals the CPU's (f32)"
 a=$("$target/release/emlab" generate --device wgpu --dtype f32 --temperature 0 --max-tokens 40 --quiet \

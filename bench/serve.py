@@ -27,13 +27,16 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--device", default="cpu", help="cpu or wgpu (a GPU)")
+    ap.add_argument("--no-build", action="store_true", help="use the binaries already in CARGO_TARGET_DIR")
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "test", "--release", "-q", "--workspace", "--exclude", "emlab-frontend", "--no-run"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
     subprocess.run([str(target / "model-export"), "fetch", "--quiet"], check=True, stdout=subprocess.DEVNULL)
     server = subprocess.Popen([str(target / "emlab"), "serve", "--port", "0", "--quiet", "--threads", str(args.threads),
-                               "--dtype", args.dtype, "--max-batch", str(args.max_batch)],
+                               "--device", args.device, "--dtype", args.dtype, "--max-batch", str(args.max_batch)],
                               stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
@@ -49,7 +52,7 @@ def main():
             return time.perf_counter() - t, out["usage"]["completion_tokens"]
 
         call()  # warm-up
-        print(f"emlab serve ({time.strftime('%Y-%m-%d %H:%M')}), {args.threads} threads, {args.dtype}, "
+        print(f"emlab serve ({time.strftime('%Y-%m-%d %H:%M')}), {args.device}, {args.threads} threads, {args.dtype}, "
               f"--max-batch {args.max_batch}: {args.requests} requests per client, {args.max_tokens} max tokens")
         print("| clients | answered | requests/s | generated tokens/s | vs 1 client | latency p50 | latency p99 |")
         print("|---|---|---|---|---|---|---|")
