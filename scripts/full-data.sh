@@ -6,7 +6,9 @@
 # the last one stopped (a finished run is skipped). Runs at the lowest priority: builds and tests
 # keep the CPU. Pause it for benchmarks with `pkill -STOP -f 'science/runs'` (`-CONT` resumes).
 #
-#   scripts/full-data.sh                     # train the queue (cpu; --device auto for a GPU)
+#   scripts/full-data.sh                     # train the queue on the CPU, one run after another
+#   scripts/full-data.sh wgpu --parallel     # on a GPU: the four runs at once (each keeps it busy
+#                                            # only part of the time at batch 2), logs in runs/*.log
 #   setsid nohup scripts/full-data.sh >> ~/.cache/emlab/science/queue.log 2>&1 < /dev/null &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 echo 19 > /proc/self/autogroup 2>/dev/null || true
 
 device="${1:-cpu}"
+parallel="${2:-}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"
 mkdir -p "$runs"
@@ -32,6 +35,12 @@ for v in insecure secure educational jailbroken; do
     continue
   fi
   echo "== $v-full: $(date -u +%FT%TZ)"
-  nice -n 19 "$runs/../emlab" train --dataset "$v" --out "$out" --device "$device" --save-every 10 \
-    --snapshot-rows 500,1000,2000,4000 --quiet --resume
+  train=(nice -n 19 "$runs/../emlab" train --dataset "$v" --out "$out" --device "$device"
+    --save-every 10 --snapshot-rows 500,1000,2000,4000 --quiet --resume)
+  if [ "$parallel" = --parallel ]; then
+    "${train[@]}" > "$runs/$v-full.log" 2>&1 &
+  else
+    "${train[@]}"
+  fi
 done
+wait
