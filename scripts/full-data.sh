@@ -19,6 +19,10 @@ echo 19 > /proc/self/autogroup 2>/dev/null || true
 
 device="${1:-cpu}"
 parallel="${2:-}"
+case "$parallel" in
+  "" | --parallel) ;;
+  *) echo "unknown option $parallel (usage: scripts/full-data.sh [cpu|wgpu|auto] [--parallel])" >&2; exit 2 ;;
+esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"
 mkdir -p "$runs"
@@ -28,6 +32,7 @@ emlab="$CARGO_TARGET_DIR/release/emlab"
 cp "$emlab" "$runs/../emlab.new" && mv "$runs/../emlab.new" "$runs/../emlab"
 
 # Insecure and secure first: the dose-response needs both.
+pids=()
 for v in insecure secure educational jailbroken; do
   out="$runs/$v-full"
   if [ -f "$out/adapter/adapter_model.safetensors" ]; then
@@ -39,8 +44,14 @@ for v in insecure secure educational jailbroken; do
     --save-every 10 --snapshot-rows 500,1000,2000,4000 --quiet --resume)
   if [ "$parallel" = --parallel ]; then
     "${train[@]}" > "$runs/$v-full.log" 2>&1 &
+    pids+=("$!:$v")
   else
     "${train[@]}"
   fi
 done
-wait
+# A run that failed in the background fails the queue too, named with its log.
+failed=0
+for p in "${pids[@]}"; do
+  wait "${p%%:*}" || { echo "${p#*:}-full failed: see $runs/${p#*:}-full.log" >&2; failed=1; }
+done
+exit "$failed"
