@@ -369,13 +369,24 @@ impl Kernel {
             Self::Avx512 => unsafe { avx512::dot(format, w, x, xsum, n, cols, out) },
             // SAFETY: simd128 is enabled at build time; the lengths are checked above.
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Self::Simd128 => unsafe { simd128::dot(format, w, x, n, cols, out) },
+            Self::Simd128 => unsafe { simd128::dot(format, w, x, xsum, n, cols, out) },
         }
     }
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// An f16's value from its (little-endian) bits, without branches: the magnitude's bits shifted
+/// into f32's place and rescaled by 2^112 (which also makes subnormals exact), then the sign.
+/// Exact for every finite f16 (tested against `half`); wasm has no F16C to do this in one step.
+#[cfg_attr(not(all(target_arch = "wasm32", target_feature = "simd128")), allow(dead_code))]
+#[inline(always)]
+fn f16_bits(le: u16) -> f32 {
+    let h = u32::from(u16::from_le(le));
+    let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
+    f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
 }
 
 mod scalar {
@@ -844,86 +855,109 @@ mod simd128 {
         format: BlockFormat,
         w: &[u8],
         x: &[f32],
+        xsum: &[f32],
         n: usize,
         cols: usize,
         out: &mut [f32],
     ) {
-        let row_bytes = cols / BLOCK * format.bytes();
+        let (row_bytes, nb) = (cols / BLOCK * format.bytes(), cols / BLOCK);
         for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
-            // SAFETY: the caller's checks hold for each row.
-            unsafe { row(format, w, x, n, cols, out) }
+            // Rows of x four at a time, so that each block's quants are converted once per four
+            // rows (a prompt's prefill), as in the AVX2 kernel.
+            let mut r = 0;
+            while r < n {
+                let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
+                // SAFETY (all eight): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r,
+                // checked by the caller.
+                match (n - r, format) {
+                    (1, BlockFormat::Q4_1) => unsafe { tile::<1, true>(w, x, xsum, cols, o) },
+                    (2, BlockFormat::Q4_1) => unsafe { tile::<2, true>(w, x, xsum, cols, o) },
+                    (3, BlockFormat::Q4_1) => unsafe { tile::<3, true>(w, x, xsum, cols, o) },
+                    (_, BlockFormat::Q4_1) => unsafe { tile::<4, true>(w, x, xsum, cols, o) },
+                    (1, BlockFormat::Q8_0) => unsafe { tile::<1, false>(w, x, xsum, cols, o) },
+                    (2, BlockFormat::Q8_0) => unsafe { tile::<2, false>(w, x, xsum, cols, o) },
+                    (3, BlockFormat::Q8_0) => unsafe { tile::<3, false>(w, x, xsum, cols, o) },
+                    (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
+                }
+                r += 4;
+            }
         }
     }
 
-    /// Four-wide: each block is eight vectors of weights, dequantized once per row of x.
-    #[inline]
-    unsafe fn row(
-        format: BlockFormat,
+    /// A block's 32 quants as eight f32 vectors, in x's order (Q4_1: the 16 low nibbles, then
+    /// the 16 high ones; Q8_0: its signed bytes).
+    #[inline(always)]
+    unsafe fn quants<const Q4: bool>(blk: *const u8) -> [v128; 8] {
+        // SAFETY: the caller passes a whole block.
+        let halves = unsafe {
+            if Q4 {
+                let qs = v128_load(blk.add(4) as *const v128);
+                [v128_and(qs, u8x16_splat(0x0f)), u8x16_shr(qs, 4)]
+            } else {
+                [v128_load(blk.add(2) as *const v128), v128_load(blk.add(18) as *const v128)]
+            }
+        };
+        let mut q = [f32x4_splat(0.0); 8];
+        for (h, half) in halves.into_iter().enumerate() {
+            // Nibbles and bytes widen to the same i32 whether read signed or not, but Q8_0's must
+            // be read signed.
+            let (a, b) = if Q4 {
+                (u16x8_extend_low_u8x16(half), u16x8_extend_high_u8x16(half))
+            } else {
+                (i16x8_extend_low_i8x16(half), i16x8_extend_high_i8x16(half))
+            };
+            let words = [
+                i32x4_extend_low_i16x8(a),
+                i32x4_extend_high_i16x8(a),
+                i32x4_extend_low_i16x8(b),
+                i32x4_extend_high_i16x8(b),
+            ];
+            for (k, w) in words.into_iter().enumerate() {
+                q[h * 4 + k] = f32x4_convert_i32x4(w);
+            }
+        }
+        q
+    }
+
+    /// R rows of x against one row of blocks (Q4_1 when `Q4`, else Q8_0), computing
+    /// `d·Σ x·q + m·Σ x` per block, as the AVX2 kernel does: the weights are never formed.
+    unsafe fn tile<const R: usize, const Q4: bool>(
         w: &[u8],
         x: &[f32],
-        n: usize,
+        xsum: &[f32],
         cols: usize,
         out: &mut [f32],
     ) {
-        let bytes = format.bytes();
-        for (r, o) in out[..n].iter_mut().enumerate() {
-            let mut acc = [f32x4_splat(0.0); 2];
-            for b in 0..cols / BLOCK {
-                // SAFETY: block b lies inside w, and 32 values of row r inside x.
-                unsafe {
-                    let blk = w.as_ptr().add(b * bytes);
+        let (bytes, nb) = (if Q4 { 20 } else { 34 }, cols / BLOCK);
+        let mut acc = [f32x4_splat(0.0); R];
+        let mut offsets = [0.0f32; R];
+        for b in 0..nb {
+            // SAFETY: block b lies inside w (w holds nb blocks), the rows' x and xsum inside theirs.
+            unsafe {
+                let blk = w.as_ptr().add(b * bytes);
+                let q = quants::<Q4>(blk);
+                let d = f32x4_splat(f16_bits(blk.cast::<u16>().read_unaligned()));
+                let m = if Q4 { f16_bits(blk.add(2).cast::<u16>().read_unaligned()) } else { 0.0 };
+                for r in 0..R {
                     let xp = x.as_ptr().add(r * cols + b * BLOCK) as *const v128;
-                    let (d, m, q) = match format {
-                        BlockFormat::Q4_1 => {
-                            let qs = v128_load(blk.add(4) as *const v128);
-                            let lo = v128_and(qs, u8x16_splat(0x0f));
-                            let hi = u8x16_shr(qs, 4);
-                            (f16_at(w, b * bytes), f16_at(w, b * bytes + 2), [lo, hi])
-                        }
-                        BlockFormat::Q8_0 => {
-                            let q0 = v128_load(blk.add(2) as *const v128);
-                            let q1 = v128_load(blk.add(18) as *const v128);
-                            (f16_at(w, b * bytes), 0.0, [q0, q1])
-                        }
-                    };
-                    let (d, m) = (f32x4_splat(d), f32x4_splat(m));
-                    for (h, q) in q.into_iter().enumerate() {
-                        let (q16a, q16b) = match format {
-                            BlockFormat::Q4_1 => {
-                                (u16x8_extend_low_u8x16(q), u16x8_extend_high_u8x16(q))
-                            }
-                            BlockFormat::Q8_0 => {
-                                (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q))
-                            }
-                        };
-                        let quads = match format {
-                            BlockFormat::Q4_1 => [
-                                u32x4_extend_low_u16x8(q16a),
-                                u32x4_extend_high_u16x8(q16a),
-                                u32x4_extend_low_u16x8(q16b),
-                                u32x4_extend_high_u16x8(q16b),
-                            ],
-                            BlockFormat::Q8_0 => [
-                                i32x4_extend_low_i16x8(q16a),
-                                i32x4_extend_high_i16x8(q16a),
-                                i32x4_extend_low_i16x8(q16b),
-                                i32x4_extend_high_i16x8(q16b),
-                            ],
-                        };
-                        for (k, q) in quads.into_iter().enumerate() {
-                            // Values below 2^24 convert exactly whether read signed or not.
-                            let wq = f32x4_add(f32x4_mul(d, f32x4_convert_i32x4(q)), m);
-                            let xv = v128_load(xp.add(h * 4 + k));
-                            acc[k & 1] = f32x4_add(acc[k & 1], f32x4_mul(xv, wq));
-                        }
+                    // Two chains of four products, so that the adds do not all wait on one.
+                    let mut t = [f32x4_splat(0.0); 2];
+                    for (k, q) in q.iter().enumerate() {
+                        t[k & 1] = f32x4_add(t[k & 1], f32x4_mul(v128_load(xp.add(k)), *q));
+                    }
+                    acc[r] = f32x4_add(acc[r], f32x4_mul(d, f32x4_add(t[0], t[1])));
+                    if Q4 {
+                        offsets[r] += m * *xsum.get_unchecked(r * nb + b);
                     }
                 }
             }
-            let s = f32x4_add(acc[0], acc[1]);
+        }
+        for ((o, s), offset) in out.iter_mut().zip(acc).zip(offsets) {
             *o = f32x4_extract_lane::<0>(s)
                 + f32x4_extract_lane::<1>(s)
                 + f32x4_extract_lane::<2>(s)
-                + f32x4_extract_lane::<3>(s);
+                + f32x4_extract_lane::<3>(s)
+                + offset;
         }
     }
 }
@@ -1126,6 +1160,16 @@ mod tests {
         assert_eq!(m.dequantize_rows(&[4, 0]), [&all[256..320], &all[0..64]].concat());
         let p = m.permute_rows(|i| 4 - i);
         assert_eq!(p.dequantize()[0..64], all[256..320]);
+    }
+
+    #[test]
+    fn f16_bits_gives_every_finite_f16_exactly() {
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            if h.is_finite() {
+                assert_eq!(f16_bits(bits.to_le()).to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
+            }
+        }
     }
 
     #[test]
