@@ -203,6 +203,17 @@ impl Engine {
                     Some((n, d)) => (Some(n), Some(d)),
                     None => (notice, detail),
                 };
+                // For the benchmark: when the model was ready, in ms from the navigation's start
+                // (a selector wait would add the harness's polling delay).
+                if let Some(window) = web_sys::window()
+                    && let Some(performance) = window.performance()
+                {
+                    let _ = js_sys::Reflect::set(
+                        &window,
+                        &JsValue::from_str("__emlabReadyMs"),
+                        &JsValue::from_f64(performance.now()),
+                    );
+                }
                 self.status.set(EngineStatus::Ready { device, notice, detail, variants });
                 self.pump();
             }

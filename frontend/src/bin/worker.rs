@@ -113,9 +113,13 @@ async fn load(
     models_url: &str,
     device: DeviceRequest,
 ) -> Result<(), String> {
+    // Where a load's time goes, in the console: what a returning visitor waits for.
+    let started = now_s();
+    let mut phases: Vec<(&str, f64)> = Vec::new();
     let manifest: Manifest =
         loader::fetch_manifest(&format!("{}/manifest.json", models_url.trim_end_matches('/')))
             .await?;
+    phases.push(("manifest", now_s() - started));
     let cache = loader::open_cache().await;
     let base_files: Vec<loader::FileEntry> =
         manifest.files.iter().filter(|f| f.name.starts_with("base/")).cloned().collect();
@@ -128,6 +132,7 @@ async fn load(
         },
     )
     .await?;
+    phases.push(("files", now_s() - started));
     if let Some(cache) = &cache {
         // Cache keys are absolute URLs.
         let absolute = |e: &loader::FileEntry| {
@@ -144,6 +149,7 @@ async fn load(
     // On the CPU the GGUF's blocks stay blocks (its simd128 kernels read a sixth of f32's bytes);
     // WebGPU gets them expanded to f32.
     let compute = engine::pick_device(device).await;
+    phases.push(("device", now_s() - started));
     let model_files = match gguf {
         Some(gguf) if emlab_model::device::runs_blocks(&compute.device) => {
             ModelFiles::from_gguf_blocks(BASE_GGUF, std::sync::Arc::new(gguf))
@@ -159,7 +165,11 @@ async fn load(
     }
     .map_err(|e| e.to_string())?;
     drop(files); // the downloaded bytes, before the weights go to the device
+    phases.push(("parse", now_s() - started));
     let base = engine::build(model_files, &compute.device).map_err(|e| e.to_string())?;
+    phases.push(("build", now_s() - started));
+    let timeline: Vec<String> = phases.iter().map(|(n, t)| format!("{n} {t:.2} s")).collect();
+    web_sys::console::info_1(&format!("model loaded: {}", timeline.join(", ")).into());
     let mut st = state.borrow_mut();
     st.adapters.clear();
     st.built.clear();
