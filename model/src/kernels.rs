@@ -49,7 +49,8 @@ fn clamp_row(r0: usize, i: usize, m: usize) -> usize {
 /// `dots[i] += Σ_k x[r0 + i, k]·γ[k]·w[k, col..col + W]` for `tile` rows (`W` the vector width):
 /// `x` and `γ` are read `W` values along `k` at a time and each load of `w` serves `tile·W`
 /// multiply-adds. Loads, not arithmetic, are what a software GPU spends its time on (each is
-/// bounds-checked).
+/// bounds-checked). With `squares`, `ssq[i]` also gathers Σ x² of the rows from the same loads,
+/// so that the norm costs no second pass over x (the head's kernel does the same).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn gamma_dots<F: Float, N: Size>(
@@ -59,7 +60,9 @@ fn gamma_dots<F: Float, N: Size>(
     r0: usize,
     col: usize,
     dots: &mut Array<Vector<F, N>>,
+    ssq: &mut Array<Vector<F, N>>,
     #[comptime] tile: usize,
+    #[comptime] squares: bool,
 ) {
     let (n, vs) = (w.shape(1), w.vector_size());
     let (m, kv) = (x.shape(0), x.shape(1) / vs);
@@ -72,7 +75,11 @@ fn gamma_dots<F: Float, N: Size>(
         let g = gamma[kk];
         #[unroll]
         for i in 0..tile {
-            let xg = x[clamp_row(r0, i, m) * kv + kk] * g;
+            let xv = x[clamp_row(r0, i, m) * kv + kk];
+            if comptime!(squares) {
+                ssq[i] += xv * xv;
+            }
+            let xg = xv * g;
             #[unroll]
             for l in 0..vs {
                 dots[i] += Vector::new(xg.extract(l)) * ws[l];
@@ -91,16 +98,14 @@ fn zeros<F: Float, N: Size>(#[comptime] tile: usize) -> Array<Vector<F, N>> {
     a
 }
 
-/// `1/√(mean(x²) + ε)` of row `r`.
+/// `1/√(mean(x²) + ε)` from a row's Σ x² gathered per vector lane (`ss`) over `k_len` values.
 #[cube]
-fn inv_rms<F: Float, N: Size>(x: &Tensor<Vector<F, N>>, r: usize, eps: f32) -> F {
-    let (k_len, vs) = (x.shape(1), x.vector_size());
-    let kv = k_len / vs;
-    let mut ss = Vector::<F, N>::new(F::new(0.0));
-    for k in 0..kv {
-        let v = x[r * kv + k];
-        ss += v * v;
-    }
+fn inv_rms_of<F: Float, N: Size>(
+    ss: Vector<F, N>,
+    #[comptime] vs: usize,
+    k_len: usize,
+    eps: f32,
+) -> F {
     let mut s = F::new(0.0);
     #[unroll]
     for l in 0..vs {
@@ -132,18 +137,21 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     }
     let (n0, n1) = (w0.shape(1), w1.shape(1));
     let mut dots = zeros::<F, N>(tile);
+    let mut ssq = zeros::<F, N>(tile);
     if j < n0 {
-        gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, tile);
+        gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, &mut ssq, tile, true);
     } else if j < n0 + n1 {
-        gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, tile);
+        gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, &mut ssq, tile, true);
     } else {
-        gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, tile);
+        gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, &mut ssq, tile, true);
     }
+    let k_len = x.shape(1);
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
-            out[(r * n + j) / vs] = dots[i] * Vector::new(inv_rms::<F, N>(x, r, eps));
+            out[(r * n + j) / vs] =
+                dots[i] * Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
         }
     }
 }
@@ -169,14 +177,15 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
     }
     let mut g = zeros::<F, N>(tile);
     let mut u = zeros::<F, N>(tile);
-    gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, tile);
-    gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, tile);
-    let one = Vector::<F, N>::new(F::new(1.0));
+    let mut ssq = zeros::<F, N>(tile);
+    gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, &mut ssq, tile, true);
+    gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, &mut ssq, tile, false);
+    let (one, k_len) = (Vector::<F, N>::new(F::new(1.0)), x.shape(1));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
-            let scale = Vector::new(inv_rms::<F, N>(x, r, eps));
+            let scale = Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
             let (gi, ui) = (g[i] * scale, u[i] * scale);
             out[(r * n + j) / vs] = gi / (one + (Vector::new(F::new(0.0)) - gi).exp()) * ui;
         }
@@ -264,12 +273,7 @@ fn norm_head_kernel<F: Float, N: Size>(
             dots[i] += xg * e[(v + i) * kv + k];
         }
     }
-    let mut s = F::new(0.0);
-    #[unroll]
-    for i in 0..vs {
-        s += ss.extract(i);
-    }
-    let inv = F::new(1.0) / (s / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt();
+    let inv = inv_rms_of::<F, N>(ss, vs, k_len, eps);
     let mut result = Vector::<F, N>::new(F::new(0.0));
     #[unroll]
     for i in 0..vs {
@@ -341,8 +345,10 @@ fn rope_cache_kernel<F: Float, I: Int>(
 }
 
 /// `scores[r, h, j] = q[r, h]·k[b, h / rep, j] / √hd` for query row `r` (token `i = r % T` of
-/// sequence `b = r / T`), plus [`MASK_BIAS`] on the slots it may not see: its sequence's left
-/// padding (`j < pads[b]`) and the slots after its own (`j > slot + i`, causal).
+/// sequence `b = r / T`) and the slots up to its own (`j ≤ slot + i`), plus [`MASK_BIAS`] on its
+/// sequence's left padding (`j < pads[b]`). The slots after its own are left unwritten: causal
+/// masking would make their weights exactly 0, so [`attend_kernel`] does not read them. The
+/// launch stays the cache's capacity wide, so its shape does not change from token to token.
 #[cube(launch_unchecked)]
 fn scores_kernel<F: Float, I: Int>(
     q: &Tensor<F>,
@@ -361,6 +367,9 @@ fn scores_kernel<F: Float, I: Int>(
     }
     let t = scores.shape(0) / k_cache.shape(0);
     let (b, newest) = (r / t, slot as usize + r % t);
+    if j > newest {
+        terminate!();
+    }
     let hd = k_cache.shape(3);
     let kvh = h / (n_heads / k_cache.shape(1));
     let qrow = r * q.shape(1) + h * hd;
@@ -370,18 +379,23 @@ fn scores_kernel<F: Float, I: Int>(
         s += q[qrow + d] * k_cache[krow + d * k_cache.stride(3)];
     }
     s *= F::new(1.0) / F::cast_from(hd as u32).sqrt();
-    if j < u32::cast_from(pads[b]) as usize || j > newest {
+    if j < u32::cast_from(pads[b]) as usize {
         s += F::new(MASK_BIAS);
     }
     scores[(r * n_heads + h) * cap + j] = s;
 }
 
-/// `out[r, h·hd + d] = Σ_j softmax(scores[r, h])_j · v[r / T, h / rep, j, d]`.
+/// `out[r, h·hd + d] = Σ_j softmax(scores[r, h])_j · v[r / T, h / rep, j, d]` over the slots up
+/// to row r's own (`j ≤ slot + r % T`): a later slot's weight, exp(s + MASK_BIAS − max), is
+/// exactly 0 in f32, so leaving them out changes no bit of a row that sees any key (a padding
+/// row's output is never read), and a prompt's tokens and the first steps after it read a
+/// fraction of the capacity.
 #[cube(launch_unchecked)]
 fn attend_kernel<F: Float>(
     scores: &Tensor<F>,
     v_cache: &Tensor<F>,
     out: &mut Tensor<F>,
+    slot: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let i = ABSOLUTE_POS_X as usize;
@@ -390,20 +404,22 @@ fn attend_kernel<F: Float>(
     if i >= width || r >= out.shape(0) {
         terminate!();
     }
-    let b = r / (out.shape(0) / v_cache.shape(0));
+    let t = out.shape(0) / v_cache.shape(0);
+    let (b, newest) = (r / t, slot as usize + r % t);
     let (n_heads, cap) = (scores.shape(1), scores.shape(2));
     let hd = v_cache.shape(3);
     let (h, d) = (i / hd, i % hd);
     let kvh = h / (n_heads / v_cache.shape(1));
     let srow = (r * n_heads + h) * cap;
     let vrow = b * v_cache.stride(0) + kvh * v_cache.stride(1) + d * v_cache.stride(3);
+    let keys = newest + 1;
     let mut m = scores[srow];
-    for j in 1..cap {
+    for j in 1..keys {
         m = F::max(m, scores[srow + j]);
     }
     let mut sum = F::new(0.0);
     let mut acc = F::new(0.0);
-    for j in 0..cap {
+    for j in 0..keys {
         let p = (scores[srow + j] - m).exp();
         sum += p;
         acc += p * v_cache[vrow + j * v_cache.stride(2)];
@@ -703,6 +719,7 @@ impl DecodeOps for CubeBackend {
                 scores.into_tensor_arg(),
                 v_cache.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
+                slot,
                 dtype_to_storage_type(q.dtype),
             );
         }
