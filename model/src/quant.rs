@@ -389,6 +389,34 @@ fn f16_bits(le: u16) -> f32 {
     f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
 }
 
+/// The body of the AVX2 and simd128 kernels for one row of blocks: the n rows of x four at a
+/// time through the calling module's `tile::<R, Q4>` (R = 4, then the 1 to 3 left over), so that
+/// each block's quants are converted once per four rows of x.
+#[allow(unused_macros)] // the portable build has neither kernel
+macro_rules! rows_in_tiles_of_four {
+    ($format:expr, $w:expr, $x:expr, $xsum:expr, $n:expr, $cols:expr, $out:expr) => {{
+        let (format, w, x, xsum, n, cols, out) = ($format, $w, $x, $xsum, $n, $cols, $out);
+        let nb = cols / BLOCK;
+        let mut r = 0;
+        while r < n {
+            let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
+            // SAFETY (all eight): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r,
+            // checked by the caller.
+            match (n - r, format) {
+                (1, BlockFormat::Q4_1) => unsafe { tile::<1, true>(w, x, xsum, cols, o) },
+                (2, BlockFormat::Q4_1) => unsafe { tile::<2, true>(w, x, xsum, cols, o) },
+                (3, BlockFormat::Q4_1) => unsafe { tile::<3, true>(w, x, xsum, cols, o) },
+                (_, BlockFormat::Q4_1) => unsafe { tile::<4, true>(w, x, xsum, cols, o) },
+                (1, BlockFormat::Q8_0) => unsafe { tile::<1, false>(w, x, xsum, cols, o) },
+                (2, BlockFormat::Q8_0) => unsafe { tile::<2, false>(w, x, xsum, cols, o) },
+                (3, BlockFormat::Q8_0) => unsafe { tile::<3, false>(w, x, xsum, cols, o) },
+                (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
+            }
+            r += 4;
+        }
+    }};
+}
+
 mod scalar {
     use super::*;
 
@@ -463,24 +491,7 @@ mod avx2 {
         cols: usize,
         out: &mut [f32],
     ) {
-        let nb = cols / BLOCK;
-        let mut r = 0;
-        while r < n {
-            let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
-            // SAFETY (all eight): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r,
-            // checked by the caller.
-            match (n - r, format) {
-                (1, BlockFormat::Q4_1) => unsafe { tile::<1, true>(w, x, xsum, cols, o) },
-                (2, BlockFormat::Q4_1) => unsafe { tile::<2, true>(w, x, xsum, cols, o) },
-                (3, BlockFormat::Q4_1) => unsafe { tile::<3, true>(w, x, xsum, cols, o) },
-                (_, BlockFormat::Q4_1) => unsafe { tile::<4, true>(w, x, xsum, cols, o) },
-                (1, BlockFormat::Q8_0) => unsafe { tile::<1, false>(w, x, xsum, cols, o) },
-                (2, BlockFormat::Q8_0) => unsafe { tile::<2, false>(w, x, xsum, cols, o) },
-                (3, BlockFormat::Q8_0) => unsafe { tile::<3, false>(w, x, xsum, cols, o) },
-                (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
-            }
-            r += 4;
-        }
+        rows_in_tiles_of_four!(format, w, x, xsum, n, cols, out);
     }
 
     /// Eight raw quants as f32 from the low 8 bytes of `q` (unsigned nibbles, or signed bytes).
@@ -860,27 +871,9 @@ mod simd128 {
         cols: usize,
         out: &mut [f32],
     ) {
-        let (row_bytes, nb) = (cols / BLOCK * format.bytes(), cols / BLOCK);
+        let row_bytes = cols / BLOCK * format.bytes();
         for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
-            // Rows of x four at a time, so that each block's quants are converted once per four
-            // rows (a prompt's prefill), as in the AVX2 kernel.
-            let mut r = 0;
-            while r < n {
-                let (x, xsum, o) = (&x[r * cols..], &xsum[r * nb..], &mut out[r..]);
-                // SAFETY (all eight): x holds (n − r)·cols values, xsum (n − r)·nb and o n − r,
-                // checked by the caller.
-                match (n - r, format) {
-                    (1, BlockFormat::Q4_1) => unsafe { tile::<1, true>(w, x, xsum, cols, o) },
-                    (2, BlockFormat::Q4_1) => unsafe { tile::<2, true>(w, x, xsum, cols, o) },
-                    (3, BlockFormat::Q4_1) => unsafe { tile::<3, true>(w, x, xsum, cols, o) },
-                    (_, BlockFormat::Q4_1) => unsafe { tile::<4, true>(w, x, xsum, cols, o) },
-                    (1, BlockFormat::Q8_0) => unsafe { tile::<1, false>(w, x, xsum, cols, o) },
-                    (2, BlockFormat::Q8_0) => unsafe { tile::<2, false>(w, x, xsum, cols, o) },
-                    (3, BlockFormat::Q8_0) => unsafe { tile::<3, false>(w, x, xsum, cols, o) },
-                    (_, BlockFormat::Q8_0) => unsafe { tile::<4, false>(w, x, xsum, cols, o) },
-                }
-                r += 4;
-            }
+            rows_in_tiles_of_four!(format, w, x, xsum, n, cols, out);
         }
     }
 
