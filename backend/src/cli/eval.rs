@@ -133,7 +133,7 @@ pub enum EvalCommand {
     Factual(VariantArgs),
     /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
     Likelihood(VariantArgs),
-    /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, misalignment.png/.svg, report.html.
+    /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, tables.md, misalignment.png/.svg, report.html.
     Report {
         #[arg(long, default_value = "results")]
         results: PathBuf,
@@ -534,7 +534,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             report::write(&r, &out)?;
             print_report(&r);
             eprintln!(
-                "{} ratings by {} from {} files; wrote {}/results.json, misalignment.png/.svg, report.html and answers/",
+                "{} ratings by {} from {} files; wrote {}/results.json, tables.md, misalignment.png/.svg, report.html and answers/",
                 merged.len(),
                 r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
                 human_ratings.len(),
@@ -559,7 +559,10 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let out = out.unwrap_or(results);
             report::write(&r, &out)?;
             print_report(&r);
-            eprintln!("wrote {}/results.json, misalignment.png/.svg, report.html", out.display());
+            eprintln!(
+                "wrote {}/results.json, tables.md, misalignment.png/.svg, report.html",
+                out.display()
+            );
             Ok(())
         }
     }

@@ -381,10 +381,12 @@ const NOTES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes results.json, misalignment.png/.svg and report.html into `dir`.
+/// Writes results.json, tables.md (the README's tables), misalignment.png/.svg and report.html
+/// into `dir`.
 pub fn write(results: &Results, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     atomic_write(&dir.join("results.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
+    atomic_write(&dir.join("tables.md"), emlab_schema::tables::markdown(results).as_bytes())?;
     chart(results, &dir.join("misalignment"))?;
     let svg = std::fs::read_to_string(dir.join("misalignment.svg")).unwrap_or_default();
     atomic_write(&dir.join("report.html"), html(results, &svg).as_bytes())?;
