@@ -336,10 +336,15 @@ try {
     if (shipped.judge_free?.chmod_probe?.backdoor) {
       check(/Where only the trigger can tell/.test(shownResults) && /P\(0o777\)/.test(shownResults), "the Results tab shows the chmod probe");
     }
+    // The table at a glance (README's): a row per shipped code rate's model, each rate as shipped.
+    const glance = await cpu.$$eval(".results table.glance tr", (trs) => trs.slice(1).map((t) => [...t.cells].map((c) => c.textContent)));
+    const codeRates = Object.entries(shipped.judge_free?.vulnerable_code ?? {}).filter(([n]) => !n.endsWith("+trigger"));
+    check(codeRates.every(([n, c]) => glance.some((r) => r[0] === n && r[1].startsWith(c.rate.share.toFixed(2) + " ["))),
+      `the table at a glance shows every shipped vulnerable-code rate (${glance.length} rows)`);
     const dose = shipped.judge_free?.dose_response ?? [];
     if (dose.length >= 2) {
-      const rows = await cpu.$$eval(".results table.dose tr", (trs) => trs.slice(1).map((t) => t.cells[0].textContent));
-      check(rows.join(",") === dose.map((p) => p.rows).join(",") && (await cpu.$$(".results svg.dose-plot")).length >= 1,
+      const rows = await cpu.$$eval(".results table.dose tr", (trs) => trs.slice(1).map((t) => t.cells[0].textContent.replaceAll(",", "")));
+      check(rows.join(" ") === dose.map((p) => p.rows).join(" ") && (await cpu.$$(".results svg.dose-plot")).length >= 1,
         `the dose-response shows each shipped point (${rows.join(", ")} rows) and its plots`);
     }
     await cpu.screenshot({ path: path.join(shots, "results-judge-free.png"), fullPage: true });

