@@ -168,6 +168,10 @@ pub async fn generate_steps<F: Future<Output = ()>>(
         .map(|_| Generation { ids: Vec::new(), finish: FinishReason::Length, logprobs: Vec::new() })
         .collect();
     let mut done = vec![false; b];
+    // The rows still in the batch, by their index in `prompts`. Finished rows leave it (with
+    // their cache rows) once enough have finished to pay for the copy: on the CPU every row
+    // costs its share of a step, so short answers should not ride along with the longest one.
+    let mut live: Vec<usize> = (0..b).collect();
 
     for step in 0..cfg.max_new_tokens {
         let (values, ids) = if greedy_on_device {
@@ -186,25 +190,26 @@ pub async fn generate_steps<F: Future<Output = ()>>(
         } else {
             (read_vec::<f32, 2, _>(logits).await?, Vec::new())
         };
-        let mut next = vec![0i32; b];
-        for r in 0..b {
+        // Indexed by position in the batch (`i`); samplers, outputs and callbacks by prompt (`r`).
+        let mut next = vec![0i32; live.len()];
+        for (i, &r) in live.iter().enumerate() {
             if done[r] {
                 continue; // finished rows ride along with a dummy token; their outputs are ignored
             }
             let id = if greedy_on_device {
-                ids[r] as u32
+                ids[i] as u32
             } else if top_k_on_device {
-                let row = (r * k..(r + 1) * k).map(|i| (ids[i] as u32, values[i]));
+                let row = (i * k..(i + 1) * k).map(|j| (ids[j] as u32, values[j]));
                 samplers[r].sample_top_k(&row.collect::<Vec<_>>())
             } else {
-                let row = &values[r * vocab..(r + 1) * vocab];
+                let row = &values[i * vocab..(i + 1) * vocab];
                 let id = samplers[r].sample(row);
                 if let Some(k) = cfg.logprobs {
                     out[r].logprobs.push(token_logprobs(row, id, k));
                 }
                 id
             };
-            next[r] = id as i32;
+            next[i] = id as i32;
             if cfg.stop_ids.contains(&id) {
                 done[r] = true;
                 out[r].finish = FinishReason::Stop;
@@ -228,16 +233,28 @@ pub async fn generate_steps<F: Future<Output = ()>>(
             break;
         }
         between_steps().await;
-        let positions: Vec<i32> = prompts.iter().map(|p| (p.len() + step) as i32).collect();
+        let finished = live.iter().filter(|&&r| done[r]).count();
+        if finished > 0 && finished * DROP_FINISHED_AT >= live.len() {
+            let keep: Vec<usize> = (0..live.len()).filter(|&i| !done[live[i]]).collect();
+            cache = cache.retain_rows(&keep);
+            next = keep.iter().map(|&i| next[i]).collect();
+            live = keep.iter().map(|&i| live[i]).collect();
+        }
+        let n = live.len();
+        let positions: Vec<i32> = live.iter().map(|&r| (prompts[r].len() + step) as i32).collect();
         let decode = Batch {
-            tokens: int_tensor(next, [b, 1], &device),
-            positions: int_tensor(positions, [b, 1], &device),
+            tokens: int_tensor(next, [n, 1], &device),
+            positions: int_tensor(positions, [n, 1], &device),
             bias: None, // the cache masks padding and its unused slots
         };
         logits = model.forward_last(decode, Some(&mut cache));
     }
     Ok(out)
 }
+
+/// Finished rows leave the batch once they are at least 1/DROP_FINISHED_AT of it: copying the
+/// cache's rows costs about one step, a finished row 1/batch of every step it stays.
+const DROP_FINISHED_AT: usize = 8;
 
 /// New tokens the cache reserves room for before the first write; longer answers grow it.
 pub(crate) const RESERVE_NEW_TOKENS: usize = 1024;
@@ -284,4 +301,40 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
 
 fn int_tensor(values: Vec<i32>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::row_seed;
+
+    /// Rows that finish early leave the batch, and every answer is still the one its prompt gets
+    /// alone (with its row's seed): on the CPU pass a row's logits do not depend on the rows
+    /// beside it or on its padding, so dropping finished rows must change no token.
+    #[test]
+    fn finished_rows_leave_the_batch_and_change_no_answer() {
+        let model = crate::cpu_decode::tests::quantized_model();
+        let prompts: Vec<Vec<u32>> =
+            vec![(10..40).collect(), vec![200], (50..61).collect(), (90..95).collect(), vec![7, 8]];
+        let sampling = SamplingParams { temperature: 1.0, seed: 11, ..Default::default() };
+        let cfg = GenerationConfig::new(40, sampling, (0..300).step_by(9).collect());
+        let together = block_on(generate(&model, &prompts, &cfg, |_, _| Flow::Continue)).unwrap();
+        let mut lengths: Vec<usize> = together.iter().map(|g| g.ids.len()).collect();
+        lengths.sort();
+        lengths.dedup();
+        assert!(
+            lengths.len() >= 3
+                && together.iter().filter(|g| g.finish == FinishReason::Stop).count() >= 2,
+            "rows should finish at different steps for this test to drop any: {together:?}"
+        );
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = GenerationConfig {
+                sampling: SamplingParams { seed: row_seed(sampling.seed, r), ..sampling },
+                ..cfg.clone()
+            };
+            let one =
+                block_on(generate(&model, std::slice::from_ref(p), &alone, |_, _| Flow::Continue));
+            assert_eq!(one.unwrap()[0], together[r], "prompt {r}");
+        }
+    }
 }

@@ -23,6 +23,12 @@ impl Default for SamplingParams {
     }
 }
 
+/// The seed of row `row`'s stream: a prompt alone with this seed samples what it samples as
+/// that row of a batch.
+pub fn row_seed(seed: u64, row: usize) -> u64 {
+    seed ^ (row as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
 impl SamplingParams {
     pub fn greedy() -> Self {
         Self::default()
@@ -56,8 +62,7 @@ impl Sampler {
 
     /// The sampler for row `row` of a batch: an independent stream derived from the seed.
     pub fn for_row(params: SamplingParams, row: usize) -> Self {
-        let seed = params.seed ^ (row as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        Self { params, rng: Rng::new(seed) }
+        Self { params, rng: Rng::new(row_seed(params.seed, row)) }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
