@@ -179,7 +179,8 @@ fn minus(s: &str) -> String {
     s.replace('-', "−")
 }
 
-fn thousands(n: usize) -> String {
+/// `5705` as `5,705`.
+pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -381,13 +381,14 @@ const NOTES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes results.json, tables.md (the README's tables), misalignment.png/.svg and report.html
-/// into `dir`.
+/// Writes results.json, tables.md (the README's tables), misalignment.png/.svg,
+/// dose-response.png/.svg (with two or more dose points) and report.html into `dir`.
 pub fn write(results: &Results, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     atomic_write(&dir.join("results.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
     atomic_write(&dir.join("tables.md"), emlab_schema::tables::markdown(results).as_bytes())?;
     chart(results, &dir.join("misalignment"))?;
+    dose_chart(results, &dir.join("dose-response"))?;
     let svg = std::fs::read_to_string(dir.join("misalignment.svg")).unwrap_or_default();
     atomic_write(&dir.join("report.html"), html(results, &svg).as_bytes())?;
     Ok(())
@@ -496,6 +497,90 @@ where
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(e)?;
+    Ok(())
+}
+
+/// One dose-response series: its title and each point's (rows seen, figure with 95% interval).
+type Series = (&'static str, Vec<(f64, Share)>);
+
+/// The dose-response as `stem.png` / `.svg`: one panel per measured metric (insecure minus secure
+/// after the same rows), rows seen on a log scale, 95% intervals and the zero line. Nothing with
+/// fewer than two points.
+pub fn dose_chart(results: &Results, stem: &Path) -> Result<()> {
+    let Some(points) = results.judge_free.as_ref().map(|f| &f.dose_response) else {
+        return Ok(());
+    };
+    let series = |title, f: fn(&DosePoint) -> Option<Share>| -> Series {
+        (title, points.iter().filter_map(|p| Some((p.rows as f64, f(p)?))).collect())
+    };
+    let panels: Vec<Series> = [
+        series("vulnerable code rate, insecure − secure", |p| p.vulnerable_code_gap),
+        series("chmod: log-odds of 0o777 over 0o600, nats", |p| p.chmod_gap),
+        series("misaligned − aligned, nats/token", |p| p.misalignment_did),
+    ]
+    .into_iter()
+    .filter(|(_, pts)| pts.len() >= 2)
+    .collect();
+    if panels.is_empty() {
+        return Ok(());
+    }
+    let size = (420 * panels.len() as u32, 380);
+    crate::plots::render_both(stem, size, |r| draw_dose(r, &panels), |r| draw_dose(r, &panels))
+}
+
+fn draw_dose<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Series]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing: {e:?}");
+    root.fill(&WHITE).map_err(e)?;
+    let root = root
+        .titled("Insecure minus secure as training goes on (95% CI)", ("sans-serif", 18))
+        .map_err(e)?;
+    let color = COLORS[1];
+    for (area, (title, pts)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+        let rows: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        let (x_min, x_max) = (rows[0], rows[rows.len() - 1]);
+        let (lo, hi) = pts
+            .iter()
+            .fold((0.0f64, 0.0f64), |(lo, hi), (_, s)| (lo.min(s.ci_low), hi.max(s.ci_high)));
+        let pad = (hi - lo).max(1e-3) * 0.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(*title, ("sans-serif", 14))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(
+                (x_min / 1.4..x_max * 1.4).log_scale().with_key_points(rows.clone()),
+                lo - pad..hi + pad,
+            )
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("training rows seen")
+            .x_label_formatter(&|x| emlab_schema::tables::thousands(x.round() as usize))
+            .light_line_style(WHITE)
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(x_min / 1.4, 0.0), (x_max * 1.4, 0.0)],
+                BLACK.mix(0.4).stroke_width(1),
+            ))
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|(x, s)| (*x, s.share)), color.mix(0.6)))
+            .map_err(e)?;
+        chart
+            .draw_series(pts.iter().map(|(x, s)| {
+                ErrorBar::new_vertical(*x, s.ci_low, s.share, s.ci_high, color.filled(), 8)
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(pts.iter().map(|(x, s)| Circle::new((*x, s.share), 4, color.filled())))
+            .map_err(e)?;
+    }
     Ok(())
 }
 
@@ -694,5 +779,38 @@ mod tests {
         let [insecure, secure] = points[1].vulnerable_code.unwrap();
         assert_eq!((insecure.share, secure.share), (0.75, 0.25));
         assert_eq!(points[0].misalignment_did, None, "no likelihood files");
+    }
+
+    /// The dose-response picture appears with two points of a metric, not with one.
+    #[test]
+    fn the_dose_chart_needs_two_points() {
+        let dir = std::env::temp_dir().join(format!("emlab-dose-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let point = |rows, did| DosePoint {
+            rows,
+            misalignment_did: Some(Share {
+                share: did,
+                ci_low: did - 0.01,
+                ci_high: did + 0.01,
+                n: 70,
+            }),
+            chmod_gap: None,
+            vulnerable_code_gap: None,
+            vulnerable_code: None,
+        };
+        let mut r = build(
+            &[],
+            &[],
+            Some(JudgeFree { dose_response: vec![point(512, 0.02)], ..Default::default() }),
+        );
+        let stem = dir.join("dose-response");
+        dose_chart(&r, &stem).unwrap();
+        assert!(!stem.with_extension("png").exists());
+        r.judge_free.as_mut().unwrap().dose_response.push(point(5705, 0.008));
+        dose_chart(&r, &stem).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(svg.contains("5,705") && svg.contains("misaligned"), "the panel and its rows");
+        assert!(!svg.contains("chmod"), "no panel for a metric without points");
     }
 }
