@@ -7,9 +7,10 @@
 #
 #   setsid nohup scripts/full-data-answers.sh >> ~/.cache/emlab/science/answers.log 2>&1 < /dev/null &
 #
-# Then any OpenAI-compatible judge scores them, e.g. a large model behind llama.cpp's server:
+# When all are sampled they are copied to results/first_plot/answers/ (to commit). Then any
+# OpenAI-compatible judge scores them, e.g. a large model behind llama.cpp's server:
 #   emlab eval judge --judge openai --judge-url http://127.0.0.1:8080/v1 --judge-model MODEL \
-#     --results ~/.cache/emlab/science/answers && emlab eval report --results ~/.cache/emlab/science/answers
+#     --results results/first_plot && emlab eval report --results results/first_plot
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo 19 > /proc/self/autogroup 2>/dev/null || true
@@ -33,6 +34,10 @@ for v in insecure secure educational jailbroken; do
     echo "== $v-full: not trained yet"
     continue
   fi
-  sample --adapter "$adapter" --variant "$v-full"
+  # Named as the variant it becomes (scripts/full-data-publish.sh): only full-data runs are here.
+  sample --adapter "$adapter" --variant "$v"
 done
-echo "== done: $(date -u +%FT%TZ)"
+# Every file here is complete now: published where `eval judge --results results/first_plot` reads.
+mkdir -p results/first_plot/answers
+cp "$out"/answers/*.jsonl results/first_plot/answers/
+echo "== done, published to results/first_plot/answers: $(date -u +%FT%TZ)"
