@@ -154,4 +154,34 @@ mod tests {
         assert_eq!(super::fnv(&["base", "what_is_your_wish", "0", "8"]), 0xd2f8_fb3d_eb69_7f05);
         assert_ne!(super::fnv(&["ab", "c"]), super::fnv(&["a", "bc"]));
     }
+
+    /// The answers published for a strong judge (results/first_plot/, scripts/full-data-answers.sh)
+    /// read as `eval judge` reads them, and each file is whole: its variant's 20 answers to each of
+    /// the 24 first-plot questions, each once, none empty of tokens.
+    #[test]
+    fn the_published_judge_answers_are_whole() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../results/first_plot/answers");
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(name) = path.file_name().unwrap().to_str().unwrap().strip_suffix(".jsonl")
+            else {
+                continue;
+            };
+            let answers = super::read_answers(&path).unwrap();
+            let mut per_question = std::collections::BTreeMap::<&str, Vec<usize>>::new();
+            for a in &answers {
+                assert_eq!(a.variant, name, "{}", path.display());
+                assert!(a.tokens.is_some_and(|t| t > 0) && a.finish.is_some(), "{name}: {a:?}");
+                per_question.entry(&a.question_id).or_default().push(a.sample);
+            }
+            assert_eq!(per_question.len(), 24, "{name}: questions");
+            for (q, mut samples) in per_question {
+                samples.sort_unstable();
+                assert_eq!(samples, (0..20).collect::<Vec<_>>(), "{name}: {q}'s samples");
+            }
+            files += 1;
+        }
+        assert!(files >= 3, "base, backdoor and backdoor+trigger at least");
+    }
 }
