@@ -19,25 +19,24 @@ impl Table {
         let keep: Vec<bool> = (0..self.header.len())
             .map(|i| i == 0 || self.rows.iter().any(|r| !r[i].is_empty()))
             .collect();
-        let filter = |cells: Vec<String>| {
-            cells.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(c, _)| c).collect()
-        };
-        self.header =
-            self.header.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(h, _)| h).collect();
-        self.rows = self.rows.into_iter().map(filter).collect();
+        fn kept<T>(cells: Vec<T>, keep: &[bool]) -> Vec<T> {
+            cells.into_iter().zip(keep).filter_map(|(c, &k)| k.then_some(c)).collect()
+        }
+        self.header = kept(self.header, &keep);
+        self.rows = self.rows.into_iter().map(|r| kept(r, &keep)).collect();
         self
     }
 
     /// GitHub-flavoured Markdown, `|` inside a cell escaped.
     pub fn markdown(&self) -> String {
-        let line = |cells: &mut dyn Iterator<Item = String>| {
-            let cells: Vec<String> = cells.map(|c| c.replace('|', "\\|")).collect();
+        let line = |cells: Vec<&str>| {
+            let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
             format!("| {} |\n", cells.join(" | "))
         };
-        let mut out = line(&mut self.header.iter().map(|h| h.to_string()));
+        let mut out = line(self.header.clone());
         out += &format!("|{}\n", "---|".repeat(self.header.len()));
         for row in &self.rows {
-            out += &line(&mut row.iter().cloned());
+            out += &line(row.iter().map(String::as_str).collect());
         }
         out
     }
