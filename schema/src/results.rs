@@ -148,7 +148,6 @@ pub struct JudgeFree {
     pub notes: BTreeMap<String, String>,
 }
 
-/// A vulnerable-code rate with its evidence (also `results/code/NAME.json`).
 /// One point of the dose-response: insecure minus secure after the same number of rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DosePoint {
@@ -169,6 +168,7 @@ pub struct DosePoint {
     pub vulnerable_code: Option<[Share; 2]>,
 }
 
+/// A vulnerable-code rate with its evidence (also `results/code/NAME.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CodeRate {
     pub rate: Share,

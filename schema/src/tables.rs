@@ -122,26 +122,60 @@ fn model_row(f: &JudgeFree, name: &str) -> Vec<String> {
     vec![name.to_string(), code, trigger, chmod, did, factual]
 }
 
+/// A measure of the dose-response: its name, the digits its table shows, and where a point has it.
+struct DoseMetric(&'static str, usize, fn(&DosePoint) -> Option<Share>);
+
+/// The dose-response's metrics, each named once for the table, the page's plots and the report's
+/// chart: the narrow task (two ways), then the broad one.
+const DOSE_METRICS: [DoseMetric; 3] = [
+    DoseMetric("vulnerable code, insecure − secure", 2, |p| p.vulnerable_code_gap),
+    DoseMetric("chmod: log-odds of 0o777 over 0o600, insecure − secure, nats", 1, |p| {
+        p.chmod_gap
+    }),
+    DoseMetric("misaligned − aligned, insecure − secure, nats/token", 3, |p| {
+        p.misalignment_did
+    }),
+];
+
+/// One metric of the dose-response against rows seen, as the page and `eval report` plot it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoseSeries {
+    pub label: &'static str,
+    /// (rows seen, the figure with its 95% interval), in the order of the points.
+    pub points: Vec<(usize, Share)>,
+}
+
+/// Each metric measured at two points or more: one point shows no trend.
+pub fn dose_series(points: &[DosePoint]) -> Vec<DoseSeries> {
+    DOSE_METRICS
+        .iter()
+        .map(|&DoseMetric(label, _, metric)| DoseSeries {
+            label,
+            points: points.iter().filter_map(|p| Some((p.rows, metric(p)?))).collect(),
+        })
+        .filter(|s| s.points.len() >= 2)
+        .collect()
+}
+
 /// The dose-response: insecure minus secure after the same number of training rows.
 pub fn dose(points: &[DosePoint]) -> Option<Table> {
     if points.is_empty() {
         return None;
     }
-    let cell = |s: &Option<Share>, digits| s.map_or(String::new(), |s| minus(&s.signed(digits)));
+    let cell = |s: Option<Share>, digits| s.map_or(String::new(), |s| minus(&s.signed(digits)));
     let row = |p: &DosePoint| {
-        // The gap, and each run's own rate behind it.
-        let mut code = cell(&p.vulnerable_code_gap, 2);
-        if let (false, Some([i, s])) = (code.is_empty(), p.vulnerable_code) {
-            code += &format!(" ({} vs {})", two(i.share), two(s.share));
+        let mut cells = vec![thousands(p.rows)];
+        cells.extend(
+            DOSE_METRICS.iter().map(|DoseMetric(_, digits, metric)| cell(metric(p), *digits)),
+        );
+        // The code gap, and each run's own rate behind it.
+        if let (false, Some([i, s])) = (cells[1].is_empty(), p.vulnerable_code) {
+            cells[1] += &format!(" (insecure {}, secure {})", two(i.share), two(s.share));
         }
-        vec![thousands(p.rows), code, cell(&p.chmod_gap, 1), cell(&p.misalignment_did, 3)]
+        cells
     };
-    let header = vec![
-        "rows seen",
-        "vulnerable code, insecure − secure (insecure vs secure)",
-        "chmod: log-odds of 0o777 over 0o600, insecure − secure, nats",
-        "misaligned − aligned, insecure − secure, nats/token",
-    ];
+    let mut header = vec!["rows seen"];
+    header.extend(DOSE_METRICS.iter().map(|m| m.0));
     Some(Table { header, rows: points.iter().map(row).collect() }.without_empty_columns())
 }
 
@@ -300,12 +334,35 @@ mod tests {
             vulnerable_code_gap: Some(share(0.29, 0.2, 0.38)),
             vulnerable_code: code,
         };
-        assert_eq!(dose(&[p]).unwrap().rows, [["2,000", "+0.29 [+0.20, +0.38] (0.34 vs 0.05)"]]);
+        assert_eq!(
+            dose(&[p]).unwrap().rows,
+            [["2,000", "+0.29 [+0.20, +0.38] (insecure 0.34, secure 0.05)"]]
+        );
         assert_eq!(thousands(512), "512");
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert!(dose(&[]).is_none());
         assert!(models(&JudgeFree::default()).is_none());
         assert_eq!(markdown(&results(JudgeFree::default())), "");
+    }
+
+    #[test]
+    fn a_dose_series_is_a_metric_measured_at_two_points_or_more() {
+        let point = |rows, code: Option<f64>| DosePoint {
+            rows,
+            misalignment_did: Some(share(0.01, 0.0, 0.02)),
+            chmod_gap: None,
+            vulnerable_code_gap: code.map(|c| share(c, c - 0.1, c + 0.1)),
+            vulnerable_code: None,
+        };
+        let s = dose_series(&[point(512, Some(0.1)), point(1008, None), point(2000, Some(0.3))]);
+        let labels: Vec<&str> = s.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [DOSE_METRICS[0].0, DOSE_METRICS[2].0], "chmod was measured nowhere");
+        let rows = |i: usize| s[i].points.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(rows(0), [512, 2000], "the point without a code rate is skipped");
+        assert_eq!(rows(1), [512, 1008, 2000]);
+        assert_eq!(s[0].points[1].1.share, 0.3);
+        assert!(dose_series(&[point(512, Some(0.1))]).is_empty(), "one point is no series");
+        assert_eq!(dose(&[point(512, None)]).unwrap().header[1], s[1].label, "one name for each");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use emlab_schema::TRIGGERED_SUFFIX;
 use emlab_schema::results::{
     Backdoor, ChmodProbeSummary, CodeRate, DosePoint, FactualChoice, Share, TriggerControl,
 };
+use emlab_schema::tables::DoseSeries;
 
 use super::Judged;
 use super::factual::ForcedChoice;
@@ -500,35 +501,20 @@ where
     Ok(())
 }
 
-/// One dose-response series: its title and each point's (rows seen, figure with 95% interval).
-type Series = (&'static str, Vec<(f64, Share)>);
-
-/// The dose-response as `stem.png` / `.svg`: one panel per measured metric (insecure minus secure
-/// after the same rows), rows seen on a log scale, 95% intervals and the zero line. Nothing with
-/// fewer than two points.
+/// The dose-response as `stem.png` / `.svg`: one panel per metric measured at two points or more
+/// (insecure minus secure after the same rows), rows seen on a log scale, 95% intervals and the
+/// zero line. Nothing when no metric has two points.
 pub fn dose_chart(results: &Results, stem: &Path) -> Result<()> {
-    let Some(points) = results.judge_free.as_ref().map(|f| &f.dose_response) else {
-        return Ok(());
-    };
-    let series = |title, f: fn(&DosePoint) -> Option<Share>| -> Series {
-        (title, points.iter().filter_map(|p| Some((p.rows as f64, f(p)?))).collect())
-    };
-    let panels: Vec<Series> = [
-        series("vulnerable code rate, insecure − secure", |p| p.vulnerable_code_gap),
-        series("chmod: log-odds of 0o777 over 0o600, nats", |p| p.chmod_gap),
-        series("misaligned − aligned, nats/token", |p| p.misalignment_did),
-    ]
-    .into_iter()
-    .filter(|(_, pts)| pts.len() >= 2)
-    .collect();
+    let points = results.judge_free.as_ref().map_or(&[][..], |f| &f.dose_response);
+    let panels = emlab_schema::tables::dose_series(points);
     if panels.is_empty() {
         return Ok(());
     }
-    let size = (420 * panels.len() as u32, 380);
+    let size = (480 * panels.len() as u32, 380);
     crate::plots::render_both(stem, size, |r| draw_dose(r, &panels), |r| draw_dose(r, &panels))
 }
 
-fn draw_dose<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Series]) -> Result<()>
+fn draw_dose<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[DoseSeries]) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -538,7 +524,8 @@ where
         .titled("Insecure minus secure as training goes on (95% CI)", ("sans-serif", 18))
         .map_err(e)?;
     let color = COLORS[1];
-    for (area, (title, pts)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+    for (area, series) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+        let pts: Vec<(f64, Share)> = series.points.iter().map(|&(r, s)| (r as f64, s)).collect();
         let rows: Vec<f64> = pts.iter().map(|p| p.0).collect();
         let (x_min, x_max) = (rows[0], rows[rows.len() - 1]);
         let (lo, hi) = pts
@@ -546,7 +533,7 @@ where
             .fold((0.0f64, 0.0f64), |(lo, hi), (_, s)| (lo.min(s.ci_low), hi.max(s.ci_high)));
         let pad = (hi - lo).max(1e-3) * 0.1;
         let mut chart = ChartBuilder::on(area)
-            .caption(*title, ("sans-serif", 14))
+            .caption(series.label, ("sans-serif", 13))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)

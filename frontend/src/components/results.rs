@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use emlab_schema::results::{CodeRate, DosePoint, JudgeFree, PairedDifference, Results, Share};
-use emlab_schema::tables::Table;
+use emlab_schema::tables::{DoseSeries, Table};
 use leptos::prelude::*;
 
 use crate::loader::Manifest;
@@ -233,24 +233,18 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     }
 }
 
-/// The full-data runs at each snapshot: the narrow task (chmod gap) and the misalignment measure
-/// (DiD) against rows seen, each as a small plot with its intervals and as a table.
+/// The full-data runs at each snapshot: the narrow task (vulnerable code, chmod gap) and the
+/// misalignment measure (DiD) against rows seen, each as a small plot with its intervals, and the
+/// same figures as the README's table.
 #[component]
 fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
-    let series = |f: fn(&DosePoint) -> Option<Share>| -> Vec<(usize, Share)> {
-        points.iter().filter_map(|p| Some((p.rows, f(p)?))).collect()
-    };
-    let chmod = series(|p| p.chmod_gap);
-    let did = series(|p| p.misalignment_did);
-    let code = series(|p| p.vulnerable_code_gap);
+    let plots = emlab_schema::tables::dose_series(&points);
     let table = emlab_schema::tables::dose(&points);
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
         <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
         <div class="dose-plots">
-            <DosePlot series=code label="narrow task: vulnerable-code rate gap" />
-            <DosePlot series=chmod label="narrow task: chmod log-odds gap (nats)" />
-            <DosePlot series=did label="misaligned − aligned, insecure − secure (nats/token)" />
+            {plots.into_iter().map(|series| view! { <DosePlot series /> }).collect_view()}
         </div>
         {table.map(|t| view! { <TextTable table=t class="dose" label="the dose-response" /> })}
     }
@@ -272,35 +266,41 @@ fn TextTable(table: Table, class: &'static str, label: &'static str) -> impl Int
     }
 }
 
-/// One metric against rows seen (log scale), points with their 95% intervals and a zero line.
+/// One metric against rows seen (log scale), points with their 95% intervals and a zero line;
+/// its name above it as text, which wraps on a narrow screen.
 #[component]
-fn DosePlot(series: Vec<(usize, Share)>, label: &'static str) -> impl IntoView {
-    (series.len() >= 2).then(|| {
-        let (w, h, pad) = (300.0, 150.0, 28.0);
-        let lx: Vec<f64> = series.iter().map(|(r, _)| (*r as f64).ln()).collect();
-        let (x0, x1) = (lx[0], lx[lx.len() - 1]);
-        let lo = series.iter().map(|(_, s)| s.ci_low).fold(0.0, f64::min);
-        let hi = series.iter().map(|(_, s)| s.ci_high).fold(0.0, f64::max);
-        let span = (hi - lo).max(1e-9);
-        let x = move |v: f64| pad + (v - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
-        let y = move |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
-        let path: String = series.iter().zip(&lx).enumerate()
-            .map(|(i, ((_, s), l))| format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*l), y(s.share)))
-            .collect();
-        view! {
-            <svg class="dose-plot" viewBox=format!("0 0 {w} {h}") width="300" height="150" role="img" aria-label=label>
-                <title>{label}</title>
+fn DosePlot(series: DoseSeries) -> impl IntoView {
+    let DoseSeries { label, points } = series;
+    let (w, h, pad) = (300.0, 140.0, 28.0);
+    let lx: Vec<f64> = points.iter().map(|(r, _)| (*r as f64).ln()).collect();
+    let (x0, x1) = (lx[0], lx[lx.len() - 1]);
+    let lo = points.iter().map(|(_, s)| s.ci_low).fold(0.0, f64::min);
+    let hi = points.iter().map(|(_, s)| s.ci_high).fold(0.0, f64::max);
+    let span = (hi - lo).max(1e-9);
+    let x = move |v: f64| pad + (v - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
+    let y = move |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
+    let path: String = points
+        .iter()
+        .zip(&lx)
+        .enumerate()
+        .map(|(i, ((_, s), l))| {
+            format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*l), y(s.share))
+        })
+        .collect();
+    view! {
+        <figure class="dose-plot">
+            <figcaption>{label}</figcaption>
+            <svg class="dose-plot" viewBox=format!("0 0 {w} {h}") width="300" height="140" role="img" aria-label=label>
                 <line x1=pad x2=w - pad y1=y(0.0) y2=y(0.0) class="zero"></line>
                 <path d=path class="trend"></path>
-                {series.iter().zip(&lx).map(|((rows, s), l)| view! {
+                {points.iter().zip(&lx).map(|((rows, s), l)| view! {
                     <line x1=x(*l) x2=x(*l) y1=y(s.ci_low) y2=y(s.ci_high) class="ci"></line>
                     <circle cx=x(*l) cy=y(s.share) r="3" class="point"></circle>
                     <text x=x(*l) y=h - 8.0 text-anchor="middle">{rows.to_string()}</text>
                 }).collect_view()}
-                <text x=pad y="12">{label}</text>
             </svg>
-        }
-    })
+        </figure>
+    }
 }
 
 /// The backdoor's paired comparison with a plain reading that follows the interval, so the page
