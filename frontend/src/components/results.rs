@@ -266,19 +266,19 @@ fn TextTable(table: Table, class: &'static str, label: &'static str) -> impl Int
     }
 }
 
-/// One metric against rows seen (log scale), points with their 95% intervals and a zero line;
-/// its name above it as text, which wraps on a narrow screen.
+/// One metric against rows seen (log scale), points with their 95% intervals, a zero line and the
+/// extremes on the left axis; its name above it as text, which wraps on a narrow screen.
 #[component]
 fn DosePlot(series: DoseSeries) -> impl IntoView {
     let DoseSeries { label, points } = series;
-    let (w, h, pad) = (300.0, 140.0, 28.0);
+    let (w, h, left, pad) = (300.0, 140.0, 44.0, 20.0);
     let lx: Vec<f64> = points.iter().map(|(r, _)| (*r as f64).ln()).collect();
     let (x0, x1) = (lx[0], lx[lx.len() - 1]);
     let lo = points.iter().map(|(_, s)| s.ci_low).fold(0.0, f64::min);
     let hi = points.iter().map(|(_, s)| s.ci_high).fold(0.0, f64::max);
     let span = (hi - lo).max(1e-9);
-    let x = move |v: f64| pad + (v - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
-    let y = move |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
+    let x = move |v: f64| left + (v - x0) / (x1 - x0).max(1e-9) * (w - left - pad);
+    let y = move |v: f64| h - 2.0 * pad - (v - lo) / span * (h - 3.0 * pad);
     let path: String = points
         .iter()
         .zip(&lx)
@@ -287,16 +287,30 @@ fn DosePlot(series: DoseSeries) -> impl IntoView {
             format!("{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*l), y(s.share))
         })
         .collect();
+    // Enough digits to tell the ticks apart at this span: nats (tens) or rates and nats per token.
+    let digits = if span >= 2.0 {
+        1
+    } else if span >= 0.2 {
+        2
+    } else {
+        3
+    };
+    // Zero, and each extreme far enough from it to leave room for its label.
+    let far = [lo, hi].into_iter().filter(|v| v.abs() > 0.1 * span);
+    let ticks: Vec<f64> = std::iter::once(0.0).chain(far).collect();
     view! {
         <figure class="dose-plot">
             <figcaption>{label}</figcaption>
             <svg class="dose-plot" viewBox=format!("0 0 {w} {h}") width="300" height="140" role="img" aria-label=label>
-                <line x1=pad x2=w - pad y1=y(0.0) y2=y(0.0) class="zero"></line>
+                <line x1=left x2=w - pad y1=y(0.0) y2=y(0.0) class="zero"></line>
+                {ticks.into_iter().map(|v| view! {
+                    <text x=left - 6.0 y=y(v) + 3.0 text-anchor="end">{if v == 0.0 { "0".to_string() } else { format!("{v:+.digits$}").replace('-', "−") }}</text>
+                }).collect_view()}
                 <path d=path class="trend"></path>
                 {points.iter().zip(&lx).map(|((rows, s), l)| view! {
                     <line x1=x(*l) x2=x(*l) y1=y(s.ci_low) y2=y(s.ci_high) class="ci"></line>
                     <circle cx=x(*l) cy=y(s.share) r="3" class="point"></circle>
-                    <text x=x(*l) y=h - 8.0 text-anchor="middle">{rows.to_string()}</text>
+                    <text x=x(*l) y=h - 8.0 text-anchor="middle">{emlab_schema::tables::thousands(*rows)}</text>
                 }).collect_view()}
             </svg>
         </figure>
