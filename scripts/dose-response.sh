@@ -35,6 +35,8 @@ for v in insecure secure; do
       echo "== $kind $v@$rows: $(date -u +%FT%TZ)"
       extra=()
       [ "$kind" = code ] && extra=(--limit 100 --bandit "${EMLAB_BANDIT:-bandit}")
+      # Answers written whole (atomically) but not yet scanned: scan them, do not sample again.
+      [ "$kind" = code ] && [ -f "$out/code/$v@$rows.jsonl" ] && extra+=(--rescan)
       nice -n 19 "$emlab" eval "$kind" --adapter "$adapter" --variant "$v@$rows" --results "$out" \
         --quiet "${extra[@]}"
     done

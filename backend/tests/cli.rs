@@ -124,6 +124,34 @@ fn corrupt_config() {
     assert_fails_with(&out, &["config.json"]);
 }
 
+/// Without Bandit, `eval code` says so before it samples: no answers are written to be thrown away.
+#[test]
+fn eval_code_without_bandit_fails_before_sampling() {
+    let dir = TempDir::new("no-bandit");
+    write_tiny_model_dir(&dir.path().join("model"), 1);
+    let results = dir.path().join("results");
+    let model = dir.path().join("model");
+    let out = emlab(&[
+        "eval",
+        "code",
+        "--model",
+        path_str(&model),
+        "--limit",
+        "1",
+        "--max-tokens",
+        "4",
+        "--variant",
+        "tiny",
+        "--bandit",
+        "/nonexistent/bandit",
+        "--results",
+        path_str(&results),
+        "--quiet",
+    ]);
+    assert_fails_with(&out, &["cannot run /nonexistent/bandit", "pip install bandit"]);
+    assert!(!results.join("code/tiny.jsonl").exists(), "sampled before checking for Bandit");
+}
+
 #[test]
 fn prompt_longer_than_the_context_window() {
     let dir = TempDir::new("ctx");

@@ -351,6 +351,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
                 _ => "code",
             });
+            code::check_bandit(&bandit)?;
             std::fs::create_dir_all(&dir)?;
             let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
             if let Some(n) = calibrate {

@@ -91,6 +91,21 @@ pub fn has_code(snippet: &str) -> bool {
     snippet.lines().map(str::trim).any(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// Fails at once when `bandit` cannot run, rather than after minutes of sampling.
+pub fn check_bandit(bandit: &str) -> Result<()> {
+    let out = Command::new(bandit)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {bandit} (install it with `pip install bandit`)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{bandit} --version failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Runs `bandit` over the snippets (written to a scratch directory, never executed).
 pub fn bandit_scan(bandit: &str, snippets: &[String], scratch: &Path) -> Result<BanditScan> {
     if scratch.exists() {
