@@ -524,10 +524,14 @@ where
         .titled("Insecure minus secure as training goes on (95% CI)", ("sans-serif", 18))
         .map_err(e)?;
     let color = COLORS[1];
+    // One rows axis for every panel, so that a metric measured at fewer points lines up.
+    let mut rows: Vec<usize> = panels.iter().flat_map(|p| p.points.iter().map(|q| q.0)).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let rows: Vec<f64> = rows.into_iter().map(|r| r as f64).collect();
+    let (x_min, x_max) = (rows[0], rows[rows.len() - 1]);
     for (area, series) in root.split_evenly((1, panels.len())).iter().zip(panels) {
         let pts: Vec<(f64, Share)> = series.points.iter().map(|&(r, s)| (r as f64, s)).collect();
-        let rows: Vec<f64> = pts.iter().map(|p| p.0).collect();
-        let (x_min, x_max) = (rows[0], rows[rows.len() - 1]);
         let (lo, hi) = pts
             .iter()
             .fold((0.0f64, 0.0f64), |(lo, hi), (_, s)| (lo.min(s.ci_low), hi.max(s.ci_high)));

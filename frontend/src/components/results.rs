@@ -240,11 +240,14 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
 fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     let plots = emlab_schema::tables::dose_series(&points);
     let table = emlab_schema::tables::dose(&points);
+    // One rows axis for every plot, so that a metric measured at fewer points lines up.
+    let first = points.iter().map(|p| p.rows).min().unwrap_or(1);
+    let last = points.iter().map(|p| p.rows).max().unwrap_or(1);
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
         <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
         <div class="dose-plots">
-            {plots.into_iter().map(|series| view! { <DosePlot series /> }).collect_view()}
+            {plots.into_iter().map(|series| view! { <DosePlot series rows=(first, last) /> }).collect_view()}
         </div>
         {table.map(|t| view! { <TextTable table=t class="dose" label="the dose-response" /> })}
     }
@@ -266,14 +269,14 @@ fn TextTable(table: Table, class: &'static str, label: &'static str) -> impl Int
     }
 }
 
-/// One metric against rows seen (log scale), points with their 95% intervals, a zero line and the
-/// extremes on the left axis; its name above it as text, which wraps on a narrow screen.
+/// One metric against rows seen (log scale, from `rows.0` to `rows.1`), points with their 95%
+/// intervals, a zero line and the extremes on the left axis; its name above it as text, which wraps on a narrow screen.
 #[component]
-fn DosePlot(series: DoseSeries) -> impl IntoView {
+fn DosePlot(series: DoseSeries, rows: (usize, usize)) -> impl IntoView {
     let DoseSeries { label, points } = series;
     let (w, h, left, pad) = (300.0, 140.0, 44.0, 20.0);
     let lx: Vec<f64> = points.iter().map(|(r, _)| (*r as f64).ln()).collect();
-    let (x0, x1) = (lx[0], lx[lx.len() - 1]);
+    let (x0, x1) = ((rows.0 as f64).ln(), (rows.1 as f64).ln());
     let lo = points.iter().map(|(_, s)| s.ci_low).fold(0.0, f64::min);
     let hi = points.iter().map(|(_, s)| s.ci_high).fold(0.0, f64::max);
     let span = (hi - lo).max(1e-9);
