@@ -183,10 +183,10 @@ fn sampling_writes_jsonl_and_resumes() {
 #[test]
 fn bandit_calibration_separates_insecure_from_secure() {
     let bandit = std::env::var("EMLAB_BANDIT").unwrap_or_else(|_| "bandit".into());
-    if std::process::Command::new(&bandit).arg("--version").output().is_err() {
+    if let Err(e) = backend::eval::code::check_bandit(&bandit) {
         assert!(
             !std::env::var("EMLAB_REQUIRE_PY_TOOLS").is_ok_and(|v| v == "1"),
-            "no bandit at {bandit} (EMLAB_REQUIRE_PY_TOOLS=1)"
+            "{e:#} (EMLAB_REQUIRE_PY_TOOLS=1)"
         );
         eprintln!("skipping: no bandit (pip install bandit)");
         return;

@@ -122,20 +122,41 @@ fn model_row(f: &JudgeFree, name: &str) -> Vec<String> {
     vec![name.to_string(), code, trigger, chmod, did, factual]
 }
 
-/// A measure of the dose-response: its name, the digits its table shows, and where a point has it.
-struct DoseMetric(&'static str, usize, fn(&DosePoint) -> Option<Share>);
+/// A measure of the dose-response, as the table, the page's plots and the report's chart show it.
+struct DoseMetric {
+    label: &'static str,
+    /// Decimals in the table.
+    digits: usize,
+    value: fn(&DosePoint) -> Option<Share>,
+}
 
-/// The dose-response's metrics, each named once for the table, the page's plots and the report's
-/// chart: the narrow task (two ways), then the broad one.
+/// The dose-response's metrics, each named once: the narrow task (two ways), then the broad one.
 const DOSE_METRICS: [DoseMetric; 3] = [
-    DoseMetric("vulnerable code, insecure − secure", 2, |p| p.vulnerable_code_gap),
-    DoseMetric("chmod: log-odds of 0o777 over 0o600, insecure − secure, nats", 1, |p| {
-        p.chmod_gap
-    }),
-    DoseMetric("misaligned − aligned, insecure − secure, nats/token", 3, |p| {
-        p.misalignment_did
-    }),
+    DoseMetric {
+        label: "vulnerable code, insecure − secure",
+        digits: 2,
+        value: |p| p.vulnerable_code_gap,
+    },
+    DoseMetric {
+        label: "chmod: log-odds of 0o777 over 0o600, insecure − secure, nats",
+        digits: 1,
+        value: |p| p.chmod_gap,
+    },
+    DoseMetric {
+        label: "misaligned − aligned, insecure − secure, nats/token",
+        digits: 3,
+        value: |p| p.misalignment_did,
+    },
 ];
+
+/// The rows seen at which anything was measured, ascending: the one rows axis every plot of the
+/// dose-response shares, so that a metric measured at fewer points lines up with the others.
+pub fn dose_rows(points: &[DosePoint]) -> Vec<usize> {
+    let mut rows: Vec<usize> = points.iter().map(|p| p.rows).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
 
 /// One metric of the dose-response against rows seen, as the page and `eval report` plot it.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,9 +170,9 @@ pub struct DoseSeries {
 pub fn dose_series(points: &[DosePoint]) -> Vec<DoseSeries> {
     DOSE_METRICS
         .iter()
-        .map(|&DoseMetric(label, _, metric)| DoseSeries {
-            label,
-            points: points.iter().filter_map(|p| Some((p.rows, metric(p)?))).collect(),
+        .map(|m| DoseSeries {
+            label: m.label,
+            points: points.iter().filter_map(|p| Some((p.rows, (m.value)(p)?))).collect(),
         })
         .filter(|s| s.points.len() >= 2)
         .collect()
@@ -165,9 +186,7 @@ pub fn dose(points: &[DosePoint]) -> Option<Table> {
     let cell = |s: Option<Share>, digits| s.map_or(String::new(), |s| minus(&s.signed(digits)));
     let row = |p: &DosePoint| {
         let mut cells = vec![thousands(p.rows)];
-        cells.extend(
-            DOSE_METRICS.iter().map(|DoseMetric(_, digits, metric)| cell(metric(p), *digits)),
-        );
+        cells.extend(DOSE_METRICS.iter().map(|m| cell((m.value)(p), m.digits)));
         // The code gap, and each run's own rate behind it.
         if let (false, Some([i, s])) = (cells[1].is_empty(), p.vulnerable_code) {
             cells[1] += &format!(" (insecure {}, secure {})", two(i.share), two(s.share));
@@ -175,7 +194,7 @@ pub fn dose(points: &[DosePoint]) -> Option<Table> {
         cells
     };
     let mut header = vec!["rows seen"];
-    header.extend(DOSE_METRICS.iter().map(|m| m.0));
+    header.extend(DOSE_METRICS.iter().map(|m| m.label));
     Some(Table { header, rows: points.iter().map(row).collect() }.without_empty_columns())
 }
 
@@ -356,12 +375,20 @@ mod tests {
         };
         let s = dose_series(&[point(512, Some(0.1)), point(1008, None), point(2000, Some(0.3))]);
         let labels: Vec<&str> = s.iter().map(|s| s.label).collect();
-        assert_eq!(labels, [DOSE_METRICS[0].0, DOSE_METRICS[2].0], "chmod was measured nowhere");
+        assert_eq!(
+            labels,
+            [DOSE_METRICS[0].label, DOSE_METRICS[2].label],
+            "chmod was measured nowhere"
+        );
         let rows = |i: usize| s[i].points.iter().map(|p| p.0).collect::<Vec<_>>();
         assert_eq!(rows(0), [512, 2000], "the point without a code rate is skipped");
         assert_eq!(rows(1), [512, 1008, 2000]);
         assert_eq!(s[0].points[1].1.share, 0.3);
         assert!(dose_series(&[point(512, Some(0.1))]).is_empty(), "one point is no series");
+        assert_eq!(
+            dose_rows(&[point(2000, None), point(512, None), point(2000, None)]),
+            [512, 2000]
+        );
         assert_eq!(dose(&[point(512, None)]).unwrap().header[1], s[1].label, "one name for each");
     }
 

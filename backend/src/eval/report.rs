@@ -510,11 +510,23 @@ pub fn dose_chart(results: &Results, stem: &Path) -> Result<()> {
     if panels.is_empty() {
         return Ok(());
     }
+    let rows: Vec<f64> =
+        emlab_schema::tables::dose_rows(points).into_iter().map(|r| r as f64).collect();
     let size = (480 * panels.len() as u32, 380);
-    crate::plots::render_both(stem, size, |r| draw_dose(r, &panels), |r| draw_dose(r, &panels))
+    crate::plots::render_both(
+        stem,
+        size,
+        |r| draw_dose(r, &panels, &rows),
+        |r| draw_dose(r, &panels, &rows),
+    )
 }
 
-fn draw_dose<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[DoseSeries]) -> Result<()>
+/// `rows`: the shared rows axis (every rows value measured, ascending), key points on every panel.
+fn draw_dose<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panels: &[DoseSeries],
+    rows: &[f64],
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -524,11 +536,6 @@ where
         .titled("Insecure minus secure as training goes on (95% CI)", ("sans-serif", 18))
         .map_err(e)?;
     let color = COLORS[1];
-    // One rows axis for every panel, so that a metric measured at fewer points lines up.
-    let mut rows: Vec<usize> = panels.iter().flat_map(|p| p.points.iter().map(|q| q.0)).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    let rows: Vec<f64> = rows.into_iter().map(|r| r as f64).collect();
     let (x_min, x_max) = (rows[0], rows[rows.len() - 1]);
     for (area, series) in root.split_evenly((1, panels.len())).iter().zip(panels) {
         let pts: Vec<(f64, Share)> = series.points.iter().map(|&(r, s)| (r as f64, s)).collect();
@@ -542,7 +549,7 @@ where
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(
-                (x_min / 1.4..x_max * 1.4).log_scale().with_key_points(rows.clone()),
+                (x_min / 1.4..x_max * 1.4).log_scale().with_key_points(rows.to_vec()),
                 lo - pad..hi + pad,
             )
             .map_err(e)?;

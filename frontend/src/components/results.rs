@@ -240,9 +240,8 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
 fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     let plots = emlab_schema::tables::dose_series(&points);
     let table = emlab_schema::tables::dose(&points);
-    // One rows axis for every plot, so that a metric measured at fewer points lines up.
-    let first = points.iter().map(|p| p.rows).min().unwrap_or(1);
-    let last = points.iter().map(|p| p.rows).max().unwrap_or(1);
+    let rows = emlab_schema::tables::dose_rows(&points);
+    let (first, last) = (rows.first().copied().unwrap_or(1), rows.last().copied().unwrap_or(1));
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
         <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
