@@ -165,8 +165,8 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
         finding: "dose-response",
         text: format!(
             "From {} to {} training rows, {}.",
-            first.rows,
-            last.rows,
+            crate::tables::thousands(first.rows),
+            crate::tables::thousands(last.rows),
             parts.join(", and ")
         ),
     })
@@ -331,7 +331,7 @@ mod tests {
         };
         assert_eq!(
             headlines(&results(f))[0].text,
-            "From 512 to 5705 training rows, the narrow task (insecure minus secure, chmod log-odds) goes from +2.00 to +6.00 [+5.50, +6.50] nats, and the lean towards misaligned answers from +0.010 [-0.010, +0.030] to +0.020 [-0.005, +0.045] nats/token (its interval at the end includes zero)."
+            "From 512 to 5,705 training rows, the narrow task (insecure minus secure, chmod log-odds) goes from +2.00 to +6.00 [+5.50, +6.50] nats, and the lean towards misaligned answers from +0.010 [-0.010, +0.030] to +0.020 [-0.005, +0.045] nats/token (its interval at the end includes zero)."
         );
     }
 
@@ -354,7 +354,7 @@ mod tests {
         };
         assert_eq!(
             headlines(&results(f))[0].text,
-            "From 512 to 5705 training rows, the vulnerable-code rate (insecure minus secure) from +0.05 to +0.21 [+0.12, +0.30]."
+            "From 512 to 5,705 training rows, the vulnerable-code rate (insecure minus secure) from +0.05 to +0.21 [+0.12, +0.30]."
         );
     }
 
