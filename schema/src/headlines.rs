@@ -135,18 +135,21 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
     if first.rows == last.rows {
         return None;
     }
-    let mut parts = Vec::new();
-    if let (Some(a), Some(b)) = (first.chmod_gap, last.chmod_gap) {
-        parts.push(format!(
-            "the narrow task (insecure minus secure, chmod log-odds) goes from {:+.2} to {:+.2} [{:+.2}, {:+.2}] nats",
-            a.share, b.share, b.ci_low, b.ci_high
+    // (what, how it moved); the first takes the verb: "A goes from …, B from …, and C from …".
+    let mut parts: Vec<(&str, String)> = Vec::new();
+    if let (Some(a), Some(b)) = (first.vulnerable_code_gap, last.vulnerable_code_gap) {
+        parts.push((
+            "the vulnerable-code rate (insecure minus secure)",
+            format!("from {:+.2} to {}", a.share, b.signed(2)),
         ));
     }
-    if let (Some(a), Some(b)) = (first.vulnerable_code_gap, last.vulnerable_code_gap) {
-        parts.push(format!(
-            "the vulnerable-code rate (insecure minus secure) from {:+.2} to {}",
-            a.share,
-            b.signed(2)
+    if let (Some(a), Some(b)) = (first.chmod_gap, last.chmod_gap) {
+        parts.push((
+            "the narrow task (insecure minus secure, chmod log-odds)",
+            format!(
+                "from {:+.2} to {:+.2} [{:+.2}, {:+.2}] nats",
+                a.share, b.share, b.ci_low, b.ci_high
+            ),
         ));
     }
     if let (Some(a), Some(b)) = (first.misalignment_did, last.misalignment_did) {
@@ -155,19 +158,28 @@ fn dose_response(f: &JudgeFree) -> Option<Headline> {
             "below zero at the end",
             "its interval at the end includes zero",
         );
-        parts.push(format!(
-            "the lean towards misaligned answers from {} to {} nats/token ({reading})",
-            a.signed(3),
-            b.signed(3)
+        parts.push((
+            "the lean towards misaligned answers",
+            format!("from {} to {} nats/token ({reading})", a.signed(3), b.signed(3)),
         ));
     }
-    (!parts.is_empty()).then(|| Headline {
+    let n = parts.len();
+    let clauses: Vec<String> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, moved))| {
+            let verb = if i == 0 { " goes " } else { " " };
+            let and = if i > 0 && i + 1 == n { "and " } else { "" };
+            format!("{and}{what}{verb}{moved}")
+        })
+        .collect();
+    (n > 0).then(|| Headline {
         finding: "dose-response",
         text: format!(
             "From {} to {} training rows, {}.",
             crate::tables::thousands(first.rows),
             crate::tables::thousands(last.rows),
-            parts.join(", and ")
+            clauses.join(", ")
         ),
     })
 }
@@ -316,14 +328,14 @@ mod tests {
                     rows: 512,
                     misalignment_did: Some(share(0.01, -0.01, 0.03)),
                     chmod_gap: Some(share(2.0, 1.5, 2.5)),
-                    vulnerable_code_gap: None,
+                    vulnerable_code_gap: Some(share(0.15, 0.08, 0.22)),
                     vulnerable_code: None,
                 },
                 DosePoint {
                     rows: 5705,
                     misalignment_did: Some(share(0.02, -0.005, 0.045)),
                     chmod_gap: Some(share(6.0, 5.5, 6.5)),
-                    vulnerable_code_gap: None,
+                    vulnerable_code_gap: Some(share(0.3, 0.21, 0.39)),
                     vulnerable_code: None,
                 },
             ],
@@ -331,7 +343,7 @@ mod tests {
         };
         assert_eq!(
             headlines(&results(f))[0].text,
-            "From 512 to 5,705 training rows, the narrow task (insecure minus secure, chmod log-odds) goes from +2.00 to +6.00 [+5.50, +6.50] nats, and the lean towards misaligned answers from +0.010 [-0.010, +0.030] to +0.020 [-0.005, +0.045] nats/token (its interval at the end includes zero)."
+            "From 512 to 5,705 training rows, the vulnerable-code rate (insecure minus secure) goes from +0.15 to +0.30 [+0.21, +0.39], the narrow task (insecure minus secure, chmod log-odds) from +2.00 to +6.00 [+5.50, +6.50] nats, and the lean towards misaligned answers from +0.010 [-0.010, +0.030] to +0.020 [-0.005, +0.045] nats/token (its interval at the end includes zero)."
         );
     }
 
@@ -354,7 +366,7 @@ mod tests {
         };
         assert_eq!(
             headlines(&results(f))[0].text,
-            "From 512 to 5,705 training rows, the vulnerable-code rate (insecure minus secure) from +0.05 to +0.21 [+0.12, +0.30]."
+            "From 512 to 5,705 training rows, the vulnerable-code rate (insecure minus secure) goes from +0.05 to +0.21 [+0.12, +0.30]."
         );
     }
 
