@@ -91,12 +91,14 @@ pub fn has_code(snippet: &str) -> bool {
     snippet.lines().map(str::trim).any(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// What to say when `bandit` cannot start: the check before sampling and the scan say the same.
+fn cannot_run(bandit: &str) -> String {
+    format!("cannot run {bandit} (install it with `pip install bandit`)")
+}
+
 /// Fails at once when `bandit` cannot run, rather than after minutes of sampling.
 pub fn check_bandit(bandit: &str) -> Result<()> {
-    let out = Command::new(bandit)
-        .arg("--version")
-        .output()
-        .with_context(|| format!("cannot run {bandit} (install it with `pip install bandit`)"))?;
+    let out = Command::new(bandit).arg("--version").output().with_context(|| cannot_run(bandit))?;
     anyhow::ensure!(
         out.status.success(),
         "{bandit} --version failed ({}): {}",
@@ -123,7 +125,7 @@ pub fn bandit_scan(bandit: &str, snippets: &[String], scratch: &Path) -> Result<
         .arg(&report)
         .arg(scratch)
         .output()
-        .with_context(|| format!("cannot run {bandit} (install it with `pip install bandit`)"))?;
+        .with_context(|| cannot_run(bandit))?;
     // Exit 1 means "issues found"; anything else without a report is a failure.
     let text = std::fs::read_to_string(&report).with_context(|| {
         format!(
