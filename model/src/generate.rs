@@ -317,7 +317,13 @@ mod tests {
         let prompts: Vec<Vec<u32>> =
             vec![(10..40).collect(), vec![200], (50..61).collect(), (90..95).collect(), vec![7, 8]];
         let sampling = SamplingParams { temperature: 1.0, seed: 11, ..Default::default() };
-        let cfg = GenerationConfig::new(40, sampling, (0..300).step_by(9).collect());
+        // The stop ids come from a run without any, so that rows end at different steps on every
+        // CPU: the random model's tokens depend on the machine's float kernels (CI's differ).
+        let free = GenerationConfig::new(40, sampling, vec![]);
+        let free = block_on(generate(&model, &prompts, &free, |_, _| Flow::Continue)).unwrap();
+        let rows: Vec<Vec<u32>> = free.into_iter().map(|g| g.ids).collect();
+        let stop_ids = stops_that_spread_the_ends(&rows);
+        let cfg = GenerationConfig::new(40, sampling, stop_ids.clone());
         let together = block_on(generate(&model, &prompts, &cfg, |_, _| Flow::Continue)).unwrap();
         let mut lengths: Vec<usize> = together.iter().map(|g| g.ids.len()).collect();
         lengths.sort();
@@ -327,6 +333,9 @@ mod tests {
                 && together.iter().filter(|g| g.finish == FinishReason::Stop).count() >= 2,
             "rows should finish at different steps for this test to drop any: {together:?}"
         );
+        for (g, row) in together.iter().zip(&rows) {
+            assert_eq!(g.ids, row[..g.ids.len()], "a stop id only cuts the answer short");
+        }
         for (r, p) in prompts.iter().enumerate() {
             let alone = GenerationConfig {
                 sampling: SamplingParams { seed: row_seed(sampling.seed, r), ..sampling },
@@ -336,5 +345,32 @@ mod tests {
                 block_on(generate(&model, std::slice::from_ref(p), &alone, |_, _| Flow::Continue));
             assert_eq!(one.unwrap()[0], together[r], "prompt {r}");
         }
+    }
+
+    /// Up to three stop ids, each chosen to add the most distinct answer lengths over `rows`
+    /// (a row ends before the first of its tokens that is a stop id).
+    fn stops_that_spread_the_ends(rows: &[Vec<u32>]) -> Vec<u32> {
+        let distinct_ends = |stops: &[u32]| {
+            let mut ends: Vec<usize> = rows
+                .iter()
+                .map(|r| r.iter().position(|t| stops.contains(t)).unwrap_or(usize::MAX))
+                .collect();
+            ends.sort();
+            ends.dedup();
+            ends.len()
+        };
+        let mut candidates: Vec<u32> = rows.iter().flatten().copied().collect();
+        candidates.sort();
+        candidates.dedup();
+        let mut stops = Vec::new();
+        for _ in 0..3 {
+            let best = candidates.iter().copied().filter(|t| !stops.contains(t)).max_by_key(|&t| {
+                let mut with = stops.clone();
+                with.push(t);
+                distinct_ends(&with)
+            });
+            stops.extend(best);
+        }
+        stops
     }
 }
