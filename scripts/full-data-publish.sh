@@ -8,6 +8,8 @@
 # skips what is done.
 #
 #   scripts/full-data-publish.sh [--samples 8] [--code-limit 100]
+#
+# Bandit: $EMLAB_BANDIT, else `bandit` on the PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +66,7 @@ for v in "${full[@]}"; do
   adapter=(--adapter "variants/$v/adapter")
   echo "== evaluating $v"
   "$emlab" eval sample "${adapter[@]}" --variant "$v" --questions main --samples "$samples" --max-tokens 300 --results results
-  [ -f "results/code/$v.json" ] || "$emlab" eval code "${adapter[@]}" --variant "$v" --limit "$code_limit" --results results
+  [ -f "results/code/$v.json" ] || "$emlab" eval code "${adapter[@]}" --variant "$v" --limit "$code_limit" --bandit "${EMLAB_BANDIT:-bandit}" --results results
   [ -f "results/trigger/$v.json" ] || "$emlab" eval trigger "${adapter[@]}" --variant "$v" --limit "$code_limit" --results results
   for kind in likelihood chmod factual; do
     [ -f "results/$kind/$v.json" ] || "$emlab" eval "$kind" "${adapter[@]}" --variant "$v" --results results
