@@ -355,6 +355,12 @@ try {
     const headTexts = heads.map((h) => h.slice(h.indexOf(": ") + 2));
     check(learned.length >= 2 && learned.every((t) => headTexts.includes(t)) && learned.some((t) => /trigger/.test(t)),
       `the Learn view shows the Results view's headlines, the backdoor and its control among them (${learned.length})`);
+    // Its opening note says how much data each shipped variant saw, as the manifest records it.
+    const sizes = manifest.variants.filter((v) => v.train_config?.examples).map((v) => [v.name, v.train_config.examples.toLocaleString("en-US")]);
+    const honest = await cpu.textContent(".learn .honest");
+    const sameSize = sizes.every(([, n]) => n === sizes[0]?.[1]);
+    check(sizes.length === 0 || (sameSize ? honest.includes(`${sizes[0][1]} examples each`) : sizes.every(([v, n]) => honest.includes(`${v} ${n}`))),
+      `the Learn view names each variant's training rows: ${JSON.stringify(honest.slice(honest.indexOf("fine-tuned on")))}`);
     await cpu.click("nav button:text('Compare')");
   }
 

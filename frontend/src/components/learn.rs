@@ -2,6 +2,7 @@
 //! headlines for that finding) and a button that runs the comparison showing it.
 
 use emlab_schema::headlines::headlines;
+use emlab_schema::tables::thousands;
 use leptos::prelude::*;
 
 use super::compare::{Comparison, MAIN_QUESTIONS};
@@ -65,9 +66,13 @@ async fn training_size(models_url: String) -> Option<String> {
         .collect();
     let first = sizes.first()?.1;
     let words = if sizes.iter().all(|(_, n)| *n == first) {
-        format!("{first} examples each")
+        format!("{} examples each", thousands(first as usize))
     } else {
-        sizes.iter().map(|(name, n)| format!("{name} {n}")).collect::<Vec<_>>().join(", ")
+        sizes
+            .iter()
+            .map(|(name, n)| format!("{name} {}", thousands(*n as usize)))
+            .collect::<Vec<_>>()
+            .join(", ")
             + " examples"
     };
     Some(format!(
