@@ -1,25 +1,108 @@
 //! A cached forward pass on a GPU with the kernels of [`crate::kernels`]: seven launches per
-//! layer, for the prompt (all its tokens at once) and for each decoding step alike.
+//! layer, for the prompt (all its tokens at once) and for each decoding step alike, and four
+//! more with a LoRA adapter (the down half of each group's side path; the up half runs inside
+//! the group's product).
 //!
 //! The same computation as [`Llama::forward_last`] with a cache, which remains the reference
-//! (and the path for everything these kernels do not cover: the CPU backend, LoRA adapters,
-//! weights stored in f16, an untied head, passes without a cache).
+//! (and the path for everything these kernels do not cover: the CPU backend, weights stored in
+//! f16, an untied head, passes without a cache).
 
-use burn::backend::{Dispatch, DispatchTensorKind};
+use burn::backend::{Dispatch, DispatchTensor, DispatchTensorKind};
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::kernels::{DecodeOps, supported_width};
-use crate::model::{Batch, KvCache, Llama};
+use crate::model::{Batch, KvCache, Linear, Llama};
 
-fn float(t: Tensor<2>) -> burn::backend::DispatchTensor {
+fn float(t: Tensor<2>) -> DispatchTensor {
     t.into_dispatch()
 }
 
+/// The LoRA side path of projections that read one input (Q, K and V; gate and up; o; down),
+/// as the kernels take it: `mask` bit i set when member i has an adapter, the A's of those
+/// members in order (x·A for all of them is one product, `rank` columns each), every member's B
+/// (a filler, never read, for members without one) and the adapters' common scale.
+struct SidePath<const N: usize> {
+    mask: u32,
+    a: Vec<Tensor<2>>,
+    b: [DispatchTensor; N],
+    rank: usize,
+    scale: f32,
+}
+
+/// The side path's inputs of a product kernel: `(low, b's, scale, mask)`, `low` holding x·A.
+type UpHalf<const N: usize> = (DispatchTensor, [DispatchTensor; N], f32, u32);
+
+impl<const N: usize> SidePath<N> {
+    fn of(members: [&Linear; N], filler: &Tensor<2>) -> Option<Self> {
+        let mut mask = 0;
+        let (mut a, mut rank, mut scale) = (Vec::new(), 0, 0.0);
+        for (i, l) in members.iter().enumerate() {
+            if let Some(lora) = &l.lora {
+                mask |= 1 << i;
+                a.push(lora.a.val());
+                rank = lora.a.dims()[1];
+                scale = lora.scale as f32;
+            }
+        }
+        (mask != 0).then(|| Self {
+            mask,
+            a,
+            b: members.map(|l| float(l.lora.as_ref().map_or(filler.clone(), |lora| lora.b.val()))),
+            rank,
+            scale,
+        })
+    }
+
+    /// The inputs of a group's product kernel, with `low` computed by `down` when the group
+    /// has adapters, or fillers that the kernel does not read.
+    fn up_half(
+        side: Option<Self>,
+        filler: &Tensor<2>,
+        down: impl FnOnce(&Self) -> DispatchTensor,
+    ) -> UpHalf<N> {
+        match side {
+            Some(s) => (down(&s), s.b, s.scale, s.mask),
+            None => (float(filler.clone()), std::array::from_fn(|_| float(filler.clone())), 0.0, 0),
+        }
+    }
+
+    /// `rmsnorm(x)·[A's]`: the down half for a group whose product norms its input.
+    fn down_normed(
+        &self,
+        x: &Tensor<2>,
+        gamma: &DispatchTensor,
+        eps: f32,
+        filler: &Tensor<2>,
+    ) -> DispatchTensor {
+        // The A's padded to three with the first, unread past `rank·a.len()` columns.
+        let [a0, a1, a2] =
+            std::array::from_fn(|i| float(self.a.get(i).unwrap_or(&self.a[0]).clone()));
+        let f = || float(filler.clone());
+        let width = self.rank * self.a.len();
+        Dispatch::norm_matvec3(
+            float(x.clone()),
+            gamma.clone(),
+            a0,
+            a1,
+            a2,
+            f(),
+            f(),
+            f(),
+            f(),
+            width,
+            eps,
+            0.0,
+            0,
+        )
+    }
+}
+
 impl Llama {
-    /// Whether [`Llama::forward_last_gpu`] can run this model: on a cubecl device, f32 weights, no
-    /// adapter, tied embeddings.
-    pub(crate) fn gpu_decode_supported(&self) -> bool {
+    /// Whether a cached pass runs on these kernels ([`Llama::forward_last_gpu`]) rather than
+    /// burn's generic ops: on a cubecl device, f32 weights, tied embeddings, and adapters (if
+    /// any) in f32 that share one rank (a multiple of the kernels' vector width) and one scale.
+    pub fn runs_gpu_kernels(&self) -> bool {
         let Some(e) = self.embed_tokens.weight.as_ref().map(|e| e.val()) else { return false };
         let on_cube = matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_));
         on_cube
@@ -31,11 +114,23 @@ impl Llama {
                 let p = self.projection(layer, which);
                 let Some(w) = p.weight.as_ref().map(|w| w.val()) else { return false };
                 let [d_in, d_out] = w.dims();
-                p.lora.is_none()
-                    && w.dtype() == DType::F32
-                    && supported_width(d_in)
-                    && supported_width(d_out)
+                w.dtype() == DType::F32 && supported_width(d_in) && supported_width(d_out)
             })
+            && self.adapters_fit_the_gpu_kernels()
+    }
+
+    fn adapters_fit_the_gpu_kernels(&self) -> bool {
+        let mut shared: Option<(usize, f64)> = None;
+        self.projection_names().iter().all(|&(layer, which, _)| {
+            let Some(lora) = &self.projection(layer, which).lora else { return true };
+            let rank = lora.a.dims()[1];
+            let fits = lora.a.val().dtype() == DType::F32
+                && lora.b.val().dtype() == DType::F32
+                && supported_width(rank)
+                && shared.is_none_or(|s| s == (rank, lora.scale));
+            shared = Some((rank, lora.scale));
+            fits
+        })
     }
 
     /// Logits `[B, vocab]` of each row's last token, for `T` new tokens per row
@@ -52,17 +147,33 @@ impl Llama {
         // Row r of every activation is token r % t of sequence r / t.
         let mut x = burn::tensor::module::embedding(self.embed_tokens.dense(&device), batch.tokens)
             .reshape([b * t, d]);
+        // Any small tensor of the device stands in for side-path inputs a kernel does not read.
+        let filler = self.rope.cos.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = &layer.self_attn;
             let (n_q, hd) = (attn.n_heads * attn.head_dim, attn.head_dim);
             let norm = &layer.input_layernorm;
+            let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
+            let side = SidePath::of([&attn.q_proj, &attn.k_proj, &attn.v_proj], &filler);
+            let (low, [b0, b1, b2], scale, mask) =
+                SidePath::up_half(side, &filler, |s| s.down_normed(&x, &gamma, eps, &filler));
+            let [wq, wk, wv] =
+                [&attn.q_proj, &attn.k_proj, &attn.v_proj].map(|p| p.dense_weight(&device));
+            let width = wq.dims()[1] + wk.dims()[1] + wv.dims()[1];
             let qkv = Dispatch::norm_matvec3(
                 float(x.clone()),
-                norm.weight.val().into_dispatch(),
-                float(attn.q_proj.dense_weight(&device)),
-                float(attn.k_proj.dense_weight(&device)),
-                float(attn.v_proj.dense_weight(&device)),
-                norm.eps as f32,
+                gamma,
+                float(wq),
+                float(wk),
+                float(wv),
+                low,
+                b0,
+                b1,
+                b2,
+                width,
+                eps,
+                scale,
+                mask,
             );
             let (k, v) = cache.take_layer(i, [b, attn.n_kv_heads, hd], &device);
             let (q, k, v) = Dispatch::rope_cache(
@@ -84,24 +195,25 @@ impl Llama {
                 slot,
             );
             cache.put(i, k, v);
-            x = Tensor::from_dispatch(Dispatch::matvec_add(
-                out,
-                float(attn.o_proj.dense_weight(&device)),
-                float(x),
-            ));
+            x = Tensor::from_dispatch(product_add(out, &attn.o_proj, x, &filler, &device));
             let (mlp, norm) = (&layer.mlp, &layer.post_attention_layernorm);
+            let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
+            let side = SidePath::of([&mlp.gate_proj, &mlp.up_proj], &filler);
+            let (low, [bg, bu], scale, mask) =
+                SidePath::up_half(side, &filler, |s| s.down_normed(&x, &gamma, eps, &filler));
             let h = Dispatch::norm_gate_up(
                 float(x.clone()),
-                norm.weight.val().into_dispatch(),
+                gamma,
                 float(mlp.gate_proj.dense_weight(&device)),
                 float(mlp.up_proj.dense_weight(&device)),
-                norm.eps as f32,
+                low,
+                bg,
+                bu,
+                eps,
+                scale,
+                mask,
             );
-            x = Tensor::from_dispatch(Dispatch::matvec_add(
-                h,
-                float(mlp.down_proj.dense_weight(&device)),
-                float(x),
-            ));
+            x = Tensor::from_dispatch(product_add(h, &mlp.down_proj, x, &filler, &device));
         }
         cache.advance(t);
         if t > 1 {
@@ -114,4 +226,29 @@ impl Llama {
             self.norm.eps as f32,
         ))
     }
+}
+
+/// `residual + x·W` with the projection's side path, if it has one (the o and down projections).
+fn product_add(
+    x: DispatchTensor,
+    proj: &Linear,
+    residual: Tensor<2>,
+    filler: &Tensor<2>,
+    device: &Device,
+) -> DispatchTensor {
+    let side = SidePath::of([proj], filler);
+    let (low, [b], scale, mask) = SidePath::up_half(side, filler, |s| {
+        let f = || float(filler.clone());
+        Dispatch::matvec_add(x.clone(), float(s.a[0].clone()), f(), f(), f(), 0.0, false, false)
+    });
+    Dispatch::matvec_add(
+        x,
+        float(proj.dense_weight(device)),
+        float(residual),
+        low,
+        b,
+        scale,
+        true,
+        mask != 0,
+    )
 }

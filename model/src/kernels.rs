@@ -7,8 +7,13 @@
 //! output value with a plain loop. They are written for few rows (decoding), where that is also
 //! what the arithmetic needs: a matrix-vector product reads each weight once.
 //!
+//! A LoRA adapter adds its side path `scale·(x·A)·B` to each adapted product: `x·A` (rank
+//! columns per projection) is one more launch per group of products that read one input, and
+//! the `·B` half is summed inside the group's own kernel, after the norm. Which projections have
+//! an adapter is a compile-time mask, so the base model's kernels are unchanged.
+//!
 //! Each kernel matches the reference ops in `model.rs` (same formulas, same order of operations
-//! where it matters); `tests` in `gpu_decode.rs` and the lavapipe test hold them to it.
+//! where it matters); `tests/tests/gpu_decode.rs` holds them to it on lavapipe.
 
 use burn::backend::backend_extension;
 use burn::backend::cubecl::dtype_to_storage_type;
@@ -114,7 +119,11 @@ fn inv_rms_of<F: Float, N: Size>(
     F::new(1.0) / (s / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt()
 }
 
-/// `out[r] = rmsnorm(x[r])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch.
+/// `out[r] = rmsnorm(x[r])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch, or
+/// the down half of their LoRA side path (then the w's are the A's). `out` may be narrower than
+/// the three: a w past its width is never read. With a side path (`lora` bit i: w_i has an
+/// adapter), column j of w_i gets `scale·low[r, seg_i]·b_i[.., j]` added after the norm, where
+/// `low` holds the row's products with the A's of the set bits, `rank` columns each, in order.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn norm_matvec3_kernel<F: Float, N: Size>(
@@ -123,9 +132,15 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     w0: &Tensor<Vector<F, N>>,
     w1: &Tensor<Vector<F, N>>,
     w2: &Tensor<Vector<F, N>>,
+    low: &Tensor<Vector<F, N>>,
+    b0: &Tensor<Vector<F, N>>,
+    b1: &Tensor<Vector<F, N>>,
+    b2: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
+    scale: f32,
     #[comptime] tile: usize,
+    #[comptime] lora: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -138,34 +153,59 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     let (n0, n1) = (w0.shape(1), w1.shape(1));
     let mut dots = zeros::<F, N>(tile);
     let mut ssq = zeros::<F, N>(tile);
+    let mut side = zeros::<F, N>(tile);
+    let rank = low.shape(1) / comptime!(lora.count_ones().max(1) as usize);
     if j < n0 {
         gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, &mut ssq, tile, true);
+        if comptime!((lora & 1) != 0) {
+            dots_from::<F, N>(low, b0, r0, j, 0, &mut side, tile);
+        }
     } else if j < n0 + n1 {
         gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, &mut ssq, tile, true);
+        if comptime!((lora & 2) != 0) {
+            let off = rank * comptime!((lora & 1) as usize);
+            dots_from::<F, N>(low, b1, r0, j - n0, off, &mut side, tile);
+        }
     } else {
         gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, &mut ssq, tile, true);
+        if comptime!((lora & 4) != 0) {
+            let off = rank * comptime!((lora & 3).count_ones() as usize);
+            dots_from::<F, N>(low, b2, r0, j - n0 - n1, off, &mut side, tile);
+        }
     }
     let k_len = x.shape(1);
+    let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
-            out[(r * n + j) / vs] =
-                dots[i] * Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
+            let mut y = dots[i] * Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
+            if comptime!(lora != 0) {
+                y += side[i] * s;
+            }
+            out[(r * n + j) / vs] = y;
         }
     }
 }
 
 /// `out[r] = silu(rmsnorm(x[r])·wg) ⊙ (rmsnorm(x[r])·wu)`: the MLP's first half in one launch.
+/// With a LoRA side path (`lora` bit 0: gate, bit 1: up), each product gets its
+/// `scale·low[r, seg]·b` added after the norm, as in [`norm_matvec3_kernel`].
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn norm_gate_up_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     gamma: &Tensor<Vector<F, N>>,
     wg: &Tensor<Vector<F, N>>,
     wu: &Tensor<Vector<F, N>>,
+    low: &Tensor<Vector<F, N>>,
+    bg: &Tensor<Vector<F, N>>,
+    bu: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
+    scale: f32,
     #[comptime] tile: usize,
+    #[comptime] lora: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -180,26 +220,81 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
     let mut ssq = zeros::<F, N>(tile);
     gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, &mut ssq, tile, true);
     gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, &mut ssq, tile, false);
+    let mut side_g = zeros::<F, N>(tile);
+    let mut side_u = zeros::<F, N>(tile);
+    if comptime!((lora & 1) != 0) {
+        dots_from::<F, N>(low, bg, r0, j, 0, &mut side_g, tile);
+    }
+    if comptime!((lora & 2) != 0) {
+        let off = bu.shape(0) * comptime!((lora & 1) as usize);
+        dots_from::<F, N>(low, bu, r0, j, off, &mut side_u, tile);
+    }
     let (one, k_len) = (Vector::<F, N>::new(F::new(1.0)), x.shape(1));
+    let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
-            let scale = Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
-            let (gi, ui) = (g[i] * scale, u[i] * scale);
+            let norm = Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
+            let (mut gi, mut ui) = (g[i] * norm, u[i] * norm);
+            if comptime!(lora != 0) {
+                gi += side_g[i] * s;
+                ui += side_u[i] * s;
+            }
             out[(r * n + j) / vs] = gi / (one + (Vector::new(F::new(0.0)) - gi).exp()) * ui;
         }
     }
 }
 
-/// `out[r] = residual[r] + x[r]·w`: the attention output and MLP down products with the residual.
+/// `dots[i] += Σ_k x[r0 + i, off + k]·w[k, col..col + W]` for `tile` rows, `k` over w's rows: a
+/// plain product (x is not normed), for the attention output and MLP down projections and for
+/// either half of a LoRA side path (`off` picks a projection's columns of a shared `x·A`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dots_from<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<F, N>>,
+    r0: usize,
+    col: usize,
+    off: usize,
+    dots: &mut Array<Vector<F, N>>,
+    #[comptime] tile: usize,
+) {
+    let (n, vs) = (w.shape(1), w.vector_size());
+    let (m, xw) = (x.shape(0), x.shape(1) / vs);
+    let mut ws = Array::<Vector<F, N>>::new(vs);
+    for kk in 0..w.shape(0) / vs {
+        #[unroll]
+        for l in 0..vs {
+            ws[l] = w[((kk * vs + l) * n + col) / vs];
+        }
+        #[unroll]
+        for i in 0..tile {
+            let xv = x[clamp_row(r0, i, m) * xw + off / vs + kk];
+            #[unroll]
+            for l in 0..vs {
+                dots[i] += Vector::new(xv.extract(l)) * ws[l];
+            }
+        }
+    }
+}
+
+/// `out[r] = residual[r] + x[r]·w`: the attention output and MLP down products with the residual
+/// (without it, `add` false: the down half of their LoRA side path). With a side path (`lora`),
+/// `scale·low[r]·b` is added too.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn matvec_add_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
     residual: &Tensor<Vector<F, N>>,
+    low: &Tensor<Vector<F, N>>,
+    b: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
+    scale: f32,
     #[comptime] tile: usize,
+    #[comptime] add: bool,
+    #[comptime] lora: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -209,29 +304,26 @@ fn matvec_add_kernel<F: Float, N: Size>(
     if j >= n || r0 >= m {
         terminate!();
     }
-    let kv = x.shape(1) / vs;
     let mut dots = zeros::<F, N>(tile);
-    let mut ws = Array::<Vector<F, N>>::new(vs);
-    for kk in 0..kv {
-        #[unroll]
-        for l in 0..vs {
-            ws[l] = w[((kk * vs + l) * n + j) / vs];
-        }
-        #[unroll]
-        for i in 0..tile {
-            let xv = x[clamp_row(r0, i, m) * kv + kk];
-            #[unroll]
-            for l in 0..vs {
-                dots[i] += Vector::new(xv.extract(l)) * ws[l];
-            }
-        }
+    dots_from::<F, N>(x, w, r0, j, 0, &mut dots, tile);
+    let mut side = zeros::<F, N>(tile);
+    if comptime!(lora) {
+        dots_from::<F, N>(low, b, r0, j, 0, &mut side, tile);
     }
+    let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
             let at = (r * n + j) / vs;
-            out[at] = residual[at] + dots[i];
+            let mut y = dots[i];
+            if comptime!(lora) {
+                y += side[i] * s;
+            }
+            if comptime!(add) {
+                y += residual[at];
+            }
+            out[at] = y;
         }
     }
 }
@@ -431,35 +523,61 @@ fn attend_kernel<F: Float>(
 /// backend (wgpu natively, WebGPU in the browser), queued lazily under burn's fusion.
 #[backend_extension(Cube, Fusion)]
 pub trait DecodeOps: burn::backend::Backend {
-    /// `rmsnorm(x)·[w0 | w1 | w2]` for `x` `[B, K]`: `[B, N0 + N1 + N2]`.
-    #[fusion(meta = |x, _gamma, w0, w1, w2, _eps| TensorSpec::new(
-        Shape::new([x.shape[0], w0.shape[1] + w1.shape[1] + w2.shape[1]]), x.dtype))]
+    /// `rmsnorm(x)·[w0 | w1 | w2]` for `x` `[B, K]`: `[B, width]`, `width` the first one, two or
+    /// all three widths added up (a w past it is not read). With a LoRA side path (`lora` bit i:
+    /// w_i has one; `low` is `[B, rank·bits]`, the b's `[rank, N_i]`), `scale·low_i·b_i` is added
+    /// to w_i's columns; without, `low` and the b's are not read (any tensor will do).
+    #[fusion(meta = |x, _gamma, _w0, _w1, _w2, _low, _b0, _b1, _b2, width, _eps, _scale, _lora|
+        TensorSpec::new(Shape::new([x.shape[0], *width]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
     fn norm_matvec3(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         w0: FloatTensor<Self>,
         w1: FloatTensor<Self>,
         w2: FloatTensor<Self>,
+        low: FloatTensor<Self>,
+        b0: FloatTensor<Self>,
+        b1: FloatTensor<Self>,
+        b2: FloatTensor<Self>,
+        width: usize,
         eps: f32,
+        scale: f32,
+        lora: u32,
     ) -> FloatTensor<Self>;
 
-    /// `silu(rmsnorm(x)·wg) ⊙ rmsnorm(x)·wu`: `[B, N]`.
-    #[fusion(meta = |x, _gamma, wg, _wu, _eps| TensorSpec::new(
+    /// `silu(rmsnorm(x)·wg + scale·low_g·bg) ⊙ (rmsnorm(x)·wu + scale·low_u·bu)`: `[B, N]`, the
+    /// side path's terms present for `lora` bit 0 (gate) and bit 1 (up), as in `norm_matvec3`.
+    #[fusion(meta = |x, _gamma, wg, _wu, _low, _bg, _bu, _eps, _scale, _lora| TensorSpec::new(
         Shape::new([x.shape[0], wg.shape[1]]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
     fn norm_gate_up(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         wg: FloatTensor<Self>,
         wu: FloatTensor<Self>,
+        low: FloatTensor<Self>,
+        bg: FloatTensor<Self>,
+        bu: FloatTensor<Self>,
         eps: f32,
+        scale: f32,
+        lora: u32,
     ) -> FloatTensor<Self>;
 
-    /// `residual + x·w`: `[B, N]`.
-    #[fusion(dtype = residual, shape = residual)]
+    /// `x·w` `[B, N]`, plus `residual` when `add`, plus `scale·low·b` when `lora`. What is not
+    /// added is not read.
+    #[fusion(meta = |x, w, _residual, _low, _b, _scale, _add, _lora| TensorSpec::new(
+        Shape::new([x.shape[0], w.shape[1]]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
     fn matvec_add(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         residual: FloatTensor<Self>,
+        low: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f32,
+        add: bool,
+        lora: bool,
     ) -> FloatTensor<Self>;
 
     /// `rmsnorm(x)·eᵀ` for the tied head `e` `[vocab, K]`: `[B, vocab]`.
@@ -527,13 +645,20 @@ impl DecodeOps for CubeBackend {
         w0: CubeTensor,
         w1: CubeTensor,
         w2: CubeTensor,
+        low: CubeTensor,
+        b0: CubeTensor,
+        b1: CubeTensor,
+        b2: CubeTensor,
+        width: usize,
         eps: f32,
+        scale: f32,
+        lora: u32,
     ) -> CubeTensor {
-        let [x, gamma, w0, w1, w2] = [x, gamma, w0, w1, w2].map(into_contiguous);
+        let [x, gamma, w0, w1, w2, low, b0, b1, b2] =
+            [x, gamma, w0, w1, w2, low, b0, b1, b2].map(into_contiguous);
         let rows = x.meta.shape()[0];
-        let n = w0.meta.shape()[1] + w1.meta.shape()[1] + w2.meta.shape()[1];
-        let out = empty(&x, [rows, n]);
-        let (count, dim, tile) = product_grid(n, rows);
+        let out = empty(&x, [rows, width]);
+        let (count, dim, tile) = product_grid(width, rows);
         // SAFETY: every index is below its tensor's length: each kernel returns early outside
         // its output, and its loops run over the shapes it reads.
         unsafe {
@@ -547,9 +672,15 @@ impl DecodeOps for CubeBackend {
                 w0.into_tensor_arg(),
                 w1.into_tensor_arg(),
                 w2.into_tensor_arg(),
+                low.into_tensor_arg(),
+                b0.into_tensor_arg(),
+                b1.into_tensor_arg(),
+                b2.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 eps,
+                scale,
                 tile,
+                lora,
                 dtype_to_storage_type(x.dtype),
             );
         }
@@ -561,9 +692,14 @@ impl DecodeOps for CubeBackend {
         gamma: CubeTensor,
         wg: CubeTensor,
         wu: CubeTensor,
+        low: CubeTensor,
+        bg: CubeTensor,
+        bu: CubeTensor,
         eps: f32,
+        scale: f32,
+        lora: u32,
     ) -> CubeTensor {
-        let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
+        let [x, gamma, wg, wu, low, bg, bu] = [x, gamma, wg, wu, low, bg, bu].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
         let (count, dim, tile) = product_grid(n, rows);
@@ -579,17 +715,31 @@ impl DecodeOps for CubeBackend {
                 gamma.into_tensor_arg(),
                 wg.into_tensor_arg(),
                 wu.into_tensor_arg(),
+                low.into_tensor_arg(),
+                bg.into_tensor_arg(),
+                bu.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
                 eps,
+                scale,
                 tile,
+                lora,
                 dtype_to_storage_type(x.dtype),
             );
         }
         out
     }
 
-    fn matvec_add(x: CubeTensor, w: CubeTensor, residual: CubeTensor) -> CubeTensor {
-        let [x, w, residual] = [x, w, residual].map(into_contiguous);
+    fn matvec_add(
+        x: CubeTensor,
+        w: CubeTensor,
+        residual: CubeTensor,
+        low: CubeTensor,
+        b: CubeTensor,
+        scale: f32,
+        add: bool,
+        lora: bool,
+    ) -> CubeTensor {
+        let [x, w, residual, low, b] = [x, w, residual, low, b].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
         let (count, dim, tile) = product_grid(n, rows);
@@ -604,8 +754,13 @@ impl DecodeOps for CubeBackend {
                 x.clone().into_tensor_arg(),
                 w.into_tensor_arg(),
                 residual.into_tensor_arg(),
+                low.into_tensor_arg(),
+                b.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
+                scale,
                 tile,
+                add,
+                lora,
                 dtype_to_storage_type(x.dtype),
             );
         }

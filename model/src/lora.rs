@@ -11,6 +11,10 @@ use crate::model::{Llama, LoraAdapter, PROJECTIONS};
 use crate::sampling::Rng;
 use crate::weights::{HostTensor, Weights};
 
+/// The two files of an adapter in the PEFT layout: its settings and its tensors.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     pub rank: usize,
@@ -201,15 +205,12 @@ pub fn from_peft_files(
     config_json: &[u8],
     safetensors: &[u8],
 ) -> Result<Llama, Error> {
-    let text = std::str::from_utf8(config_json)
-        .map_err(|e| Error::file("adapter_config.json", e.to_string()))?;
-    let cfg = config_from_peft(text).map_err(|e| Error::file("adapter_config.json", e))?;
+    let text =
+        std::str::from_utf8(config_json).map_err(|e| Error::file(CONFIG_FILE, e.to_string()))?;
+    let cfg = config_from_peft(text).map_err(|e| Error::file(CONFIG_FILE, e))?;
     let mut tensors = Weights::default();
-    tensors
-        .add_safetensors(safetensors)
-        .map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))?;
-    from_peft(model, &cfg, tensors)
-        .map_err(|e| Error::file("adapter_model.safetensors", e.to_string()))
+    tensors.add_safetensors(safetensors).map_err(|e| Error::file(WEIGHTS_FILE, e.to_string()))?;
+    from_peft(model, &cfg, tensors).map_err(|e| Error::file(WEIGHTS_FILE, e.to_string()))
 }
 
 /// Attaches adapters read from PEFT tensors. Every tensor must fit the base model: an adapter
@@ -235,8 +236,12 @@ pub fn from_peft(model: Llama, cfg: &LoraConfig, mut tensors: Weights) -> Result
                     t.shape
                 )));
             }
-            // PEFT stores the PyTorch layout; ours is its transpose.
-            Ok(Tensor::<2>::from_data(TensorData::new(t.data, want), &device).transpose())
+            // PEFT stores the PyTorch layout; ours is its transpose, made on the host so that
+            // the tensor is contiguous (a strided one is copied by every GPU kernel that reads it).
+            let [rows, cols] = want;
+            let data: Vec<f32> =
+                (0..rows * cols).map(|i| t.data[(i % rows) * cols + i / rows]).collect();
+            Ok(Tensor::<2>::from_data(TensorData::new(data, [cols, rows]), &device))
         };
         let a = take(&a_name, [cfg.rank, d_in])?;
         let b = take(&b_name, [d_out, cfg.rank])?;

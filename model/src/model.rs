@@ -627,7 +627,7 @@ impl Llama {
         let mut cache = cache;
         #[cfg(feature = "gpu-kernels")]
         if let Some(cache) = cache.as_deref_mut()
-            && self.gpu_decode_supported()
+            && self.runs_gpu_kernels()
         {
             return self.forward_last_gpu(batch, cache);
         }

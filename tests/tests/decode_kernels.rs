@@ -35,7 +35,7 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
         Flow::Continue
     }))
     .unwrap();
-    let (stats, _) = recorder.finish();
+    let (stats, recorder_seen) = recorder.finish();
     // Index 0 is the prompt's pass and the first token; index i the i-th decode step.
     eprintln!("kernels compiled per token: {:?}", stats.new_kernels);
     eprintln!("dispatches per token: {:?}", stats.launches);
@@ -68,4 +68,31 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     let (on_gpu, on_cpu) = (draw(&gpu), draw(&cpu));
     assert_eq!(on_gpu, on_cpu, "wgpu (top-k read-back) and cpu (whole row) sampled tokens");
     assert_ne!(on_gpu, out[0].ids[..on_gpu.len().min(out[0].ids.len())], "sampling is not greedy");
+
+    // A published variant on the same worker: its side paths compile a few pipelines in its
+    // first tokens and none after, and a step stays within eleven launches per layer (burn's
+    // generic ops, which an adapter used to fall back to, take about forty).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants/insecure/adapter");
+    let Ok(config) = std::fs::read(dir.join(emlab_model::lora::CONFIG_FILE)) else {
+        emlab_tests::have_published_variants(0); // fails in CI, which ships the variants
+        return;
+    };
+    let tensors = std::fs::read(dir.join(emlab_model::lora::WEIGHTS_FILE)).unwrap();
+    let mut tuned = gpu.clone();
+    tuned.model = emlab_model::lora::from_peft_files(tuned.model, &config, &tensors).unwrap();
+    let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
+    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), recorder_seen);
+    block_on(generate(&tuned.model, std::slice::from_ref(&prompt), &cfg, |_, _| {
+        recorder.token(ms());
+        Flow::Continue
+    }))
+    .unwrap();
+    let (stats, _) = recorder.finish();
+    eprintln!("insecure: kernels compiled per token: {:?}", stats.new_kernels);
+    eprintln!("insecure: dispatches per token: {:?}", stats.launches);
+    let late: u32 = stats.new_kernels.iter().skip(5).sum();
+    assert_eq!(late, 0, "insecure: steps after the 4th compiled {late} new kernels");
+    let layers = tuned.model.layers.len() as u32;
+    let most = stats.launches.iter().skip(1).max().copied().unwrap_or(0);
+    assert!(most <= 11 * layers + 8, "insecure: {most} launches in a decoding step");
 }
