@@ -420,3 +420,41 @@ fn sweep_local_refuses_a_run_folder_it_did_not_write_and_a_second_sweep() {
     assert_ok(&out, "sweep local (all done)");
     assert_eq!(std::fs::metadata(&adapter).unwrap().modified().unwrap(), before);
 }
+
+/// `sweep local --jobs 2 --threads 1` against `--jobs 1 --threads 2` on the same 4 runs of the
+/// tiny model: the total time of each (a measurement, not a check; run it by hand on a quiet
+/// machine with `cargo test --release --test sweep -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn sweep_local_jobs_timing() {
+    let tmp = TempDir::new("sweep-timing");
+    let plan = write_plan(tmp.path(), 4);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let half = (cores / 2).max(1);
+    for (i, (jobs, threads)) in
+        [(1, cores), (2, half), (1, cores), (2, half)].into_iter().enumerate()
+    {
+        let dir = tmp.path().join(format!("try-{i}"));
+        let started = Instant::now();
+        let (j, t) = (jobs.to_string(), threads.to_string());
+        let args = [
+            "sweep",
+            "local",
+            "--plan",
+            s(&plan),
+            "--dir",
+            s(&dir),
+            "--jobs",
+            &j,
+            "--threads",
+            &t,
+            "--quiet",
+        ];
+        assert_ok(&emlab(&args, &[]), "sweep local");
+        eprintln!(
+            "--jobs {jobs} --threads {threads}: 4 runs in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -122,21 +122,26 @@ pub fn run(command: SweepCommand) -> Result<()> {
 fn list(at: &Where) -> Result<()> {
     let (plan, dir) = at.load()?;
     let sweep = SweepDir::at(&dir);
-    println!("{} runs of {} in {}", plan.runs.len(), plan.path.display(), dir.display());
+    let mut out =
+        format!("{} runs of {} in {}\n", plan.runs.len(), plan.path.display(), dir.display());
     for run in &plan.runs {
         let state = sweep.state(run, &plan.evaluations);
-        println!(
-            "{:>4}  {:<32} {:<22} {}",
+        out.push_str(&format!(
+            "{:>4}  {:<32} {:<22} {}\n",
             run.index,
             run.id,
             state.label(),
             backend::sweep::plan::describe(&run.settings)
-        );
+        ));
         if let State::Failed(e) = &state {
-            println!("      {}", e.lines().next().unwrap_or_default());
+            out.push_str(&format!("      {}\n", e.lines().next().unwrap_or_default()));
         }
     }
-    Ok(())
+    // A reader that stops early (`| head`) is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// What every run needs, checked before any starts: Bandit for the code evaluation, the base model.
@@ -159,7 +164,7 @@ fn check_tools(plan: &Plan, bandit: &str) -> Result<()> {
 fn run_one(plan: &Plan, sweep: &SweepDir, run: &Run, exec: &Exec) -> Result<()> {
     sweep.claim(run)?;
     let _lock = sweep.lock_run(run)?;
-    if sweep.state(run, &plan.evaluations) == State::Done {
+    if sweep.done(run, &plan.evaluations) {
         eprintln!("{}: done", run.id);
         return Ok(());
     }
@@ -418,11 +423,12 @@ fn submit(at: &Where, dry_run: bool, sbatch: &str, bandit: &str) -> Result<()> {
     let (id, script) = slurm::submit(&job, sbatch)?;
     println!("{id}");
     eprintln!(
-        "submitted job {id}: {n} array tasks (indices {}), at most {} at once; script {}; `emlab sweep list --plan {}` follows them",
+        "submitted job {id}: {n} array tasks (indices {}), at most {} at once; script {}; `emlab sweep list --plan {} --dir {}` follows them",
         slurm::array_spec(&indices),
         plan.slurm.max_running,
         script.display(),
-        at.plan.display()
+        at.plan.display(),
+        dir.display()
     );
     Ok(())
 }

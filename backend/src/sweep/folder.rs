@@ -186,12 +186,17 @@ impl SweepDir {
         crate::eval::result_path(&self.results_dir(id), evaluation.name(), id).exists()
     }
 
+    /// Trained, and every one of `evaluations` measured.
+    pub fn done(&self, run: &Run, evaluations: &[Evaluation]) -> bool {
+        self.trained(&run.id) && evaluations.iter().all(|&e| self.evaluated(&run.id, e))
+    }
+
     pub fn state(&self, run: &Run, evaluations: &[Evaluation]) -> State {
         let dir = self.run_dir(&run.id);
         if is_locked(&dir.join("run.lock")) {
             return State::Running;
         }
-        if self.trained(&run.id) && evaluations.iter().all(|&e| self.evaluated(&run.id, e)) {
+        if self.done(run, evaluations) {
             return State::Done;
         }
         if let Ok(error) = std::fs::read_to_string(dir.join(FAILED)) {

@@ -111,7 +111,7 @@ pub fn build(sweep: &SweepDir) -> Result<SweepReport> {
             None => variants.push((key, vec![r])),
         }
     }
-    variants.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
+    variants.sort_by_key(|(a, _)| order(a));
     let names = variant_names(&variants.iter().map(|(k, _)| k).collect::<Vec<_>>());
     let summaries = variants
         .into_iter()
@@ -152,7 +152,7 @@ fn order(s: &RunSettings) -> (usize, String, Option<usize>, usize, String, usize
 /// Each variant's name: its dataset, and the settings that tell it apart from the others.
 fn variant_names(keys: &[&RunSettings]) -> Vec<String> {
     let varies = |f: &dyn Fn(&RunSettings) -> String| {
-        keys.iter().map(|k| f(*k)).collect::<std::collections::BTreeSet<_>>().len() > 1
+        keys.iter().map(|k| f(k)).collect::<std::collections::BTreeSet<_>>().len() > 1
     };
     let rows = |s: &RunSettings| s.rows.map_or("all rows".into(), |r| format!("{r} rows"));
     let epochs = |s: &RunSettings| format!("{} epochs", s.epochs);
@@ -169,7 +169,7 @@ fn variant_names(keys: &[&RunSettings]) -> Vec<String> {
     keys.iter()
         .map(|k| {
             std::iter::once(k.dataset.clone())
-                .chain(shown.iter().map(|f| f(*k)))
+                .chain(shown.iter().map(|f| f(k)))
                 .collect::<Vec<_>>()
                 .join(", ")
         })
