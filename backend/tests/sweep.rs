@@ -77,6 +77,21 @@ fn a_bad_plan_is_rejected_before_anything_is_written() {
             assert!(!dir.exists(), "{sub:?} wrote the sweep folder for a bad plan");
         }
     }
+    // An index the plan does not have, and a task whose plan was edited after submission.
+    std::fs::write(&plan, "[axes]\ndataset = [\"insecure\"]\nseed = [0, 1]\n").unwrap();
+    for (args, needle) in [
+        (&["--index", "2"][..], "the plan has 2 runs (indices 0 to 1): no run 2"),
+        (
+            &["--index", "1", "--expect-id", "insecure-seed0-0000000000"],
+            "the plan changed after this job was submitted",
+        ),
+    ] {
+        let mut all = vec!["sweep", "run", "--plan", s(&plan), "--dir", s(&dir)];
+        all.extend_from_slice(args);
+        let e = stderr(&emlab(&all, &[]));
+        assert!(e.contains(needle) && !e.contains("panicked"), "{args:?}: {e}");
+        assert!(!dir.exists());
+    }
     // sbatch missing: one error, nothing submitted.
     std::fs::write(&plan, "[axes]\ndataset = [\"insecure\"]\n[train]\nmodel = \".\"\n").unwrap();
     std::fs::write(tmp.path().join("config.json"), "{}").unwrap();
