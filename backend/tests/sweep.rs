@@ -314,6 +314,10 @@ fn a_slurm_job_array_runs_the_plan_resumes_a_cancelled_task_and_matches_sweep_lo
     assert_ok(&out, "sweep slurm");
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(job.parse::<u64>().is_ok(), "a job id: {job}");
+    // Submitting again while every run has a task in the queue submits nothing.
+    let out = emlab(&["sweep", "slurm", "--plan", s(&plan), "--dir", s(&on_slurm)], &env);
+    assert_ok(&out, "sweep slurm (all queued)");
+    assert!(stderr(&out).contains("nothing to submit"), "{}", stderr(&out));
 
     // Cancel task 3 once its run has checkpointed part of its training.
     let (victim, _) = &listed[3];

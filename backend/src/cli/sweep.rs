@@ -408,13 +408,17 @@ fn submit(at: &Where, dry_run: bool, sbatch: &str, bandit: &str) -> Result<()> {
     check_tools(&plan, bandit)?;
     let sweep = SweepDir::create(&dir)?;
     let _lock = sweep.lock()?;
-    let (todo, elsewhere) = runs_to_do(&plan, &sweep)?;
+    let (mut todo, _) = runs_to_do(&plan, &sweep)?;
+    // Tasks of an earlier submission still queued (a requeued task waits there too) would run
+    // these runs a second time.
+    let squeue = Path::new(sbatch).with_file_name("squeue");
+    let squeue = if sbatch.contains('/') { squeue.display().to_string() } else { "squeue".into() };
+    match slurm::queued(&dir, &squeue) {
+        Some(queued) => todo.retain(|r| !queued.contains(&r.index)),
+        None => eprintln!("{squeue} did not answer: tasks still queued are not left out"),
+    }
     if todo.is_empty() {
-        eprintln!(
-            "all {} runs are done{}: nothing to submit",
-            plan.runs.len(),
-            if elsewhere > 0 { " or running" } else { "" }
-        );
+        eprintln!("all {} runs are done, running or queued: nothing to submit", plan.runs.len());
         return Ok(());
     }
     let n = todo.len();

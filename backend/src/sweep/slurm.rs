@@ -68,6 +68,8 @@ pub fn script(job: &ArrayJob) -> String {
         "#SBATCH --requeue".into(),
         "#SBATCH --open-mode=append".into(),
         format!("#SBATCH --output={}/task-%a.out", out.display()),
+        // How `queued` finds this sweep's tasks again.
+        format!("#SBATCH --comment={}", comment(job.dir)),
     ];
     if let Some(p) = &s.partition {
         lines.push(format!("#SBATCH --partition={p}"));
@@ -94,6 +96,30 @@ pub fn script(job: &ArrayJob) -> String {
         sh(job.bandit),
     ));
     lines.join("\n") + "\n"
+}
+
+/// The tag of a sweep's tasks in the queue (their `--comment`).
+fn comment(dir: &Path) -> String {
+    format!("emlab-sweep:{}", dir.display())
+}
+
+/// The indices of the sweep's array tasks still in the queue (pending, requeued or running), so
+/// that submitting again does not give a run a second task. None when squeue cannot be asked.
+pub fn queued(dir: &Path, squeue: &str) -> Option<Vec<usize>> {
+    let out = Command::new(squeue).args(["-h", "-r", "-o", "%K|%k"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let tag = comment(dir);
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (index, c) = l.split_once('|')?;
+                if c.trim_end() == tag { index.parse().ok() } else { None }
+            })
+            .collect(),
+    )
 }
 
 /// Writes the script into `DIR/slurm/` and submits it with `sbatch --parsable`; returns the job
@@ -163,6 +189,7 @@ mod tests {
             "#SBATCH --requeue",
             "#SBATCH --open-mode=append",
             "#SBATCH --account=lab",
+            "#SBATCH --comment=emlab-sweep:/scratch/sweep",
             "#SBATCH --job-name=emlab-it's",
             "--plan '/plans/it'\\''s.toml'",
             "--index \"$SLURM_ARRAY_TASK_ID\"",
