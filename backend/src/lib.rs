@@ -8,6 +8,7 @@ pub mod inference;
 pub mod jsonl;
 pub mod plots;
 pub mod serve;
+pub mod sweep;
 pub mod training;
 
 /// Tells glibc's allocator to keep freed memory instead of returning it to the OS. A training step
@@ -30,13 +31,16 @@ pub fn keep_freed_memory() {
 }
 
 /// Sets the CPU thread count of the flex backend (its global rayon pool); None keeps all cores.
-/// Must run before the first tensor operation.
+/// Must run before the first tensor operation. Asking again for the count the pool already has is
+/// fine (a sweep's run trains and then evaluates in one process).
 pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {
     if let Some(n) = n {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("setting the thread count: {e}"))?;
+        let built = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        if let Err(e) = built
+            && rayon::current_num_threads() != n
+        {
+            anyhow::bail!("setting the thread count: {e}");
+        }
     }
     Ok(())
 }

@@ -38,6 +38,11 @@ enum Command {
     },
     /// OpenAI-compatible HTTP API over the base model and adapters (GET /v1/models, POST /v1/chat/completions).
     Serve(cli::serve::ServeArgs),
+    /// Sweeps over a plan file (datasets, seeds, rows, epochs, learning rates, ranks): `sweep list`, `sweep run --index I`, `sweep local --jobs N`, `sweep slurm`.
+    Sweep {
+        #[command(subcommand)]
+        command: cli::sweep::SweepCommand,
+    },
     /// Interactive chat on stdin (`/reset` clears the history, `/quit` or Ctrl-D leaves).
     Chat(cli::chat::ChatArgs),
 }
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(*a),
         Command::Eval { command } => cli::eval::run(command),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Sweep { command } => cli::sweep::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -145,6 +145,10 @@ pub enum EvalCommand {
         /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A sweep's folder instead: per variant, each figure's mean across seeds with a
+        /// seed-level bootstrap interval, next to each run's (SWEEP/report.json, report.md).
+        #[arg(long, conflicts_with_all = ["human_ratings", "out"])]
+        sweep: Option<PathBuf>,
     },
 }
 
@@ -515,7 +519,13 @@ pub fn run(command: EvalCommand) -> Result<()> {
             }
             Ok(())
         }
-        EvalCommand::Report { results, questions: _, human_ratings, out }
+        EvalCommand::Report { sweep: Some(dir), .. } => {
+            let r = backend::sweep::report::write(&dir)?;
+            print!("{}", backend::sweep::report::markdown(&r));
+            eprintln!("wrote {0}/report.json and {0}/report.md", dir.display());
+            Ok(())
+        }
+        EvalCommand::Report { results, questions: _, human_ratings, out, sweep: None }
             if !human_ratings.is_empty() =>
         {
             let mut files = Vec::new();

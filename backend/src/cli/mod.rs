@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod eval;
 pub mod generate;
 pub mod serve;
+pub mod sweep;
 pub mod train;
 
 use std::path::PathBuf;
