@@ -519,6 +519,16 @@ fn attend_kernel<F: Float>(
     out[r * width + i] = acc / sum;
 }
 
+/// `out = x + 1`: next to no work, so that timing many launches measures what a launch costs
+/// on the host (`emlab-bench launch-cost`, against raw wgpu).
+#[cube(launch_unchecked)]
+fn touch_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: ElemType) {
+    let i = ABSOLUTE_POS_X as usize;
+    if i < out.len() {
+        out[i] = x[i] + F::new(1.0);
+    }
+}
+
 /// The decoding step's operations, as a burn backend extension: implemented for the cubecl
 /// backend (wgpu natively, WebGPU in the browser), queued lazily under burn's fusion.
 #[backend_extension(Cube, Fusion)]
@@ -608,6 +618,10 @@ pub trait DecodeOps: burn::backend::Backend {
         n_q: usize,
         slot: u32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `x + 1`, in one launch of a kernel that does next to nothing (a launch's host cost).
+    #[fusion(dtype = x, shape = x)]
+    fn touch(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Attention of `T` new queries per sequence (`q` `[B·T, n_heads·hd]`, the first at `slot`)
     /// over the whole cache, causal: `[B·T, n_heads·hd]`.
@@ -827,6 +841,26 @@ impl DecodeOps for CubeBackend {
             );
         }
         (q, k_cache, v_cache)
+    }
+
+    fn touch(x: CubeTensor) -> CubeTensor {
+        let x = into_contiguous(x);
+        let n = x.meta.shape().num_elements();
+        let out =
+            empty_device_dtype(x.client.clone(), x.device.clone(), x.meta.shape().clone(), x.dtype);
+        let (count, dim) = grid(n, 1);
+        // SAFETY: the kernel reads and writes below `out.len()`, which equals x's length.
+        unsafe {
+            touch_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                x.clone().into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
     }
 
     fn attend(

@@ -6,7 +6,11 @@
 //! - `kernels`: the quantized products alone, the model's projections in its decode-step groups
 //!   (bench/kernels.py runs it once per kernel, `EMLAB_QUANT_KERNEL`);
 //! - `decode-profile`: one greedy answer token by token: time, GPU dispatches and newly compiled
-//!   kernels per token (bench/decode_profile.sh; what the browser reports for WebGPU, natively).
+//!   kernels per token (bench/gpu.sh; what the browser reports for WebGPU, natively);
+//! - `launch-cost`: the host's cost of a GPU launch through cubecl against raw wgpu
+//!   (`launch_cost.rs`).
+
+mod launch_cost;
 
 use std::time::Instant;
 
@@ -37,6 +41,16 @@ enum Command {
     Train(TrainArgs),
     DecodeProfile(ProfileArgs),
     Kernels(KernelArgs),
+    LaunchCost(LaunchArgs),
+}
+
+#[derive(Args)]
+struct LaunchArgs {
+    /// Launches per round (213: one decoding step of the base model on the GPU kernels).
+    #[arg(long, default_value_t = 213)]
+    launches: usize,
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
 }
 
 #[derive(Args)]
@@ -103,7 +117,25 @@ fn main() -> Result<()> {
         Command::Train(a) => bench_train(cli.device, a),
         Command::DecodeProfile(a) => decode_profile(cli.device, a),
         Command::Kernels(a) => bench_kernels(a),
+        Command::LaunchCost(a) => launch_cost(a),
     }
+}
+
+/// Host microseconds per launch, cubecl (as the decoding kernels launch) next to raw wgpu's
+/// floor, on the same adapter in one run.
+fn launch_cost(a: LaunchArgs) -> Result<()> {
+    let (raw, adapter) = launch_cost::raw_wgpu(a.launches, a.rounds)?;
+    let device = device::init(DeviceChoice::Wgpu)?;
+    let cubecl = launch_cost::cubecl(&device, a.launches, a.rounds)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "adapter": adapter, "launches": a.launches, "rounds": a.rounds,
+            "cubecl_us_per_launch": cubecl, "raw_wgpu_us_per_launch": raw,
+            "cubecl_over_raw": cubecl / raw,
+        })
+    );
+    Ok(())
 }
 
 /// Times the block products of every layer as a decode step makes them (Q·K·V, O, gate·up,
