@@ -24,10 +24,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use emlab_model::batching::{ContinuousBatch, SharedPrefix};
 use emlab_model::chat::Message;
-use emlab_model::generate::{Flow, Generation, TokenLogprobs, block_on};
+use emlab_model::generate::{ContinuousBatch, Flow, Generation, TokenLogprobs, block_on};
 use emlab_model::pipeline::ChatModel;
+use emlab_model::prefix::{SharedPrefix, prefill_after};
 use emlab_model::sampling::SamplingParams;
 use emlab_model::tokenizer::TextStream;
 use serde::Deserialize;
@@ -337,7 +337,7 @@ fn worker(
                 let prompt = std::slice::from_ref(&active.job.prompt);
                 let prefix = prefixes[&active.job.model].as_ref();
                 let cfgs = std::slice::from_ref(&cfg);
-                ContinuousBatch::<Active>::prefill_after(&m.model, prefix, prompt, cfgs)
+                prefill_after(&m.model, prefix, prompt, cfgs)
             }));
             match prefilled {
                 Ok(Ok(p)) => {

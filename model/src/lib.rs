@@ -6,9 +6,9 @@
 //! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
 //! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache;
 //!   `cpu_decode`: its cached pass on the CPU over the GGUF's blocks, outside burn's ops
-//! - [`sampling`], [`generate`]: token sampling and the generation loop; [`stats`]: its per-token figures
+//! - [`sampling`], [`generate`]: token sampling and the decoding loop (the only one: a batch of
+//!   rows stepped together), [`prefix`]: a prompt prefix requests share; [`stats`]: per-token figures
 
-pub mod batching;
 pub mod cache;
 pub mod chat;
 pub mod config;
@@ -26,6 +26,7 @@ pub mod model;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod outdir;
 pub mod pipeline;
+pub mod prefix;
 pub mod quant;
 pub mod sampling;
 pub mod stats;
