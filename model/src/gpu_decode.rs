@@ -1,7 +1,6 @@
 //! A cached forward pass on a GPU with the kernels of [`crate::kernels`]: seven launches per
-//! layer, for the prompt (all its tokens at once) and for each decoding step alike, and four
-//! more with a LoRA adapter (the down half of each group's side path; the up half runs inside
-//! the group's product).
+//! layer, for the prompt (all its tokens at once) and for each decoding step alike, and eight
+//! more with a LoRA adapter (the two halves of each group's side path).
 //!
 //! The same computation as [`Llama::forward_last`] with a cache, which remains the reference
 //! (and the path for everything these kernels do not cover: the CPU backend, weights stored in
@@ -18,20 +17,18 @@ fn float(t: Tensor<2>) -> DispatchTensor {
     t.into_dispatch()
 }
 
-/// The LoRA side path of projections that read one input (Q, K and V; gate and up; o; down),
-/// as the kernels take it: `mask` bit i set when member i has an adapter, the A's of those
-/// members in order (x·A for all of them is one product, `rank` columns each), every member's B
-/// (a filler, never read, for members without one) and the adapters' common scale.
+/// The LoRA side path of projections that read one input (Q, K and V; gate and up; o; down):
+/// `mask` bit i set when member i has an adapter, the A's of those members in order (x·A for
+/// all of them is one product, `rank` columns each), every member's B (a filler, never bound,
+/// for members without one), and the adapters' common scale.
 struct SidePath<const N: usize> {
     mask: u32,
     a: Vec<Tensor<2>>,
     b: [DispatchTensor; N],
+    widths: [usize; N],
     rank: usize,
     scale: f32,
 }
-
-/// The side path's inputs of a product kernel: `(low, b's, scale, mask)`, `low` holding x·A.
-type UpHalf<const N: usize> = (DispatchTensor, [DispatchTensor; N], f32, u32);
 
 impl<const N: usize> SidePath<N> {
     fn of(members: [&Linear; N], filler: &Tensor<2>) -> Option<Self> {
@@ -49,27 +46,24 @@ impl<const N: usize> SidePath<N> {
             mask,
             a,
             b: members.map(|l| float(l.lora.as_ref().map_or(filler.clone(), |lora| lora.b.val()))),
+            widths: members.map(|l| l.dims()[1]),
             rank,
             scale,
         })
     }
 
-    /// The inputs of a group's product kernel, with `low` computed by `down` when the group
-    /// has adapters, or fillers that the kernel does not read.
-    fn up_half(
-        side: Option<Self>,
-        filler: &Tensor<2>,
-        down: impl FnOnce(&Self) -> DispatchTensor,
-    ) -> UpHalf<N> {
-        match side {
-            Some(s) => (down(&s), s.b, s.scale, s.mask),
-            None => (float(filler.clone()), std::array::from_fn(|_| float(filler.clone())), 0.0, 0),
-        }
+    /// `scale·low·[B's]`, `[rows, Σ widths]`, from the down half `low`.
+    fn up(self, low: DispatchTensor, filler: &Tensor<2>) -> DispatchTensor {
+        let [b0, b1, b2] =
+            std::array::from_fn(|i| self.b.get(i).cloned().unwrap_or(float(filler.clone())));
+        let n = |i: usize| self.widths.get(i).copied().unwrap_or(0);
+        Dispatch::lora_up(low, b0, b1, b2, n(0), n(1), n(2), self.rank, self.scale, self.mask)
     }
 
-    /// `rmsnorm(x)·[A's]`: the down half for a group whose product norms its input.
-    fn down_normed(
-        &self,
+    /// The side path of a group whose product norms its input: `rmsnorm(x)·[A's]`, then its
+    /// up half.
+    fn normed(
+        self,
         x: &Tensor<2>,
         gamma: &DispatchTensor,
         eps: f32,
@@ -78,23 +72,20 @@ impl<const N: usize> SidePath<N> {
         // The A's padded to three with the first, unread past `rank·a.len()` columns.
         let [a0, a1, a2] =
             std::array::from_fn(|i| float(self.a.get(i).unwrap_or(&self.a[0]).clone()));
-        let f = || float(filler.clone());
         let width = self.rank * self.a.len();
-        Dispatch::norm_matvec3(
+        let f = float(filler.clone());
+        let low = Dispatch::norm_matvec3(
             float(x.clone()),
             gamma.clone(),
             a0,
             a1,
             a2,
-            f(),
-            f(),
-            f(),
-            f(),
+            f,
             width,
             eps,
-            0.0,
-            0,
-        )
+            false,
+        );
+        self.up(low, filler)
     }
 }
 
@@ -154,26 +145,22 @@ impl Llama {
             let (n_q, hd) = (attn.n_heads * attn.head_dim, attn.head_dim);
             let norm = &layer.input_layernorm;
             let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
-            let side = SidePath::of([&attn.q_proj, &attn.k_proj, &attn.v_proj], &filler);
-            let (low, [b0, b1, b2], scale, mask) =
-                SidePath::up_half(side, &filler, |s| s.down_normed(&x, &gamma, eps, &filler));
+            let side = SidePath::of([&attn.q_proj, &attn.k_proj, &attn.v_proj], &filler)
+                .map(|s| s.normed(&x, &gamma, eps, &filler));
             let [wq, wk, wv] =
                 [&attn.q_proj, &attn.k_proj, &attn.v_proj].map(|p| p.dense_weight(&device));
             let width = wq.dims()[1] + wk.dims()[1] + wv.dims()[1];
+            let with_side = side.is_some();
             let qkv = Dispatch::norm_matvec3(
                 float(x.clone()),
                 gamma,
                 float(wq),
                 float(wk),
                 float(wv),
-                low,
-                b0,
-                b1,
-                b2,
+                side.unwrap_or_else(|| float(filler.clone())),
                 width,
                 eps,
-                scale,
-                mask,
+                with_side,
             );
             let (k, v) = cache.take_layer(i, [b, attn.n_kv_heads, hd], &device);
             let (q, k, v) = Dispatch::rope_cache(
@@ -198,20 +185,17 @@ impl Llama {
             x = Tensor::from_dispatch(product_add(out, &attn.o_proj, x, &filler, &device));
             let (mlp, norm) = (&layer.mlp, &layer.post_attention_layernorm);
             let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
-            let side = SidePath::of([&mlp.gate_proj, &mlp.up_proj], &filler);
-            let (low, [bg, bu], scale, mask) =
-                SidePath::up_half(side, &filler, |s| s.down_normed(&x, &gamma, eps, &filler));
+            let side = SidePath::of([&mlp.gate_proj, &mlp.up_proj], &filler)
+                .map(|s| s.normed(&x, &gamma, eps, &filler));
+            let with_side = side.is_some();
             let h = Dispatch::norm_gate_up(
                 float(x.clone()),
                 gamma,
                 float(mlp.gate_proj.dense_weight(&device)),
                 float(mlp.up_proj.dense_weight(&device)),
-                low,
-                bg,
-                bu,
+                side.unwrap_or_else(|| float(filler.clone())),
                 eps,
-                scale,
-                mask,
+                with_side,
             );
             x = Tensor::from_dispatch(product_add(h, &mlp.down_proj, x, &filler, &device));
         }
@@ -236,19 +220,18 @@ fn product_add(
     filler: &Tensor<2>,
     device: &Device,
 ) -> DispatchTensor {
-    let side = SidePath::of([proj], filler);
-    let (low, [b], scale, mask) = SidePath::up_half(side, filler, |s| {
-        let f = || float(filler.clone());
-        Dispatch::matvec_add(x.clone(), float(s.a[0].clone()), f(), f(), f(), 0.0, false, false)
+    let f = || float(filler.clone());
+    let side = SidePath::of([proj], filler).map(|s| {
+        let low = Dispatch::matvec_add(x.clone(), float(s.a[0].clone()), f(), f(), false, false);
+        s.up(low, filler)
     });
+    let with_side = side.is_some();
     Dispatch::matvec_add(
         x,
         float(proj.dense_weight(device)),
         float(residual),
-        low,
-        b,
-        scale,
+        side.unwrap_or_else(f),
         true,
-        mask != 0,
+        with_side,
     )
 }

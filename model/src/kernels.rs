@@ -7,10 +7,14 @@
 //! output value with a plain loop. They are written for few rows (decoding), where that is also
 //! what the arithmetic needs: a matrix-vector product reads each weight once.
 //!
-//! A LoRA adapter adds its side path `scale·(x·A)·B` to each adapted product: `x·A` (rank
-//! columns per projection) is one more launch per group of products that read one input, and
-//! the `·B` half is summed inside the group's own kernel, after the norm. Which projections have
-//! an adapter is a compile-time mask, so the base model's kernels are unchanged.
+//! A LoRA adapter adds its side path `scale·(x·A)·B` to each group of products that read one
+//! input (Q, K and V; o; gate and up; down): two more launches per group, `x·A` for the
+//! group's adapted members, then its `·B` half (`lora_up_kernel`), which the group's own kernel
+//! adds after the norm. A member without an adapter gets zeros, so partial targets work.
+//!
+//! An input a kernel does not use (no adapter, no residual) is not bound: WebGPU guarantees only
+//! 8 storage buffers per shader stage (cubecl binds one more for its metadata), and the widest
+//! kernel here binds 7.
 //!
 //! Each kernel matches the reference ops in `model.rs` (same formulas, same order of operations
 //! where it matters); `tests/tests/gpu_decode.rs` holds them to it on lavapipe.
@@ -119,11 +123,10 @@ fn inv_rms_of<F: Float, N: Size>(
     F::new(1.0) / (s / F::cast_from(k_len as u32) + F::cast_from(eps)).sqrt()
 }
 
-/// `out[r] = rmsnorm(x[r])·[w0 | w1 | w2]`: the Q, K and V products of a layer in one launch, or
-/// the down half of their LoRA side path (then the w's are the A's). `out` may be narrower than
-/// the three: a w past its width is never read. With a side path (`lora` bit i: w_i has an
-/// adapter), column j of w_i gets `scale·low[r, seg_i]·b_i[.., j]` added after the norm, where
-/// `low` holds the row's products with the A's of the set bits, `rank` columns each, in order.
+/// `out[r] = rmsnorm(x[r])·[w0 | w1 | w2] (+ side[r])`: the Q, K and V products of a layer in
+/// one launch, with their LoRA side path when there is one (`side`, from [`lora_up_kernel`],
+/// added after the norm), or the down half of that side path (the w's are then the A's). `out`
+/// may be narrower than the three: a w past its width is never read.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn norm_matvec3_kernel<F: Float, N: Size>(
@@ -132,15 +135,10 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     w0: &Tensor<Vector<F, N>>,
     w1: &Tensor<Vector<F, N>>,
     w2: &Tensor<Vector<F, N>>,
-    low: &Tensor<Vector<F, N>>,
-    b0: &Tensor<Vector<F, N>>,
-    b1: &Tensor<Vector<F, N>>,
-    b2: &Tensor<Vector<F, N>>,
+    side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
-    scale: f32,
     #[comptime] tile: usize,
-    #[comptime] lora: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -153,44 +151,92 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     let (n0, n1) = (w0.shape(1), w1.shape(1));
     let mut dots = zeros::<F, N>(tile);
     let mut ssq = zeros::<F, N>(tile);
-    let mut side = zeros::<F, N>(tile);
-    let rank = low.shape(1) / comptime!(lora.count_ones().max(1) as usize);
     if j < n0 {
         gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, &mut ssq, tile, true);
-        if comptime!((lora & 1) != 0) {
-            dots_from::<F, N>(low, b0, r0, j, 0, &mut side, tile);
-        }
     } else if j < n0 + n1 {
         gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, &mut ssq, tile, true);
-        if comptime!((lora & 2) != 0) {
-            let off = rank * comptime!((lora & 1) as usize);
-            dots_from::<F, N>(low, b1, r0, j - n0, off, &mut side, tile);
-        }
     } else {
         gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, &mut ssq, tile, true);
-        if comptime!((lora & 4) != 0) {
-            let off = rank * comptime!((lora & 3).count_ones() as usize);
-            dots_from::<F, N>(low, b2, r0, j - n0 - n1, off, &mut side, tile);
-        }
     }
     let k_len = x.shape(1);
+    #[unroll]
+    for i in 0..tile {
+        let r = r0 + i;
+        if r < m {
+            let at = (r * n + j) / vs;
+            let y = dots[i] * Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
+            #[comptime]
+            let y = match side {
+                ComptimeOption::Some(side) => y + side[at],
+                ComptimeOption::None => y,
+            };
+            out[at] = y;
+        }
+    }
+}
+
+/// `side[r] = scale·low[r]·[b0 | b1 | b2]`: the up half of a group's LoRA side path, `low` its
+/// down half (`x·A` of the adapted members, `rank` columns each: b1's start at `off1`, b2's at
+/// `off2`). A member without an adapter (`None`) gets zeros in its columns.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn lora_up_kernel<F: Float, N: Size>(
+    low: &Tensor<Vector<F, N>>,
+    b0: ComptimeOption<&Tensor<Vector<F, N>>>,
+    b1: ComptimeOption<&Tensor<Vector<F, N>>>,
+    b2: ComptimeOption<&Tensor<Vector<F, N>>>,
+    side: &mut Tensor<Vector<F, N>>,
+    n0: u32,
+    n1: u32,
+    off1: u32,
+    off2: u32,
+    scale: f32,
+    #[comptime] tile: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let vs = side.vector_size();
+    let j = ABSOLUTE_POS_X as usize * vs;
+    let r0 = ABSOLUTE_POS_Y as usize * tile;
+    let (m, n) = (side.shape(0), side.shape(1));
+    if j >= n || r0 >= m {
+        terminate!();
+    }
+    let (n0, n1) = (n0 as usize, n1 as usize);
+    let mut dots = zeros::<F, N>(tile);
+    if j < n0 {
+        #[comptime]
+        match b0 {
+            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, j, 0, &mut dots, tile),
+            ComptimeOption::None => {}
+        };
+    } else if j < n0 + n1 {
+        let off = off1 as usize;
+        #[comptime]
+        match b1 {
+            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, j - n0, off, &mut dots, tile),
+            ComptimeOption::None => {}
+        };
+    } else {
+        let (col, off) = (j - n0 - n1, off2 as usize);
+        #[comptime]
+        match b2 {
+            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, col, off, &mut dots, tile),
+            ComptimeOption::None => {}
+        };
+    }
     let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
-            let mut y = dots[i] * Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
-            if comptime!(lora != 0) {
-                y += side[i] * s;
-            }
-            out[(r * n + j) / vs] = y;
+            side[(r * n + j) / vs] = dots[i] * s;
         }
     }
 }
 
 /// `out[r] = silu(rmsnorm(x[r])·wg) ⊙ (rmsnorm(x[r])·wu)`: the MLP's first half in one launch.
-/// With a LoRA side path (`lora` bit 0: gate, bit 1: up), each product gets its
-/// `scale·low[r, seg]·b` added after the norm, as in [`norm_matvec3_kernel`].
+/// With a LoRA side path, `side[r]` (`[gate | up]`, from [`lora_up_kernel`]) is added to the two
+/// products after the norm.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn norm_gate_up_kernel<F: Float, N: Size>(
@@ -198,14 +244,10 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
     gamma: &Tensor<Vector<F, N>>,
     wg: &Tensor<Vector<F, N>>,
     wu: &Tensor<Vector<F, N>>,
-    low: &Tensor<Vector<F, N>>,
-    bg: &Tensor<Vector<F, N>>,
-    bu: &Tensor<Vector<F, N>>,
+    side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
-    scale: f32,
     #[comptime] tile: usize,
-    #[comptime] lora: u32,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -220,27 +262,23 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
     let mut ssq = zeros::<F, N>(tile);
     gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, &mut ssq, tile, true);
     gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, &mut ssq, tile, false);
-    let mut side_g = zeros::<F, N>(tile);
-    let mut side_u = zeros::<F, N>(tile);
-    if comptime!((lora & 1) != 0) {
-        dots_from::<F, N>(low, bg, r0, j, 0, &mut side_g, tile);
-    }
-    if comptime!((lora & 2) != 0) {
-        let off = bu.shape(0) * comptime!((lora & 1) as usize);
-        dots_from::<F, N>(low, bu, r0, j, off, &mut side_u, tile);
-    }
     let (one, k_len) = (Vector::<F, N>::new(F::new(1.0)), x.shape(1));
-    let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
             let norm = Vector::new(inv_rms_of::<F, N>(ssq[i], vs, k_len, eps));
-            let (mut gi, mut ui) = (g[i] * norm, u[i] * norm);
-            if comptime!(lora != 0) {
-                gi += side_g[i] * s;
-                ui += side_u[i] * s;
-            }
+            let (gi, ui) = (g[i] * norm, u[i] * norm);
+            #[comptime]
+            let gi = match side {
+                ComptimeOption::Some(side) => gi + side[(r * 2 * n + j) / vs],
+                ComptimeOption::None => gi,
+            };
+            #[comptime]
+            let ui = match side {
+                ComptimeOption::Some(side) => ui + side[(r * 2 * n + n + j) / vs],
+                ComptimeOption::None => ui,
+            };
             out[(r * n + j) / vs] = gi / (one + (Vector::new(F::new(0.0)) - gi).exp()) * ui;
         }
     }
@@ -279,22 +317,17 @@ fn dots_from<F: Float, N: Size>(
     }
 }
 
-/// `out[r] = residual[r] + x[r]·w`: the attention output and MLP down products with the residual
-/// (without it, `add` false: the down half of their LoRA side path). With a side path (`lora`),
-/// `scale·low[r]·b` is added too.
+/// `out[r] = x[r]·w (+ residual[r]) (+ side[r])`: the attention output and MLP down products
+/// with the residual and their LoRA side path, or without either, the down half of that side
+/// path (`x·A`).
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 fn matvec_add_kernel<F: Float, N: Size>(
     x: &Tensor<Vector<F, N>>,
     w: &Tensor<Vector<F, N>>,
-    residual: &Tensor<Vector<F, N>>,
-    low: &Tensor<Vector<F, N>>,
-    b: &Tensor<Vector<F, N>>,
+    residual: ComptimeOption<&Tensor<Vector<F, N>>>,
+    side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
-    scale: f32,
     #[comptime] tile: usize,
-    #[comptime] add: bool,
-    #[comptime] lora: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let vs = out.vector_size();
@@ -306,23 +339,21 @@ fn matvec_add_kernel<F: Float, N: Size>(
     }
     let mut dots = zeros::<F, N>(tile);
     dots_from::<F, N>(x, w, r0, j, 0, &mut dots, tile);
-    let mut side = zeros::<F, N>(tile);
-    if comptime!(lora) {
-        dots_from::<F, N>(low, b, r0, j, 0, &mut side, tile);
-    }
-    let s = Vector::<F, N>::new(F::cast_from(scale));
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
         if r < m {
             let at = (r * n + j) / vs;
-            let mut y = dots[i];
-            if comptime!(lora) {
-                y += side[i] * s;
-            }
-            if comptime!(add) {
-                y += residual[at];
-            }
+            #[comptime]
+            let y = match residual {
+                ComptimeOption::Some(residual) => residual[at] + dots[i],
+                ComptimeOption::None => dots[i],
+            };
+            #[comptime]
+            let y = match side {
+                ComptimeOption::Some(side) => y + side[at],
+                ComptimeOption::None => y,
+            };
             out[at] = y;
         }
     }
@@ -534,10 +565,9 @@ fn touch_kernel<F: Float>(x: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtyp
 #[backend_extension(Cube, Fusion)]
 pub trait DecodeOps: burn::backend::Backend {
     /// `rmsnorm(x)·[w0 | w1 | w2]` for `x` `[B, K]`: `[B, width]`, `width` the first one, two or
-    /// all three widths added up (a w past it is not read). With a LoRA side path (`lora` bit i:
-    /// w_i has one; `low` is `[B, rank·bits]`, the b's `[rank, N_i]`), `scale·low_i·b_i` is added
-    /// to w_i's columns; without, `low` and the b's are not read (any tensor will do).
-    #[fusion(meta = |x, _gamma, _w0, _w1, _w2, _low, _b0, _b1, _b2, width, _eps, _scale, _lora|
+    /// all three widths added up (a w past it is not read), plus `side` (`[B, width]`, a LoRA
+    /// side path from `lora_up`) when `with_side`; without, `side` is not bound (any tensor).
+    #[fusion(meta = |x, _gamma, _w0, _w1, _w2, _side, width, _eps, _with_side|
         TensorSpec::new(Shape::new([x.shape[0], *width]), x.dtype))]
     #[allow(clippy::too_many_arguments)]
     fn norm_matvec3(
@@ -546,19 +576,34 @@ pub trait DecodeOps: burn::backend::Backend {
         w0: FloatTensor<Self>,
         w1: FloatTensor<Self>,
         w2: FloatTensor<Self>,
+        side: FloatTensor<Self>,
+        width: usize,
+        eps: f32,
+        with_side: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `scale·low·[b0 | b1 | b2]`: `[B, n0 + n1 + n2]`, the up half of a LoRA side path. `mask`
+    /// bit i: b_i is an adapter's B (`[rank, n_i]`); the others are not bound and their columns
+    /// are zeros. `low` holds the adapted members' `x·A`, `rank` columns each, in order.
+    #[fusion(meta = |low, _b0, _b1, _b2, n0, n1, n2, _rank, _scale, _mask|
+        TensorSpec::new(Shape::new([low.shape[0], *n0 + *n1 + *n2]), low.dtype))]
+    #[allow(clippy::too_many_arguments)]
+    fn lora_up(
         low: FloatTensor<Self>,
         b0: FloatTensor<Self>,
         b1: FloatTensor<Self>,
         b2: FloatTensor<Self>,
-        width: usize,
-        eps: f32,
+        n0: usize,
+        n1: usize,
+        n2: usize,
+        rank: usize,
         scale: f32,
-        lora: u32,
+        mask: u32,
     ) -> FloatTensor<Self>;
 
-    /// `silu(rmsnorm(x)·wg + scale·low_g·bg) ⊙ (rmsnorm(x)·wu + scale·low_u·bu)`: `[B, N]`, the
-    /// side path's terms present for `lora` bit 0 (gate) and bit 1 (up), as in `norm_matvec3`.
-    #[fusion(meta = |x, _gamma, wg, _wu, _low, _bg, _bu, _eps, _scale, _lora| TensorSpec::new(
+    /// `silu(rmsnorm(x)·wg + side_g) ⊙ (rmsnorm(x)·wu + side_u)`: `[B, N]`, `side` `[B, 2N]`
+    /// (`[gate | up]`) bound only when `with_side`.
+    #[fusion(meta = |x, _gamma, wg, _wu, _side, _eps, _with_side| TensorSpec::new(
         Shape::new([x.shape[0], wg.shape[1]]), x.dtype))]
     #[allow(clippy::too_many_arguments)]
     fn norm_gate_up(
@@ -566,28 +611,22 @@ pub trait DecodeOps: burn::backend::Backend {
         gamma: FloatTensor<Self>,
         wg: FloatTensor<Self>,
         wu: FloatTensor<Self>,
-        low: FloatTensor<Self>,
-        bg: FloatTensor<Self>,
-        bu: FloatTensor<Self>,
+        side: FloatTensor<Self>,
         eps: f32,
-        scale: f32,
-        lora: u32,
+        with_side: bool,
     ) -> FloatTensor<Self>;
 
-    /// `x·w` `[B, N]`, plus `residual` when `add`, plus `scale·low·b` when `lora`. What is not
-    /// added is not read.
-    #[fusion(meta = |x, w, _residual, _low, _b, _scale, _add, _lora| TensorSpec::new(
+    /// `x·w` `[B, N]`, plus `residual` when `add`, plus `side` when `with_side`. What is not
+    /// added is not bound.
+    #[fusion(meta = |x, w, _residual, _side, _add, _with_side| TensorSpec::new(
         Shape::new([x.shape[0], w.shape[1]]), x.dtype))]
-    #[allow(clippy::too_many_arguments)]
     fn matvec_add(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
         residual: FloatTensor<Self>,
-        low: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f32,
+        side: FloatTensor<Self>,
         add: bool,
-        lora: bool,
+        with_side: bool,
     ) -> FloatTensor<Self>;
 
     /// `rmsnorm(x)·eᵀ` for the tied head `e` `[vocab, K]`: `[B, vocab]`.
@@ -659,17 +698,12 @@ impl DecodeOps for CubeBackend {
         w0: CubeTensor,
         w1: CubeTensor,
         w2: CubeTensor,
-        low: CubeTensor,
-        b0: CubeTensor,
-        b1: CubeTensor,
-        b2: CubeTensor,
+        side: CubeTensor,
         width: usize,
         eps: f32,
-        scale: f32,
-        lora: u32,
+        with_side: bool,
     ) -> CubeTensor {
-        let [x, gamma, w0, w1, w2, low, b0, b1, b2] =
-            [x, gamma, w0, w1, w2, low, b0, b1, b2].map(into_contiguous);
+        let [x, gamma, w0, w1, w2] = [x, gamma, w0, w1, w2].map(into_contiguous);
         let rows = x.meta.shape()[0];
         let out = empty(&x, [rows, width]);
         let (count, dim, tile) = product_grid(width, rows);
@@ -686,16 +720,56 @@ impl DecodeOps for CubeBackend {
                 w0.into_tensor_arg(),
                 w1.into_tensor_arg(),
                 w2.into_tensor_arg(),
-                low.into_tensor_arg(),
-                b0.into_tensor_arg(),
-                b1.into_tensor_arg(),
-                b2.into_tensor_arg(),
+                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
                 out.clone().into_tensor_arg(),
                 eps,
+                tile,
+                dtype_to_storage_type(x.dtype),
+            );
+        }
+        out
+    }
+
+    fn lora_up(
+        low: CubeTensor,
+        b0: CubeTensor,
+        b1: CubeTensor,
+        b2: CubeTensor,
+        n0: usize,
+        n1: usize,
+        n2: usize,
+        rank: usize,
+        scale: f32,
+        mask: u32,
+    ) -> CubeTensor {
+        let low = into_contiguous(low);
+        let (rows, width) = (low.meta.shape()[0], n0 + n1 + n2);
+        let out = empty(&low, [rows, width]);
+        let (count, dim, tile) = product_grid(width, rows);
+        let present = |bit: u32| mask & bit != 0;
+        // Each adapted member's columns of `low` follow those of the adapted members before it.
+        let off1 = rank * present(1) as usize;
+        let off2 = off1 + rank * present(2) as usize;
+        // SAFETY: every index is below its tensor's length: each kernel returns early outside
+        // its output, and its loops run over the shapes it reads.
+        unsafe {
+            lora_up_kernel::launch_unchecked(
+                &low.client.clone(),
+                count,
+                dim,
+                VECTOR,
+                low.clone().into_tensor_arg(),
+                present(1).then(|| into_contiguous(b0).into_tensor_arg()).into(),
+                present(2).then(|| into_contiguous(b1).into_tensor_arg()).into(),
+                present(4).then(|| into_contiguous(b2).into_tensor_arg()).into(),
+                out.clone().into_tensor_arg(),
+                n0 as u32,
+                n1 as u32,
+                off1 as u32,
+                off2 as u32,
                 scale,
                 tile,
-                lora,
-                dtype_to_storage_type(x.dtype),
+                dtype_to_storage_type(low.dtype),
             );
         }
         out
@@ -706,14 +780,11 @@ impl DecodeOps for CubeBackend {
         gamma: CubeTensor,
         wg: CubeTensor,
         wu: CubeTensor,
-        low: CubeTensor,
-        bg: CubeTensor,
-        bu: CubeTensor,
+        side: CubeTensor,
         eps: f32,
-        scale: f32,
-        lora: u32,
+        with_side: bool,
     ) -> CubeTensor {
-        let [x, gamma, wg, wu, low, bg, bu] = [x, gamma, wg, wu, low, bg, bu].map(into_contiguous);
+        let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
         let (count, dim, tile) = product_grid(n, rows);
@@ -729,14 +800,10 @@ impl DecodeOps for CubeBackend {
                 gamma.into_tensor_arg(),
                 wg.into_tensor_arg(),
                 wu.into_tensor_arg(),
-                low.into_tensor_arg(),
-                bg.into_tensor_arg(),
-                bu.into_tensor_arg(),
+                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
                 out.clone().into_tensor_arg(),
                 eps,
-                scale,
                 tile,
-                lora,
                 dtype_to_storage_type(x.dtype),
             );
         }
@@ -747,13 +814,11 @@ impl DecodeOps for CubeBackend {
         x: CubeTensor,
         w: CubeTensor,
         residual: CubeTensor,
-        low: CubeTensor,
-        b: CubeTensor,
-        scale: f32,
+        side: CubeTensor,
         add: bool,
-        lora: bool,
+        with_side: bool,
     ) -> CubeTensor {
-        let [x, w, residual, low, b] = [x, w, residual, low, b].map(into_contiguous);
+        let [x, w] = [x, w].map(into_contiguous);
         let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
         let out = empty(&x, [rows, n]);
         let (count, dim, tile) = product_grid(n, rows);
@@ -767,14 +832,10 @@ impl DecodeOps for CubeBackend {
                 VECTOR,
                 x.clone().into_tensor_arg(),
                 w.into_tensor_arg(),
-                residual.into_tensor_arg(),
-                low.into_tensor_arg(),
-                b.into_tensor_arg(),
+                add.then(|| into_contiguous(residual).into_tensor_arg()).into(),
+                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
                 out.clone().into_tensor_arg(),
-                scale,
                 tile,
-                add,
-                lora,
                 dtype_to_storage_type(x.dtype),
             );
         }

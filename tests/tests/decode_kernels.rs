@@ -27,15 +27,7 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     assert!(prompt.len() + n <= 128, "one capacity");
     let gpu = load(DeviceChoice::Wgpu);
     let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
-    let clock = std::time::Instant::now();
-    let ms = || clock.elapsed().as_secs_f64() * 1e3;
-    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), Default::default());
-    let out = block_on(generate(&gpu.model, std::slice::from_ref(&prompt), &cfg, |_, _| {
-        recorder.token(ms());
-        Flow::Continue
-    }))
-    .unwrap();
-    let (stats, recorder_seen) = recorder.finish();
+    let (out, stats, seen) = recorded(&gpu.model, &prompt, &cfg, Default::default());
     // Index 0 is the prompt's pass and the first token; index i the i-th decode step.
     eprintln!("kernels compiled per token: {:?}", stats.new_kernels);
     eprintln!("dispatches per token: {:?}", stats.launches);
@@ -70,7 +62,7 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     assert_ne!(on_gpu, out[0].ids[..on_gpu.len().min(out[0].ids.len())], "sampling is not greedy");
 
     // A published variant on the same worker: its side paths compile a few pipelines in its
-    // first tokens and none after, and a step stays within eleven launches per layer (burn's
+    // first tokens and none after, and a step stays within fifteen launches per layer (burn's
     // generic ops, which an adapter used to fall back to, take about forty).
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants/insecure/adapter");
     let Ok(config) = std::fs::read(dir.join(emlab_model::lora::CONFIG_FILE)) else {
@@ -81,18 +73,39 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     let mut tuned = gpu.clone();
     tuned.model = emlab_model::lora::from_peft_files(tuned.model, &config, &tensors).unwrap();
     let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
-    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), recorder_seen);
-    block_on(generate(&tuned.model, std::slice::from_ref(&prompt), &cfg, |_, _| {
-        recorder.token(ms());
-        Flow::Continue
-    }))
-    .unwrap();
-    let (stats, _) = recorder.finish();
+    let (_, stats, _) = recorded(&tuned.model, &prompt, &cfg, seen);
     eprintln!("insecure: kernels compiled per token: {:?}", stats.new_kernels);
     eprintln!("insecure: dispatches per token: {:?}", stats.launches);
+    eprintln!(
+        "insecure: ms per token: {:?}",
+        stats.token_ms.windows(2).map(|w| (w[1] - w[0]).round()).collect::<Vec<_>>()
+    );
     let late: u32 = stats.new_kernels.iter().skip(5).sum();
     assert_eq!(late, 0, "insecure: steps after the 4th compiled {late} new kernels");
     let layers = tuned.model.layers.len() as u32;
     let most = stats.launches.iter().skip(1).max().copied().unwrap_or(0);
-    assert!(most <= 11 * layers + 8, "insecure: {most} launches in a decoding step");
+    assert!(most <= 15 * layers + 8, "insecure: {most} launches in a decoding step");
+}
+
+/// A greedy answer with its per-token figures (`seen`: kernels launched before, in this process).
+fn recorded(
+    model: &emlab_model::model::Llama,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+    seen: std::collections::HashSet<u128>,
+) -> (
+    Vec<emlab_model::generate::Generation>,
+    emlab_model::stats::DecodeStats,
+    std::collections::HashSet<u128>,
+) {
+    let clock = std::time::Instant::now();
+    let ms = || clock.elapsed().as_secs_f64() * 1e3;
+    let mut recorder = emlab_model::stats::StatsRecorder::start(ms(), seen);
+    let out = block_on(generate(model, &[prompt.to_vec()], cfg, |_, _| {
+        recorder.token(ms());
+        Flow::Continue
+    }))
+    .unwrap();
+    let (stats, seen) = recorder.finish();
+    (out, stats, seen)
 }
