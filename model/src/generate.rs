@@ -537,7 +537,7 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::FloatDType;
 
     use super::*;
@@ -610,7 +610,12 @@ mod tests {
     }
 
     /// What a prompt decodes alone, through `generate`.
-    fn alone(model: &Llama, prompt: Vec<u32>, max_new: usize, s: SamplingParams) -> Vec<u32> {
+    pub(crate) fn alone(
+        model: &Llama,
+        prompt: Vec<u32>,
+        max_new: usize,
+        s: SamplingParams,
+    ) -> Vec<u32> {
         let cfg = GenerationConfig::new(max_new, s, Vec::new());
         let g = block_on(generate(model, &[prompt], &cfg, |_, _| Flow::Continue)).unwrap();
         g[0].ids.clone()

@@ -63,7 +63,8 @@ mod tests {
 
     use super::*;
     use crate::config::LlamaConfig;
-    use crate::generate::{Flow, block_on, generate};
+    use crate::generate::tests::alone;
+    use crate::generate::{Flow, block_on};
     use crate::sampling::SamplingParams;
 
     /// A prompt prefilled after a shared prefix gets the bits of its whole prefill, and decodes
@@ -105,13 +106,6 @@ mod tests {
         )
         .unwrap();
         assert!(SharedPrefix::new(&dense, prefix).is_none());
-    }
-
-    /// What a prompt decodes alone, through `generate`.
-    fn alone(model: &Llama, prompt: Vec<u32>, max_new: usize, s: SamplingParams) -> Vec<u32> {
-        let cfg = GenerationConfig::new(max_new, s, Vec::new());
-        let g = block_on(generate(model, &[prompt], &cfg, |_, _| Flow::Continue)).unwrap();
-        g[0].ids.clone()
     }
 
     /// As `serve` runs them: on the CPU pass, each request prefilled alone after the shared
