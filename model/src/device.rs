@@ -149,8 +149,18 @@ mod native_wgpu {
 }
 
 /// Initializes WebGPU asynchronously (the only way in a browser); falls back to nothing: the caller
-/// decides to use the CPU and tells the user.
+/// decides to use the CPU and tells the user. The runtime accepts one initialization per thread
+/// (a second fails with "a server is still registered"), so a later call gets the same device.
 #[cfg(any(feature = "wgpu", feature = "webgpu"))]
 pub async fn init_wgpu_async() -> Result<Device, Error> {
-    Device::wgpu_options().init_async().await.map_err(|e| Error::Device(e.to_string()))
+    thread_local! {
+        static WGPU: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(device) = WGPU.with(|d| d.borrow().clone()) {
+        return Ok(device);
+    }
+    let device =
+        Device::wgpu_options().init_async().await.map_err(|e| Error::Device(e.to_string()))?;
+    WGPU.with(|d| *d.borrow_mut() = Some(device.clone()));
+    Ok(device)
 }
