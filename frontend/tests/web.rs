@@ -123,10 +123,9 @@ async fn an_adapter_decodes_on_webgpu_as_on_the_cpu() {
         for (layer, which, name) in m.projection_names() {
             if targets.contains(&emlab_model::model::PROJECTIONS[which]) {
                 let [d_in, d_out] = m.projection(layer, which).dims();
-                w.tensors
-                    .insert(format!("base_model.model.{name}.lora_A.weight"), random([4, d_in]));
-                w.tensors
-                    .insert(format!("base_model.model.{name}.lora_B.weight"), random([d_out, 4]));
+                let (a, b) = lora::peft_names(&name);
+                w.tensors.insert(a, random([4, d_in]));
+                w.tensors.insert(b, random([d_out, 4]));
             }
         }
         let tuned = lora::from_peft(m, &lora_cfg, w).unwrap();

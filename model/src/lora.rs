@@ -131,7 +131,7 @@ pub fn merge(mut model: Llama) -> Llama {
 
 /// PEFT tensor names: `base_model.model.{module}.lora_A.weight` (`[rank, d_in]`) and
 /// `...lora_B.weight` (`[d_out, rank]`): PyTorch layouts, the transposes of ours.
-fn peft_names(module: &str) -> (String, String) {
+pub fn peft_names(module: &str) -> (String, String) {
     (
         format!("base_model.model.{module}.lora_A.weight"),
         format!("base_model.model.{module}.lora_B.weight"),

@@ -121,10 +121,9 @@ fn random_adapter(m: &Llama, targets: &[&str], rank: usize, seed: u64) -> Llama 
             continue;
         }
         let [d_in, d_out] = m.projection(layer, which).dims();
-        w.tensors
-            .insert(format!("base_model.model.{name}.lora_A.weight"), random([rank, d_in], 0.05));
-        w.tensors
-            .insert(format!("base_model.model.{name}.lora_B.weight"), random([d_out, rank], 0.05));
+        let (a, b) = lora::peft_names(&name);
+        w.tensors.insert(a, random([rank, d_in], 0.05));
+        w.tensors.insert(b, random([d_out, rank], 0.05));
     }
     lora::from_peft(m.clone(), &cfg, w).unwrap()
 }
