@@ -95,10 +95,7 @@ impl Llama {
         // The whole step on one of the thread pool's workers: its products then fork and join
         // among workers that are still spinning from the last one, instead of waking the pool
         // and putting this thread to sleep some 120 times per token.
-        #[cfg(not(target_family = "wasm"))]
-        return rayon::scope(|_| self.cpu_pass(batch, cache));
-        #[cfg(target_family = "wasm")]
-        self.cpu_pass(batch, cache)
+        rayon::scope(|_| self.cpu_pass(batch, cache))
     }
 
     fn cpu_pass(&self, batch: Batch, cache: &mut KvCache) -> Tensor<2> {
@@ -294,14 +291,9 @@ fn attend(q: &[f32], kc: &[f32], vc: &[f32], s: AttendShape, pads: &[usize]) -> 
     };
     // Rows and heads in parallel (even one row's 9 heads: at a few hundred keys they cost more
     // than the fork).
-    #[cfg(not(target_family = "wasm"))]
     {
         use rayon::prelude::*;
         out.par_chunks_mut(hd).enumerate().for_each(|(task, o)| one(task, o));
-    }
-    #[cfg(target_family = "wasm")]
-    for (task, o) in out.chunks_mut(hd).enumerate() {
-        one(task, o);
     }
     out
 }

@@ -257,20 +257,15 @@ impl QuantMatrix {
 /// Runs `f(first_row, out_chunk)` over chunks of `out` (`per_row` values per row), in parallel
 /// where there are threads.
 fn for_row_chunks(out: &mut [f32], per_row: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    use rayon::prelude::*;
     let rows = out.len() / per_row;
+    if rayon::current_num_threads() == 1 {
+        return f(0, out);
+    }
     // Enough rows per task that scheduling costs little next to the dots (≥ 64 K weights).
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        let tasks = (rayon::current_num_threads() * 4).max(1);
-        let chunk = rows.div_ceil(tasks).max(16);
-        out.par_chunks_mut(chunk * per_row).enumerate().for_each(|(c, o)| f(c * chunk, o));
-    }
-    #[cfg(target_family = "wasm")]
-    {
-        let _ = rows;
-        f(0, out);
-    }
+    let tasks = rayon::current_num_threads() * 4;
+    let chunk = rows.div_ceil(tasks).max(16);
+    out.par_chunks_mut(chunk * per_row).enumerate().for_each(|(c, o)| f(c * chunk, o));
 }
 
 /// The sum of each block of 32 values of x (`[n, cols]` → `[n, cols / 32]`), which turns Q4_1's
