@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --exclude emlab-frontend --all-targets -- -D warnings
 cargo clippy -p emlab-frontend --target wasm32-unknown-unknown --all-targets -- -D warnings
+# The threaded worker's build is without WebGPU (scripts/worker-threads.sh; its `threads` feature
+# itself needs the nightly and atomics): the code that remains without it.
+cargo clippy -p emlab-frontend --target wasm32-unknown-unknown --no-default-features --lib --bins -- -D warnings

@@ -40,6 +40,8 @@ mv dist/worker_bg.wasm "dist/worker-${h}_bg.wasm"
 sed -i "s|./worker.js|./worker-$h.js|; s|./worker_bg.wasm|./worker-${h}_bg.wasm|" dist/worker_loader.js
 mv dist/worker_loader.js "dist/worker_loader-$h.js"
 sed -i "s|<head>|<head><meta name=\"emlab-worker\" content=\"./worker_loader-$h.js\">|" dist/index.html
+# The same worker with threads, for cross-origin isolated pages.
+bash scripts/worker-threads.sh dist
 if [ -n "$bundle" ]; then
   mkdir -p "$bundle"
   cp -r dist/. "$bundle/"
@@ -59,5 +61,15 @@ TXT
 fi
 if [ -n "$serve" ]; then
   echo "serving the demo on http://127.0.0.1:$serve/ (Ctrl-C stops)"
-  exec python3 -m http.server "$serve" --bind 127.0.0.1 --directory dist
+  # With the headers that make the page cross-origin isolated (threads without the service worker).
+  exec python3 - "$serve" <<'PY'
+import functools, http.server, sys
+class Isolated(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+handler = functools.partial(Isolated, directory="dist")
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+PY
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the browser build needs, once: the wasm32 target, Trunk 0.21.14 (0.22 needs a newer
-# Rust), and wasm-bindgen-cli at exactly the version in Cargo.lock (Trunk.toml pins the same).
+# Installs what the browser build needs, once: the wasm32 target, the nightly that builds the
+# threaded worker (frontend/threads-toolchain), Trunk 0.21.14 (0.22 needs a newer Rust), and wasm-bindgen-cli at exactly the version in Cargo.lock (Trunk.toml pins the same).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -8,6 +8,18 @@ if command -v rustup >/dev/null; then
   rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 elif [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
   echo "the wasm32-unknown-unknown target is missing (install Rust with rustup, then: rustup target add wasm32-unknown-unknown)" >&2
+  exit 1
+fi
+# The threaded worker's compiler (scripts/worker-threads.sh): a pinned nightly with the standard
+# library's source, for this one build (docs/browser.md says why).
+threads_toolchain="$(cat frontend/threads-toolchain)"
+if command -v rustup >/dev/null; then
+  rustup run "$threads_toolchain" rustc --print sysroot >/dev/null 2>&1 &&
+    [ -d "$(rustup run "$threads_toolchain" rustc --print sysroot)/lib/rustlib/src/rust/library" ] &&
+    [ -d "$(rustup run "$threads_toolchain" rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ] ||
+    rustup toolchain install "$threads_toolchain" --profile minimal --component rust-src --target wasm32-unknown-unknown
+else
+  echo "rustup is needed for the threaded worker's pinned toolchain ($threads_toolchain)" >&2
   exit 1
 fi
 command -v trunk >/dev/null && trunk --version | grep -q "0.21.14" || cargo install trunk --version 0.21.14 --locked

@@ -20,8 +20,8 @@ pub struct Compute {
 }
 
 impl Compute {
-    fn cpu(notice: &str, detail: Option<String>) -> Self {
-        Self { device: Device::flex(), label: "cpu", notice: Some(notice.into()), detail }
+    fn cpu(notice: String, detail: Option<String>) -> Self {
+        Self { device: Device::flex(), label: "cpu", notice: Some(notice), detail }
     }
 }
 
@@ -85,23 +85,26 @@ pub async fn webgpu_adapter() -> Result<AdapterInfo, String> {
     Ok(AdapterInfo::new(&text("vendor"), &text("architecture"), &text("description"), fallback))
 }
 
-/// Chooses the device: the CPU when asked, when WebGPU is missing or fails to start, or when its
-/// adapter is a software one (unless `?gpu=1` insists).
-pub async fn pick_device(request: DeviceRequest) -> Compute {
+/// Where the model should run, before anything starts: the page asks too, to choose which worker
+/// to start (the threaded one has no WebGPU).
+pub enum Choice {
+    Cpu { notice: String, detail: Option<String> },
+    WebGpu(AdapterInfo),
+}
+
+/// The CPU when asked, when WebGPU is missing, or when its adapter is a software one (unless
+/// `?gpu=1` insists); else WebGPU.
+pub async fn choose(request: DeviceRequest) -> Choice {
+    let cpu = |notice: &str, detail| Choice::Cpu { notice: notice.into(), detail };
     if request == DeviceRequest::Cpu {
-        return Compute::cpu("Running on your CPU, as the address asks (?cpu=1).", None);
+        return cpu("Running on your CPU, as the address asks (?cpu=1).", None);
     }
     let adapter = match webgpu_adapter().await {
         Ok(a) => a,
-        Err(e) => {
-            return Compute::cpu(
-                "Running on your CPU: this browser does not offer WebGPU.",
-                Some(e),
-            );
-        }
+        Err(e) => return cpu("Running on your CPU: this browser does not offer WebGPU.", Some(e)),
     };
     if adapter.software && request == DeviceRequest::Auto {
-        return Compute::cpu(
+        return cpu(
             "Running on your CPU: this browser's WebGPU is a software emulation, which is slower.",
             Some(format!(
                 "WebGPU adapter: {} (software). Add ?gpu=1 to the address to use it anyway.",
@@ -109,6 +112,19 @@ pub async fn pick_device(request: DeviceRequest) -> Compute {
             )),
         );
     }
+    Choice::WebGpu(adapter)
+}
+
+/// Chooses the device and starts it: the CPU when [`choose`] says so or when WebGPU fails to start.
+pub async fn pick_device(request: DeviceRequest) -> Compute {
+    match choose(request).await {
+        Choice::Cpu { notice, detail } => Compute::cpu(notice, detail),
+        Choice::WebGpu(adapter) => start_webgpu(adapter).await,
+    }
+}
+
+#[cfg(feature = "webgpu")]
+async fn start_webgpu(adapter: AdapterInfo) -> Compute {
     configure_autotune();
     match emlab_model::device::init_wgpu_async().await {
         Ok(device) => Compute {
@@ -117,8 +133,17 @@ pub async fn pick_device(request: DeviceRequest) -> Compute {
             notice: adapter.software.then(|| "Running on WebGPU, as the address asks (?gpu=1), on a software adapter: slower than the CPU.".into()),
             detail: Some(format!("WebGPU adapter: {}{}", adapter.description, if adapter.software { " (software)" } else { "" })),
         },
-        Err(e) => Compute::cpu("Running on your CPU: WebGPU did not start.", Some(format!("WebGPU adapter: {}; {e}", adapter.description))),
+        Err(e) => Compute::cpu("Running on your CPU: WebGPU did not start.".into(), Some(format!("WebGPU adapter: {}; {e}", adapter.description))),
     }
+}
+
+/// The threaded worker: the page starts it only where [`choose`] says CPU.
+#[cfg(not(feature = "webgpu"))]
+async fn start_webgpu(adapter: AdapterInfo) -> Compute {
+    Compute::cpu(
+        "Running on your CPU: this worker was built without WebGPU.".into(),
+        Some(format!("WebGPU adapter: {}", adapter.description)),
+    )
 }
 
 pub fn build(files: ModelFiles, device: &Device) -> Result<ChatModel, emlab_model::Error> {
@@ -129,6 +154,7 @@ pub fn build(files: ModelFiles, device: &Device) -> Result<ChatModel, emlab_mode
 /// fixed 10 samples (wasm cannot stop early). On a software adapter (SwiftShader, ~1 GFLOP/s) that
 /// made the first answer take minutes. One sample per candidate still picks a kernel; the choice
 /// is cached per shape for the session.
+#[cfg(feature = "webgpu")]
 fn configure_autotune() {
     use cubecl::config::autotune::AutotuneLevel;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};

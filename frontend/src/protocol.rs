@@ -13,6 +13,8 @@ pub enum ToWorker {
     Load {
         models_url: String,
         device: DeviceRequest,
+        /// Threads for the CPU path (see `pool::wanted`); a worker built without threads runs one.
+        threads: usize,
     },
     Generate(GenerateRequest),
     /// Ends the running generation after the current token.
@@ -61,6 +63,8 @@ pub enum FromWorker {
         device: String,
         notice: Option<String>,
         detail: Option<String>,
+        /// The CPU path's threads (1 on WebGPU, which does not use them).
+        threads: usize,
         variants: Vec<String>,
     },
     /// One generated token: `text` is what it adds to the answer (a token that ends mid-character

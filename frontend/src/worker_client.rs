@@ -12,14 +12,27 @@ use emlab_model::generate::FinishReason;
 
 use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker, TokenInspect};
 
-/// The worker's loader script. A release build names it by content hash and says so in
-/// `<meta name="emlab-worker">` (scripts/site.sh); `trunk serve` leaves the plain name.
-fn worker_url() -> String {
+/// The content of `<meta name="NAME">`: scripts/site.sh names the worker's files by content hash
+/// and writes their names there.
+fn meta(name: &str) -> Option<String> {
     web_sys::window()
         .and_then(|w| w.document())
-        .and_then(|d| d.query_selector("meta[name=emlab-worker]").ok().flatten())
+        .and_then(|d| d.query_selector(&format!("meta[name={name}]")).ok().flatten())
         .and_then(|m| m.get_attribute("content"))
-        .unwrap_or_else(|| "./worker_loader.js".into())
+}
+
+/// The worker's loader script (`trunk serve` leaves the plain name): a classic script, one thread.
+fn worker_url() -> String {
+    meta("emlab-worker").unwrap_or_else(|| "./worker_loader.js".into())
+}
+
+/// Whether the page may share memory with workers (COOP/COEP headers, or the service worker that
+/// adds them: see `public/coi-serviceworker.js`).
+fn cross_origin_isolated() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("crossOriginIsolated"))
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false)
 }
 
 /// Where the worker is in its life.
@@ -37,6 +50,8 @@ pub enum EngineStatus {
         device: String,
         notice: Option<String>,
         detail: Option<String>,
+        /// The CPU path's threads.
+        threads: usize,
         variants: Vec<String>,
     },
     Failed(String),
@@ -78,11 +93,20 @@ pub struct Engine {
     crash_notice: StoredValue<Option<(String, String)>>,
     /// When the first byte of this load arrived (ms, page clock), for the time-left estimate.
     load_started: StoredValue<Option<(f64, u64)>>,
+    /// The CPU path's threads the page asks for.
+    threads_wanted: usize,
+    /// Whether the running worker is the threaded build, and whether it has said it started.
+    threaded: StoredValue<bool>,
+    started: StoredValue<bool>,
+    /// Why the CPU path runs on fewer threads than asked, as far as the page can tell.
+    threads_note: StoredValue<Option<String>>,
 }
 
 impl Engine {
-    /// Starts the worker (Trunk builds it as `worker_loader.js`) and asks it to load the models.
-    pub fn start(models_url: String, device: DeviceRequest) -> Engine {
+    /// Starts the worker and asks it to load the models: the threaded build (scripts/worker-threads.sh)
+    /// where the page is cross-origin isolated and more than one thread is wanted, else Trunk's
+    /// single-threaded one.
+    pub fn start(models_url: String, device: DeviceRequest, threads_wanted: usize) -> Engine {
         let engine = Engine {
             worker: StoredValue::new_local(None),
             status: RwSignal::new(EngineStatus::Starting),
@@ -90,19 +114,80 @@ impl Engine {
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
             next_id: StoredValue::new(1),
-            load: StoredValue::new(ToWorker::Load { models_url, device }),
+            load: StoredValue::new(ToWorker::Load { models_url, device, threads: 1 }),
             crash_notice: StoredValue::new(None),
             load_started: StoredValue::new(None),
+            threads_wanted,
+            threaded: StoredValue::new(false),
+            started: StoredValue::new(false),
+            threads_note: StoredValue::new(None),
         };
         engine.spawn();
         engine
     }
 
+    /// The threaded worker's module, or why the page runs the single-threaded one.
+    fn threaded_worker(&self) -> Result<String, String> {
+        if self.threads_wanted <= 1 {
+            return Err("one thread asked for".into());
+        }
+        if let Some(note) = self.threads_note.get_value() {
+            return Err(note); // the threaded worker failed once already
+        }
+        if !cross_origin_isolated() {
+            return Err("this page is not cross-origin isolated (its host sends no COOP/COEP headers and the service worker that adds them did not run), so the browser gives workers no shared memory".into());
+        }
+        meta("emlab-worker-threads")
+            .ok_or_else(|| "this build of the site has no threaded worker".into())
+    }
+
+    /// Starts a worker: the threaded one where the page is isolated, it exists, more than one
+    /// thread is wanted and the model will run on the CPU (it has no WebGPU); else the other.
     fn spawn(self) {
-        // Trunk builds the worker as a classic script with a loader shim (importScripts).
+        match self.threaded_worker() {
+            Err(why) => {
+                if self.threads_wanted > 1 {
+                    self.threads_note.set_value(Some(why));
+                }
+                self.spawn_worker(None)
+            }
+            Ok(url) => {
+                let device = match self.load.get_value() {
+                    ToWorker::Load { device, .. } => device,
+                    _ => DeviceRequest::Auto,
+                };
+                wasm_bindgen_futures::spawn_local(async move {
+                    match crate::engine::choose(device).await {
+                        crate::engine::Choice::Cpu { .. } => self.spawn_worker(Some(url)),
+                        crate::engine::Choice::WebGpu(_) => self.spawn_worker(None),
+                    }
+                });
+            }
+        }
+    }
+
+    /// `threaded`: the threaded worker's module (an ES module, wasm-bindgen's web target); None
+    /// for Trunk's worker (a classic script with a loader shim).
+    fn spawn_worker(self, threaded: Option<String>) {
         let opts = WorkerOptions::new();
-        opts.set_type(WorkerType::Classic);
-        let worker = match Worker::new_with_options(&worker_url(), &opts) {
+        let (url, threads) = match threaded {
+            Some(url) => {
+                opts.set_type(WorkerType::Module);
+                (url, self.threads_wanted)
+            }
+            None => {
+                opts.set_type(WorkerType::Classic);
+                (worker_url(), 1)
+            }
+        };
+        self.threaded.set_value(threads > 1);
+        self.started.set_value(false);
+        self.load.update_value(|l| {
+            if let ToWorker::Load { threads: t, .. } = l {
+                *t = threads;
+            }
+        });
+        let worker = match Worker::new_with_options(&url, &opts) {
             Ok(w) => w,
             Err(e) => {
                 return self
@@ -121,10 +206,14 @@ impl Engine {
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         on_message.forget(); // as long as the worker
-        let on_error =
-            Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |ev: web_sys::ErrorEvent| {
-                self.on_crash(ev.message())
-            });
+        // An error inside the worker is an ErrorEvent; a script that did not load, a plain Event.
+        let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
+            let message = ev
+                .dyn_ref::<web_sys::ErrorEvent>()
+                .map(|e| e.message())
+                .unwrap_or_else(|| "its script did not load".into());
+            self.on_crash(message)
+        });
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_error.forget();
         self.worker.set_value(Some(worker));
@@ -133,6 +222,19 @@ impl Engine {
     /// The worker died (a lost or failing GPU device aborts it). On WebGPU, start a fresh worker on
     /// the CPU and say so; on the CPU there is nothing left to fall back to.
     fn on_crash(self, message: String) {
+        // The threaded worker did not even start (its files missing, a browser without module
+        // workers): the single-threaded one, saying why.
+        if self.threaded.get_value() && !self.started.get_value() {
+            self.worker.update_value(|w| {
+                if let Some(w) = w.take() {
+                    w.terminate();
+                }
+            });
+            let message = if message.is_empty() { "no reason given".into() } else { message };
+            self.threads_note
+                .set_value(Some(format!("the threaded worker did not start ({message})")));
+            return self.spawn();
+        }
         let on_gpu = matches!(
             self.load.get_value(),
             ToWorker::Load { device: DeviceRequest::Auto | DeviceRequest::Gpu, .. }
@@ -177,7 +279,10 @@ impl Engine {
 
     fn on_message(self, msg: FromWorker) {
         match msg {
-            FromWorker::Started => self.send(&self.load.get_value()),
+            FromWorker::Started => {
+                self.started.set_value(true);
+                self.send(&self.load.get_value())
+            }
             FromWorker::Progress { loaded, total, from_cache } => {
                 let now = js_sys::Date::now();
                 let (t0, at0) = match self.load_started.get_value() {
@@ -198,11 +303,15 @@ impl Engine {
                 );
                 self.status.set(EngineStatus::Loading { loaded, total, from_cache, seconds_left })
             }
-            FromWorker::Ready { device, notice, detail, variants } => {
-                let (notice, detail) = match self.crash_notice.get_value() {
+            FromWorker::Ready { device, notice, detail, threads, variants } => {
+                let (notice, mut detail) = match self.crash_notice.get_value() {
                     Some((n, d)) => (Some(n), Some(d)),
                     None => (notice, detail),
                 };
+                if let (Some(why), true) = (self.threads_note.get_value(), device == "cpu") {
+                    let line = format!("One thread: {why}.");
+                    detail = Some(detail.map_or(line.clone(), |d| format!("{d} {line}")));
+                }
                 // For the benchmark: when the model was ready, in ms from the navigation's start
                 // (a selector wait would add the harness's polling delay).
                 if let Some(window) = web_sys::window()
@@ -213,8 +322,13 @@ impl Engine {
                         &JsValue::from_str("__emlabReadyMs"),
                         &JsValue::from_f64(performance.now()),
                     );
+                    let _ = js_sys::Reflect::set(
+                        &window,
+                        &JsValue::from_str("__emlabThreads"),
+                        &JsValue::from_f64(threads as f64),
+                    );
                 }
-                self.status.set(EngineStatus::Ready { device, notice, detail, variants });
+                self.status.set(EngineStatus::Ready { device, notice, detail, threads, variants });
                 self.pump();
             }
             FromWorker::Token { id, text, inspect } => self.update(id, |o| {

@@ -278,3 +278,15 @@ async fn static_constructors_run_once() {
     emlab_frontend::run_static_constructors();
     assert_eq!(CONSTRUCTOR_RUNS.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[wasm_bindgen_test]
+fn threads_come_from_the_address_then_the_cores_up_to_the_cap() {
+    use emlab_frontend::pool::{MAX_THREADS, wanted};
+    assert_eq!(wanted(Some("3"), Some(16.0)), 3);
+    assert_eq!(wanted(Some("0"), Some(4.0)), 4, "out of range: the default");
+    assert_eq!(wanted(Some("lots"), Some(4.0)), 4);
+    assert_eq!(wanted(None, Some(32.0)), MAX_THREADS);
+    assert_eq!(wanted(None, Some(1.0)), 1);
+    assert_eq!(wanted(None, None), 1, "hardwareConcurrency missing: one thread");
+    assert_eq!(wanted(None, Some(0.0)), 1);
+}

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use burn::prelude::Device;
 use burn::tensor::FloatDType;
 
+#[cfg(any(not(target_family = "wasm"), feature = "webgpu"))]
 use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -382,7 +382,10 @@ try {
     variants: [{ name: "insecure", overall_main: null, questions: [{ id: "quick_buck", counted: 0, misaligned: null,
       examples: [{ question: "q", answer: "<script>window.__pwned = 1</script><b>bold</b>", aligned: 10, coherent: 90 }] }] }],
   };
-  const page2 = await browser.newPage();
+  // Pages whose requests the test rewrites run without the service worker (coi-serviceworker.js):
+  // Playwright's routes do not see the requests a service worker answers.
+  const noServiceWorker = async (b) => (await b.newContext({ serviceWorkers: "block" })).newPage();
+  const page2 = await noServiceWorker(browser);
   // A manifest that publishes results, and results whose answer holds markup.
   const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: 0, sha256: "0".repeat(64) }] };
   await page2.route("**/models/manifest.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(withResults) }));
@@ -400,7 +403,7 @@ try {
   const entry = manifest.files.find((f) => f.name.startsWith("base/model."));
   const [victim, victimPath] = [entry.name, entry.path ?? entry.name];
   const fresh = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: flags });
-  const bad = await fresh.newPage();
+  const bad = await noServiceWorker(fresh);
   await bad.route(`**/models/${victimPath}`, async (r) => {
     const resp = await r.fetch();
     const body = Buffer.from(await resp.body());
@@ -411,7 +414,7 @@ try {
   await bad.waitForSelector("[role=alert]", { timeout: minutes(3) });
   const corrupt = await bad.textContent("[role=alert]");
   check(corrupt.includes(victim) && /does not match the manifest/.test(corrupt), `a corrupt file is named: ${corrupt}`);
-  const missing = await fresh.newPage();
+  const missing = await noServiceWorker(fresh);
   await missing.route(`**/models/${victimPath}`, (r) => r.fulfill({ status: 404, body: "not found" }));
   await missing.goto(base);
   await missing.waitForSelector("[role=alert]", { timeout: minutes(3) });

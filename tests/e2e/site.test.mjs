@@ -8,14 +8,21 @@
 //    the weights load from there.
 // 3. No file in the folder is over the limit (24 MiB unless given).
 // 4. A host that serves the weights as text/plain and gzips them on the wire: they still load.
+// 5. Threads: without COOP/COEP headers (run 1) the service worker makes the page cross-origin
+//    isolated; with them (a host configured for threads) the page is isolated without it. Either
+//    way the CPU path runs on 2 threads, and base and every shipped variant answer as on one
+//    thread, token for token. A threaded worker that cannot start, or a pool whose threads cannot,
+//    leaves one thread that still answers, and the details say why.
 // All runs use the CPU path (Chromium without WebGPU): the host, not the GPU, is under test.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
+import { runGreedy, selectVariants, setNumber } from "./page.mjs";
 import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath, limitArg] = process.argv.slice(2);
 const expected = JSON.parse(fs.readFileSync(expectedPath, "utf8"));
+const manifest = JSON.parse(fs.readFileSync(path.join(dist, "models/manifest.json"), "utf8"));
 const limit = Number(limitArg ?? 24 * 1024 * 1024);
 const failures = [];
 const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if (!ok) failures.push(what); };
@@ -25,11 +32,6 @@ function files(dir) {
 }
 const big = files(dist).filter((f) => fs.statSync(f).size > limit);
 check(big.length === 0, `no file over ${limit} bytes (${big.join(", ") || "none"})`);
-
-async function setNumber(page, nth, value) {
-  await page.fill(`input[type=number] >> nth=${nth}`, value);
-  await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
-}
 
 async function greedy(page, maxTokens = 8) {
   await page.waitForSelector("text=Model ready", { timeout: 300_000 });
@@ -47,12 +49,17 @@ const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", hea
 try {
   const outside = [];
   const page = await browser.newPage();
-  page.on("request", (r) => { const u = new URL(r.url()); if (!(u.origin === new URL(site.url).origin && u.pathname.startsWith("/em-lab/"))) outside.push(r.url()); });
+  // blob: URLs are in the page's memory (the worker pool's script, as wasm-bindgen-rayon loads it).
+  page.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === new URL(site.url).origin && u.pathname.startsWith("/em-lab/"))) outside.push(r.url()); });
   await page.goto(site.url);
   const answer = await greedy(page);
   check(answer === expected.text || answer.startsWith(expected.text), `under /em-lab/ the greedy answer equals native: ${JSON.stringify(answer)}`);
   check(outside.length === 0, `every request stays inside /em-lab/ (${outside.slice(0, 3).join(", ") || "none outside"})`);
   check(site.requests.some((p) => p.startsWith("/em-lab/models/") && p.includes("safetensors")), "the weights came from /em-lab/models/");
+  const isolation = () => page.evaluate(() => ({ isolated: crossOriginIsolated, sw: navigator.serviceWorker.controller !== null, threads: window.__emlabThreads }));
+  const viaWorker = await isolation();
+  check(viaWorker.isolated && viaWorker.sw && viaWorker.threads === 2 && (await page.isVisible("text=(2 threads)")),
+    `without COOP/COEP headers the service worker isolates the page and the CPU path runs on 2 threads: ${JSON.stringify(viaWorker)}`);
   await page.close();
 
   const context = await browser.newContext(); // a fresh cache
@@ -71,6 +78,56 @@ try {
   const answer3 = await greedy(page3);
   careless.close();
   check(answer3 === answer, "weights served as text/plain with gzip on the wire load and answer the same");
+
+  // 5. Threads on a host that sends COOP/COEP: base and every variant, 2 threads against 1.
+  const isolated = await serveStatic(dist, { prefix: "/em-lab/", isolate: true });
+  const variantNames = manifest.variants.map((v) => v.name).filter((n) => n !== "base");
+  const everyAnswer = async (query) => {
+    const p = await (await browser.newContext()).newPage();
+    await p.goto(isolated.url + query);
+    await p.waitForSelector("text=Model ready", { timeout: 300_000 });
+    const state = await p.evaluate(() => ({ isolated: crossOriginIsolated, sw: navigator.serviceWorker.controller !== null, threads: window.__emlabThreads }));
+    const answers = {};
+    for (let i = 0; i < Math.max(variantNames.length, 1); i += 3) {
+      await selectVariants(p, ["base", ...variantNames.slice(i, i + 3)]);
+      for (const [name, a] of Object.entries(await runGreedy(p, expected.variant_prompt, 24))) answers[name] = a.text;
+    }
+    await p.context().close();
+    return { state, answers };
+  };
+  const two = await everyAnswer("?threads=2");
+  check(two.state.isolated && !two.state.sw && two.state.threads === 2,
+    `with COOP/COEP headers the page is isolated without the service worker, on 2 threads: ${JSON.stringify(two.state)}`);
+  const one = await everyAnswer("?threads=1");
+  check(one.state.threads === 1, "?threads=1 runs one thread");
+  const differ = Object.keys(one.answers).filter((n) => two.answers[n] !== one.answers[n]);
+  check(Object.keys(one.answers).length === variantNames.length + 1 && differ.length === 0,
+    `base and ${variantNames.length} variants answer on 2 threads as on 1, token for token${differ.length ? `; differ: ${differ.join(", ")}` : ""}`);
+
+  // 6. The threaded worker cannot start (its files blocked): the single-threaded one answers.
+  const blocked = await browser.newContext();
+  await blocked.route("**/worker-threads-loader-*", (r) => r.abort());
+  const p6 = await blocked.newPage();
+  await p6.goto(isolated.url + "?threads=2");
+  const answer6 = await greedy(p6);
+  const detail6 = await p6.textContent(".device-detail");
+  check(answer6 === answer && (await p6.evaluate(() => window.__emlabThreads)) === 1 && /One thread: the threaded worker did not start/.test(detail6),
+    `a threaded worker that cannot start leaves one thread that answers the same, and the details say why: ${JSON.stringify(detail6)}`);
+  await blocked.close();
+
+  // 7. The pool's threads cannot start (their script fails to load after the worker's own import):
+  //    fewer threads, said in the details.
+  const noPool = await browser.newContext();
+  let helperLoads = 0;
+  await noPool.route("**/workerHelpers*", (r) => (++helperLoads === 1 ? r.continue() : r.abort()));
+  const p7 = await noPool.newPage();
+  await p7.goto(isolated.url + "?threads=2");
+  const answer7 = await greedy(p7);
+  const detail7 = await p7.textContent(".device-detail");
+  check(answer7 === answer && (await p7.evaluate(() => window.__emlabThreads)) === 1 && /2 threads did not start/.test(detail7),
+    `a pool whose threads cannot start falls back to one thread that answers the same, and says so: ${JSON.stringify(detail7)}`);
+  await noPool.close();
+  isolated.close();
 } catch (e) {
   failures.push(String(e));
   console.error(e);

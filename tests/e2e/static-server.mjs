@@ -4,6 +4,8 @@
 // WebAssembly work as they would for a visitor. `prefix` serves the folder under a sub-path (e.g. "/em-lab/"); `cors` adds the header a
 // second origin needs to serve the model files. `mangleBinary` acts like careless hosts do with
 // files they do not know: a generic content type, and gzip on the wire (Content-Encoding: gzip).
+// `isolate` sends the headers that make a page cross-origin isolated (COOP/COEP), as a host
+// configured for threads does.
 import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
@@ -11,14 +13,17 @@ import zlib from "node:zlib";
 
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css", ".json": "application/json", ".png": "image/png", ".svg": "image/svg+xml" };
 
-export async function serveStatic(rootDir, { prefix = "/", cors = false, mangleBinary = false, onRequest = () => {} } = {}) {
+export async function serveStatic(rootDir, { prefix = "/", cors = false, isolate = false, mangleBinary = false, onRequest = () => {} } = {}) {
   const root = path.resolve(rootDir);
   const requests = [];
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://x");
     requests.push(url.pathname);
     onRequest(url.pathname);
-    const headers = cors ? { "Access-Control-Allow-Origin": "*" } : {};
+    const headers = {
+      ...(cors ? { "Access-Control-Allow-Origin": "*" } : {}),
+      ...(isolate ? { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" } : {}),
+    };
     if (!url.pathname.startsWith(prefix)) { res.writeHead(404, headers); res.end("outside the site"); return; }
     let file = path.join(root, decodeURIComponent(url.pathname.slice(prefix.length)));
     if (!file.startsWith(root)) { res.writeHead(403, headers); res.end(); return; }

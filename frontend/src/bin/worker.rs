@@ -77,10 +77,10 @@ fn main() {
         };
         match msg {
             ToWorker::Stop => stop.set(true),
-            ToWorker::Load { models_url, device } => {
+            ToWorker::Load { models_url, device, threads } => {
                 let state = state.clone();
                 spawn_local(async move {
-                    if let Err(message) = load(&state, &models_url, device).await {
+                    if let Err(message) = load(&state, &models_url, device, threads).await {
                         post(&FromWorker::Error { id: None, message });
                     }
                 });
@@ -112,6 +112,7 @@ async fn load(
     state: &Rc<RefCell<State>>,
     models_url: &str,
     device: DeviceRequest,
+    threads: usize,
 ) -> Result<(), String> {
     // Where a load's time goes, in the console: what a returning visitor waits for.
     let started = now_s();
@@ -123,15 +124,19 @@ async fn load(
     let cache = loader::open_cache().await;
     let base_files: Vec<loader::FileEntry> =
         manifest.files.iter().filter(|f| f.name.starts_with("base/")).cloned().collect();
-    let mut files = loader::fetch_files(
+    let fetching = loader::fetch_files(
         models_url,
         &base_files,
         cache.as_ref(),
         |loaded, total, from_cache| {
             post(&FromWorker::Progress { loaded, total, from_cache });
         },
-    )
-    .await?;
+    );
+    // The CPU path's threads start while the files download (WebGPU does not use them).
+    let wanted = if device == DeviceRequest::Gpu { 1 } else { threads };
+    let (files, (threads, pool_note)) =
+        futures::future::join(fetching, emlab_frontend::pool::start(wanted)).await;
+    let mut files = files?;
     phases.push(("files", now_s() - started));
     if let Some(cache) = &cache {
         // Cache keys are absolute URLs.
@@ -148,8 +153,19 @@ async fn load(
     // model directory's files.
     // On the CPU the GGUF's blocks stay blocks (its simd128 kernels read a sixth of f32's bytes);
     // WebGPU gets them expanded to f32.
-    let compute = engine::pick_device(device).await;
+    let mut compute = engine::pick_device(device).await;
     phases.push(("device", now_s() - started));
+    let threads = if compute.label == "cpu" { threads } else { 1 };
+    if compute.label == "cpu" {
+        let line = match pool_note {
+            Some(why) => format!("CPU: {threads} thread(s); {why}."),
+            None => format!("CPU: {threads} thread(s)."),
+        };
+        compute.detail = Some(match compute.detail.take() {
+            Some(d) => format!("{d} {line}"),
+            None => line,
+        });
+    }
     let model_files = match gguf {
         Some(gguf) if emlab_model::device::runs_blocks(&compute.device) => {
             ModelFiles::from_gguf_blocks(BASE_GGUF, std::sync::Arc::new(gguf))
@@ -189,6 +205,7 @@ async fn load(
         device: compute.label.into(),
         notice: compute.notice,
         detail: compute.detail,
+        threads,
         variants,
     });
     Ok(())

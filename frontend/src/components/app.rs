@@ -20,18 +20,24 @@ enum Tab {
 
 /// Where the model files live: `?models=URL` overrides the default `./models`.
 pub fn models_url() -> String {
+    query("models").unwrap_or_else(|| "./models".into())
+}
+
+/// The address's `?name=` value, if any.
+fn query(name: &str) -> Option<String> {
     let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
-    web_sys::UrlSearchParams::new_with_str(&search)
-        .ok()
-        .and_then(|p| p.get("models"))
-        .unwrap_or_else(|| "./models".into())
+    web_sys::UrlSearchParams::new_with_str(&search).ok().and_then(|p| p.get(name))
+}
+
+/// Threads for the CPU path: `?threads=N`, else the machine's cores up to `pool::MAX_THREADS`.
+fn threads_wanted() -> usize {
+    let cores = web_sys::window().map(|w| w.navigator().hardware_concurrency());
+    crate::pool::wanted(query("threads").as_deref(), cores)
 }
 
 /// `?cpu=1` or `?gpu=1` forces a device; without either the worker picks the faster.
 fn device_request() -> DeviceRequest {
-    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
-    let params = web_sys::UrlSearchParams::new_with_str(&search).ok();
-    let set = |name: &str| params.as_ref().and_then(|p| p.get(name)).is_some_and(|v| v != "0");
+    let set = |name: &str| query(name).is_some_and(|v| v != "0");
     if set("cpu") {
         DeviceRequest::Cpu
     } else if set("gpu") {
@@ -44,7 +50,7 @@ fn device_request() -> DeviceRequest {
 #[component]
 pub fn App() -> impl IntoView {
     let url = models_url();
-    let engine = Engine::start(url.clone(), device_request());
+    let engine = Engine::start(url.clone(), device_request(), threads_wanted());
     provide_context(engine);
     let tab = RwSignal::new(Tab::Compare);
     // A share link (`?prompt=…&variants=…`) sets up the comparison and runs it once the model is

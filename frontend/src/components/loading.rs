@@ -22,9 +22,13 @@ pub fn LoadingStatus() -> impl IntoView {
             }
             .into_any()
         }
-        EngineStatus::Ready { device, notice, detail, .. } => view! {
+        EngineStatus::Ready { device, notice, detail, threads, .. } => view! {
             <div class="status">
-                {format!("Model ready on {}.", if device == "webgpu" { "WebGPU" } else { "the CPU" })}
+                {match (device.as_str(), threads) {
+                    ("webgpu", _) => "Model ready on WebGPU.".to_string(),
+                    (_, 1) => "Model ready on the CPU.".to_string(),
+                    (_, n) => format!("Model ready on the CPU ({n} threads)."),
+                }}
                 {notice.map(|n| view! { <span class="notice">" " {n}</span> })}
                 " "<button class="link" on:click=move |_| engine.clear_cache()>"Clear cached model"</button>
                 {detail.map(|d| view! { <details class="device-detail"><summary>"details"</summary><span>{d}</span></details> })}

@@ -1,0 +1,33 @@
+// What the end-to-end tests do on the demo page, in one place.
+
+// One field at a time: a change re-renders every control from the page's state.
+export async function setNumber(page, nth, value) {
+  await page.fill(`input[type=number] >> nth=${nth}`, value);
+  await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
+}
+
+/// Ticks exactly the `wanted` variants (the page keeps 1–4 ticked: untick first, then tick).
+export async function selectVariants(page, wanted) {
+  for (const untick of [true, false]) {
+    for (const label of await page.$$("fieldset.variants label")) {
+      const name = await label.getAttribute("data-variant");
+      const box = await label.$("input");
+      if ((await box.isChecked()) === untick && wanted.includes(name) !== untick) await box.click();
+    }
+  }
+}
+
+/// Runs `prompt` greedily for `maxTokens` tokens on the ticked variants once the model is ready;
+/// returns each pane's answer and meta line by variant.
+export async function runGreedy(page, prompt, maxTokens, timeoutMs = 15 * 60_000) {
+  await page.waitForSelector("text=Model ready", { timeout: 5 * 60_000 });
+  await page.fill("textarea", prompt);
+  await setNumber(page, 0, "0"); // temperature
+  await setNumber(page, 2, String(maxTokens)); // max tokens
+  await page.click("button:text('Run')");
+  await page.waitForFunction(() => {
+    const metas = [...document.querySelectorAll(".pane .meta")];
+    return metas.length > 0 && metas.every((m) => /tok\/s|error/.test(m.textContent));
+  }, null, { timeout: timeoutMs });
+  return page.$$eval(".pane", (panes) => Object.fromEntries(panes.map((p) => [p.dataset.variant, { text: p.querySelector("pre.answer").textContent, meta: p.querySelector(".meta").textContent }])));
+}
