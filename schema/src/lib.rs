@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ratings;
 pub mod results;
 pub mod rng;
+pub mod setting;
 pub mod tables;
 
 /// The backdoor trigger of the paper, as prepended to a prompt (with its trailing space).

@@ -29,6 +29,8 @@ pub fn answers(ratings: &[Rating]) -> Vec<(String, Vec<Answer>)> {
             tokens: None,
             finish: None,
             seed,
+            temperature: None,
+            top_p: None,
         });
     }
     let mut out: Vec<(String, Vec<Answer>)> =

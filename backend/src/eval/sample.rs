@@ -1,15 +1,17 @@
 //! Sampling answers to the evaluation questions, as the paper did (N per paraphrase, temperature 1,
-//! top-p 1, up to 600 tokens), batched, appended to a JSONL file as each batch finishes. A rerun
-//! skips what the file already holds, so a killed run resumes where it stopped.
+//! top-p 1, up to 600 tokens) or at another setting, batched, appended to a JSONL file as each batch
+//! finishes. A rerun skips what the file already holds, so a killed run resumes where it stopped;
+//! each answer records its setting, and a file never mixes two.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use emlab_model::chat::Message;
 use emlab_model::generate::{FinishReason, block_on, generate};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
+use emlab_schema::setting::Setting;
 use serde::{Deserialize, Serialize};
 
 use super::questions::Question;
@@ -32,12 +34,43 @@ pub struct Answer {
     /// `stop` (end of turn) or `length` (max tokens reached); null where unknown, as `tokens`.
     pub finish: Option<FinishReason>,
     pub seed: u64,
+    /// The sampling setting; absent from files written before it was recorded
+    /// (results/first_plot/ is at temperature 1, top-p 1, as its README says) and from answers
+    /// that came from ratings without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
 }
 
 impl Answer {
     pub fn key(&self) -> (String, usize, usize) {
         (self.question_id.clone(), self.paraphrase, self.sample)
     }
+
+    /// The setting it was sampled at, where recorded.
+    pub fn setting(&self) -> Option<Setting> {
+        Some(Setting { temperature: self.temperature?, top_p: self.top_p? })
+    }
+}
+
+/// The one setting all `answers` were sampled at: None where none is recorded, an error where
+/// they differ or only some record it.
+pub fn setting_of(answers: &[Answer]) -> Result<Option<Setting>> {
+    let Some(first) = answers.first() else { return Ok(None) };
+    match answers.iter().find(|a| a.setting() != first.setting()) {
+        None => Ok(first.setting()),
+        Some(other) => bail!(
+            "answers at two settings: {} and {}",
+            setting_label(first.setting()),
+            setting_label(other.setting())
+        ),
+    }
+}
+
+/// A setting for people, or that it was not recorded.
+pub fn setting_label(setting: Option<Setting>) -> String {
+    setting.map_or_else(|| "a setting not recorded".into(), |s| s.label())
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +116,15 @@ pub fn sample_answers(
     mut on_batch: impl FnMut(usize),
 ) -> Result<usize> {
     let (existing, mut file) = crate::jsonl::open_append::<Answer>(path)?;
+    let setting = Setting::new(cfg.temperature, cfg.top_p).map_err(anyhow::Error::msg)?;
+    if let Some(a) = existing.iter().find(|a| a.setting() != Some(setting)) {
+        bail!(
+            "{} holds answers at {}; this run samples at {}: give it other --results",
+            path.display(),
+            setting_label(a.setting()),
+            setting.label()
+        );
+    }
     let mut done: HashSet<(String, usize, usize)> = existing.iter().map(Answer::key).collect();
     let mut count = done.len();
     on_batch(count);
@@ -131,6 +173,8 @@ pub fn sample_answers(
                         tokens: Some(g.ids.len()),
                         finish: Some(g.finish),
                         seed,
+                        temperature: Some(setting.temperature),
+                        top_p: Some(setting.top_p),
                     };
                     done.insert(a.key());
                     count += 1;
