@@ -7,6 +7,7 @@
 pub mod headlines;
 pub mod manifest;
 pub mod metrics;
+pub mod paper;
 pub mod ratings;
 pub mod results;
 pub mod rng;
