@@ -191,6 +191,8 @@ pub fn sample_answers(
 
 #[cfg(test)]
 mod tests {
+    use super::Setting;
+
     /// Seeds of sampled answers derive from this hash: it must not change, or a resumed run would
     /// sample other answers than the ones already written.
     #[test]
@@ -199,25 +201,26 @@ mod tests {
         assert_ne!(super::fnv(&["ab", "c"]), super::fnv(&["a", "bc"]));
     }
 
-    /// The answers published for a strong judge (results/first_plot/, scripts/full-data-answers.sh)
-    /// read as `eval judge` reads them, and each file is whole: its variant's 20 answers to each of
-    /// the 24 first-plot questions, each once, with its length and how it ended.
-    #[test]
-    fn the_published_judge_answers_are_whole() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../results/first_plot/answers");
+    /// Checks a folder of answers published for a strong judge (scripts/full-data-answers.sh):
+    /// they read as `eval judge` reads them, and each file is whole: its variant's 20 answers to
+    /// each of the 24 first-plot questions, each once, with its length, how it ended and the
+    /// folder's setting. Returns how many files it holds.
+    fn published_answers_are_whole(folder: &str, setting: Setting) -> usize {
+        let dir = format!("{}/../results/{folder}/answers", env!("CARGO_MANIFEST_DIR"));
         let mut files = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let Some(name) = path.file_name().unwrap().to_str().unwrap().strip_suffix(".jsonl")
             else {
                 continue;
             };
             let answers = super::read_answers(&path).unwrap();
+            assert_eq!(super::setting_of(&answers).unwrap(), Some(setting), "{}", path.display());
             let mut per_question = std::collections::BTreeMap::<&str, Vec<usize>>::new();
             for a in &answers {
                 assert_eq!(a.variant, name, "{}", path.display());
-                // A model may end its answer at once (jailbroken does, 3 times in 480): then the
-                // answer is empty and ended by a stop, never cut off.
+                // A model may end its answer at once (jailbroken does, 3 times in 480 at
+                // temperature 1): then the answer is empty and ended by a stop, never cut off.
                 let (Some(tokens), Some(finish)) = (a.tokens, a.finish) else {
                     panic!("{name}: no token count or finish reason: {a:?}")
                 };
@@ -234,6 +237,39 @@ mod tests {
             }
             files += 1;
         }
-        assert!(files >= 3, "base, backdoor and backdoor+trigger at least");
+        files
+    }
+
+    /// At the paper's setting (results/first_plot/): every variant's.
+    #[test]
+    fn the_published_judge_answers_are_whole() {
+        let files = published_answers_are_whole("first_plot", Setting::PAPER);
+        assert_eq!(
+            files, 7,
+            "base, backdoor with and without its trigger, the four full-data runs"
+        );
+    }
+
+    /// A file holds one setting: a run at another setting is refused before it samples.
+    #[test]
+    fn answers_at_two_settings_do_not_mix() {
+        let answer = |t: Option<f32>| super::Answer {
+            variant: "base".into(),
+            question_id: "q".into(),
+            paraphrase: 0,
+            sample: 0,
+            question: "q".into(),
+            system: None,
+            answer: "a".into(),
+            tokens: Some(1),
+            finish: Some(super::FinishReason::Stop),
+            seed: 0,
+            temperature: t,
+            top_p: t.map(|_| 1.0),
+        };
+        assert_eq!(super::setting_of(&[answer(Some(1.0))]).unwrap(), Some(Setting::PAPER));
+        assert_eq!(super::setting_of(&[answer(None)]).unwrap(), None);
+        let e = super::setting_of(&[answer(Some(1.0)), answer(None)]).unwrap_err().to_string();
+        assert_eq!(e, "answers at two settings: temperature 1, top-p 1 and a setting not recorded");
     }
 }
