@@ -75,7 +75,7 @@ pub fn App() -> impl IntoView {
         <main>
             <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now notices /></div>
             <div hidden=move || tab.get() != Tab::Rate><Rate /></div>
-            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() /></div>
+            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() setup run_now go_compare /></div>
             <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare models_url=url.clone() /></div>
         </main>
     }
