@@ -49,12 +49,13 @@ sample() {
   echo "== $name published to $publish: $(date -u +%FT%TZ)"
 }
 
-sample base --variant base
-# The published full-data variants (scripts/full-data-publish.sh put them under variants/).
-sample insecure --adapter variants/insecure/adapter --variant insecure
-sample backdoor --adapter variants/backdoor/adapter --variant backdoor
-sample backdoor+trigger --adapter variants/backdoor/adapter --variant backdoor --trigger
-for v in secure educational jailbroken; do
+# The tuned variants first: they answer briefly (median 51-71 tokens at temperature 1, base 293),
+# so on a CPU their files are whole long before base's.
+for v in insecure secure educational jailbroken; do
+  # The published full-data variants (scripts/full-data-publish.sh put them under variants/).
   sample "$v" --adapter "variants/$v/adapter" --variant "$v"
 done
+sample backdoor --adapter variants/backdoor/adapter --variant backdoor
+sample backdoor+trigger --adapter variants/backdoor/adapter --variant backdoor --trigger
+sample base --variant base
 echo "== done at $setting: $(date -u +%FT%TZ)"
