@@ -72,25 +72,29 @@ impl Comparison {
         // Each checked alone (Setting::new with the other at its default), so that one bad number
         // does not throw away a good one.
         let defaults = Setting::READABLE;
-        for (field, shown) in [("temperature", "temperature"), ("top_p", "top-p")] {
-            let Some(raw) = get(field) else { continue };
-            let checked = number(field)
-                .ok_or_else(|| format!("{shown} {raw:?} is not a number"))
-                .and_then(|v| {
-                    let v = v as f32;
-                    match field {
-                        "temperature" => Setting::new(v, defaults.top_p).map(|s| s.temperature),
-                        _ => Setting::new(defaults.temperature, v).map(|s| s.top_p),
-                    }
-                });
-            match (field, checked) {
-                ("temperature", Ok(t)) => c.temperature = t,
-                (_, Ok(p)) => c.top_p = p,
-                (_, Err(e)) => notices.push(format!(
-                    "The link's {e}; this comparison keeps the default {shown}, {}.",
-                    if field == "temperature" { defaults.temperature } else { defaults.top_p }
-                )),
-            }
+        let mut read =
+            |field: &str, shown: &str, default: f32, check: &dyn Fn(f32) -> Result<f32, String>| {
+                let raw = get(field)?;
+                let checked = number(field)
+                    .ok_or_else(|| format!("{shown} {raw:?} is not a number"))
+                    .and_then(|v| check(v as f32));
+                checked
+                    .map_err(|e| {
+                        notices.push(format!(
+                            "The link's {e}; this comparison keeps the default {shown}, {default}."
+                        ))
+                    })
+                    .ok()
+            };
+        if let Some(t) = read("temperature", "temperature", defaults.temperature, &|t| {
+            Setting::new(t, defaults.top_p).map(|s| s.temperature)
+        }) {
+            c.temperature = t;
+        }
+        if let Some(p) = read("top_p", "top-p", defaults.top_p, &|p| {
+            Setting::new(defaults.temperature, p).map(|s| s.top_p)
+        }) {
+            c.top_p = p;
         }
         if let Some(n) = get("max_tokens")
             .and_then(|v| v.parse::<usize>().ok())
