@@ -205,14 +205,26 @@ fn bad_sampling_flags() {
     assert_fails_with(&out, &["top_p"]);
 }
 
+/// `eval report --human-ratings` on the fixture ratings files NAMES, into a new folder's
+/// `people/`: the folder, that path, and what the command printed.
+fn report_fixture_ratings(names: &[&str]) -> (TempDir, std::path::PathBuf, String) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
+    let files: Vec<String> = names.iter().map(|n| format!("{fixtures}/{n}.json")).collect();
+    let dir = TempDir::new("people");
+    let out = dir.path().join("people");
+    let mut args = vec!["eval", "report", "--human-ratings"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--out", path_str(&out)]);
+    let ok = emlab(&args);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    (dir, out, String::from_utf8_lossy(&ok.stdout).into_owned())
+}
+
 #[test]
 fn human_ratings_report_and_a_bad_ratings_file() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
     let (ann, ben) = (format!("{fixtures}/ann.json"), format!("{fixtures}/ben.json"));
-    let dir = TempDir::new("people");
-    let out = dir.path().join("people");
-    let ok = emlab(&["eval", "report", "--human-ratings", &ann, &ben, "--out", path_str(&out)]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (dir, out, _) = report_fixture_ratings(&["ann", "ben"]);
     // Both files are emlab-ratings/1: sampled at the paper's setting, reported under its name.
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "one setting, one report");
     let out = out.join("paper");
@@ -302,13 +314,7 @@ fn human_ratings_report_and_a_bad_ratings_file() {
 #[test]
 fn human_ratings_at_two_settings_are_reported_apart() {
     use emlab_schema::setting::Setting;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
-    let (ann, cleo) = (format!("{fixtures}/ann.json"), format!("{fixtures}/cleo.json"));
-    let dir = TempDir::new("people-settings");
-    let out = dir.path().join("people");
-    let ok = emlab(&["eval", "report", "--human-ratings", &ann, &cleo, "--out", path_str(&out)]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let stdout = String::from_utf8_lossy(&ok.stdout);
+    let (_dir, out, stdout) = report_fixture_ratings(&["ann", "cleo"]);
     let (readable, paper) = (
         stdout.find("At temperature 0.3, top-p 0.9:").expect("the readable setting's report"),
         stdout.find("At temperature 1, top-p 1:").expect("the paper's setting's report"),
