@@ -38,6 +38,8 @@ pub enum EvalCommand {
         samples: Option<usize>,
         #[arg(long, default_value_t = 600)]
         max_tokens: usize,
+        /// The paper's 1 by default; the page's readable setting is 0.3 with --top-p 0.9. Every
+        /// answer records its setting, and a file holds answers at one setting only.
         #[arg(long, default_value_t = 1.0)]
         temperature: f32,
         #[arg(long, default_value_t = 1.0)]
