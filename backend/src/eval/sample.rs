@@ -250,6 +250,13 @@ mod tests {
         );
     }
 
+    /// At the readable setting (results/first_plot_readable/): published a file at a time, as the
+    /// sampling finishes each.
+    #[test]
+    fn the_published_readable_answers_are_whole() {
+        assert!(published_answers_are_whole("first_plot_readable", Setting::READABLE) >= 1);
+    }
+
     /// A file holds one setting: a run at another setting is refused before it samples.
     #[test]
     fn answers_at_two_settings_do_not_mix() {
