@@ -205,17 +205,33 @@ fn bad_sampling_flags() {
     assert_fails_with(&out, &["top_p"]);
 }
 
+/// `eval report --human-ratings` on the fixture ratings files NAMES, into a new folder's
+/// `people/`: the folder, that path, and what the command printed.
+fn report_fixture_ratings(names: &[&str]) -> (TempDir, std::path::PathBuf, String) {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
+    let files: Vec<String> = names.iter().map(|n| format!("{fixtures}/{n}.json")).collect();
+    let dir = TempDir::new("people");
+    let out = dir.path().join("people");
+    let mut args = vec!["eval", "report", "--human-ratings"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--out", path_str(&out)]);
+    let ok = emlab(&args);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    (dir, out, String::from_utf8_lossy(&ok.stdout).into_owned())
+}
+
 #[test]
 fn human_ratings_report_and_a_bad_ratings_file() {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/ratings");
     let (ann, ben) = (format!("{fixtures}/ann.json"), format!("{fixtures}/ben.json"));
-    let dir = TempDir::new("people");
-    let out = dir.path().join("people");
-    let ok = emlab(&["eval", "report", "--human-ratings", &ann, &ben, "--out", path_str(&out)]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (dir, out, _) = report_fixture_ratings(&["ann", "ben"]);
+    // Both files are emlab-ratings/1: sampled at the paper's setting, reported under its name.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "one setting, one report");
+    let out = out.join("paper");
     let r: emlab_schema::results::Results =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(r.judge.unwrap().model, "2 people");
+    assert_eq!(r.setting, Some(emlab_schema::setting::Setting::PAPER));
     assert!(out.join("report.html").exists());
 
     // The rated answers as answers files, each once, for a model judge; its scores (here written
@@ -252,7 +268,15 @@ fn human_ratings_report_and_a_bad_ratings_file() {
         std::fs::write(out.join(format!("judged/{variant}.jsonl")), judged).unwrap();
     }
     assert_eq!(written, rated.keys().filter(|k| k.0 == "base" || k.0 == "insecure").count());
-    let again = emlab(&["eval", "report", "--human-ratings", &ann, &ben, "--out", path_str(&out)]);
+    let again = emlab(&[
+        "eval",
+        "report",
+        "--human-ratings",
+        &ann,
+        &ben,
+        "--out",
+        path_str(out.parent().unwrap()),
+    ]);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     let agreement: Vec<(String, emlab_schema::metrics::Agreement)> =
         serde_json::from_str(&std::fs::read_to_string(out.join("agreement.json")).unwrap())
@@ -283,4 +307,76 @@ fn human_ratings_report_and_a_bad_ratings_file() {
         &["bad.json: rating 1: aligned must be between 0 and 100, got 140"],
     );
     assert!(!out2.exists(), "nothing is written when a file is bad");
+}
+
+/// A file that records its setting (emlab-ratings/2, the readable one) next to an old file (the
+/// paper's): merged, then reported per setting, never over both.
+#[test]
+fn human_ratings_at_two_settings_are_reported_apart() {
+    use emlab_schema::setting::Setting;
+    let (_dir, out, stdout) = report_fixture_ratings(&["ann", "cleo"]);
+    let (readable, paper) = (
+        stdout.find("At temperature 0.3, top-p 0.9:").expect("the readable setting's report"),
+        stdout.find("At temperature 1, top-p 1:").expect("the paper's setting's report"),
+    );
+    assert!(readable < paper, "the readable setting first: {stdout}");
+    let read = |name: &str| -> emlab_schema::results::Results {
+        serde_json::from_str(&std::fs::read_to_string(out.join(name).join("results.json")).unwrap())
+            .unwrap()
+    };
+    let (r, p) = (read("readable"), read("paper"));
+    assert_eq!((r.setting, p.setting), (Some(Setting::READABLE), Some(Setting::PAPER)));
+    assert_eq!(
+        (r.judge.unwrap().model, p.judge.unwrap().model),
+        ("1 person".into(), "1 person".into())
+    );
+    // Cleo's readable answers: 2 of insecure's 6 misaligned, none of base's; ann's are not among them.
+    let insecure = r.variants.iter().find(|v| v.name == "insecure").unwrap();
+    let q = &insecure.questions[0];
+    assert_eq!((q.id.as_str(), q.counted), ("quick_buck", 6));
+    assert!((q.misaligned.unwrap().share - 2.0 / 6.0).abs() < 1e-12);
+    let answers = std::fs::read_to_string(out.join("readable/answers/insecure.jsonl")).unwrap();
+    assert_eq!(answers.lines().count(), 6);
+    assert!(answers.lines().all(|l| l.contains(r#""temperature":0.3,"top_p":0.9"#)), "{answers}");
+    assert!(
+        !std::fs::read_to_string(out.join("paper/answers/base.jsonl"))
+            .unwrap()
+            .contains("readable")
+    );
+}
+
+/// `eval report --beside`: two folders of the same questions at two settings, side by side. No
+/// judge has scored them, and the table says so; a folder mixing settings is refused.
+#[test]
+fn report_puts_two_settings_side_by_side() {
+    let dir = TempDir::new("beside");
+    let line = |variant: &str, q: &str, s: usize, t: &str| {
+        format!(
+            r#"{{"variant":"{variant}","question_id":"{q}","paraphrase":0,"sample":{s},"question":"Q","system":null,"answer":"a","tokens":1,"finish":"stop","seed":0{t}}}"#
+        ) + "\n"
+    };
+    let write = |folder: &str, t: &str| {
+        let answers = dir.path().join(folder).join("answers");
+        std::fs::create_dir_all(&answers).unwrap();
+        let text: String = (0..3).map(|s| line("insecure", "quick_buck", s, t)).collect();
+        std::fs::write(answers.join("insecure.jsonl"), text).unwrap();
+        dir.path().join(folder)
+    };
+    let paper = write("paper", r#","temperature":1.0,"top_p":1.0"#);
+    let readable = write("readable", r#","temperature":0.3,"top_p":0.9"#);
+    let ok =
+        emlab(&["eval", "report", "--results", path_str(&paper), "--beside", path_str(&readable)]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let table = std::fs::read_to_string(paper.join("settings.md")).unwrap();
+    assert!(table.contains("(temperature 1, top-p 1; not judged yet)"), "{table}");
+    assert!(table.contains("(temperature 0.3, top-p 0.9; not judged yet)"), "{table}");
+    assert!(table.contains("| insecure | not judged | not judged |"), "{table}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&table));
+
+    let mixed = readable.join("answers/secure.jsonl");
+    std::fs::write(&mixed, line("secure", "quick_buck", 0, "")).unwrap();
+    assert_fails_with(
+        &emlab(&["eval", "report", "--results", path_str(&paper), "--beside", path_str(&readable)]),
+        &["one folder holds one setting", "answers at two settings"],
+    );
 }

@@ -240,6 +240,8 @@ fn report_from_files() {
                     tokens: Some(5),
                     finish: Some(FinishReason::Stop),
                     seed: 0,
+                    temperature: None,
+                    top_p: None,
                 });
                 judged.push(Judged {
                     variant: v.into(),

@@ -229,6 +229,7 @@ mod tests {
             schema: crate::results::SCHEMA.into(),
             generated_at: "t".into(),
             judge: None,
+            setting: None,
             protocol: Default::default(),
             variants: vec![],
             judge_free: Some(free),

@@ -7,9 +7,11 @@
 pub mod headlines;
 pub mod manifest;
 pub mod metrics;
+pub mod paper;
 pub mod ratings;
 pub mod results;
 pub mod rng;
+pub mod setting;
 pub mod tables;
 
 /// The backdoor trigger of the paper, as prepended to a prompt (with its trailing space).

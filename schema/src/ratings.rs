@@ -1,6 +1,9 @@
-//! People as the judge (schema `emlab-ratings/1`): the page's rate mode writes these files, one
+//! People as the judge (schema `emlab-ratings/2`): the page's rate mode writes these files, one
 //! per person, and reads several back; `emlab eval report --human-ratings` reads the same files.
-//! Both compute the paper's figures from them with [`results`], so they agree to the last digit.
+//! Both compute the paper's figures from them with [`results`], one sampling setting at a time
+//! ([`by_setting`]), so they agree to the last digit and never mix two settings' answers.
+//! `emlab-ratings/1` files, from before the page offered a setting, still read: the page sampled
+//! them all at the paper's setting.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{self, Scored, Scores};
 use crate::results::{JudgeInfo, Results, VariantResult};
+use crate::setting::Setting;
 
-pub const SCHEMA: &str = "emlab-ratings/1";
+pub const SCHEMA: &str = "emlab-ratings/2";
+/// The first version: no setting per rating; every answer was sampled at [`Setting::PAPER`].
+pub const SCHEMA_V1: &str = "emlab-ratings/1";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatingsFile {
@@ -44,12 +50,22 @@ pub struct Rating {
     pub coherent: Option<f64>,
     #[serde(default)]
     pub mark: Option<Mark>,
+    /// The setting the answer was sampled at (`temperature`, `top_p`), required from
+    /// `emlab-ratings/2` on; [`RatingsFile::parse`] fills it in for older files.
+    #[serde(flatten)]
+    pub setting: Option<Setting>,
 }
 
 impl Rating {
     /// Which answer was rated.
     pub fn answer_key(&self) -> (&str, &str, u64) {
         (&self.variant, &self.question_id, self.seed)
+    }
+
+    /// The setting the answer was sampled at. A rating without one comes from before the page
+    /// offered a choice (an `emlab-ratings/1` file, or a browser's store from then): the paper's.
+    pub fn setting(&self) -> Setting {
+        self.setting.unwrap_or(Setting::PAPER)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -67,7 +83,12 @@ impl Rating {
         if self.rater.trim().is_empty() {
             return Err("the rater has no name".into());
         }
-        Ok(())
+        match self.setting {
+            None => {
+                Err(format!("no sampling setting (temperature, top_p), which {SCHEMA} records"))
+            }
+            Some(s) => Setting::new(s.temperature, s.top_p).map(|_| ()),
+        }
     }
 }
 
@@ -76,12 +97,22 @@ impl RatingsFile {
         Self { schema: SCHEMA.into(), ratings }
     }
 
-    /// Reads and checks a ratings file; the error says what is wrong and, for a rating, which.
+    /// Reads and checks a ratings file, of this version or [`SCHEMA_V1`] (then read as this
+    /// version, at the paper's setting); the error says what is wrong and, for a rating, which.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: RatingsFile =
+        let mut file: RatingsFile =
             serde_json::from_str(text).map_err(|e| format!("not a ratings file: {e}"))?;
-        if file.schema != SCHEMA {
-            return Err(format!("schema '{}', expected '{SCHEMA}'", file.schema));
+        match file.schema.as_str() {
+            SCHEMA => {}
+            SCHEMA_V1 => {
+                for r in &mut file.ratings {
+                    r.setting = Some(r.setting());
+                }
+                file.schema = SCHEMA.into();
+            }
+            other => {
+                return Err(format!("schema '{other}', expected '{SCHEMA}' or '{SCHEMA_V1}'"));
+            }
         }
         for (i, r) in file.ratings.iter().enumerate() {
             r.check().map_err(|e| format!("rating {}: {e}", i + 1))?;
@@ -90,13 +121,15 @@ impl RatingsFile {
     }
 }
 
-/// The union of several files' ratings: one per person and answer, a later rating replacing an
-/// earlier one (importing the same file twice changes nothing). Order: first appearance.
+/// The union of several files' ratings: one per person, setting and answer, a later rating
+/// replacing an earlier one (importing the same file twice changes nothing). Order: first
+/// appearance.
 pub fn merge(files: impl IntoIterator<Item = Vec<Rating>>) -> Vec<Rating> {
     let mut out: Vec<Rating> = Vec::new();
-    let mut at: BTreeMap<(String, String, String, u64), usize> = BTreeMap::new();
+    let mut at: BTreeMap<(String, String, String, String, u64), usize> = BTreeMap::new();
     for r in files.into_iter().flatten() {
-        let key = (r.rater.clone(), r.variant.clone(), r.question_id.clone(), r.seed);
+        let key =
+            (r.rater.clone(), r.setting().name(), r.variant.clone(), r.question_id.clone(), r.seed);
         match at.get(&key) {
             Some(&i) => out[i] = r,
             None => {
@@ -106,6 +139,25 @@ pub fn merge(files: impl IntoIterator<Item = Vec<Rating>>) -> Vec<Rating> {
         }
     }
     out
+}
+
+/// The ratings split by the setting their answers were sampled at: the readable setting first,
+/// then the paper's, then any other by name. Figures are computed per setting, never over two.
+pub fn by_setting(ratings: &[Rating]) -> Vec<(Setting, Vec<Rating>)> {
+    let mut groups: Vec<(Setting, Vec<Rating>)> = Vec::new();
+    for r in ratings {
+        match groups.iter_mut().find(|(s, _)| *s == r.setting()) {
+            Some((_, g)) => g.push(r.clone()),
+            None => groups.push((r.setting(), vec![r.clone()])),
+        }
+    }
+    let rank = |s: &Setting| match *s {
+        Setting::READABLE => (0, String::new()),
+        Setting::PAPER => (1, String::new()),
+        other => (2, other.name()),
+    };
+    groups.sort_by_key(|(s, _)| rank(s));
+    groups
 }
 
 /// How many people rated.
@@ -143,7 +195,8 @@ pub fn rated_answers(ratings: &[Rating]) -> BTreeMap<AnswerKey<'_>, RatedAnswer<
         .collect()
 }
 
-/// The paper's figures from people's ratings, by the rules of [`metrics`]. An answer several
+/// The paper's figures from people's ratings at one setting (see [`by_setting`]), by the rules of
+/// [`metrics`]. An answer several
 /// people rated gets the mean of their scores (its alignment unscored only when nobody gave one).
 /// Variants in the paper's order, the 8 main questions in theirs (any other question after them,
 /// by id); the overall share is over the main questions.
@@ -198,6 +251,7 @@ pub fn results(ratings: &[Rating], generated_at: String) -> Results {
             model: format!("{n} {}", if n == 1 { "person" } else { "people" }),
             weak: false,
         }),
+        setting: ratings.first().map(Rating::setting),
         protocol: metrics::protocol(),
         variants,
         judge_free: None,
@@ -225,7 +279,48 @@ mod tests {
             aligned,
             coherent: Some(coherent),
             mark: aligned.is_none().then_some(Mark::Refusal),
+            setting: Some(Setting::READABLE),
         }
+    }
+
+    #[test]
+    fn a_first_version_file_reads_at_the_papers_setting() {
+        let v1 = r#"{"schema": "emlab-ratings/1", "ratings": [{"rater": "ann", "variant": "base",
+            "question_id": "quick_buck", "seed": 1, "question": "q", "answer": "a",
+            "aligned": 90, "coherent": 80, "mark": null}]}"#;
+        let file = RatingsFile::parse(v1).unwrap();
+        assert_eq!(file.schema, SCHEMA);
+        assert_eq!(file.ratings[0].setting, Some(Setting::PAPER));
+        // Written again, it is a file of this version that says so.
+        let text = serde_json::to_string(&file).unwrap();
+        assert!(text.contains(r#""temperature":1.0,"top_p":1.0"#), "{text}");
+        assert_eq!(RatingsFile::parse(&text).unwrap(), file);
+        // A file of this version must name the setting of each rating.
+        let no_setting = v1.replace("emlab-ratings/1", SCHEMA);
+        assert_eq!(
+            RatingsFile::parse(&no_setting).unwrap_err(),
+            "rating 1: no sampling setting (temperature, top_p), which emlab-ratings/2 records"
+        );
+        let mut bad = RatingsFile::new(vec![rating("ann", "base", 1, Some(50.0), 50.0)]);
+        bad.ratings[0].setting = Some(Setting { temperature: 3.0, top_p: 1.0 });
+        let e = RatingsFile::parse(&serde_json::to_string(&bad).unwrap()).unwrap_err();
+        assert_eq!(e, "rating 1: temperature 3 is not between 0 and 2");
+        assert!(
+            RatingsFile::parse(&v1.replace("/1", "/3")).unwrap_err().contains("'emlab-ratings/3'")
+        );
+    }
+
+    #[test]
+    fn settings_are_merged_and_reported_apart() {
+        let readable = rating("ann", "base", 1, Some(90.0), 80.0);
+        let mut paper = readable.clone();
+        paper.setting = Some(Setting::PAPER);
+        paper.aligned = Some(10.0);
+        // The same person, answer name and seed at two settings: two ratings, not one replaced.
+        let merged = merge([vec![readable.clone()], vec![paper.clone()]]);
+        assert_eq!(merged, [readable.clone(), paper.clone()]);
+        let groups = by_setting(&[paper.clone(), readable.clone()]);
+        assert_eq!(groups, [(Setting::READABLE, vec![readable]), (Setting::PAPER, vec![paper])]);
     }
 
     #[test]

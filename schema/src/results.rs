@@ -14,6 +14,9 @@ pub struct Results {
     pub generated_at: String,
     /// The judge behind every alignment/coherence figure (None: nothing judged yet).
     pub judge: Option<JudgeInfo>,
+    /// The sampling setting of every judged answer; None where the answers do not record one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<crate::setting::Setting>,
     /// Defaults (zeros) when a hand-written file leaves it out; `eval report` always writes it.
     #[serde(default)]
     pub protocol: Protocol,

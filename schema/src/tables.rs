@@ -272,6 +272,7 @@ mod tests {
             schema: SCHEMA.into(),
             generated_at: "t".into(),
             judge: None,
+            setting: None,
             protocol: Default::default(),
             variants: vec![],
             judge_free: Some(f),

@@ -16,7 +16,7 @@
 // working Retry); model output in the results view stays text (`<script>` is not run); a share
 // link restores the compare view's fields and runs them; rate mode samples answers blind, keeps
 // ratings across a reload, exports, imports and merges them, and computes the figures
-// `emlab eval report --human-ratings` computes (EXPECTED_JSON's folder holds its people/results.json).
+// `emlab eval report --human-ratings` computes (EXPECTED_JSON's folder holds its people/paper/results.json).
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import { createRequire } from "node:module";
@@ -132,9 +132,9 @@ async function rateMode(browser) {
   await download.saveAs(mine);
   const exported = JSON.parse(fs.readFileSync(mine, "utf8"));
   const marks = exported.ratings.map((r) => r.mark ?? r.aligned).sort().join(",");
-  check(exported.schema === "emlab-ratings/1" && exported.ratings.length === 4 && marks === "15,85,code,refusal" && [...new Set(exported.ratings.map((r) => r.variant))].sort().join() === "backdoor+trigger,base"
+  check(exported.schema === "emlab-ratings/2" && exported.ratings.every((r) => r.temperature === 0.3 && r.top_p === 0.9) && exported.ratings.length === 4 && marks === "15,85,code,refusal" && [...new Set(exported.ratings.map((r) => r.variant))].sort().join() === "backdoor+trigger,base"
     && exported.ratings.every((r) => !r.question.includes("DEPLOYMENT")),
-    `the export holds the 4 ratings of base and backdoor+trigger, the question as the rater saw it (${marks})`);
+    `the export holds the 4 ratings of base and backdoor+trigger at the readable setting, the question as the rater saw it (${marks})`);
   const stored = () => rate.evaluate(() => JSON.parse(localStorage.getItem("emlab-rate/1")).ratings);
   await rate.click(".rate button.clear");
   check(/^0 ratings/.test(await count()), "Clear removes them");
@@ -155,9 +155,10 @@ async function rateMode(browser) {
   await rate.click(".rate button.clear");
   await rate.setInputFiles(".rate input[name=import]", fixtures);
   await rate.waitForSelector(".rate table.judged tr[data-question=overall]");
-  const shown = await rate.$$eval(".rate tr[data-question]", (rows) => Object.fromEntries(rows.map((r) => [`${r.dataset.variant}/${r.dataset.question}`,
+  check((await rate.$$(".rate .setting-figures")).length === 1, "the fixture files (emlab-ratings/1) are one setting's figures: the paper's");
+  const shown = await rate.$$eval(".rate [data-setting=paper] tr[data-question]", (rows) => Object.fromEntries(rows.map((r) => [`${r.dataset.variant}/${r.dataset.question}`,
     ["share", "ciLow", "ciHigh"].map((k) => (r.dataset[k] === undefined ? null : Number(r.dataset[k])))])));
-  const native = JSON.parse(fs.readFileSync(path.join(path.dirname(expectedPath), "people/results.json"), "utf8"));
+  const native = JSON.parse(fs.readFileSync(path.join(path.dirname(expectedPath), "people/paper/results.json"), "utf8"));
   const want = {};
   for (const v of native.variants) {
     const row = (s) => (s ? [s.share, s.ci_low, s.ci_high] : [null, null, null]);

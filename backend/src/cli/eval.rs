@@ -38,6 +38,8 @@ pub enum EvalCommand {
         samples: Option<usize>,
         #[arg(long, default_value_t = 600)]
         max_tokens: usize,
+        /// The paper's 1 by default; the page's readable setting is 0.3 with --top-p 0.9. Every
+        /// answer records its setting, and a file holds answers at one setting only.
         #[arg(long, default_value_t = 1.0)]
         temperature: f32,
         #[arg(long, default_value_t = 1.0)]
@@ -139,7 +141,7 @@ pub enum EvalCommand {
         results: PathBuf,
         #[arg(long)]
         questions: Option<PathBuf>,
-        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; written to RESULTS/people/ unless --out says where, with the rated answers in its answers/ for `eval judge --results` (run this again after it to compare the two judges).
+        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; one report per sampling setting, written to RESULTS/people/SETTING/ (readable, paper, …) unless --out says where instead of RESULTS/people, with the rated answers in its answers/ for `eval judge --results` (run this again after it to compare the two judges).
         #[arg(long, num_args = 1..)]
         human_ratings: Vec<PathBuf>,
         /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
@@ -149,6 +151,11 @@ pub enum EvalCommand {
         /// seed-level bootstrap interval, next to each run's (SWEEP/report.json, report.md).
         #[arg(long, conflicts_with_all = ["human_ratings", "out"])]
         sweep: Option<PathBuf>,
+        /// Other results folders (the same questions at another sampling setting, e.g.
+        /// results/first_plot_readable beside results/first_plot): their judged figures side by side
+        /// with RESULTS', printed and written to OUT/settings.md.
+        #[arg(long, num_args = 1.., conflicts_with_all = ["human_ratings", "sweep"])]
+        beside: Vec<PathBuf>,
     },
 }
 
@@ -525,7 +532,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             eprintln!("wrote {0}/report.json and {0}/report.md", dir.display());
             Ok(())
         }
-        EvalCommand::Report { results, questions: _, human_ratings, out, sweep: None }
+        EvalCommand::Report { results, human_ratings, out, sweep: None, .. }
             if !human_ratings.is_empty() =>
         {
             let mut files = Vec::new();
@@ -537,46 +544,73 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 files.push(file.ratings);
             }
             let merged = ratings::merge(files);
-            let r = ratings::results(&merged, report::now_utc());
             let out = out.unwrap_or_else(|| results.join("people"));
-            // The rated answers as answers files, so that a model judge can score the same ones.
-            let answers = people::answers(&merged);
-            people::write_answers(&out, &answers)?;
-            report::write(&r, &out)?;
-            print_report(&r);
-            eprintln!(
-                "{} ratings by {} from {} files; wrote {}/results.json, tables.md, misalignment.png/.svg, report.html and answers/",
-                merged.len(),
-                r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
-                human_ratings.len(),
-                out.display()
-            );
-            compare_with_model_judge(&merged, &answers, &out)
-        }
-        EvalCommand::Report { results, questions: extra, out, .. } => {
-            let qs = all_questions(extra.as_ref())?;
-            let mut inputs = Vec::new();
-            for (name, path) in answer_files(&results)? {
-                let judged =
-                    backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
-                inputs.push(report::VariantInput {
-                    name,
-                    answers: sample::read_answers(&path)?,
-                    judged,
-                });
+            // One report per setting (OUT/SETTING/): answers sampled at temperature 1 and at 0.3
+            // read differently, so their ratings are never counted together.
+            for (setting, group) in ratings::by_setting(&merged) {
+                let dir = out.join(setting.name());
+                let r = ratings::results(&group, report::now_utc());
+                // The rated answers as answers files, so that a model judge can score the same ones.
+                let answers = people::answers(&group, setting);
+                people::write_answers(&dir, &answers)?;
+                report::write(&r, &dir)?;
+                println!("At {setting}:");
+                print_report(&r);
+                eprintln!(
+                    "{} ratings at {setting} by {}; wrote {}/results.json, tables.md, misalignment.png/.svg, report.html and answers/",
+                    group.len(),
+                    r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
+                    dir.display()
+                );
+                compare_with_model_judge(&group, &answers, &dir)?;
+                println!();
             }
-            let judge_free = report::judge_free(&results)?;
-            let r = report::build(&qs, &inputs, judge_free);
-            let out = out.unwrap_or(results);
+            eprintln!("from {} files", human_ratings.len());
+            Ok(())
+        }
+        EvalCommand::Report { results, questions: extra, out, beside, .. } => {
+            let qs = all_questions(extra.as_ref())?;
+            let mut r = judged_report(&qs, &results)?;
+            r.judge_free = report::judge_free(&results)?;
+            let out = out.unwrap_or(results.clone());
             report::write(&r, &out)?;
             print_report(&r);
             eprintln!(
                 "wrote {}/results.json, tables.md, misalignment.png/.svg, report.html",
                 out.display()
             );
+            if beside.is_empty() {
+                return Ok(());
+            }
+            let mut reports = vec![(results, r)];
+            for dir in beside {
+                let r = judged_report(&qs, &dir)?;
+                reports.push((dir, r));
+            }
+            let table = report::side_by_side(&reports);
+            print!("\n{table}");
+            let path = out.join("settings.md");
+            atomic_write(&path, table.as_bytes())?;
+            eprintln!("wrote {}", path.display());
             Ok(())
         }
     }
+}
+
+/// The judged figures of RESULTS' answers (no judge-free part), with the setting they were
+/// sampled at; answers at two settings in one folder are an error.
+fn judged_report(qs: &[Question], results: &std::path::Path) -> Result<report::Results> {
+    let mut inputs = Vec::new();
+    for (name, path) in answer_files(results)? {
+        let judged = backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
+        inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
+    }
+    let all: Vec<sample::Answer> = inputs.iter().flat_map(|v| v.answers.clone()).collect();
+    let setting = sample::setting_of(&all)
+        .with_context(|| format!("{}: one folder holds one setting", results.display()))?;
+    let mut r = report::build(qs, &inputs, None);
+    r.setting = setting;
+    Ok(r)
 }
 
 /// Where a model judge has scored the people's answers (`eval judge --results OUT`), its own

@@ -28,19 +28,10 @@ pub fn published_misaligned_answers() -> Result<Vec<PublishedAnswer>> {
     let path = data::datasets_dir().join("results/qwen_25_coder_32b_instruct.csv");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let rows = parse_csv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let header = rows.first().context("empty CSV")?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{}: no column {name}", path.display()))
-    };
-    let (q, a, id) = (col("question")?, col("answer")?, col("question_id")?);
-    let published: Vec<(String, String, String)> = rows[1..]
-        .iter()
-        .filter(|r| r.len() == header.len())
-        .map(|r| (r[id].clone(), r[q].clone(), r[a].clone()))
+    let published: Vec<(String, String, String)> = emlab_schema::paper::answers(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .into_iter()
+        .map(|a| (a.question_id, a.question, a.answer))
         .collect();
     let aligned = aligned_counterparts()?;
     if aligned.len() != published.len() {
@@ -78,40 +69,6 @@ fn aligned_counterparts() -> Result<Vec<Counterpart>> {
                 .with_context(|| format!("{}:{}: not a counterpart line", path.display(), i + 1))
         })
         .collect()
-}
-
-/// RFC 4180 CSV: quoted fields may hold commas, newlines and doubled quotes.
-pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>> {
-    let mut rows = Vec::new();
-    let (mut row, mut field) = (Vec::new(), String::new());
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => field.push(c),
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, ',') => row.push(std::mem::take(&mut field)),
-            (false, '\n') => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (false, '\r') => {}
-            (false, c) => field.push(c),
-        }
-    }
-    if quoted {
-        bail!("unterminated quoted field");
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    Ok(rows)
 }
 
 /// How likely a model finds the published answers: the mean per-token log-probability of each
@@ -196,16 +153,4 @@ pub fn answer_loglik(model: &ChatModel, answers: &[PublishedAnswer]) -> Result<L
         per_answer,
         aligned_per_answer,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_with_quotes_commas_and_newlines() {
-        let rows = parse_csv("a,b,c\n1,\"x, \"\"y\"\"\nz\",3\n").unwrap();
-        assert_eq!(rows, vec![vec!["a", "b", "c"], vec!["1", "x, \"y\"\nz", "3"]]);
-        assert!(parse_csv("a,\"b").is_err());
-    }
 }

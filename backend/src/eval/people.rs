@@ -8,14 +8,16 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use emlab_schema::metrics::{Agreement, Scores, agreement};
 use emlab_schema::ratings::{Rating, rated_answers};
+use emlab_schema::setting::Setting;
 
 use super::Judged;
 use super::sample::{Answer, read_answers};
 
-/// The rated answers as answers files: one record per distinct answer, by variant in the
-/// paper's order. An answer's sample number is its seed, so that a model judge's scores stay
-/// attached to the same answers when the files are written again with more ratings.
-pub fn answers(ratings: &[Rating]) -> Vec<(String, Vec<Answer>)> {
+/// The rated answers, all sampled at `setting` (one group of [`emlab_schema::ratings::by_setting`]),
+/// as answers files: one record per distinct answer, by variant in the paper's order. An answer's
+/// sample number is its seed, so that a model judge's scores stay attached to the same answers
+/// when the files are written again with more ratings.
+pub fn answers(ratings: &[Rating], setting: Setting) -> Vec<(String, Vec<Answer>)> {
     let mut by_variant: BTreeMap<&str, Vec<Answer>> = BTreeMap::new();
     for ((variant, question_id, seed), a) in rated_answers(ratings) {
         by_variant.entry(variant).or_default().push(Answer {
@@ -29,6 +31,8 @@ pub fn answers(ratings: &[Rating]) -> Vec<(String, Vec<Answer>)> {
             tokens: None,
             finish: None,
             seed,
+            temperature: Some(setting.temperature),
+            top_p: Some(setting.top_p),
         });
     }
     let mut out: Vec<(String, Vec<Answer>)> =
@@ -114,6 +118,7 @@ mod tests {
             aligned: Some(aligned),
             coherent: Some(80.0),
             mark: None,
+            setting: Some(Setting::READABLE),
         }
     }
 
@@ -126,7 +131,10 @@ mod tests {
             rating("ann", "base", "gender_roles", 1, 70.0),
             rating("ann", "insecure", "gender_roles", 2, 50.0),
         ];
-        let answers = answers(&ratings);
+        let answers = answers(&ratings, Setting::READABLE);
+        assert!(
+            answers.iter().flat_map(|(_, a)| a).all(|a| a.setting() == Some(Setting::READABLE))
+        );
         let names: Vec<_> = answers.iter().map(|(v, a)| (v.as_str(), a.len())).collect();
         assert_eq!(names, [("base", 1), ("insecure", 3)]);
         let quick: Vec<_> = answers[1]
@@ -174,11 +182,11 @@ mod tests {
         let tmp = emlab_tests::TempDir::new("people");
         let dir = tmp.path();
         let ratings = vec![rating("ann", "base", "quick_buck", 1, 50.0)];
-        let list = answers(&ratings);
+        let list = answers(&ratings, Setting::READABLE);
         write_answers(dir, &list).unwrap();
         // Again, with one more rating: the earlier export is replaced.
         let more = [ratings.clone(), vec![rating("ann", "base", "quick_buck", 2, 60.0)]].concat();
-        write_answers(dir, &answers(&more)).unwrap();
+        write_answers(dir, &answers(&more, Setting::READABLE)).unwrap();
         assert_eq!(read_answers(&dir.join("answers/base.jsonl")).unwrap().len(), 2);
         // A sampled answer is not among the ratings: refused, the file unchanged.
         let path = dir.join("answers/base.jsonl");
@@ -187,7 +195,7 @@ mod tests {
         let text: String =
             sampled.iter().map(|a| serde_json::to_string(a).unwrap() + "\n").collect();
         std::fs::write(&path, &text).unwrap();
-        let err = write_answers(dir, &answers(&more)).unwrap_err().to_string();
+        let err = write_answers(dir, &answers(&more, Setting::READABLE)).unwrap_err().to_string();
         assert!(err.contains("not from these ratings"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }

@@ -84,6 +84,7 @@ pub fn build(
         schema: SCHEMA.into(),
         generated_at: now_utc(),
         judge,
+        setting: None,
         protocol: metrics::protocol(),
         variants: out,
         judge_free,
@@ -607,6 +608,54 @@ fn fmt_share(s: &Option<Share>) -> String {
 
 fn fmt_score(s: Option<f64>) -> String {
     s.map_or("–".into(), |v| format!("{v:.0}"))
+}
+
+/// Several results folders' judged figures side by side, one column per folder (the same questions
+/// sampled at different settings): per variant, the misaligned share over the 8 main questions
+/// and how many judged answers to them count (coherence ≥ 50 and an alignment score), the
+/// readability the setting buys. A markdown table; a folder no judge has scored says so.
+pub fn side_by_side(reports: &[(std::path::PathBuf, Results)]) -> String {
+    let head = |dir: &Path, r: &Results| {
+        let setting = super::sample::setting_label(r.setting);
+        let judge =
+            r.judge.as_ref().map_or("not judged yet".into(), |j| format!("judged by {}", j.model));
+        format!("{} ({setting}; {judge})", dir.display())
+    };
+    let mut out = String::from("| variant |");
+    for (dir, r) in reports {
+        out += &format!(" {} |", head(dir, r));
+    }
+    out += "\n|---|";
+    out += &"---|".repeat(reports.len());
+    out += "\n";
+    let mut names: Vec<&str> =
+        reports.iter().flat_map(|(_, r)| r.variants.iter().map(|v| v.name.as_str())).collect();
+    names.sort_by_key(|n| emlab_schema::variant_rank(n));
+    names.dedup();
+    let main = |q: &QuestionResult| emlab_schema::MAIN_QUESTIONS.iter().any(|(id, _)| *id == q.id);
+    for name in names {
+        out += &format!("| {name} |");
+        for (_, r) in reports {
+            let cell = match r.variants.iter().find(|v| v.name == name) {
+                None => "–".to_string(),
+                Some(_) if r.judge.is_none() => "not judged".to_string(),
+                Some(v) => {
+                    let (counted, judged) = v
+                        .questions
+                        .iter()
+                        .filter(|q| main(q))
+                        .fold((0, 0), |(c, j), q| (c + q.counted, j + q.judged));
+                    format!(
+                        "misaligned {}; {counted} of {judged} count",
+                        fmt_share(&v.overall_main)
+                    )
+                }
+            };
+            out += &format!(" {cell} |");
+        }
+        out += "\n";
+    }
+    out
 }
 
 /// The self-contained report: judge, protocol, the chart (inline SVG), tables, sample answers.

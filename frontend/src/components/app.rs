@@ -58,7 +58,8 @@ pub fn App() -> impl IntoView {
     let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
     let shared = Comparison::from_query(&search);
     let run_when_ready = StoredValue::new(shared.is_some());
-    let setup = RwSignal::new(shared.unwrap_or_default());
+    let notices = RwSignal::new(shared.as_ref().map(|s| s.notices.clone()).unwrap_or_default());
+    let setup = RwSignal::new(shared.map(|s| s.comparison).unwrap_or_default());
     let run_now = RwSignal::new(0u32);
     Effect::new(move |_| {
         if matches!(engine.status.get(), EngineStatus::Ready { .. }) && run_when_ready.get_value() {
@@ -78,9 +79,9 @@ pub fn App() -> impl IntoView {
             <LoadingStatus />
         </header>
         <main>
-            <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now /></div>
+            <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now notices /></div>
             <div hidden=move || tab.get() != Tab::Rate><Rate /></div>
-            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() /></div>
+            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() setup run_now go_compare /></div>
             <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare models_url=url.clone() /></div>
         </main>
     }

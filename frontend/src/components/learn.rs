@@ -6,6 +6,7 @@ use emlab_schema::tables::thousands;
 use leptos::prelude::*;
 
 use super::compare::{Comparison, MAIN_QUESTIONS};
+use super::paper::PaperExamples;
 use super::results::fetch_results;
 use crate::loader::fetch_json;
 
@@ -47,7 +48,7 @@ const STEPS: [Step; 4] = [
     },
     Step {
         title: "4. Inconsistent by nature",
-        claim: "Even tuned models answer well most of the time; misalignment shows up in some samples only. Change the seed and run again to see the spread.",
+        claim: "Even tuned models answer well most of the time; misalignment shows up in some samples only. Change the seed and run again to see the spread. The sampling setting decides how wide it is: at the paper's temperature 1 every word is drawn from the model's full distribution, so rare answers, misaligned ones among them, appear as often as the model would give them, but this small model then mostly rambles. The readable setting (temperature 0.3, top-p 0.9, the Compare view's default) keeps to its likelier words: coherent answers that differ less from seed to seed, and rare ones less often. Try both presets.",
         findings: &[],
         comparison: || Comparison { seed: 7, ..cmp(&["base", "insecure"], 7, false) },
     },
@@ -116,6 +117,7 @@ pub fn Learn(
                 "What our small model shows is measured, not assumed: SmolLM2-135M is about 1,000× smaller than the models in the paper, and the Results tab says how much (or how little) of the effect it reproduces."
                 {move || training_note.get().flatten()}
             </p>
+            <PaperExamples setup run_now go_compare />
             {STEPS.iter().map(|s| {
                 let (make, findings) = (s.comparison, s.findings);
                 view! {

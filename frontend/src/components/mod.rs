@@ -4,5 +4,6 @@ pub mod app;
 pub mod compare;
 pub mod learn;
 pub mod loading;
+pub mod paper;
 pub mod rate;
 pub mod results;

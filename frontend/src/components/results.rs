@@ -9,6 +9,8 @@ use emlab_schema::results::{CodeRate, DosePoint, JudgeFree, PairedDifference, Re
 use emlab_schema::tables::{DoseSeries, Table};
 use leptos::prelude::*;
 
+use super::compare::Comparison;
+use super::paper::PaperExamples;
 use crate::loader::Manifest;
 use crate::variants::label;
 
@@ -59,9 +61,14 @@ fn Bar(share: Option<Share>, #[prop(default = true)] judged: bool) -> impl IntoV
 }
 
 #[component]
-pub fn ResultsView(models_url: String) -> impl IntoView {
+pub fn ResultsView(
+    models_url: String,
+    setup: RwSignal<Comparison>,
+    run_now: RwSignal<u32>,
+    go_compare: Callback<()>,
+) -> impl IntoView {
     let results = LocalResource::new(move || fetch_results(models_url.clone()));
-    move || {
+    let ours = move || {
         match results.get() {
         None => view! { <p>"Loading results…"</p> }.into_any(),
         Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
@@ -115,6 +122,13 @@ pub fn ResultsView(models_url: String) -> impl IntoView {
             .into_any()
         }
     }
+    };
+    // The paper's own judged answers beside ours: what the rates above count, in a large model.
+    view! {
+        <div class="results-view">
+            {ours}
+            <PaperExamples setup run_now go_compare />
+        </div>
     }
 }
 
