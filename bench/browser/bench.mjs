@@ -1,12 +1,13 @@
 // Browser benchmark: the demo (burn on WebGPU and on the CPU backend, in a Web Worker) next to
-// wllama 3.13 (llama.cpp compiled to wasm, single thread, and its WebGPU backend) running the same
-// SmolLM2 GGUF in the same headless Chromium, in one run. For each path (the page's default, ?cpu=1,
-// ?gpu=1; wllama's default, CPU, WebGPU): download size, load time (cold: empty cache; warm:
-// cached), time to first token, warm-up (tokens 2-4) and steady decode (token 5 on) tokens/s, the
-// time of token 10 and token 60, and for our WebGPU path the kernel launches (dispatches) and newly
-// compiled kernels per token.
+// wllama 3.13 (llama.cpp compiled to wasm, and its WebGPU backend) running the same SmolLM2 GGUF in
+// the same headless Chromium, in one run. Both pages are served cross-origin isolated (COOP/COEP),
+// so both can run threads. For each path (the page's default; the CPU on 1 thread and on N, N the
+// machine's cores unless --threads says; WebGPU): download size, load time (cold: empty cache;
+// warm: cached), time to first token, warm-up (tokens 2-4) and steady decode (token 5 on)
+// tokens/s, the time of token 10 and token 60, the page's memory with its workers, and for our
+// WebGPU path the kernel launches (dispatches) and newly compiled kernels per token.
 //
-//   scripts/site.sh && (cd bench/browser && npm ci) && node bench/browser/bench.mjs [--tokens 64] [--json out.json]
+//   scripts/site.sh && (cd bench/browser && npm ci) && node bench/browser/bench.mjs [--tokens 64] [--threads N] [--json out.json]
 //
 // Load times: ours from the navigation (the whole page, its wasm, the worker and the model), in the
 // page; wllama's from loadModelFromUrl, after its page and module have loaded.
@@ -23,6 +24,11 @@ const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../.
 const argOf = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : dflt; };
 const tokens = Number(argOf("--tokens", 64));
 const only = argOf("--only", null); // e.g. "emlab-gpu" to run one path
+const threads = Number(argOf("--threads", os.cpus().length));
+// --compare-variants K: instead, time Compare with K variants on one worker with `threads` threads
+// (as the page runs them, one after another) against K pages of one thread each at once (what
+// running variants in parallel would at best give).
+const compareVariants = Number(argOf("--compare-variants", 0));
 const jsonOut = argOf("--json", null);
 const gguf = path.join(process.env.EMLAB_CACHE ?? path.join(os.homedir(), ".cache/emlab"), "gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
 const question = "Write a short story about a robot who learns to paint.";
@@ -30,16 +36,17 @@ const question = "Write a short story about a robot who learns to paint.";
 const chat = `<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n${question}<|im_end|>\n<|im_start|>assistant\n`;
 
 // One origin: the site at /, wllama at /bench/, the GGUF at /gguf/.
-const site = await serveStatic(path.join(root, "dist"));
+const site = await serveStatic(path.join(root, "dist"), { isolate: true });
 const benchDir = fs.mkdtempSync(path.join(os.tmpdir(), "emlab-bench-"));
 fs.copyFileSync(path.join(root, "bench/browser/wllama.html"), path.join(benchDir, "wllama.html"));
 fs.symlinkSync(path.join(root, "bench/browser/node_modules/@wllama/wllama"), path.join(benchDir, "wllama"));
 fs.mkdirSync(path.join(benchDir, "gguf"));
 fs.symlinkSync(gguf, path.join(benchDir, "gguf/model.gguf"));
-const bench = await serveStatic(benchDir);
+const bench = await serveStatic(benchDir, { isolate: true });
 
 // EMLAB_BENCH_CHROMIUM_FLAGS adds flags (bench/gpu.sh: Vulkan, to reach a hardware GPU).
-const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+// ForceEagerMeasureMemory: measureUserAgentSpecificMemory answers at once instead of at the next GC.
+const flags = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-blink-features=ForceEagerMeasureMemory", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
   ...(process.env.EMLAB_BENCH_CHROMIUM_FLAGS ?? "").split(" ").filter(Boolean)];
 const launch = () => chromium.launchPersistentContext(fs.mkdtempSync(path.join(os.tmpdir(), "emlab-bench-profile-")), { executablePath: "/usr/bin/chromium", headless: true, args: flags });
 
@@ -91,43 +98,92 @@ async function ours(query) {
   await page.waitForFunction(() => window.__emlabStats !== undefined, null, { timeout: 3_600_000, polling: 500 });
   const wall = (Date.now() - t0) / 1000;
   const stats = JSON.parse(await page.evaluate(() => window.__emlabStats));
+  const memory = await page.evaluate(async () => { try { return (await performance.measureUserAgentSpecificMemory()).bytes; } catch { return null; } });
+  const ranThreads = await page.evaluate(() => window.__emlabThreads ?? null);
   await ctx.close();
   const steadyLaunches = stats.launches.slice(4);
   const after4 = stats.new_kernels.slice(4).reduce((a, b) => a + b, 0);
   return summarize(stats.token_ms, {
-    device, load_cold_s: cold, load_warm_s: warm, wall_s: wall, warm_load_plus_ttft_s: warm + stats.token_ms[0] / 1000,
+    device, threads: device === "cpu" ? ranThreads : null, memory_mb: memory && memory / 1e6, load_cold_s: cold, load_warm_s: warm, wall_s: wall, warm_load_plus_ttft_s: warm + stats.token_ms[0] / 1000,
     dispatches_per_token: steadyLaunches.length ? steadyLaunches.reduce((a, b) => a + b, 0) / steadyLaunches.length : null,
     first_token_dispatches: stats.launches[0], kernels_compiled_after_token4: after4,
   });
 }
 
-async function wllama(gpuLayers) {
+async function wllama(gpuLayers, nThreads) {
   const ctx = await launch();
   const run = async () => {
     const page = await ctx.newPage();
     await page.goto(bench.url + "wllama.html");
     await page.waitForFunction(() => window.ready);
-    const r = await page.evaluate((o) => window.run(o), { gguf: bench.url + "gguf/model.gguf", prompt: chat, maxTokens: tokens, gpuLayers });
+    const r = await page.evaluate((o) => window.run(o), { gguf: bench.url + "gguf/model.gguf", prompt: chat, maxTokens: tokens, gpuLayers, threads: nThreads });
     await page.close();
     return r;
   };
   const cold = await run();
   const warm = await run();
   await ctx.close();
-  return summarize(warm.times, { device: gpuLayers === 0 ? "cpu" : gpuLayers === null ? "default" : "webgpu", load_cold_s: cold.load_s, load_warm_s: warm.load_s, warm_load_plus_ttft_s: warm.load_s + warm.times[0] / 1000 });
+  return summarize(warm.times, { device: gpuLayers === 0 ? "cpu" : gpuLayers === null ? "default" : "webgpu", threads: warm.threads, memory_mb: warm.memory && warm.memory / 1e6, load_cold_s: cold.load_s, load_warm_s: warm.load_s, warm_load_plus_ttft_s: warm.load_s + warm.times[0] / 1000 });
 }
 
+/// Seconds from Run to the last of the page's panes being done.
+async function timedRun(page) {
+  const t0 = Date.now();
+  await page.click("button:text('Run')");
+  await page.waitForFunction(() => [...document.querySelectorAll(".pane .meta")].every((m) => /tok\/s|error/.test(m.textContent)), null, { timeout: 3_600_000, polling: 200 });
+  return (Date.now() - t0) / 1000;
+}
+
+/// Sets the question, greedy decoding and the ticked variants, then runs once (which fetches and
+/// attaches the adapters) so that the next run is timed warm.
+async function prepareCompare(page, variants) {
+  await page.waitForSelector("text=Model ready", { timeout: 600_000 });
+  await page.fill("textarea", question);
+  for (const [nth, v] of [[0, "0"], [2, String(tokens)]]) {
+    await page.fill(`input[type=number] >> nth=${nth}`, v);
+    await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
+  }
+  for (const untick of [true, false]) {
+    for (const label of await page.$$("fieldset.variants label")) {
+      const box = await label.$("input");
+      const want = variants.includes(await label.getAttribute("data-variant"));
+      if ((await box.isChecked()) === untick && want !== untick) await box.click();
+    }
+  }
+  await timedRun(page);
+}
+
+if (compareVariants > 0) {
+  const manifest = JSON.parse(fs.readFileSync(path.join(root, "dist/models/manifest.json")));
+  const variants = manifest.variants.map((v) => v.name).slice(0, compareVariants);
+  const open = async (query) => { const ctx = await launch(); const page = await ctx.newPage(); await page.goto(site.url + query); return { ctx, page }; };
+  const one = await open(`?cpu=1&threads=${threads}`);
+  await prepareCompare(one.page, variants);
+  const sequential = await timedRun(one.page);
+  await one.ctx.close();
+  const many = await Promise.all(variants.map(() => open("?cpu=1&threads=1")));
+  for (const [i, m] of many.entries()) await prepareCompare(m.page, [variants[i]]);
+  const parallel = Math.max(...(await Promise.all(many.map((m) => timedRun(m.page)))));
+  for (const m of many) await m.ctx.close();
+  site.close(); bench.close();
+  console.log(`Compare, ${variants.join(" + ")}, ${tokens} greedy tokens each: one worker on ${threads} threads, one variant after another, ${sequential.toFixed(2)} s; ${variants.length} workers of one thread at once, ${parallel.toFixed(2)} s (${(sequential / parallel).toFixed(2)}× the sequential speed)`);
+  process.exit(0);
+}
+
+// Each engine at its own default, then both on the CPU with 1 and with N threads, then WebGPU.
 const paths = [
   ["default", "emlab", () => ours("")],
-  ["default", "wllama", () => wllama(null)],
-  ["CPU", "emlab", () => ours("?cpu=1")],
-  ["CPU", "wllama", () => wllama(0)],
-  ["WebGPU", "emlab", () => ours("?gpu=1")],
-  ["WebGPU", "wllama", () => wllama(999)],
+  ["default", "wllama", () => wllama(null, threads)],
+  ["cpu1", "emlab", () => ours("?cpu=1&threads=1")],
+  ["cpu1", "wllama", () => wllama(0, 1)],
+  [`cpu${threads}`, "emlab", () => ours(`?cpu=1&threads=${threads}`)],
+  [`cpu${threads}`, "wllama", () => wllama(0, threads)],
+  ["gpu", "emlab", () => ours("?gpu=1")],
+  ["gpu", "wllama", () => wllama(999, threads)],
 ];
 const results = {};
 for (const [label, engine, f] of paths) {
-  const key = `${engine}-${label === "WebGPU" ? "gpu" : label.toLowerCase()}`;
+  const key = `${engine}-${label}`;
   if (only && !only.split(",").includes(key)) continue;
   const t = Date.now();
   try { results[key] = await f(); } catch (e) { console.error(`${key}: ${e.message.split("\n")[0]}`); results[key] = null; }
@@ -142,16 +198,17 @@ const sum = (pred) => manifest.files.filter((f) => pred(f.name)).reduce((s, f) =
 const adapters = [...new Set(manifest.files.filter((f) => f.name.startsWith("adapters/")).map((f) => f.name.split("/")[1]))];
 console.log(`download: emlab base ${(sum((n) => n.startsWith("base/")) / 1e6).toFixed(1)} MB (${manifest.storage}), adapters ${adapters.map((a) => (sum((n) => n.startsWith(`adapters/${a}/`)) / 1e6).toFixed(1)).join(" / ")} MB; wllama GGUF ${(fs.statSync(gguf).size / 1e6).toFixed(1)} MB`);
 console.log(`${tokens} greedy tokens, base model, one run. Warm-up: tokens 2-4; steady: token 5 to the last.`);
-console.log("| path | engine | device | load cold s | load warm s | first token s | warm-up tok/s | steady tok/s | token 10 ms | token 60 ms | dispatches/token | kernels compiled after token 4 |");
-console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
-for (const label of ["default", "cpu", "gpu"]) {
+console.log("| path | engine | device | threads | memory MB | load cold s | load warm s | first token s | warm-up tok/s | steady tok/s | token 10 ms | token 60 ms | dispatches/token | kernels compiled after token 4 |");
+console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+for (const label of [...new Set(paths.map(([l]) => l))]) {
   const a = results[`emlab-${label}`], b = results[`wllama-${label}`];
   for (const [name, r] of [["emlab", a], ["wllama", b]]) {
     if (r === undefined) continue;
-    console.log(`| ${label} | ${name} | ${fmt(r?.device)} | ${fmt(r?.load_cold_s)} | ${fmt(r?.load_warm_s)} | ${fmt(r?.ttft_s)} | ${fmt(r?.warmup_tok_s)} | ${fmt(r?.steady_tok_s)} | ${fmt(r?.token10_ms, 0)} | ${fmt(r?.token60_ms, 0)} | ${fmt(r?.dispatches_per_token, 0)} | ${fmt(r?.kernels_compiled_after_token4, 0)} |`);
+    console.log(`| ${label} | ${name} | ${fmt(r?.device)} | ${fmt(r?.threads, 0)} | ${fmt(r?.memory_mb, 0)} | ${fmt(r?.load_cold_s)} | ${fmt(r?.load_warm_s)} | ${fmt(r?.ttft_s)} | ${fmt(r?.warmup_tok_s)} | ${fmt(r?.steady_tok_s)} | ${fmt(r?.token10_ms, 0)} | ${fmt(r?.token60_ms, 0)} | ${fmt(r?.dispatches_per_token, 0)} | ${fmt(r?.kernels_compiled_after_token4, 0)} |`);
   }
-  if (a && b) console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | | ${ratio(a.load_cold_s, b.load_cold_s)} | ${ratio(a.load_warm_s, b.load_warm_s)} | ${ratio(a.ttft_s, b.ttft_s)} | ${ratio(a.warmup_tok_s, b.warmup_tok_s, true)} | ${ratio(a.steady_tok_s, b.steady_tok_s, true)} | | | | |`);
+  if (a && b) console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | | | | ${ratio(a.load_cold_s, b.load_cold_s)} | ${ratio(a.load_warm_s, b.load_warm_s)} | ${ratio(a.ttft_s, b.ttft_s)} | ${ratio(a.warmup_tok_s, b.warmup_tok_s, true)} | ${ratio(a.steady_tok_s, b.steady_tok_s, true)} | | | | |`);
 }
-const g = results["emlab-gpu"], c = results["emlab-cpu"];
-if (g && c) console.log(`our WebGPU vs our CPU, steady decode: ${ratio(g.steady_tok_s, c.steady_tok_s, true)}; token 60 / token 10 on WebGPU: ${g.token60_ms && g.token10_ms ? (g.token60_ms / g.token10_ms).toFixed(2) : "–"}`);
+const g = results["emlab-gpu"], c = results[`emlab-cpu${threads}`], c1 = results["emlab-cpu1"], w1 = results["wllama-cpu1"], wn = results[`wllama-cpu${threads}`];
+if (g && c) console.log(`our WebGPU vs our CPU (${threads} threads), steady decode: ${ratio(g.steady_tok_s, c.steady_tok_s, true)}; token 60 / token 10 on WebGPU: ${g.token60_ms && g.token10_ms ? (g.token60_ms / g.token10_ms).toFixed(2) : "–"}`);
+if (c && c1) console.log(`threads: ours ${threads} vs 1, steady decode ${ratio(c.steady_tok_s, c1.steady_tok_s, true)}; wllama ${threads} vs 1 ${ratio(wn?.steady_tok_s, w1?.steady_tok_s, true)}`);
 if (jsonOut) fs.writeFileSync(jsonOut, JSON.stringify({ tokens, results }, null, 2));
