@@ -22,6 +22,7 @@ import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
+import { selectVariants, setNumber } from "./page.mjs";
 import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath] = process.argv.slice(2);
@@ -44,12 +45,6 @@ const check = (ok, what) => { console.log(`${ok ? "ok  " : "FAIL"} ${what}`); if
 const minutes = (m) => m * 60_000;
 
 /// Runs the fixed prompt greedily for 8 tokens; returns every pane's answer by variant.
-// One field at a time: a change re-renders every control from the page's state.
-async function setNumber(page, nth, value) {
-  await page.fill(`input[type=number] >> nth=${nth}`, value);
-  await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
-}
-
 async function greedy(page, label, prompt = expected.prompt, maxTokens = 8) {
   await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
   await page.fill("textarea", prompt);
@@ -66,16 +61,6 @@ async function greedy(page, label, prompt = expected.prompt, maxTokens = 8) {
 
 const sameAsNative = (text) => text.length > 0 && (text.startsWith(expected.text) || expected.text.startsWith(text.trim()));
 
-/// Ticks exactly the `wanted` variants (the page keeps 1–4 ticked: untick first, then tick).
-async function selectVariants(page, wanted) {
-  for (const untick of [true, false]) {
-    for (const label of await page.$$("fieldset.variants label")) {
-      const name = await label.getAttribute("data-variant");
-      const box = await label.$("input");
-      if ((await box.isChecked()) === untick && wanted.includes(name) !== untick) await box.click();
-    }
-  }
-}
 
 /// axe-core on what the page shows now (hidden views are skipped): no serious or critical violation.
 async function axeCheck(page, view) {

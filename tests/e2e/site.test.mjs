@@ -11,8 +11,9 @@
 // 5. Threads: without COOP/COEP headers (run 1) the service worker makes the page cross-origin
 //    isolated; with them (a host configured for threads) the page is isolated without it. Either
 //    way the CPU path runs on 2 threads, and base and every shipped variant answer as on one
-//    thread, token for token. A threaded worker that cannot start, or a pool whose threads cannot,
-//    leaves one thread that still answers, and the details say why.
+//    thread, token for token. A page that is not isolated (service worker blocked), a threaded
+//    worker that cannot start, or a pool whose threads cannot, leaves one thread that still
+//    answers, and the details say why.
 // All runs use the CPU path (Chromium without WebGPU): the host, not the GPU, is under test.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
@@ -84,6 +85,8 @@ try {
   const variantNames = manifest.variants.map((v) => v.name).filter((n) => n !== "base");
   const everyAnswer = async (query) => {
     const p = await (await browser.newContext()).newPage();
+    const outside = [];
+    p.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === new URL(isolated.url).origin && u.pathname.startsWith("/em-lab/"))) outside.push(r.url()); });
     await p.goto(isolated.url + query);
     await p.waitForSelector("text=Model ready", { timeout: 300_000 });
     const state = await p.evaluate(() => ({ isolated: crossOriginIsolated, sw: navigator.serviceWorker.controller !== null, threads: window.__emlabThreads }));
@@ -93,9 +96,10 @@ try {
       for (const [name, a] of Object.entries(await runGreedy(p, expected.variant_prompt, 24))) answers[name] = a.text;
     }
     await p.context().close();
-    return { state, answers };
+    return { state, answers, outside };
   };
   const two = await everyAnswer("?threads=2");
+  check(two.outside.length === 0, `with the headers too, every request stays inside /em-lab/ (${two.outside.slice(0, 3).join(", ") || "none outside"})`);
   check(two.state.isolated && !two.state.sw && two.state.threads === 2,
     `with COOP/COEP headers the page is isolated without the service worker, on 2 threads: ${JSON.stringify(two.state)}`);
   const one = await everyAnswer("?threads=1");
@@ -103,6 +107,17 @@ try {
   const differ = Object.keys(one.answers).filter((n) => two.answers[n] !== one.answers[n]);
   check(Object.keys(one.answers).length === variantNames.length + 1 && differ.length === 0,
     `base and ${variantNames.length} variants answer on 2 threads as on 1, token for token${differ.length ? `; differ: ${differ.join(", ")}` : ""}`);
+
+  // A browser that gives no shared memory (a host without the headers, the service worker blocked):
+  // one thread, and the details say why.
+  const unisolated = await browser.newContext({ serviceWorkers: "block" });
+  const p5 = await unisolated.newPage();
+  await p5.goto(site.url + "?threads=2");
+  const answer5 = await greedy(p5);
+  const detail5 = await p5.textContent(".device-detail");
+  check(answer5 === answer && (await p5.evaluate(() => [crossOriginIsolated, window.__emlabThreads].join())) === "false,1" && /One thread: this page is not cross-origin isolated/.test(detail5),
+    `a page that is not isolated runs one thread, answers the same, and says why: ${JSON.stringify(detail5)}`);
+  await unisolated.close();
 
   // 6. The threaded worker cannot start (its files blocked): the single-threaded one answers.
   const blocked = await browser.newContext();
