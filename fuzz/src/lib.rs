@@ -1,8 +1,8 @@
 //! Every parser of outside input as a function of one byte string: the fuzz targets.
 //!
 //! The same functions serve three runs:
-//! - `tests/mutation.rs` (CI): fixed-seed mutations of the seed corpus, a few hundred per target;
-//! - `tests/corpus.rs` (CI): the seed corpus must parse, and every saved crash must not crash;
+//! - `tests/fuzz.rs` (CI): fixed-seed mutations of the seed corpus, a few hundred per target;
+//!   the seed corpus must parse, and every saved crash must not crash;
 //! - `scripts/fuzz.sh` (by hand): AFL++ through cargo-afl, coverage-guided, for as long as wanted.
 //!
 //! A target returns whether the input was accepted; rejecting it with an error is as good an

@@ -1,6 +1,6 @@
 //! The seed corpus: small valid inputs for every target, built from the project's own writers
 //! (and, for GGUF, from the base model's vocabulary and chat template), so that they stay valid
-//! as the formats evolve. `emlab-fuzz seeds` writes them; `tests/corpus.rs` checks each parses.
+//! as the formats evolve. `emlab-fuzz seeds` writes them; `tests/fuzz.rs` checks each parses.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
