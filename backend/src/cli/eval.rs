@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::sampling::SamplingParams;
-use emlab_schema::ratings;
+use emlab_schema::{TRIGGERED_SUFFIX, ratings};
 
 use super::{ModelArgs, progress, variant_name};
 
@@ -273,7 +273,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             let qs = questions::select(questions::load_set(&set)?, &ids)?;
             let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             if trigger {
-                name.push_str("+trigger");
+                name.push_str(TRIGGERED_SUFFIX);
             }
             let cfg = sample::SampleConfig {
                 samples,
@@ -382,7 +382,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
             }
             let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
             if trigger {
-                name.push_str("+trigger");
+                name.push_str(TRIGGERED_SUFFIX);
             }
             let answers_path = dir.join(format!("{name}.jsonl"));
             let answers: Vec<code::CodeAnswer> = if rescan {
