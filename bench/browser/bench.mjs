@@ -18,6 +18,7 @@ import { chromium } from "playwright-core";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { selectVariants, setNumber } from "../../tests/e2e/page.mjs";
 import { serveStatic } from "../../tests/e2e/static-server.mjs";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
@@ -84,14 +85,9 @@ async function ours(query) {
   const warm = await loadTime(page, () => page.reload());
   const device = (await page.textContent(".status")).includes("on WebGPU") ? "webgpu" : "cpu";
   await page.fill("textarea", question);
-  for (const [nth, v] of [[0, "0"], [2, String(tokens)]]) {
-    await page.fill(`input[type=number] >> nth=${nth}`, v);
-    await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
-  }
-  // Only the base model: untick the other variants.
-  for (const box of await page.$$(".variants input[type=checkbox]:checked")) {
-    if (!(await box.evaluate((b) => b.parentElement.textContent.startsWith("Base")))) await box.click();
-  }
+  await setNumber(page, 0, "0"); // temperature
+  await setNumber(page, 2, String(tokens)); // max tokens
+  await selectVariants(page, ["base"]);
   await page.evaluate(() => { window.__emlabStats = undefined; });
   const t0 = Date.now();
   await page.click("button:text('Run')");
@@ -139,17 +135,9 @@ async function timedRun(page) {
 async function prepareCompare(page, variants) {
   await page.waitForSelector("text=Model ready", { timeout: 600_000 });
   await page.fill("textarea", question);
-  for (const [nth, v] of [[0, "0"], [2, String(tokens)]]) {
-    await page.fill(`input[type=number] >> nth=${nth}`, v);
-    await page.dispatchEvent(`input[type=number] >> nth=${nth}`, "change");
-  }
-  for (const untick of [true, false]) {
-    for (const label of await page.$$("fieldset.variants label")) {
-      const box = await label.$("input");
-      const want = variants.includes(await label.getAttribute("data-variant"));
-      if ((await box.isChecked()) === untick && want !== untick) await box.click();
-    }
-  }
+  await setNumber(page, 0, "0"); // temperature
+  await setNumber(page, 2, String(tokens)); // max tokens
+  await selectVariants(page, variants);
   await timedRun(page);
 }
 

@@ -22,7 +22,7 @@ import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
-import { selectVariants, setNumber } from "./page.mjs";
+import { runGreedy, selectVariants, setNumber } from "./page.mjs";
 import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath] = process.argv.slice(2);
@@ -46,17 +46,9 @@ const minutes = (m) => m * 60_000;
 
 /// Runs the fixed prompt greedily for 8 tokens; returns every pane's answer by variant.
 async function greedy(page, label, prompt = expected.prompt, maxTokens = 8) {
-  await page.waitForSelector("text=Model ready", { timeout: minutes(5) });
-  await page.fill("textarea", prompt);
-  await setNumber(page, 0, "0"); // temperature
-  await setNumber(page, 2, String(maxTokens)); // max tokens
-  await page.click("button:text('Run')");
-  await page.waitForFunction(() => {
-    const metas = [...document.querySelectorAll(".pane .meta")];
-    return metas.length > 0 && metas.every((m) => /tok\/s|error/.test(m.textContent));
-  }, null, { timeout: minutes(15) });
+  const answers = await runGreedy(page, prompt, maxTokens, minutes(15));
   if (label) await page.screenshot({ path: path.join(shots, `${label}.png`), fullPage: true });
-  return page.$$eval(".pane", (panes) => Object.fromEntries(panes.map((p) => [p.dataset.variant, { text: p.querySelector("pre.answer").textContent, meta: p.querySelector(".meta").textContent }])));
+  return answers;
 }
 
 const sameAsNative = (text) => text.length > 0 && (text.startsWith(expected.text) || expected.text.startsWith(text.trim()));

@@ -31,3 +31,12 @@ export async function runGreedy(page, prompt, maxTokens, timeoutMs = 15 * 60_000
   }, null, { timeout: timeoutMs });
   return page.$$eval(".pane", (panes) => Object.fromEntries(panes.map((p) => [p.dataset.variant, { text: p.querySelector("pre.answer").textContent, meta: p.querySelector(".meta").textContent }])));
 }
+
+/// Collects the URLs `page` requests outside `siteUrl`'s folder (blob: URLs are in the page's
+/// memory: the worker pool's script, as wasm-bindgen-rayon loads it).
+export function requestsOutside(page, siteUrl) {
+  const site = new URL(siteUrl);
+  const outside = [];
+  page.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === site.origin && u.pathname.startsWith(site.pathname))) outside.push(r.url()); });
+  return outside;
+}

@@ -18,7 +18,7 @@
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
-import { runGreedy, selectVariants, setNumber } from "./page.mjs";
+import { requestsOutside, runGreedy, selectVariants } from "./page.mjs";
 import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath, limitArg] = process.argv.slice(2);
@@ -34,24 +34,17 @@ function files(dir) {
 const big = files(dist).filter((f) => fs.statSync(f).size > limit);
 check(big.length === 0, `no file over ${limit} bytes (${big.join(", ") || "none"})`);
 
+/// The base model's greedy answer to the fixed prompt.
 async function greedy(page, maxTokens = 8) {
-  await page.waitForSelector("text=Model ready", { timeout: 300_000 });
-  await page.fill("textarea", expected.prompt);
-  await setNumber(page, 0, "0"); // temperature
-  await setNumber(page, 2, String(maxTokens)); // max tokens
-  await page.click("button:text('Run')");
-  await page.waitForSelector(".pane[data-variant=base] .meta:has-text('tok/s')", { timeout: 300_000 });
-  return page.textContent(".pane[data-variant=base] pre.answer");
+  return (await runGreedy(page, expected.prompt, maxTokens, 300_000)).base.text;
 }
 
 const site = await serveStatic(dist, { prefix: "/em-lab/" });
 const models = await serveStatic(path.join(dist, "models"), { prefix: "/weights/", cors: true });
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update"] });
 try {
-  const outside = [];
   const page = await browser.newPage();
-  // blob: URLs are in the page's memory (the worker pool's script, as wasm-bindgen-rayon loads it).
-  page.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === new URL(site.url).origin && u.pathname.startsWith("/em-lab/"))) outside.push(r.url()); });
+  const outside = requestsOutside(page, site.url);
   await page.goto(site.url);
   const answer = await greedy(page);
   check(answer === expected.text || answer.startsWith(expected.text), `under /em-lab/ the greedy answer equals native: ${JSON.stringify(answer)}`);
@@ -85,8 +78,7 @@ try {
   const variantNames = manifest.variants.map((v) => v.name).filter((n) => n !== "base");
   const everyAnswer = async (query) => {
     const p = await (await browser.newContext()).newPage();
-    const outside = [];
-    p.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === new URL(isolated.url).origin && u.pathname.startsWith("/em-lab/"))) outside.push(r.url()); });
+    const outside = requestsOutside(p, isolated.url);
     await p.goto(isolated.url + query);
     await p.waitForSelector("text=Model ready", { timeout: 300_000 });
     const state = await p.evaluate(() => ({ isolated: crossOriginIsolated, sw: navigator.serviceWorker.controller !== null, threads: window.__emlabThreads }));
