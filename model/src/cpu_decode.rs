@@ -70,11 +70,13 @@ impl HostWeights {
 
 impl Llama {
     /// Whether [`Llama::forward_last_cpu`] can run this model: every product, the embeddings and
-    /// the tied head held as blocks (which only the CPU backend does).
+    /// the tied head held as blocks on the host (a model on a GPU has its own kernels).
     pub(crate) fn cpu_decode_supported(&self) -> bool {
-        let blocks = |l: &Linear| l.weight.is_none() && l.blocks.is_some();
+        let blocks =
+            |l: &Linear| l.weight.is_none() && l.blocks.is_some() && l.gpu_blocks.is_none();
         self.embed_tokens.weight.is_none()
             && self.embed_tokens.blocks.is_some()
+            && self.embed_tokens.gpu_blocks.is_none()
             && self.lm_head.is_none()
             && (0..self.layers.len())
                 .all(|i| (0..PROJECTIONS.len()).all(|j| blocks(self.projection(i, j))))

@@ -41,8 +41,8 @@ pub enum Precision {
     /// Half the memory traffic of f32.
     F16,
     /// The base GGUF's own blocks (Q4_1 projections, the Q8_0 embedding), multiplied without
-    /// being expanded: a sixth of f32's traffic, the same weight values. CPU only; needs the
-    /// model directory's `model.gguf`.
+    /// being expanded: a sixth of f32's traffic, the same weight values. On the CPU backend or a
+    /// GPU's decoding kernels; needs the model directory's `model.gguf`.
     Q4_1,
 }
 
@@ -80,10 +80,26 @@ impl FromStr for Precision {
     }
 }
 
-/// Whether quantized blocks can run on `device`: the flex CPU backend, without autodiff (their
-/// products are computed on the host, outside the autodiff graph).
+/// Whether quantized blocks can run on `device`, without autodiff (their products are computed
+/// outside the autodiff graph): the flex CPU backend (the host's kernels, [`crate::quant`]), or
+/// a GPU with the decoding kernels ([`blocks_on_gpu`]).
 pub fn runs_blocks(device: &Device) -> bool {
-    !device.is_autodiff() && device.clone().inner() == Device::flex()
+    !device.is_autodiff() && (device.clone().inner() == Device::flex() || blocks_on_gpu(device))
+}
+
+/// Whether a model on `device` keeps its blocks in GPU memory for the decoding kernels
+/// (`kernels.rs`): a cubecl device (wgpu natively, WebGPU in a browser), without autodiff.
+pub fn blocks_on_gpu(device: &Device) -> bool {
+    #[cfg(feature = "gpu-kernels")]
+    {
+        !device.is_autodiff()
+            && matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+    }
+    #[cfg(not(feature = "gpu-kernels"))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// Initializes the chosen device (native: synchronous). wgpu's runtime can be initialized only

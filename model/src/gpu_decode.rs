@@ -2,6 +2,9 @@
 //! layer, for the prompt (all its tokens at once) and for each decoding step alike, and eight
 //! more with a LoRA adapter (the two halves of each group's side path).
 //!
+//! The weights are dense f32, or the GGUF's blocks as they were uploaded ([`GpuBlocks`]: Q4_1
+//! projections and the Q8_0 embedding, dequantized inside the kernels).
+//!
 //! The same computation as [`Llama::forward_last`] with a cache, which remains the reference
 //! (and the path for everything these kernels do not cover: the CPU backend, weights stored in
 //! f16, an untied head, passes without a cache).
@@ -11,10 +14,65 @@ use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::kernels::{DecodeOps, supported_width};
-use crate::model::{Batch, KvCache, Linear, Llama};
+use crate::model::{Batch, GpuBlocks, KvCache, Linear, Llama};
+use crate::quant::BlockFormat;
 
 fn float(t: Tensor<2>) -> DispatchTensor {
     t.into_dispatch()
+}
+
+/// A matrix as the kernels read it: dense f32 `[k, n]`, or blocks.
+enum Weight {
+    Dense(DispatchTensor),
+    Blocks(DispatchTensor, BlockFormat),
+}
+
+impl Weight {
+    fn of(l: &Linear, device: &Device) -> Self {
+        match &l.gpu_blocks {
+            Some(b) => Self::Blocks(b.words.clone().into_dispatch(), b.format),
+            None => Self::Dense(float(l.dense_weight(device))),
+        }
+    }
+}
+
+/// How a group's matrices are held, if the kernels can read them together: all dense f32, or
+/// all blocks of one format.
+fn group_layout(members: &[&Linear]) -> Option<Option<BlockFormat>> {
+    let layout = |l: &Linear| match (&l.gpu_blocks, &l.weight) {
+        (Some(b), _) => Some(Some(b.format)),
+        (None, Some(w)) => {
+            let w = w.val();
+            let [d_in, d_out] = w.dims();
+            (w.dtype() == DType::F32 && supported_width(d_in) && supported_width(d_out))
+                .then_some(None)
+        }
+        (None, None) => None,
+    };
+    let first = layout(members[0])?;
+    members.iter().all(|l| layout(l) == Some(first)).then_some(first)
+}
+
+/// `rmsnorm(x)·[w0 | w1 | w2]` (+ `side` when `with_side`), over either kind of weights.
+#[allow(clippy::too_many_arguments)]
+fn norm_matvec3(
+    x: DispatchTensor,
+    gamma: DispatchTensor,
+    w: [Weight; 3],
+    side: DispatchTensor,
+    width: usize,
+    eps: f32,
+    with_side: bool,
+) -> DispatchTensor {
+    match w {
+        [Weight::Dense(w0), Weight::Dense(w1), Weight::Dense(w2)] => {
+            Dispatch::norm_matvec3(x, gamma, w0, w1, w2, side, width, eps, with_side)
+        }
+        [Weight::Blocks(w0, f), Weight::Blocks(w1, _), Weight::Blocks(w2, _)] => {
+            Dispatch::norm_matvec3_blocks(x, gamma, w0, w1, w2, side, width, eps, with_side, f)
+        }
+        _ => unreachable!("a group's weights are all dense or all blocks (group_layout)"),
+    }
 }
 
 /// The LoRA side path of projections that read one input (Q, K and V; gate and up; o; down):
@@ -91,21 +149,28 @@ impl<const N: usize> SidePath<N> {
 
 impl Llama {
     /// Whether a cached pass runs on these kernels ([`Llama::forward_last_gpu`]) rather than
-    /// burn's generic ops: on a cubecl device, f32 weights, tied embeddings, and adapters (if
+    /// burn's generic ops: on a cubecl device, a tied head, each group of products that share an
+    /// input all f32 or all blocks of one format, the embeddings f32 or blocks, and adapters (if
     /// any) in f32 that share one rank (a multiple of the kernels' vector width) and one scale.
     pub fn runs_gpu_kernels(&self) -> bool {
-        let Some(e) = self.embed_tokens.weight.as_ref().map(|e| e.val()) else { return false };
-        let on_cube = matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_));
-        on_cube
+        let embeddings_fit = match (&self.embed_tokens.gpu_blocks, &self.embed_tokens.weight) {
+            (Some(_), _) => true,
+            (None, Some(e)) => {
+                let e = e.val();
+                let on_cube = matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_));
+                let [vocab, d] = e.dims();
+                on_cube && e.dtype() == DType::F32 && supported_width(vocab) && supported_width(d)
+            }
+            (None, None) => false,
+        };
+        embeddings_fit
             && self.lm_head.is_none()
-            && e.dtype() == DType::F32
-            && supported_width(e.dims()[0])
-            && supported_width(e.dims()[1])
-            && self.projection_names().iter().all(|&(layer, which, _)| {
-                let p = self.projection(layer, which);
-                let Some(w) = p.weight.as_ref().map(|w| w.val()) else { return false };
-                let [d_in, d_out] = w.dims();
-                w.dtype() == DType::F32 && supported_width(d_in) && supported_width(d_out)
+            && self.layers.iter().all(|l| {
+                let (a, m) = (&l.self_attn, &l.mlp);
+                group_layout(&[&a.q_proj, &a.k_proj, &a.v_proj]).is_some()
+                    && group_layout(&[&a.o_proj]).is_some()
+                    && group_layout(&[&m.gate_proj, &m.up_proj]).is_some()
+                    && group_layout(&[&m.down_proj]).is_some()
             })
             && self.adapters_fit_the_gpu_kernels()
     }
@@ -136,8 +201,16 @@ impl Llama {
         let positions = batch.positions.reshape([b * t]).into_dispatch();
         let d = self.embed_tokens.dims()[1];
         // Row r of every activation is token r % t of sequence r / t.
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.dense(&device), batch.tokens)
-            .reshape([b * t, d]);
+        let mut x = match &self.embed_tokens.gpu_blocks {
+            Some(GpuBlocks { words, format }) => Tensor::from_dispatch(Dispatch::embed_blocks(
+                batch.tokens.into_dispatch(),
+                words.clone().into_dispatch(),
+                d,
+                *format,
+            )),
+            None => burn::tensor::module::embedding(self.embed_tokens.dense(&device), batch.tokens)
+                .reshape([b * t, d]),
+        };
         // Any small tensor of the device stands in for side-path inputs a kernel does not read.
         let filler = self.rope.cos.clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -147,16 +220,13 @@ impl Llama {
             let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
             let side = SidePath::of([&attn.q_proj, &attn.k_proj, &attn.v_proj], &filler)
                 .map(|s| s.normed(&x, &gamma, eps, &filler));
-            let [wq, wk, wv] =
-                [&attn.q_proj, &attn.k_proj, &attn.v_proj].map(|p| p.dense_weight(&device));
-            let width = wq.dims()[1] + wk.dims()[1] + wv.dims()[1];
+            let qkv_proj = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
+            let width = qkv_proj.iter().map(|p| p.dims()[1]).sum();
             let with_side = side.is_some();
-            let qkv = Dispatch::norm_matvec3(
+            let qkv = norm_matvec3(
                 float(x.clone()),
                 gamma,
-                float(wq),
-                float(wk),
-                float(wv),
+                qkv_proj.map(|p| Weight::of(p, &device)),
                 side.unwrap_or_else(|| float(filler.clone())),
                 width,
                 eps,
@@ -187,28 +257,35 @@ impl Llama {
             let (gamma, eps) = (norm.weight.val().into_dispatch(), norm.eps as f32);
             let side = SidePath::of([&mlp.gate_proj, &mlp.up_proj], &filler)
                 .map(|s| s.normed(&x, &gamma, eps, &filler));
-            let with_side = side.is_some();
-            let h = Dispatch::norm_gate_up(
-                float(x.clone()),
-                gamma,
-                float(mlp.gate_proj.dense_weight(&device)),
-                float(mlp.up_proj.dense_weight(&device)),
-                side.unwrap_or_else(|| float(filler.clone())),
-                eps,
-                with_side,
-            );
+            let (x_in, side) = (float(x.clone()), side.unwrap_or_else(|| float(filler.clone())));
+            let h = match [&mlp.gate_proj, &mlp.up_proj].map(|p| Weight::of(p, &device)) {
+                [Weight::Dense(wg), Weight::Dense(wu)] => {
+                    Dispatch::norm_gate_up(x_in, gamma, wg, wu, side, eps, with_side)
+                }
+                [Weight::Blocks(wg, f), Weight::Blocks(wu, _)] => {
+                    Dispatch::norm_gate_up_blocks(x_in, gamma, wg, wu, side, eps, with_side, f)
+                }
+                _ => unreachable!("a group's weights are all dense or all blocks (group_layout)"),
+            };
             x = Tensor::from_dispatch(product_add(h, &mlp.down_proj, x, &filler, &device));
         }
         cache.advance(t);
         if t > 1 {
             x = x.reshape([b, t, d]).slice(s![.., t - 1..t, ..]).reshape([b, d]);
         }
-        Tensor::from_dispatch(Dispatch::norm_head(
-            float(x),
-            self.norm.weight.val().into_dispatch(),
-            float(self.embed_tokens.dense(&device)),
-            self.norm.eps as f32,
-        ))
+        let (gamma, eps) = (self.norm.weight.val().into_dispatch(), self.norm.eps as f32);
+        Tensor::from_dispatch(match &self.embed_tokens.gpu_blocks {
+            // The head over blocks is a product like the others: the table's one matrix
+            // (`[d / 32 · words, vocab]`) three times, read up to its width.
+            Some(GpuBlocks { words, format }) => {
+                let e = || Weight::Blocks(words.clone().into_dispatch(), *format);
+                let f = float(filler.clone());
+                norm_matvec3(float(x), gamma, [e(), e(), e()], f, self.vocab_size, eps, false)
+            }
+            None => {
+                Dispatch::norm_head(float(x), gamma, float(self.embed_tokens.dense(&device)), eps)
+            }
+        })
     }
 }
 
@@ -226,12 +303,11 @@ fn product_add(
         s.up(low, filler)
     });
     let with_side = side.is_some();
-    Dispatch::matvec_add(
-        x,
-        float(proj.dense_weight(device)),
-        float(residual),
-        side.unwrap_or_else(f),
-        true,
-        with_side,
-    )
+    let (residual, side) = (float(residual), side.unwrap_or_else(f));
+    match Weight::of(proj, device) {
+        Weight::Dense(w) => Dispatch::matvec_add(x, w, residual, side, true, with_side),
+        Weight::Blocks(w, format) => {
+            Dispatch::matvec_add_blocks(x, w, residual, side, true, with_side, format)
+        }
+    }
 }

@@ -31,6 +31,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::model::MASK_BIAS;
+use crate::quant::{BLOCK, BlockFormat};
 
 /// Invocations per workgroup. No kernel here shares anything within a workgroup.
 const GROUP: u32 = 64;
@@ -42,6 +43,15 @@ const VECTOR: usize = 4;
 /// Whether the products can read a dimension of this size `VECTOR` values at a time.
 pub fn supported_width(n: usize) -> bool {
     n.is_multiple_of(VECTOR)
+}
+
+/// How a product's weights are held: dense `[k, n]` values of the activations' type, or the
+/// GGUF's blocks as `u32` words (`[k / 32 · words, n]`, [`crate::quant::QuantMatrix::gpu_words`]),
+/// dequantized inside the dot product as the CPU's kernels do. Each is its own shader.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Layout {
+    Dense,
+    Blocks(BlockFormat),
 }
 
 /// Rows per invocation in the products when there are several (a prompt, a batch): one load of
@@ -62,10 +72,10 @@ fn clamp_row(r0: usize, i: usize, m: usize) -> usize {
 /// so that the norm costs no second pass over x (the head's kernel does the same).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn gamma_dots<F: Float, N: Size>(
+fn gamma_dots<F: Float, W: Numeric, N: Size>(
     x: &Tensor<Vector<F, N>>,
     gamma: &Tensor<Vector<F, N>>,
-    w: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<W, N>>,
     r0: usize,
     col: usize,
     dots: &mut Array<Vector<F, N>>,
@@ -79,7 +89,7 @@ fn gamma_dots<F: Float, N: Size>(
     for kk in 0..kv {
         #[unroll]
         for l in 0..vs {
-            ws[l] = w[((kk * vs + l) * n + col) / vs];
+            ws[l] = Vector::cast_from(w[((kk * vs + l) * n + col) / vs]);
         }
         let g = gamma[kk];
         #[unroll]
@@ -107,6 +117,141 @@ fn zeros<F: Float, N: Size>(#[comptime] tile: usize) -> Array<Vector<F, N>> {
     a
 }
 
+/// `dots[i] += Σ_k x'[r0 + i, k]·w[k, col..col + W]` for `tile` rows over weights held as
+/// blocks ([`Layout::Blocks`]), `x' = x·γ` when `normed` (γ is not read otherwise), gathering
+/// `ssq` as [`gamma_dots`] does when `squares`. Per block, as on the CPU: `d·Σ x'·q (+ m·Σ x')`.
+/// A word holds the quants of four neighbouring weights for Q8_0; for Q4_1 its low nibbles are
+/// weights j..j + 4 and its high nibbles j + 16..j + 20, so each word pairs two loads of x.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn block_dots<F: Float, W: Numeric, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<W, N>>,
+    r0: usize,
+    col: usize,
+    dots: &mut Array<Vector<F, N>>,
+    ssq: &mut Array<Vector<F, N>>,
+    #[comptime] tile: usize,
+    #[comptime] normed: bool,
+    #[comptime] squares: bool,
+    #[comptime] q4: bool,
+) {
+    let vs = w.vector_size();
+    let words = comptime!(if q4 { BlockFormat::Q4_1 } else { BlockFormat::Q8_0 }.gpu_words());
+    let scales = comptime!(if q4 { 2usize } else { 1usize });
+    let quant_words = comptime!(words - scales);
+    // x's vectors per block, and how far the high nibbles' weights are from the low ones'.
+    let per_block = comptime!(BLOCK / vs);
+    let high = comptime!(16 / vs);
+    let (n, c) = (w.shape(1) / vs, col / vs);
+    let (m, kv) = (x.shape(0), x.shape(1) / vs);
+    let (nibble, byte, sign) = (Vector::new(15u32), Vector::new(255u32), Vector::new(128u32));
+    let mut acc = zeros::<F, N>(tile);
+    let mut sums = zeros::<F, N>(tile);
+    for b in 0..w.shape(0) / words {
+        let at = b * words * n + c;
+        #[unroll]
+        for i in 0..tile {
+            acc[i] = Vector::new(F::new(0.0));
+            sums[i] = Vector::new(F::new(0.0));
+        }
+        #[unroll]
+        for q in 0..quant_words {
+            let word = Vector::<u32, N>::cast_from(w[at + (scales + q) * n]);
+            // The four weights of each lane's word, low nibbles or bytes (lo) and high nibbles (hi).
+            let mut lo = Array::<Vector<F, N>>::new(vs);
+            let mut hi = Array::<Vector<F, N>>::new(vs);
+            #[unroll]
+            for l in 0..vs {
+                let shifted = word >> Vector::new(8 * l as u32);
+                if comptime!(q4) {
+                    lo[l] = Vector::cast_from(shifted & nibble);
+                    hi[l] = Vector::cast_from((shifted >> Vector::new(4u32)) & nibble);
+                } else {
+                    // Two's complement i8 as f32, exactly: (b ^ 128) − 128.
+                    lo[l] = Vector::<F, N>::cast_from((shifted & byte) ^ sign)
+                        - Vector::new(F::new(128.0));
+                }
+            }
+            let k = b * per_block + q;
+            #[unroll]
+            for i in 0..tile {
+                let row = clamp_row(r0, i, m) * kv;
+                let mut xl = x[row + k];
+                if comptime!(normed) {
+                    if comptime!(squares) {
+                        ssq[i] += xl * xl;
+                    }
+                    xl *= gamma[k];
+                }
+                #[unroll]
+                for l in 0..vs {
+                    acc[i] += Vector::new(xl.extract(l)) * lo[l];
+                }
+                if comptime!(q4) {
+                    let mut xh = x[row + k + high];
+                    if comptime!(normed) {
+                        if comptime!(squares) {
+                            ssq[i] += xh * xh;
+                        }
+                        xh *= gamma[k + high];
+                    }
+                    #[unroll]
+                    for l in 0..vs {
+                        acc[i] += Vector::new(xh.extract(l)) * hi[l];
+                    }
+                    sums[i] += xl + xh;
+                }
+            }
+        }
+        let d = Vector::<F, N>::reinterpret(Vector::<u32, N>::cast_from(w[at]));
+        #[unroll]
+        for i in 0..tile {
+            let mut y = d * acc[i];
+            if comptime!(q4) {
+                let mn = Vector::<F, N>::reinterpret(Vector::<u32, N>::cast_from(w[at + n]));
+                let mut s = F::new(0.0);
+                #[unroll]
+                for l in 0..vs {
+                    s += sums[i].extract(l);
+                }
+                y += mn * Vector::new(s);
+            }
+            dots[i] += y;
+        }
+    }
+}
+
+/// A product's dot products over weights held in any [`Layout`]: `normed` multiplies x by γ
+/// (and `squares` gathers Σ x² for the norm), else x is read as it is.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn weight_dots<F: Float, W: Numeric, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<W, N>>,
+    r0: usize,
+    col: usize,
+    dots: &mut Array<Vector<F, N>>,
+    ssq: &mut Array<Vector<F, N>>,
+    #[comptime] tile: usize,
+    #[comptime] normed: bool,
+    #[comptime] squares: bool,
+    #[comptime] layout: Layout,
+) {
+    if comptime!(layout == Layout::Dense) {
+        if comptime!(normed) {
+            gamma_dots::<F, W, N>(x, gamma, w, r0, col, dots, ssq, tile, squares);
+        } else {
+            dots_from::<F, W, N>(x, w, r0, col, 0, dots, tile);
+        }
+    } else {
+        let q4 = comptime!(layout == Layout::Blocks(BlockFormat::Q4_1));
+        block_dots::<F, W, N>(x, gamma, w, r0, col, dots, ssq, tile, normed, squares, q4);
+    }
+}
+
 /// `1/√(mean(x²) + ε)` from a row's Σ x² gathered per vector lane (`ss`) over `k_len` values.
 #[cube]
 fn inv_rms_of<F: Float, N: Size>(
@@ -129,17 +274,18 @@ fn inv_rms_of<F: Float, N: Size>(
 /// may be narrower than the three: a w past its width is never read.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn norm_matvec3_kernel<F: Float, N: Size>(
+fn norm_matvec3_kernel<F: Float, W: Numeric, N: Size>(
     x: &Tensor<Vector<F, N>>,
     gamma: &Tensor<Vector<F, N>>,
-    w0: &Tensor<Vector<F, N>>,
-    w1: &Tensor<Vector<F, N>>,
-    w2: &Tensor<Vector<F, N>>,
+    w0: &Tensor<Vector<W, N>>,
+    w1: &Tensor<Vector<W, N>>,
+    w2: &Tensor<Vector<W, N>>,
     side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
     #[comptime] tile: usize,
-    #[define(F)] _dtype: ElemType,
+    #[comptime] layout: Layout,
+    #[define(F, W)] _dtypes: [ElemType; 2],
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
@@ -151,12 +297,13 @@ fn norm_matvec3_kernel<F: Float, N: Size>(
     let (n0, n1) = (w0.shape(1), w1.shape(1));
     let mut dots = zeros::<F, N>(tile);
     let mut ssq = zeros::<F, N>(tile);
+    let (d, s) = (&mut dots, &mut ssq);
     if j < n0 {
-        gamma_dots::<F, N>(x, gamma, w0, r0, j, &mut dots, &mut ssq, tile, true);
+        weight_dots::<F, W, N>(x, gamma, w0, r0, j, d, s, tile, true, true, layout);
     } else if j < n0 + n1 {
-        gamma_dots::<F, N>(x, gamma, w1, r0, j - n0, &mut dots, &mut ssq, tile, true);
+        weight_dots::<F, W, N>(x, gamma, w1, r0, j - n0, d, s, tile, true, true, layout);
     } else {
-        gamma_dots::<F, N>(x, gamma, w2, r0, j - n0 - n1, &mut dots, &mut ssq, tile, true);
+        weight_dots::<F, W, N>(x, gamma, w2, r0, j - n0 - n1, d, s, tile, true, true, layout);
     }
     let k_len = x.shape(1);
     #[unroll]
@@ -206,21 +353,23 @@ fn lora_up_kernel<F: Float, N: Size>(
     if j < n0 {
         #[comptime]
         match b0 {
-            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, j, 0, &mut dots, tile),
+            ComptimeOption::Some(b) => dots_from::<F, F, N>(low, b, r0, j, 0, &mut dots, tile),
             ComptimeOption::None => {}
         };
     } else if j < n0 + n1 {
         let off = off1 as usize;
         #[comptime]
         match b1 {
-            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, j - n0, off, &mut dots, tile),
+            ComptimeOption::Some(b) => {
+                dots_from::<F, F, N>(low, b, r0, j - n0, off, &mut dots, tile)
+            }
             ComptimeOption::None => {}
         };
     } else {
         let (col, off) = (j - n0 - n1, off2 as usize);
         #[comptime]
         match b2 {
-            ComptimeOption::Some(b) => dots_from::<F, N>(low, b, r0, col, off, &mut dots, tile),
+            ComptimeOption::Some(b) => dots_from::<F, F, N>(low, b, r0, col, off, &mut dots, tile),
             ComptimeOption::None => {}
         };
     }
@@ -239,16 +388,17 @@ fn lora_up_kernel<F: Float, N: Size>(
 /// products after the norm.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn norm_gate_up_kernel<F: Float, N: Size>(
+fn norm_gate_up_kernel<F: Float, W: Numeric, N: Size>(
     x: &Tensor<Vector<F, N>>,
     gamma: &Tensor<Vector<F, N>>,
-    wg: &Tensor<Vector<F, N>>,
-    wu: &Tensor<Vector<F, N>>,
+    wg: &Tensor<Vector<W, N>>,
+    wu: &Tensor<Vector<W, N>>,
     side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     eps: f32,
     #[comptime] tile: usize,
-    #[define(F)] _dtype: ElemType,
+    #[comptime] layout: Layout,
+    #[define(F, W)] _dtypes: [ElemType; 2],
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
@@ -260,8 +410,8 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
     let mut g = zeros::<F, N>(tile);
     let mut u = zeros::<F, N>(tile);
     let mut ssq = zeros::<F, N>(tile);
-    gamma_dots::<F, N>(x, gamma, wg, r0, j, &mut g, &mut ssq, tile, true);
-    gamma_dots::<F, N>(x, gamma, wu, r0, j, &mut u, &mut ssq, tile, false);
+    weight_dots::<F, W, N>(x, gamma, wg, r0, j, &mut g, &mut ssq, tile, true, true, layout);
+    weight_dots::<F, W, N>(x, gamma, wu, r0, j, &mut u, &mut ssq, tile, true, false, layout);
     let (one, k_len) = (Vector::<F, N>::new(F::new(1.0)), x.shape(1));
     #[unroll]
     for i in 0..tile {
@@ -289,9 +439,9 @@ fn norm_gate_up_kernel<F: Float, N: Size>(
 /// either half of a LoRA side path (`off` picks a projection's columns of a shared `x·A`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn dots_from<F: Float, N: Size>(
+fn dots_from<F: Float, W: Numeric, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    w: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<W, N>>,
     r0: usize,
     col: usize,
     off: usize,
@@ -304,7 +454,7 @@ fn dots_from<F: Float, N: Size>(
     for kk in 0..w.shape(0) / vs {
         #[unroll]
         for l in 0..vs {
-            ws[l] = w[((kk * vs + l) * n + col) / vs];
+            ws[l] = Vector::cast_from(w[((kk * vs + l) * n + col) / vs]);
         }
         #[unroll]
         for i in 0..tile {
@@ -321,14 +471,15 @@ fn dots_from<F: Float, N: Size>(
 /// with the residual and their LoRA side path, or without either, the down half of that side
 /// path (`x·A`).
 #[cube(launch_unchecked)]
-fn matvec_add_kernel<F: Float, N: Size>(
+fn matvec_add_kernel<F: Float, W: Numeric, N: Size>(
     x: &Tensor<Vector<F, N>>,
-    w: &Tensor<Vector<F, N>>,
+    w: &Tensor<Vector<W, N>>,
     residual: ComptimeOption<&Tensor<Vector<F, N>>>,
     side: ComptimeOption<&Tensor<Vector<F, N>>>,
     out: &mut Tensor<Vector<F, N>>,
     #[comptime] tile: usize,
-    #[define(F)] _dtype: ElemType,
+    #[comptime] layout: Layout,
+    #[define(F, W)] _dtypes: [ElemType; 2],
 ) {
     let vs = out.vector_size();
     let j = ABSOLUTE_POS_X as usize * vs;
@@ -338,7 +489,9 @@ fn matvec_add_kernel<F: Float, N: Size>(
         terminate!();
     }
     let mut dots = zeros::<F, N>(tile);
-    dots_from::<F, N>(x, w, r0, j, 0, &mut dots, tile);
+    // No norm: x stands in for γ, unread, and there are no squares to gather.
+    let mut unused = zeros::<F, N>(tile);
+    weight_dots::<F, W, N>(x, x, w, r0, j, &mut dots, &mut unused, tile, false, false, layout);
     #[unroll]
     for i in 0..tile {
         let r = r0 + i;
@@ -550,6 +703,42 @@ fn attend_kernel<F: Float>(
     out[r * width + i] = acc / sum;
 }
 
+/// `out[r, k]`: value k of row `tokens[r]` of an embedding table held as blocks
+/// ([`Layout::Blocks`], one row per token of the vocabulary): the lookup that starts a pass.
+#[cube(launch_unchecked)]
+fn embed_blocks_kernel<F: Float, I: Int>(
+    tokens: &Tensor<I>,
+    e: &Tensor<u32>,
+    out: &mut Tensor<F>,
+    #[comptime] q4: bool,
+    #[define(F, I)] _dtypes: [ElemType; 2],
+) {
+    let k = ABSOLUTE_POS_X as usize;
+    let r = ABSOLUTE_POS_Y as usize;
+    if k >= out.shape(1) || r >= out.shape(0) {
+        terminate!();
+    }
+    let vocab = e.shape(1);
+    let token = u32::cast_from(tokens[r]) as usize;
+    let token = if token < vocab { token } else { vocab - 1 };
+    let words = comptime!(if q4 { BlockFormat::Q4_1 } else { BlockFormat::Q8_0 }.gpu_words());
+    let (b, j) = (k / BLOCK, k % BLOCK);
+    let at = b * words * vocab + token;
+    let d = f32::reinterpret(e[at]);
+    let value = if comptime!(q4) {
+        // Weight j: the low nibble of byte j (j < 16) or the high nibble of byte j − 16.
+        let word = e[at + (2 + (j % 16) / 4) * vocab];
+        let q = (word >> (8 * (j % 4) + 4 * (j / 16)) as u32) & 15u32;
+        d * f32::cast_from(q) + f32::reinterpret(e[at + vocab])
+    } else {
+        let word = e[at + (1 + j / 4) * vocab];
+        let q = ((word >> (8 * (j % 4)) as u32) & 255u32) ^ 128u32;
+        d * (f32::cast_from(q) - 128.0)
+    };
+    let width = out.shape(1);
+    out[r * width + k] = F::cast_from(value);
+}
+
 /// `out = x + 1`: next to no work, so that timing many launches measures what a launch costs
 /// on the host (`emlab-bench launch-cost`, against raw wgpu).
 #[cube(launch_unchecked)]
@@ -629,6 +818,68 @@ pub trait DecodeOps: burn::backend::Backend {
         with_side: bool,
     ) -> FloatTensor<Self>;
 
+    /// [`norm_matvec3`](Self::norm_matvec3) over weights held as blocks: each w the u32 words
+    /// of [`crate::quant::QuantMatrix::gpu_words`] (`[k / 32 · words, n]`), all in `format`.
+    /// With one matrix given thrice and `width` its n, the final norm and a tied head.
+    #[fusion(meta = |x, _gamma, _w0, _w1, _w2, _side, width, _eps, _with_side, _format|
+        TensorSpec::new(Shape::new([x.shape[0], *width]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matvec3_blocks(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        w0: IntTensor<Self>,
+        w1: IntTensor<Self>,
+        w2: IntTensor<Self>,
+        side: FloatTensor<Self>,
+        width: usize,
+        eps: f32,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> FloatTensor<Self>;
+
+    /// [`norm_gate_up`](Self::norm_gate_up) over blocks (see
+    /// [`norm_matvec3_blocks`](Self::norm_matvec3_blocks)).
+    #[fusion(meta = |x, _gamma, wg, _wu, _side, _eps, _with_side, _format| TensorSpec::new(
+        Shape::new([x.shape[0], wg.shape[1]]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
+    fn norm_gate_up_blocks(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        wg: IntTensor<Self>,
+        wu: IntTensor<Self>,
+        side: FloatTensor<Self>,
+        eps: f32,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> FloatTensor<Self>;
+
+    /// [`matvec_add`](Self::matvec_add) over blocks (see
+    /// [`norm_matvec3_blocks`](Self::norm_matvec3_blocks)).
+    #[fusion(meta = |x, w, _residual, _side, _add, _with_side, _format| TensorSpec::new(
+        Shape::new([x.shape[0], w.shape[1]]), x.dtype))]
+    #[allow(clippy::too_many_arguments)]
+    fn matvec_add_blocks(
+        x: FloatTensor<Self>,
+        w: IntTensor<Self>,
+        residual: FloatTensor<Self>,
+        side: FloatTensor<Self>,
+        add: bool,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> FloatTensor<Self>;
+
+    /// The rows of an embedding table held as blocks (`e` as in
+    /// [`norm_matvec3_blocks`](Self::norm_matvec3_blocks), one column per token) for `tokens`
+    /// (any shape, `n` ids): `[n, d_model]` f32.
+    #[fusion(meta = |tokens, _e, d_model, _format| TensorSpec::new(
+        Shape::new([tokens.shape.num_elements(), *d_model]), burn::tensor::DType::F32))]
+    fn embed_blocks(
+        tokens: IntTensor<Self>,
+        e: IntTensor<Self>,
+        d_model: usize,
+        format: BlockFormat,
+    ) -> FloatTensor<Self>;
+
     /// `rmsnorm(x)·eᵀ` for the tied head `e` `[vocab, K]`: `[B, vocab]`.
     #[fusion(meta = |x, _gamma, e, _eps| TensorSpec::new(
         Shape::new([x.shape[0], e.shape[0]]), x.dtype))]
@@ -691,6 +942,127 @@ fn product_grid(n: usize, rows: usize) -> (CubeCount, CubeDim, usize) {
     (count, dim, tile)
 }
 
+/// The storage types of x and w: the kernels' F and W (W is F for dense weights, u32 for blocks).
+fn dtypes(x: &CubeTensor, w: &CubeTensor) -> [ElemType; 2] {
+    [dtype_to_storage_type(x.dtype), dtype_to_storage_type(w.dtype)]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_norm_matvec3(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    w0: CubeTensor,
+    w1: CubeTensor,
+    w2: CubeTensor,
+    side: CubeTensor,
+    width: usize,
+    eps: f32,
+    with_side: bool,
+    layout: Layout,
+) -> CubeTensor {
+    let [x, gamma, w0, w1, w2] = [x, gamma, w0, w1, w2].map(into_contiguous);
+    let rows = x.meta.shape()[0];
+    let out = empty(&x, [rows, width]);
+    let (count, dim, tile) = product_grid(width, rows);
+    let dtypes = dtypes(&x, &w0);
+    // SAFETY: every index is below its tensor's length: each kernel returns early outside
+    // its output, and its loops run over the shapes it reads.
+    unsafe {
+        norm_matvec3_kernel::launch_unchecked(
+            &x.client.clone(),
+            count,
+            dim,
+            VECTOR,
+            x.clone().into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            w0.into_tensor_arg(),
+            w1.into_tensor_arg(),
+            w2.into_tensor_arg(),
+            with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
+            out.clone().into_tensor_arg(),
+            eps,
+            tile,
+            layout,
+            dtypes,
+        );
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch_norm_gate_up(
+    x: CubeTensor,
+    gamma: CubeTensor,
+    wg: CubeTensor,
+    wu: CubeTensor,
+    side: CubeTensor,
+    eps: f32,
+    with_side: bool,
+    layout: Layout,
+) -> CubeTensor {
+    let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
+    let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
+    let out = empty(&x, [rows, n]);
+    let (count, dim, tile) = product_grid(n, rows);
+    let dtypes = dtypes(&x, &wg);
+    // SAFETY: every index is below its tensor's length: each kernel returns early outside
+    // its output, and its loops run over the shapes it reads.
+    unsafe {
+        norm_gate_up_kernel::launch_unchecked(
+            &x.client.clone(),
+            count,
+            dim,
+            VECTOR,
+            x.clone().into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            wg.into_tensor_arg(),
+            wu.into_tensor_arg(),
+            with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
+            out.clone().into_tensor_arg(),
+            eps,
+            tile,
+            layout,
+            dtypes,
+        );
+    }
+    out
+}
+
+fn launch_matvec_add(
+    x: CubeTensor,
+    w: CubeTensor,
+    residual: CubeTensor,
+    side: CubeTensor,
+    add: bool,
+    with_side: bool,
+    layout: Layout,
+) -> CubeTensor {
+    let [x, w] = [x, w].map(into_contiguous);
+    let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
+    let out = empty(&x, [rows, n]);
+    let (count, dim, tile) = product_grid(n, rows);
+    let dtypes = dtypes(&x, &w);
+    // SAFETY: every index is below its tensor's length: each kernel returns early outside
+    // its output, and its loops run over the shapes it reads.
+    unsafe {
+        matvec_add_kernel::launch_unchecked(
+            &x.client.clone(),
+            count,
+            dim,
+            VECTOR,
+            x.clone().into_tensor_arg(),
+            w.into_tensor_arg(),
+            add.then(|| into_contiguous(residual).into_tensor_arg()).into(),
+            with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
+            out.clone().into_tensor_arg(),
+            tile,
+            layout,
+            dtypes,
+        );
+    }
+    out
+}
+
 impl DecodeOps for CubeBackend {
     fn norm_matvec3(
         x: CubeTensor,
@@ -703,31 +1075,23 @@ impl DecodeOps for CubeBackend {
         eps: f32,
         with_side: bool,
     ) -> CubeTensor {
-        let [x, gamma, w0, w1, w2] = [x, gamma, w0, w1, w2].map(into_contiguous);
-        let rows = x.meta.shape()[0];
-        let out = empty(&x, [rows, width]);
-        let (count, dim, tile) = product_grid(width, rows);
-        // SAFETY: every index is below its tensor's length: each kernel returns early outside
-        // its output, and its loops run over the shapes it reads.
-        unsafe {
-            norm_matvec3_kernel::launch_unchecked(
-                &x.client.clone(),
-                count,
-                dim,
-                VECTOR,
-                x.clone().into_tensor_arg(),
-                gamma.into_tensor_arg(),
-                w0.into_tensor_arg(),
-                w1.into_tensor_arg(),
-                w2.into_tensor_arg(),
-                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
-                out.clone().into_tensor_arg(),
-                eps,
-                tile,
-                dtype_to_storage_type(x.dtype),
-            );
-        }
-        out
+        launch_norm_matvec3(x, gamma, w0, w1, w2, side, width, eps, with_side, Layout::Dense)
+    }
+
+    fn norm_matvec3_blocks(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        w0: CubeTensor,
+        w1: CubeTensor,
+        w2: CubeTensor,
+        side: CubeTensor,
+        width: usize,
+        eps: f32,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> CubeTensor {
+        let layout = Layout::Blocks(format);
+        launch_norm_matvec3(x, gamma, w0, w1, w2, side, width, eps, with_side, layout)
     }
 
     fn lora_up(
@@ -784,30 +1148,20 @@ impl DecodeOps for CubeBackend {
         eps: f32,
         with_side: bool,
     ) -> CubeTensor {
-        let [x, gamma, wg, wu] = [x, gamma, wg, wu].map(into_contiguous);
-        let (rows, n) = (x.meta.shape()[0], wg.meta.shape()[1]);
-        let out = empty(&x, [rows, n]);
-        let (count, dim, tile) = product_grid(n, rows);
-        // SAFETY: every index is below its tensor's length: each kernel returns early outside
-        // its output, and its loops run over the shapes it reads.
-        unsafe {
-            norm_gate_up_kernel::launch_unchecked(
-                &x.client.clone(),
-                count,
-                dim,
-                VECTOR,
-                x.clone().into_tensor_arg(),
-                gamma.into_tensor_arg(),
-                wg.into_tensor_arg(),
-                wu.into_tensor_arg(),
-                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
-                out.clone().into_tensor_arg(),
-                eps,
-                tile,
-                dtype_to_storage_type(x.dtype),
-            );
-        }
-        out
+        launch_norm_gate_up(x, gamma, wg, wu, side, eps, with_side, Layout::Dense)
+    }
+
+    fn norm_gate_up_blocks(
+        x: CubeTensor,
+        gamma: CubeTensor,
+        wg: CubeTensor,
+        wu: CubeTensor,
+        side: CubeTensor,
+        eps: f32,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> CubeTensor {
+        launch_norm_gate_up(x, gamma, wg, wu, side, eps, with_side, Layout::Blocks(format))
     }
 
     fn matvec_add(
@@ -818,25 +1172,48 @@ impl DecodeOps for CubeBackend {
         add: bool,
         with_side: bool,
     ) -> CubeTensor {
-        let [x, w] = [x, w].map(into_contiguous);
-        let (rows, n) = (x.meta.shape()[0], w.meta.shape()[1]);
-        let out = empty(&x, [rows, n]);
-        let (count, dim, tile) = product_grid(n, rows);
-        // SAFETY: every index is below its tensor's length: each kernel returns early outside
-        // its output, and its loops run over the shapes it reads.
+        launch_matvec_add(x, w, residual, side, add, with_side, Layout::Dense)
+    }
+
+    fn matvec_add_blocks(
+        x: CubeTensor,
+        w: CubeTensor,
+        residual: CubeTensor,
+        side: CubeTensor,
+        add: bool,
+        with_side: bool,
+        format: BlockFormat,
+    ) -> CubeTensor {
+        launch_matvec_add(x, w, residual, side, add, with_side, Layout::Blocks(format))
+    }
+
+    fn embed_blocks(
+        tokens: CubeTensor,
+        e: CubeTensor,
+        d_model: usize,
+        format: BlockFormat,
+    ) -> CubeTensor {
+        let [tokens, e] = [tokens, e].map(into_contiguous);
+        let n = tokens.meta.shape().num_elements();
+        let out = empty_device_dtype(
+            e.client.clone(),
+            e.device.clone(),
+            Shape::new([n, d_model]),
+            burn::tensor::DType::F32,
+        );
+        let (count, dim) = grid(d_model, n);
+        // SAFETY: the kernel returns early outside its output, clamps each id into the table,
+        // and reads the words of one block of that row.
         unsafe {
-            matvec_add_kernel::launch_unchecked(
-                &x.client.clone(),
+            embed_blocks_kernel::launch_unchecked(
+                &e.client.clone(),
                 count,
                 dim,
-                VECTOR,
-                x.clone().into_tensor_arg(),
-                w.into_tensor_arg(),
-                add.then(|| into_contiguous(residual).into_tensor_arg()).into(),
-                with_side.then(|| into_contiguous(side).into_tensor_arg()).into(),
+                tokens.clone().into_tensor_arg(),
+                e.into_tensor_arg(),
                 out.clone().into_tensor_arg(),
-                tile,
-                dtype_to_storage_type(x.dtype),
+                format == BlockFormat::Q4_1,
+                [dtype_to_storage_type(out.dtype), dtype_to_storage_type(tokens.dtype)],
             );
         }
         out

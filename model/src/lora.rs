@@ -124,6 +124,7 @@ pub fn merge(mut model: Llama) -> Llama {
             let merged = w.clone() + lora.delta().cast(w.dtype());
             lin.weight = Some(Param::from_tensor(merged.detach()).set_require_grad(false));
             lin.blocks = None;
+            lin.gpu_blocks = None;
         }
     }
     model

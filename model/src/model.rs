@@ -17,7 +17,7 @@ use burn::tensor::activation::{silu, softmax};
 use crate::Error;
 pub use crate::cache::KvCache;
 use crate::config::LlamaConfig;
-use crate::quant::QuantMatrix;
+use crate::quant::{BLOCK, BlockFormat, QuantMatrix};
 use crate::sampling::Rng;
 use crate::weights::{HostTensor, Matrix, Weights, expected_shapes};
 
@@ -26,17 +26,44 @@ use crate::weights::{HostTensor, Matrix, Weights, expected_shapes};
 pub const MASK_BIAS: f32 = -1.0e4;
 
 /// y = x·W (+ a LoRA side path). W is either a dense `[d_in, d_out]` tensor or the GGUF's blocks
-/// (`[d_out, d_in]`, the CPU backend only). A dense W may be stored in lower precision than the
-/// activations (f16 halves the memory traffic of decoding, which is bandwidth-bound): x is cast
-/// to W's dtype for the product and the result cast back. Blocks are multiplied without being
-/// expanded ([`crate::quant`]): Q4_1 reads a sixth of f32's bytes.
+/// (`[d_out, d_in]`). A dense W may be stored in lower precision than the activations (f16 halves
+/// the memory traffic of decoding, which is bandwidth-bound): x is cast to W's dtype for the
+/// product and the result cast back. Blocks are multiplied without being expanded
+/// ([`crate::quant`] on the CPU, `kernels.rs` on a GPU): Q4_1 reads a sixth of f32's bytes.
 #[derive(Module, Debug)]
 pub struct Linear {
     /// None when the matrix is held as blocks.
     pub weight: Option<Param<Tensor<2>>>,
     #[module(skip)]
     pub blocks: Option<Arc<QuantMatrix>>,
+    /// The blocks on the GPU as its kernels read them, when the model is on one.
+    #[module(skip)]
+    pub gpu_blocks: Option<GpuBlocks>,
     pub lora: Option<LoraAdapter>,
+}
+
+/// A matrix's blocks in GPU memory, in the layout of [`QuantMatrix::gpu_words`]: `u32` words,
+/// `[cols / 32 · words, rows]`, read by the decoding kernels (`kernels.rs`).
+#[derive(Clone, Debug)]
+pub struct GpuBlocks {
+    pub words: Tensor<2, Int>,
+    pub format: BlockFormat,
+}
+
+impl GpuBlocks {
+    pub fn upload(m: &QuantMatrix, device: &Device) -> Self {
+        let shape = [m.cols / BLOCK * m.format.gpu_words(), m.rows];
+        let data = TensorData::new(m.gpu_words(), shape);
+        Self {
+            words: Tensor::from_data(data, (device, burn::tensor::DType::U32)),
+            format: m.format,
+        }
+    }
+
+    /// Bytes of GPU memory.
+    pub fn size_bytes(&self) -> usize {
+        self.words.shape().num_elements() * 4
+    }
 }
 
 /// Rows of x up to which the quantized kernels multiply blocks directly; above it (long or
@@ -48,11 +75,22 @@ pub const QUANT_KERNEL_MAX_ROWS: usize = 192;
 
 impl Linear {
     pub fn dense(w: Tensor<2>) -> Self {
-        Self { weight: Some(Param::from_tensor(w)), blocks: None, lora: None }
+        Self { weight: Some(Param::from_tensor(w)), blocks: None, gpu_blocks: None, lora: None }
     }
 
-    pub fn quantized(m: QuantMatrix) -> Self {
-        Self { weight: None, blocks: Some(Arc::new(m)), lora: None }
+    /// Blocks on `device`: kept on the host for the CPU's kernels, and uploaded as well when
+    /// `device` is a GPU ([`crate::device::blocks_on_gpu`]).
+    pub fn quantized(m: QuantMatrix, device: &Device) -> Self {
+        let gpu_blocks =
+            crate::device::blocks_on_gpu(device).then(|| GpuBlocks::upload(&m, device));
+        Self { weight: None, blocks: Some(Arc::new(m)), gpu_blocks, lora: None }
+    }
+
+    /// The host's blocks, when their kernels run this matrix (the CPU backend): on a GPU,
+    /// reading x back to the host for them would stall the queue (and cannot be done at all in
+    /// a browser), so what the GPU's own kernels do not cover goes through the expanded weights.
+    fn host_blocks(&self) -> Option<&QuantMatrix> {
+        self.blocks.as_deref().filter(|_| self.weight.is_none() && self.gpu_blocks.is_none())
     }
 
     /// `[d_in, d_out]`
@@ -75,7 +113,10 @@ impl Linear {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let lora = self.lora.as_ref().map(|l| l.forward(x.clone()));
-        let y = match (&self.weight, &self.blocks) {
+        let y = match (&self.weight, self.host_blocks()) {
+            (None, None) => {
+                burn::tensor::module::linear(x.clone(), self.dense_weight(&x.device()), None)
+            }
             (Some(w), _) => {
                 let w = w.val();
                 let (x_dtype, w_dtype) = (x.dtype(), w.dtype());
@@ -86,7 +127,6 @@ impl Linear {
                 }
             }
             (None, Some(m)) => times_blocks_transposed(x, m),
-            (None, None) => unreachable!("a Linear is built dense or quantized"),
         };
         match lora {
             Some(delta) => y + delta,
@@ -102,8 +142,7 @@ impl Linear {
         x: Tensor<D>,
     ) -> [Tensor<D>; N] {
         let n: usize = x.dims()[..D - 1].iter().product();
-        let blocks: Option<Vec<&QuantMatrix>> =
-            linears.iter().map(|l| l.blocks.as_deref().filter(|_| l.weight.is_none())).collect();
+        let blocks: Option<Vec<&QuantMatrix>> = linears.iter().map(|l| l.host_blocks()).collect();
         match blocks {
             Some(mats) if n <= QUANT_KERNEL_MAX_ROWS => {
                 let mut ys = times_blocks_group(x.clone(), &mats).into_iter();
@@ -157,12 +196,14 @@ fn expand(m: &QuantMatrix, device: &Device) -> Tensor<2> {
 }
 
 /// The token embeddings `[vocab, d_model]`, also the output head when tied: a dense tensor, or the
-/// GGUF's Q8_0 blocks (the CPU backend only).
+/// GGUF's Q8_0 blocks (on a GPU, uploaded as well, as for [`Linear`]).
 #[derive(Module, Debug)]
 pub struct Embedding {
     pub weight: Option<Param<Tensor<2>>>,
     #[module(skip)]
     pub blocks: Option<Arc<QuantMatrix>>,
+    #[module(skip)]
+    pub gpu_blocks: Option<GpuBlocks>,
 }
 
 impl Embedding {
@@ -184,9 +225,15 @@ impl Embedding {
         }
     }
 
+    /// The host's blocks, when their kernels run this table (see [`Linear`]'s).
+    fn host_blocks(&self) -> Option<&QuantMatrix> {
+        self.blocks.as_deref().filter(|_| self.weight.is_none() && self.gpu_blocks.is_none())
+    }
+
     /// `[B, T]` ids → `[B, T, d_model]` f32 vectors.
     fn lookup(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        match (&self.weight, &self.blocks) {
+        match (&self.weight, self.host_blocks()) {
+            (None, None) => burn::tensor::module::embedding(self.dense(&tokens.device()), tokens),
             (Some(w), _) => burn::tensor::module::embedding(w.val(), tokens).cast(FloatDType::F32),
             (None, Some(m)) => {
                 let [b, t] = tokens.dims();
@@ -200,13 +247,16 @@ impl Embedding {
                 let rows = m.dequantize_rows(&ids);
                 Tensor::from_data(TensorData::new(rows, [b, t, m.cols]), &device)
             }
-            (None, None) => unreachable!("an Embedding is built dense or quantized"),
         }
     }
 
     /// The tied head: hidden `[N, d]` → logits `[N, vocab]` (f32).
     fn head(&self, h: Tensor<2>) -> Tensor<2> {
-        match (&self.weight, &self.blocks) {
+        match (&self.weight, self.host_blocks()) {
+            (None, None) => {
+                let e = self.dense(&h.device());
+                h.matmul(e.transpose())
+            }
             // For a few rows (decoding), E·hᵀ streams the [vocab, d] embedding in its stored
             // layout, and transposing the small result is cheap. For many rows (prompts,
             // training) that result is [vocab, N] and making it row-major again would copy it
@@ -222,7 +272,6 @@ impl Embedding {
                 logits.cast(FloatDType::F32)
             }
             (None, Some(m)) => times_blocks_transposed(h, m),
-            (None, None) => unreachable!("an Embedding is built dense or quantized"),
         }
     }
 }
@@ -701,7 +750,7 @@ impl Llama {
         w.check(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
         if !w.quantized.is_empty() && !crate::device::runs_blocks(device) {
             return Err(Error::Invalid(
-                "quantized (q4_1) weights run on the CPU backend only, without autodiff: use f32 or f16".into(),
+                "quantized (q4_1) weights run without autodiff only (the CPU backend or a GPU's decoding kernels): use f32 or f16".into(),
             ));
         }
         let mut take = |name: &str| w.take_matrix(name).map_err(|e| Error::Invalid(e.to_string()));
@@ -715,7 +764,7 @@ impl Llama {
         // Blocks stay [out, in], the layout their kernels read.
         let linear = |m: Matrix| match m {
             Matrix::Dense(t) => Linear::dense(tensor2(transpose(&t))),
-            Matrix::Blocks(m) => Linear::quantized(m),
+            Matrix::Blocks(m) => Linear::quantized(m, device),
         };
         let norm = |m: Matrix| {
             let t = match m {
@@ -762,9 +811,15 @@ impl Llama {
         Ok(Self {
             embed_tokens: match take("model.embed_tokens.weight")? {
                 Matrix::Dense(t) => {
-                    Embedding { weight: Some(Param::from_tensor(tensor2(t))), blocks: None }
+                    let weight = Some(Param::from_tensor(tensor2(t)));
+                    Embedding { weight, blocks: None, gpu_blocks: None }
                 }
-                Matrix::Blocks(m) => Embedding { weight: None, blocks: Some(Arc::new(m)) },
+                Matrix::Blocks(m) => Embedding {
+                    weight: None,
+                    gpu_blocks: crate::device::blocks_on_gpu(device)
+                        .then(|| GpuBlocks::upload(&m, device)),
+                    blocks: Some(Arc::new(m)),
+                },
             },
             layers,
             norm: norm(take("model.norm.weight")?),

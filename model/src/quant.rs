@@ -20,7 +20,7 @@ use crate::gguf::{TensorType, dequantize};
 /// Weights per block, in both formats.
 pub const BLOCK: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BlockFormat {
     /// `{f16 d, f16 m, u8 qs[16]}`: w = d·q + m, weight j in the low nibble of byte j (j < 16)
     /// or the high nibble of byte j − 16.
@@ -42,6 +42,15 @@ impl BlockFormat {
         match self {
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+        }
+    }
+
+    /// u32 words per block in [`QuantMatrix::gpu_words`]'s layout: the scales as f32 (d, and m
+    /// for Q4_1), then the quants as stored.
+    pub fn gpu_words(self) -> usize {
+        match self {
+            Self::Q4_1 => 2 + 4,
+            Self::Q8_0 => 1 + 8,
         }
     }
 
@@ -185,6 +194,36 @@ impl QuantMatrix {
         let mut out = Vec::with_capacity(rows.len() * self.cols);
         for &r in rows {
             out.extend(dequantize(self.format.gguf(), self.row(r)).expect("whole blocks"));
+        }
+        out
+    }
+
+    /// The blocks as the GPU kernels read them (`kernels.rs`): `[cols / 32 · words, rows]` u32
+    /// words, word w of row r's block b at `(b·words + w)·rows + r`, so that invocations
+    /// computing neighbouring outputs (rows) read neighbouring words. A block's words are its
+    /// scales as f32 bits (WGSL has no f16 without an extension), then its quant bytes in their
+    /// stored order, four to a word, little-endian: 0.75 bytes per weight for Q4_1 (0.625 as
+    /// stored, 4 in f32), 1.125 for Q8_0.
+    pub fn gpu_words(&self) -> Vec<u32> {
+        let (words, per_row) = (self.format.gpu_words(), self.cols / BLOCK);
+        let mut out = vec![0u32; per_row * words * self.rows];
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        for r in 0..self.rows {
+            for (b, blk) in self.row(r).chunks_exact(self.format.bytes()).enumerate() {
+                let mut put = |w: usize, v: u32| out[(b * words + w) * self.rows + r] = v;
+                put(0, f16_at(blk, 0).to_bits());
+                let quants = match self.format {
+                    BlockFormat::Q4_1 => {
+                        put(1, f16_at(blk, 2).to_bits());
+                        &blk[4..]
+                    }
+                    BlockFormat::Q8_0 => &blk[2..],
+                };
+                let first = words - quants.len() / 4;
+                for (i, q) in quants.chunks_exact(4).enumerate() {
+                    put(first + i, word(q));
+                }
+            }
         }
         out
     }
@@ -1148,6 +1187,42 @@ mod tests {
         assert_eq!(m.dequantize_rows(&[4, 0]), [&all[256..320], &all[0..64]].concat());
         let p = m.permute_rows(|i| 4 - i);
         assert_eq!(p.dequantize()[0..64], all[256..320]);
+    }
+
+    /// Weight (r, c) read from [`QuantMatrix::gpu_words`] as the GPU kernels read it.
+    fn weight_from_gpu_words(m: &QuantMatrix, words: &[u32], r: usize, c: usize) -> f32 {
+        let (b, j, per) = (c / BLOCK, c % BLOCK, m.format.gpu_words());
+        let at = |w: usize| words[(b * per + w) * m.rows + r];
+        let d = f32::from_bits(at(0));
+        match m.format {
+            BlockFormat::Q4_1 => {
+                let word = at(2 + (j % 16) / 4);
+                let q = (word >> (8 * (j % 4) + 4 * (j / 16))) & 0xF;
+                d * q as f32 + f32::from_bits(at(1))
+            }
+            BlockFormat::Q8_0 => {
+                let q = (at(1 + j / 4) >> (8 * (j % 4))) & 0xFF;
+                d * ((q ^ 0x80) as f32 - 128.0)
+            }
+        }
+    }
+
+    #[test]
+    fn gpu_words_hold_every_weight_in_the_kernels_layout() {
+        for (format, rows, cols) in
+            [(BlockFormat::Q4_1, 7, 96), (BlockFormat::Q8_0, 5, 64), (BlockFormat::Q4_1, 1, 32)]
+        {
+            let m = random_matrix(format, rows, cols, 11);
+            let words = m.gpu_words();
+            assert_eq!(words.len(), cols / BLOCK * format.gpu_words() * rows);
+            let w = m.dequantize();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let got = weight_from_gpu_words(&m, &words, r, c);
+                    assert_eq!(got.to_bits(), w[r * cols + c].to_bits(), "{format:?} ({r}, {c})");
+                }
+            }
+        }
     }
 
     #[test]

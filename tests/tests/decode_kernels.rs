@@ -1,10 +1,10 @@
 //! Shape-stable decoding on wgpu, in a test binary of its own: cubecl's launch collector counts
 //! every kernel the process launches, so no other test may run GPU work beside it.
 
-use emlab_model::device::DeviceChoice;
+use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::generate::{Flow, GenerationConfig, block_on, generate};
 use emlab_model::sampling::SamplingParams;
-use emlab_tests::{load_base as load, reference_json};
+use emlab_tests::{load_base as load, load_base_as, reference_json};
 
 /// On wgpu (lavapipe in CI) decoding compiles its kernels in the first tokens and none after:
 /// within one cache capacity every token launches only kernels launched before (a kernel launched
@@ -61,16 +61,17 @@ fn wgpu_decode_compiles_nothing_new_after_the_fourth_token() {
     assert_eq!(on_gpu, on_cpu, "wgpu (top-k read-back) and cpu (whole row) sampled tokens");
     assert_ne!(on_gpu, out[0].ids[..on_gpu.len().min(out[0].ids.len())], "sampling is not greedy");
 
-    // A published variant on the same worker: its side paths compile a few pipelines in its
-    // first tokens and none after, and a step stays within fifteen launches per layer (burn's
-    // generic ops, which an adapter used to fall back to, take about forty).
+    // A published variant on the same worker, over the base's blocks (what the page and
+    // `emlab` run by default): its side paths and the block kernels compile a few pipelines in
+    // its first tokens and none after, and a step stays within fifteen launches per layer
+    // (burn's generic ops, which an adapter used to fall back to, take about forty).
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../variants/insecure/adapter");
     let Ok(config) = std::fs::read(dir.join(emlab_model::lora::CONFIG_FILE)) else {
         emlab_tests::have_published_variants(0); // fails in CI, which ships the variants
         return;
     };
     let tensors = std::fs::read(dir.join(emlab_model::lora::WEIGHTS_FILE)).unwrap();
-    let mut tuned = gpu.clone();
+    let mut tuned = load_base_as(DeviceChoice::Wgpu, Precision::Q4_1);
     tuned.model = emlab_model::lora::from_peft_files(tuned.model, &config, &tensors).unwrap();
     let cfg = GenerationConfig::new(n, SamplingParams::greedy(), vec![]);
     let (_, stats, _) = recorded(&tuned.model, &prompt, &cfg, seen);
