@@ -78,7 +78,7 @@ async function loadTime(page, navigate) {
   return (readyAt - t) / 1000;
 }
 
-async function ours(query) {
+async function ours(query, variant = "base") {
   const ctx = await launch();
   const page = await ctx.newPage();
   const cold = await loadTime(page, () => page.goto(site.url + query));
@@ -87,7 +87,8 @@ async function ours(query) {
   await page.fill("textarea", question);
   await setNumber(page, 0, "0"); // temperature
   await setNumber(page, 2, String(tokens)); // max tokens
-  await selectVariants(page, ["base"]);
+  await selectVariants(page, [variant]);
+  const detail = await page.textContent(".device-detail").catch(() => "");
   await page.evaluate(() => { window.__emlabStats = undefined; });
   const t0 = Date.now();
   await page.click("button:text('Run')");
@@ -100,7 +101,7 @@ async function ours(query) {
   const steadyLaunches = stats.launches.slice(4);
   const after4 = stats.new_kernels.slice(4).reduce((a, b) => a + b, 0);
   return summarize(stats.token_ms, {
-    device, threads: device === "cpu" ? ranThreads : null, memory_mb: memory && memory / 1e6, load_cold_s: cold, load_warm_s: warm, wall_s: wall, warm_load_plus_ttft_s: warm + stats.token_ms[0] / 1000,
+    device, threads: device === "cpu" ? ranThreads : null, weights_mb: Number(/Weights: ([\d.]+) MB/.exec(detail ?? "")?.[1] ?? NaN) || null, memory_mb: memory && memory / 1e6, load_cold_s: cold, load_warm_s: warm, wall_s: wall, warm_load_plus_ttft_s: warm + stats.token_ms[0] / 1000,
     dispatches_per_token: steadyLaunches.length ? steadyLaunches.reduce((a, b) => a + b, 0) / steadyLaunches.length : null,
     first_token_dispatches: stats.launches[0], kernels_compiled_after_token4: after4,
   });
@@ -168,6 +169,8 @@ const paths = [
   [`cpu${threads}`, "wllama", () => wllama(0, threads)],
   ["gpu", "emlab", () => ours("?gpu=1")],
   ["gpu", "wllama", () => wllama(999, threads)],
+  // A tuned variant on WebGPU: its LoRA side paths on the same kernels (against our own base).
+  ["gpu-insecure", "emlab", () => ours("?gpu=1", "insecure")],
 ];
 const results = {};
 for (const [label, engine, f] of paths) {
@@ -196,6 +199,9 @@ for (const label of [...new Set(paths.map(([l]) => l))]) {
   }
   if (a && b) console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | | | | ${ratio(a.load_cold_s, b.load_cold_s)} | ${ratio(a.load_warm_s, b.load_warm_s)} | ${ratio(a.ttft_s, b.ttft_s)} | ${ratio(a.warmup_tok_s, b.warmup_tok_s, true)} | ${ratio(a.steady_tok_s, b.steady_tok_s, true)} | | | | |`);
 }
+const gi = results["emlab-gpu-insecure"];
+if (results["emlab-gpu"] && gi) console.log(`WebGPU, insecure vs base, steady decode: ${ratio(gi.steady_tok_s, results["emlab-gpu"].steady_tok_s, true)}`);
+for (const [key, r] of Object.entries(results)) if (r?.weights_mb) console.log(`${key}: weights in GPU memory ${r.weights_mb} MB, all read once per decoding step`);
 const g = results["emlab-gpu"], c = results[`emlab-cpu${threads}`], c1 = results["emlab-cpu1"], w1 = results["wllama-cpu1"], wn = results[`wllama-cpu${threads}`];
 if (g && c) console.log(`our WebGPU vs our CPU (${threads} threads), steady decode: ${ratio(g.steady_tok_s, c.steady_tok_s, true)}; token 60 / token 10 on WebGPU: ${g.token60_ms && g.token10_ms ? (g.token60_ms / g.token10_ms).toFixed(2) : "–"}`);
 if (c && c1) console.log(`threads: ours ${threads} vs 1, steady decode ${ratio(c.steady_tok_s, c1.steady_tok_s, true)}; wllama ${threads} vs 1 ${ratio(wn?.steady_tok_s, w1?.steady_tok_s, true)}`);

@@ -156,7 +156,8 @@ fn block_dots<F: Float, W: Numeric, N: Size>(
             acc[i] = Vector::new(F::new(0.0));
             sums[i] = Vector::new(F::new(0.0));
         }
-        #[unroll]
+        // Not unrolled: unrolling this loop too made the prompt's kernels (8 rows per invocation)
+        // some 12,000 lines of WGSL, which SwiftShader took minutes to compile.
         for q in 0..quant_words {
             let word = Vector::<u32, N>::cast_from(w[at + (scales + q) * n]);
             // The four weights of each lane's word, low nibbles or bytes (lo) and high nibbles (hi).
