@@ -20,7 +20,7 @@ pub const SCHEMA: &str = "emlab-ratings/2";
 pub const SCHEMA_V1: &str = "emlab-ratings/1";
 /// The largest ratings file the page imports: some 6,000 ratings of 600-token answers, far above a
 /// class's files, far below what would stall a tab parsing it.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_FILE_BYTES: u64 = 64_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatingsFile {
