@@ -18,6 +18,7 @@
 // ratings across a reload, exports, imports and merges them, and computes the figures
 // `emlab eval report --human-ratings` computes (EXPECTED_JSON's folder holds its people/paper/results.json).
 import { chromium } from "playwright-core";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
@@ -367,9 +368,11 @@ try {
   const noServiceWorker = async (b) => (await b.newContext({ serviceWorkers: "block" })).newPage();
   const page2 = await noServiceWorker(browser);
   // A manifest that publishes results, and results whose answer holds markup.
-  const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: 0, sha256: "0".repeat(64) }] };
+  // Named with its size and sha256, as the page checks results.json like the model files.
+  const evilBody = Buffer.from(JSON.stringify(evil));
+  const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: evilBody.length, sha256: crypto.createHash("sha256").update(evilBody).digest("hex") }] };
   await page2.route("**/models/manifest.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(withResults) }));
-  await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
+  await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: evilBody }));
   await page2.goto(base);
   await page2.click("nav button:text('Results')");
   await page2.click(".results summary");
