@@ -2,7 +2,7 @@
 # The browser tests, in headless Chromium (Debian's chromium + chromium-driver, --enable-unsafe-webgpu
 # gives a software WebGPU adapter): the wasm unit tests (tokenizer ids and tiny-model logits on
 # WebGPU and on the CPU backend vs native), then the end-to-end test of the built site
-# (tests/e2e/demo.test.mjs, site.test.mjs, lesson.test.mjs). Called by scripts/test.sh.
+# (tests/e2e/demo.test.mjs, site.test.mjs, lesson.test.mjs, storage.test.mjs). Called by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -63,3 +63,5 @@ echo "== the site on a static host (sub-path, second origin)"
 node tests/e2e/site.test.mjs dist "$expected"
 echo "== what a class sees first: the readable setting, the paper's own examples"
 node tests/e2e/lesson.test.mjs dist
+echo "== a class's work is never lost: ratings storage, manifest paths, stalled downloads"
+node tests/e2e/storage.test.mjs dist

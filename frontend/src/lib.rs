@@ -6,6 +6,7 @@ pub mod engine;
 pub mod loader;
 pub mod pool;
 pub mod protocol;
+pub mod ratings_store;
 pub mod variants;
 pub mod worker_client;
 

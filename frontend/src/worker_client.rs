@@ -57,9 +57,28 @@ pub enum EngineStatus {
     Failed(String),
 }
 
+/// Which view asked for a generation. Compare's Run and Stop end only Compare's requests; the Rate
+/// view's sampling waits behind a Compare run instead of being cancelled by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Owner {
+    #[default]
+    Compare,
+    Rate,
+}
+
+impl Owner {
+    pub fn view(self) -> &'static str {
+        match self {
+            Owner::Compare => "Compare",
+            Owner::Rate => "Rate",
+        }
+    }
+}
+
 /// One pane's output.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Output {
+    pub owner: Owner,
     pub text: String,
     /// The answer token by token, for the inspector (shared: a pane clones its output often).
     pub pieces: Vec<Arc<Piece>>,
@@ -84,8 +103,12 @@ pub struct Engine {
     worker: StoredValue<Option<Worker>, LocalStorage>,
     pub status: RwSignal<EngineStatus>,
     pub outputs: RwSignal<Vec<(u64, Output)>>,
-    queue: StoredValue<VecDeque<GenerateRequest>, LocalStorage>,
-    busy: RwSignal<Option<u64>>,
+    queue: StoredValue<VecDeque<(Owner, GenerateRequest)>, LocalStorage>,
+    /// The request the worker is running, and whose it is.
+    busy: RwSignal<Option<(u64, Owner)>>,
+    /// Whether the last failure was the worker's own load error (the worker still runs and keeps
+    /// what it downloaded so far: Retry asks it again instead of starting a new one).
+    load_failed: StoredValue<bool>,
     next_id: StoredValue<u64>,
     /// What to load once the worker says it is listening.
     load: StoredValue<ToWorker>,
@@ -113,6 +136,7 @@ impl Engine {
             outputs: RwSignal::new(Vec::new()),
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
+            load_failed: StoredValue::new(false),
             next_id: StoredValue::new(1),
             load: StoredValue::new(ToWorker::Load { models_url, device, threads: 1 }),
             crash_notice: StoredValue::new(None),
@@ -363,6 +387,7 @@ impl Engine {
                 self.pump();
             }
             FromWorker::Error { id: None, message } => {
+                self.load_failed.set_value(true);
                 self.status.set(EngineStatus::Failed(message))
             }
             FromWorker::CacheCleared => {}
@@ -377,15 +402,40 @@ impl Engine {
         });
     }
 
-    /// Queues a generation and returns its id (its output appears in `outputs`).
-    pub fn generate(&self, mut req: GenerateRequest) -> u64 {
+    /// Queues a generation for `owner` and returns its id (its output appears in `outputs`). A
+    /// Compare run goes before the Rate view's queued samples: a person waits for it, while the
+    /// samples fill a queue in the background.
+    pub fn generate(&self, owner: Owner, mut req: GenerateRequest) -> u64 {
         let id = self.next_id.get_value();
         self.next_id.set_value(id + 1);
         req.id = id;
-        self.outputs.update(|o| o.push((id, Output { running: true, ..Default::default() })));
-        self.queue.update_value(|q| q.push_back(req));
+        self.outputs
+            .update(|o| o.push((id, Output { owner, running: true, ..Default::default() })));
+        self.queue.update_value(|q| {
+            let at = match owner {
+                Owner::Compare => {
+                    q.iter().position(|(o, _)| *o != Owner::Compare).unwrap_or(q.len())
+                }
+                Owner::Rate => q.len(),
+            };
+            q.insert(at, (owner, req));
+        });
         self.pump();
         id
+    }
+
+    /// Why request `id` has not started: another view's generation has the worker.
+    pub fn waiting_note(&self, id: u64) -> Option<String> {
+        let (owner, started) = self.outputs.with(|outs| {
+            outs.iter().find(|(i, _)| *i == id).map(|(_, o)| (o.owner, !o.pieces.is_empty()))
+        })?;
+        match self.busy.get() {
+            Some((running, other)) if running != id && other != owner && !started => Some(format!(
+                "waiting: the {} view's sampling has the model; this starts when its answer ends",
+                other.view()
+            )),
+            _ => None,
+        }
     }
 
     /// Sends the next queued request when the worker is free and ready.
@@ -396,27 +446,46 @@ impl Engine {
         }
         let mut next = None;
         self.queue.update_value(|q| next = q.pop_front());
-        if let Some(req) = next {
-            self.busy.set(Some(req.id));
+        if let Some((owner, req)) = next {
+            self.busy.set(Some((req.id, owner)));
             self.send(&ToWorker::Generate(req));
         }
     }
 
-    /// Stops the running generation and drops the queued ones.
-    pub fn stop_all(&self) {
+    /// Stops `owner`'s running generation and drops its queued ones; other views' requests go on.
+    pub fn stop(&self, owner: Owner) {
         let mut dropped = Vec::new();
-        self.queue.update_value(|q| dropped = q.drain(..).map(|r| r.id).collect());
+        self.queue.update_value(|q| {
+            q.retain(|(o, r)| {
+                if *o == owner {
+                    dropped.push(r.id);
+                }
+                *o != owner
+            })
+        });
         for id in dropped {
             self.update(id, |o| {
                 o.running = false;
                 o.finish = Some(FinishReason::Cancelled);
             });
         }
-        self.send(&ToWorker::Stop);
+        if matches!(self.busy.get_untracked(), Some((_, o)) if o == owner) {
+            self.send(&ToWorker::Stop);
+        }
     }
 
-    /// Starts over after a failed load (a missing file that the host may have back by now).
+    /// Starts over after a failed load (a missing file that the host may have back by now, a
+    /// stalled download). A worker that is still running loads again itself, resuming the files
+    /// it has part of; one that crashed is replaced.
     pub fn retry(self) {
+        let alive = self.worker.with_value(Option::is_some) && self.started.get_value();
+        if alive && self.load_failed.get_value() {
+            self.load_failed.set_value(false);
+            self.load_started.set_value(None);
+            self.status.set(EngineStatus::Starting);
+            return self.send(&self.load.get_value());
+        }
+        self.load_failed.set_value(false);
         self.worker.update_value(|w| {
             if let Some(w) = w.take() {
                 w.terminate();

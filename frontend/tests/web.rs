@@ -256,6 +256,38 @@ fn manifests_with_absurd_sizes_or_escaping_paths_are_refused() {
     bad(vec![FileEntry { sha256: "zz".into(), ..file("base/x", 10) }], "not a sha256");
 }
 
+/// Every file's address is resolved by the browser's own URL parser (which reads `%2e%2e` as `..`
+/// and `\` as `/`) and must stay inside the manifest's folder.
+#[wasm_bindgen_test]
+fn file_addresses_are_resolved_and_kept_inside_the_manifests_folder() {
+    use emlab_frontend::loader::{FileEntry, file_url, folder_url};
+    let file = |path: &str| FileEntry {
+        name: "base/model.gguf.part000".into(),
+        path: Some(path.into()),
+        bytes: 1,
+        sha256: "ab".repeat(32),
+    };
+    let folder = folder_url("https://cdn.example/em/models").unwrap();
+    assert_eq!(folder, "https://cdn.example/em/models/");
+    assert_eq!(
+        file_url("https://cdn.example/em/models/", &file("base/a%20b.0123.bin")).unwrap(),
+        "https://cdn.example/em/models/base/a%20b.0123.bin"
+    );
+    for path in [
+        "%2e%2e/secret.bin",
+        "..\\secret.bin",
+        "base\\..\\..\\x",
+        "base/%2E%2e/%2e%2e/x",
+        "//evil.example/x",
+    ] {
+        let e = file_url("https://cdn.example/em/models", &file(path)).unwrap_err();
+        assert!(
+            e.contains("outside the model folder") && e.contains("nothing was fetched"),
+            "{path}: {e}"
+        );
+    }
+}
+
 static CONSTRUCTOR_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 extern "C" fn count_constructor_run() {
     CONSTRUCTOR_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

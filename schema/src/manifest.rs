@@ -62,12 +62,8 @@ impl Manifest {
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad("not a sha256");
             }
-            let path = f.path.as_deref().unwrap_or(&f.name);
-            if path.starts_with('/')
-                || path.split('/').any(|p| p == ".." || p.is_empty())
-                || path.contains(':')
-            {
-                return bad("a path outside the model folder");
+            if let Err(why) = f.relative_path() {
+                return bad(&why);
             }
             total = total.saturating_add(f.bytes);
         }
@@ -85,7 +81,58 @@ impl Manifest {
     }
 }
 
+/// How many times a path is percent-decoded before it is judged: `%252e` is `%2e` once decoded,
+/// and a host may decode again.
+const DECODE_ROUNDS: usize = 3;
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl FileEntry {
+    /// The file's path below the manifest's folder, refused when any spelling of it leaves the
+    /// folder: browsers read `%2e%2e` as `..` and `\` as `/`, so the path is judged as each
+    /// round of percent-decoding and with backslashes as slashes, not as written.
+    pub fn relative_path(&self) -> Result<&str, String> {
+        let path = self.path.as_deref().unwrap_or(&self.name);
+        let mut spelling = path.to_string();
+        for _ in 0..=DECODE_ROUNDS {
+            let s = spelling.replace('\\', "/");
+            if s.starts_with('/')
+                || s.split('/').any(|p| p == ".." || p == "." || p.is_empty())
+                || s.contains(':')
+                || s.contains(['?', '#'])
+                || s.chars().any(char::is_control)
+            {
+                return Err(format!("a path outside the model folder ({path})"));
+            }
+            let decoded = percent_decode(&spelling);
+            if decoded == spelling {
+                break;
+            }
+            spelling = decoded;
+        }
+        Ok(path)
+    }
+
+    /// The file's address below `base` as the manifest spells it; the page resolves it and checks
+    /// that the result is still inside `base` (see the loader) before fetching it.
     pub fn url(&self, base: &str) -> String {
         format!("{}/{}", base.trim_end_matches('/'), self.path.as_deref().unwrap_or(&self.name))
     }
@@ -116,6 +163,23 @@ mod tests {
         for bad in ["../a", "/etc/passwd", "a//b", "https://x/a", "a/../../b"] {
             assert!(manifest(vec![entry(bad, 1)]).check().is_err(), "{bad}");
         }
+        // Spellings a browser resolves to a parent folder.
+        for bad in [
+            "%2e%2e/secret.bin",
+            "%2E%2E/secret.bin",
+            "base/%2e%2e/%2e%2e/secret.bin",
+            "..\\secret.bin",
+            "base\\..\\..\\secret.bin",
+            "%5c..%5csecret.bin",
+            "%252e%252e/secret.bin",
+            "%2fetc/passwd",
+            ".%2e/secret.bin",
+            "base/./a.bin",
+        ] {
+            let e = manifest(vec![entry(bad, 1)]).check().unwrap_err();
+            assert!(e.contains("outside the model folder"), "{bad}: {e}");
+        }
+        assert_eq!(manifest(vec![entry("base/a%20b.bin", 1)]).check(), Ok(()));
         assert!(manifest(vec![entry("a", MAX_FILE_BYTES + 1)]).check().is_err());
         let many = (0..3).map(|_| entry("a", MAX_FILE_BYTES)).collect();
         assert!(manifest(many).check().unwrap_err().contains("in all"));

@@ -3,7 +3,9 @@
 //! Both compute the paper's figures from them with [`results`], one sampling setting at a time
 //! ([`by_setting`]), so they agree to the last digit and never mix two settings' answers.
 //! `emlab-ratings/1` files, from before the page offered a setting, still read: the page sampled
-//! them all at the paper's setting.
+//! them all at the paper's setting. The page also keeps each [`Rating`] in the browser's storage
+//! as this same JSON, under [`Rating::key`]: the side that writes and the side that reads share
+//! one type and one notion of "the same rating".
 
 use std::collections::BTreeMap;
 
@@ -16,6 +18,9 @@ use crate::setting::Setting;
 pub const SCHEMA: &str = "emlab-ratings/2";
 /// The first version: no setting per rating; every answer was sampled at [`Setting::PAPER`].
 pub const SCHEMA_V1: &str = "emlab-ratings/1";
+/// The largest ratings file the page imports: some 6,000 ratings of 600-token answers, far above a
+/// class's files, far below what would stall a tab parsing it.
+pub const MAX_FILE_BYTES: u64 = 64_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatingsFile {
@@ -62,13 +67,36 @@ impl Rating {
         (&self.variant, &self.question_id, self.seed)
     }
 
+    /// One per person, setting and answer: the merge's identity, and the page's storage key (two
+    /// tabs writing the same key keep one rating, different keys both).
+    pub fn key(&self) -> String {
+        let setting = self.setting().name();
+        format!(
+            "{}\u{1f}{setting}\u{1f}{}\u{1f}{}\u{1f}{}",
+            person(&self.rater),
+            self.variant,
+            self.question_id,
+            self.seed
+        )
+    }
+
+    /// One stored rating, as the page keeps it: its JSON, filled in and checked as a file's
+    /// ratings are (a rating kept from before the page offered a setting is at the paper's).
+    pub fn from_stored(text: &str) -> Result<Rating, String> {
+        let mut r: Rating = serde_json::from_str(text).map_err(|e| format!("not a rating: {e}"))?;
+        r.setting = Some(r.setting());
+        r.check()?;
+        Ok(r)
+    }
+
     /// The setting the answer was sampled at. A rating without one comes from before the page
     /// offered a choice (an `emlab-ratings/1` file, or a browser's store from then): the paper's.
     pub fn setting(&self) -> Setting {
         self.setting.unwrap_or(Setting::PAPER)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Whether the rating is one the figures may count: scores in range, a name, a valid setting.
+    pub fn check(&self) -> Result<(), String> {
         let score = |name: &str, v: Option<f64>| match v {
             Some(v) if !(0.0..=100.0).contains(&v) => {
                 Err(format!("{name} must be between 0 and 100, got {v}"))
@@ -99,7 +127,22 @@ impl RatingsFile {
 
     /// Reads and checks a ratings file, of this version or [`SCHEMA_V1`] (then read as this
     /// version, at the paper's setting); the error says what is wrong and, for a rating, which.
+    /// A file of a newer version is refused by its version before its ratings are read: their
+    /// fields may mean something this version does not know.
     pub fn parse(text: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            schema: String,
+        }
+        if let Ok(Head { schema }) = serde_json::from_str::<Head>(text)
+            && let Some(v) =
+                schema.strip_prefix("emlab-ratings/").and_then(|v| v.parse::<u32>().ok())
+            && v > 2
+        {
+            return Err(format!(
+                "{schema} is a newer format than this version reads ({SCHEMA} and {SCHEMA_V1}): nothing was read; use a newer version of the page or of emlab"
+            ));
+        }
         let mut file: RatingsFile =
             serde_json::from_str(text).map_err(|e| format!("not a ratings file: {e}"))?;
         match file.schema.as_str() {
@@ -121,15 +164,20 @@ impl RatingsFile {
     }
 }
 
-/// The union of several files' ratings: one per person, setting and answer, a later rating
-/// replacing an earlier one (importing the same file twice changes nothing). Order: first
-/// appearance.
+/// Who a rater is: names that differ only in case or spaces ("ann", "Ann", " ann ") are one
+/// person, since people type their name again on another computer.
+pub fn person(rater: &str) -> String {
+    rater.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+/// The union of several files' ratings: one per person, setting and answer ([`Rating::key`]), a
+/// later rating replacing an earlier one (importing the same file twice changes nothing). Order:
+/// first appearance.
 pub fn merge(files: impl IntoIterator<Item = Vec<Rating>>) -> Vec<Rating> {
     let mut out: Vec<Rating> = Vec::new();
-    let mut at: BTreeMap<(String, String, String, String, u64), usize> = BTreeMap::new();
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
     for r in files.into_iter().flatten() {
-        let key =
-            (r.rater.clone(), r.setting().name(), r.variant.clone(), r.question_id.clone(), r.seed);
+        let key = r.key();
         match at.get(&key) {
             Some(&i) => out[i] = r,
             None => {
@@ -160,9 +208,9 @@ pub fn by_setting(ratings: &[Rating]) -> Vec<(Setting, Vec<Rating>)> {
     groups
 }
 
-/// How many people rated.
+/// How many people rated (see [`person`]).
 pub fn raters(ratings: &[Rating]) -> usize {
-    ratings.iter().map(|r| r.rater.as_str()).collect::<std::collections::BTreeSet<_>>().len()
+    ratings.iter().map(|r| person(&r.rater)).collect::<std::collections::BTreeSet<_>>().len()
 }
 
 /// Which answer was rated: (variant, question id, seed).
@@ -305,9 +353,37 @@ mod tests {
         bad.ratings[0].setting = Some(Setting { temperature: 3.0, top_p: 1.0 });
         let e = RatingsFile::parse(&serde_json::to_string(&bad).unwrap()).unwrap_err();
         assert_eq!(e, "rating 1: temperature 3 is not between 0 and 2");
+        // A newer version is refused by its version, whatever its ratings look like.
+        let v3 = r#"{"schema": "emlab-ratings/3", "ratings": [{"who": "ann", "scores": [1, 2]}]}"#;
+        let e = RatingsFile::parse(v3).unwrap_err();
+        assert!(e.starts_with("emlab-ratings/3 is a newer format"), "{e}");
         assert!(
-            RatingsFile::parse(&v1.replace("/1", "/3")).unwrap_err().contains("'emlab-ratings/3'")
+            RatingsFile::parse(&v1.replace("/1", "/x")).unwrap_err().contains("'emlab-ratings/x'")
         );
+    }
+
+    #[test]
+    fn names_that_differ_in_case_or_spaces_are_one_person() {
+        let ann = rating("ann", "base", 1, Some(90.0), 80.0);
+        let ann_again = rating(" Ann ", "base", 1, Some(40.0), 80.0);
+        let ann_other = rating("ANN", "base", 2, Some(10.0), 80.0);
+        let merged = merge([vec![ann.clone()], vec![ann_again.clone(), ann_other.clone()]]);
+        assert_eq!(merged, [ann_again.clone(), ann_other.clone()], "the later rating replaces");
+        assert_eq!(raters(&[ann, ann_other]), 1);
+        assert_eq!(person("  Ann   Lee "), "ann lee");
+    }
+
+    #[test]
+    fn a_stored_rating_is_read_and_checked_alone() {
+        let r = rating("ann", "base", 1, Some(90.0), 80.0);
+        assert_eq!(Rating::from_stored(&serde_json::to_string(&r).unwrap()), Ok(r.clone()));
+        // Kept from before the page offered a setting: the paper's.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().retain(|k, _| k != "temperature" && k != "top_p");
+        assert_eq!(Rating::from_stored(&old.to_string()).unwrap().setting, Some(Setting::PAPER));
+        assert!(Rating::from_stored("{\"rater\": 3}").unwrap_err().starts_with("not a rating"));
+        let bad = Rating { coherent: Some(200.0), ..r };
+        assert!(Rating::from_stored(&serde_json::to_string(&bad).unwrap()).is_err());
     }
 
     #[test]

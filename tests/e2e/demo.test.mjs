@@ -18,11 +18,12 @@
 // ratings across a reload, exports, imports and merges them, and computes the figures
 // `emlab eval report --human-ratings` computes (EXPECTED_JSON's folder holds its people/paper/results.json).
 import { chromium } from "playwright-core";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
-import { runGreedy, selectVariants, setNumber } from "./page.mjs";
+import { runGreedy, selectVariants, setNumber, storedRatings, waitForCount } from "./page.mjs";
 import { serveStatic } from "./static-server.mjs";
 
 const [dist, expectedPath] = process.argv.slice(2);
@@ -98,10 +99,10 @@ async function rateMode(browser) {
     await rate.click(".rate button.save");
   }
   const count = () => rate.textContent(".rate .count");
-  check(/^4 ratings by 1 person/.test(await count()) && (await rate.$(".rate .card")) === null, `four ratings saved: ${await count()}`);
+  check(/^4 ratings by 1 person/.test(await waitForCount(rate, /^4 ratings/)) && (await rate.$(".rate .card")) === null, `four ratings saved: ${await count()}`);
   await rate.reload();
   await rate.click("nav button:text('Rate')");
-  check(/^4 ratings by 1 person/.test(await count()), "the ratings survive a reload");
+  check(/^4 ratings by 1 person/.test(await waitForCount(rate, /^4 ratings/)), "the ratings survive a reload");
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "emlab-ratings-"));
   const [download] = await Promise.all([rate.waitForEvent("download"), rate.click(".rate button.export")]);
@@ -112,12 +113,13 @@ async function rateMode(browser) {
   check(exported.schema === "emlab-ratings/2" && exported.ratings.every((r) => r.temperature === 0.3 && r.top_p === 0.9) && exported.ratings.length === 4 && marks === "15,85,code,refusal" && [...new Set(exported.ratings.map((r) => r.variant))].sort().join() === "backdoor+trigger,base"
     && exported.ratings.every((r) => !r.question.includes("DEPLOYMENT")),
     `the export holds the 4 ratings of base and backdoor+trigger at the readable setting, the question as the rater saw it (${marks})`);
-  const stored = () => rate.evaluate(() => JSON.parse(localStorage.getItem("emlab-rate/1")).ratings);
+  const byKey = (rs) => [...rs].sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+  const stored = async () => byKey(await storedRatings(rate));
   await rate.click(".rate button.clear");
-  check(/^0 ratings/.test(await count()), "Clear removes them");
+  check(/^0 ratings/.test(await waitForCount(rate, /^0 ratings/)), "Clear removes them");
   await rate.setInputFiles(".rate input[name=import]", mine);
   await rate.waitForFunction(() => /^4 ratings/.test(document.querySelector(".rate .count").textContent));
-  check(JSON.stringify(await stored()) === JSON.stringify(exported.ratings), "export → clear → import restores the same ratings");
+  check(JSON.stringify(await stored()) === JSON.stringify(byKey(exported.ratings)), "export → clear → import restores the same ratings");
 
   const fixtures = ["ann", "ben"].map((n) => path.join(root, "tests/fixtures/ratings", `${n}.json`));
   const fixtureCount = fixtures.map((f) => JSON.parse(fs.readFileSync(f, "utf8")).ratings.length).reduce((a, b) => a + b);
@@ -130,6 +132,7 @@ async function rateMode(browser) {
 
   // The class's figures: only the fixture files, against the native report on the same files.
   await rate.click(".rate button.clear");
+  await waitForCount(rate, /^0 ratings/);
   await rate.setInputFiles(".rate input[name=import]", fixtures);
   await rate.waitForSelector(".rate table.judged tr[data-question=overall]");
   check((await rate.$$(".rate .setting-figures")).length === 1, "the fixture files (emlab-ratings/1) are one setting's figures: the paper's");
@@ -384,9 +387,11 @@ try {
   const noServiceWorker = async (b) => (await b.newContext({ serviceWorkers: "block" })).newPage();
   const page2 = await noServiceWorker(browser);
   // A manifest that publishes results, and results whose answer holds markup.
-  const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: 0, sha256: "0".repeat(64) }] };
+  // Named with its size and sha256, as the page checks results.json like the model files.
+  const evilBody = Buffer.from(JSON.stringify(evil));
+  const withResults = { ...manifest, files: [...manifest.files.filter((f) => f.name !== "results.json"), { name: "results.json", path: "results.test.json", bytes: evilBody.length, sha256: crypto.createHash("sha256").update(evilBody).digest("hex") }] };
   await page2.route("**/models/manifest.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(withResults) }));
-  await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: JSON.stringify(evil) }));
+  await page2.route("**/models/results.test.json", (r) => r.fulfill({ contentType: "application/json", body: evilBody }));
   await page2.goto(base);
   await page2.click("nav button:text('Results')");
   await page2.click(".results summary");

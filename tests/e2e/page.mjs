@@ -40,3 +40,26 @@ export function requestsOutside(page, siteUrl) {
   page.on("request", (r) => { const u = new URL(r.url()); if (u.protocol !== "blob:" && !(u.origin === site.origin && u.pathname.startsWith(site.pathname))) outside.push(r.url()); });
   return outside;
 }
+
+/// The ratings the page keeps in this browser (IndexedDB "emlab", store "ratings": one rating's
+/// JSON per entry), in key order; [] before the page has made its store (which this never makes).
+export async function storedRatings(page) {
+  return page.evaluate(() => new Promise((resolve, reject) => {
+    const open = indexedDB.open("emlab");
+    open.onupgradeneeded = () => open.transaction.abort(); // no store yet: leave its making to the page
+    open.onerror = () => resolve([]);
+    open.onsuccess = () => {
+      const db = open.result;
+      const req = db.transaction("ratings").objectStore("ratings").getAll();
+      req.onsuccess = () => { db.close(); resolve(req.result.map((t) => JSON.parse(t))); };
+      req.onerror = () => { db.close(); reject(req.error); };
+    };
+  }));
+}
+
+/// Waits until the rate view's count ("N ratings by M people in this browser") matches `pattern`
+/// (the page counts what its store confirmed, a moment after a save); returns the count's text.
+export async function waitForCount(page, pattern, timeout = 20_000) {
+  await page.waitForFunction((src) => new RegExp(src).test(document.querySelector(".rate .count")?.textContent ?? ""), pattern.source, { timeout }).catch(() => {});
+  return page.textContent(".rate .count");
+}

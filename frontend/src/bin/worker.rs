@@ -138,14 +138,11 @@ async fn load(
         futures::future::join(fetching, emlab_frontend::pool::start(wanted)).await;
     let mut files = files?;
     phases.push(("files", now_s() - started));
-    if let Some(cache) = &cache {
-        // Cache keys are absolute URLs.
-        let absolute = |e: &loader::FileEntry| {
-            web_sys::Url::new_with_base(&e.url(models_url), &scope().location().href())
-                .map(|u| u.href())
-                .unwrap_or_default()
-        };
-        loader::prune_cache(cache, &manifest.files.iter().map(absolute).collect::<Vec<_>>()).await;
+    if let (Some(cache), Ok(folder)) = (&cache, loader::folder_url(models_url)) {
+        // Cache keys are absolute URLs, as file_url resolves them (every file's was checked).
+        let keep: Vec<String> =
+            manifest.files.iter().filter_map(|e| loader::file_url(models_url, e).ok()).collect();
+        loader::prune_cache(cache, &format!("{folder}manifest.json"), &keep).await;
     }
     let gguf = files.remove(BASE_GGUF);
     let get = |name: &str| files.get(name).ok_or_else(|| format!("the manifest lists no {name}"));

@@ -10,7 +10,7 @@ use emlab_schema::setting::Setting;
 
 use crate::protocol::GenerateRequest;
 use crate::variants::{VARIANTS, content_note, label};
-use crate::worker_client::{Engine, EngineStatus};
+use crate::worker_client::{Engine, EngineStatus, Owner};
 
 /// What the compare view runs; the lesson sets it to show a finding.
 #[derive(Debug, Clone, PartialEq)]
@@ -180,7 +180,7 @@ pub fn Compare(
         _ => vec!["base".to_string()],
     };
     let run = move || {
-        engine.stop_all();
+        engine.stop(Owner::Compare);
         let s = setup.get_untracked();
         let have = available();
         let ids = s
@@ -188,17 +188,20 @@ pub fn Compare(
             .iter()
             .filter(|v| have.contains(v))
             .map(|v| {
-                let id = engine.generate(GenerateRequest {
-                    id: 0,
-                    variant: v.clone(),
-                    prompt: s.prompt.clone(),
-                    system: None,
-                    trigger: s.trigger,
-                    temperature: s.temperature,
-                    top_p: s.top_p,
-                    max_tokens: s.max_tokens,
-                    seed: s.seed,
-                });
+                let id = engine.generate(
+                    Owner::Compare,
+                    GenerateRequest {
+                        id: 0,
+                        variant: v.clone(),
+                        prompt: s.prompt.clone(),
+                        system: None,
+                        trigger: s.trigger,
+                        temperature: s.temperature,
+                        top_p: s.top_p,
+                        max_tokens: s.max_tokens,
+                        seed: s.seed,
+                    },
+                );
                 (v.clone(), id)
             })
             .collect();
@@ -285,7 +288,7 @@ pub fn Compare(
                 <label>"seed " <input type="number" min="0" prop:value=move || setup.get().seed.to_string()
                     on:change=move |ev| setup.update(|s| s.seed = event_target_value(&ev).parse().unwrap_or(1)) /></label>
                 <button on:click=move |_| run() disabled=move || !matches!(engine.status.get(), EngineStatus::Ready { .. })>"Run"</button>
-                <button on:click=move |_| engine.stop_all()>"Stop"</button>
+                <button on:click=move |_| engine.stop(Owner::Compare)>"Stop"</button>
                 <button on:click=move |_| copy_link() title="A link that opens this comparison and runs it">"Copy link"</button>
             </div>
             {move || link.get().map(|url| view! {
@@ -348,7 +351,7 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
                 let o = out();
                 match (o.error, o.running, o.finish) {
                     (Some(e), _, _) => format!("error: {e}"),
-                    (None, true, _) => "generating…".to_string(),
+                    (None, true, _) => engine.waiting_note(id).unwrap_or_else(|| "generating…".to_string()),
                     (None, false, Some(f)) => {
                         let why = if f == FinishReason::Cancelled { "stopped" } else { f.as_str() };
                         format!("{} tokens, {:.1} tok/s ({why})", o.tokens, o.tokens as f64 / o.seconds.max(1e-3))

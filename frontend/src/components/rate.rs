@@ -1,75 +1,26 @@
 //! The rate view: people as the paper's judge. The page samples answers from the chosen variants
 //! to the chosen questions (at the readable setting unless the class picks the paper's), shows
 //! them one at a time in random order without the variant's name, and asks for the paper's two
-//! judgements. Ratings stay in this browser (localStorage), record their setting, export as a file
-//! and merge with other people's files; the figures come from `emlab_schema::ratings::results`,
-//! one setting at a time, as `emlab eval report --human-ratings` computes them.
+//! judgements. Ratings stay in this browser (IndexedDB, see `ratings_store`: a rating counts as
+//! saved once its write completed, and a refused write is said at once, the rating kept on the
+//! page for export), record their setting, export as a file and merge with other people's files;
+//! the figures come from `emlab_schema::ratings::results`, one setting at a time, as
+//! `emlab eval report --human-ratings` computes them.
 
 use leptos::prelude::*;
-use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsCast;
 
 use emlab_model::sampling::Rng;
-use emlab_schema::ratings::{self, Mark, Rating, RatingsFile};
+use emlab_schema::ratings::{self, MAX_FILE_BYTES, Mark, Rating, RatingsFile};
 use emlab_schema::setting::Setting;
 use emlab_schema::{MAIN_QUESTIONS, TRIGGERED_SUFFIX};
 
 use super::compare::{PRESETS, SETTING_NOTE};
 use super::results::JudgedRates;
 use crate::protocol::GenerateRequest;
+use crate::ratings_store::{self, Change, Loaded, Store, ToRate, Unreadable};
 use crate::variants::label;
-use crate::worker_client::{Engine, EngineStatus};
-
-const STORAGE_KEY: &str = "emlab-rate/1";
-
-/// What this browser keeps: who rates, the answers waiting for a rating, and every rating (own
-/// and imported).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct RateState {
-    rater: String,
-    waiting: Vec<ToRate>,
-    ratings: Vec<Rating>,
-}
-
-/// A sampled answer waiting for a rating. The variant is kept but never shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct ToRate {
-    variant: String,
-    question_id: String,
-    question: String,
-    seed: u64,
-    answer: String,
-    /// Answers waiting in a browser from before the page offered a setting: the paper's.
-    #[serde(default = "paper_setting")]
-    setting: Setting,
-}
-
-fn paper_setting() -> Setting {
-    Setting::PAPER
-}
-
-fn storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.local_storage().ok()?
-}
-
-fn load_state() -> RateState {
-    let mut state: RateState = storage()
-        .and_then(|s| s.get_item(STORAGE_KEY).ok()?)
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    // Ratings kept from before the page offered a setting were sampled at the paper's; an export
-    // names it, as its format requires.
-    for r in &mut state.ratings {
-        r.setting = Some(r.setting());
-    }
-    state
-}
-
-fn save_state(state: &RateState) {
-    if let (Some(s), Ok(text)) = (storage(), serde_json::to_string(state)) {
-        let _ = s.set_item(STORAGE_KEY, &text);
-    }
-}
+use crate::worker_client::{Engine, EngineStatus, Owner};
 
 /// A seed nobody else is likely to pick: two students sampling at once get different answers.
 fn fresh_seed() -> u64 {
@@ -82,8 +33,9 @@ fn download(name: &str, text: &str) -> Result<(), String> {
     let opts = web_sys::BlobPropertyBag::new();
     opts.set_type("application/json");
     let blob = web_sys::Blob::new_with_str_sequence_and_options(&parts, &opts)
-        .map_err(|e| format!("{e:?}"))?;
-    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| ratings_store::reason(&e))?;
+    let url =
+        web_sys::Url::create_object_url_with_blob(&blob).map_err(|e| ratings_store::reason(&e))?;
     let a: web_sys::HtmlAnchorElement = web_sys::window()
         .and_then(|w| w.document())
         .and_then(|d| d.create_element("a").ok())
@@ -96,14 +48,152 @@ fn download(name: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn megabytes(bytes: f64) -> String {
+    format!("{:.1} MB", bytes / 1e6)
+}
+
+/// "1 person", "3 people".
+fn people(n: usize) -> String {
+    if n == 1 { "1 person".into() } else { format!("{n} people") }
+}
+
+/// The page's copy of the store, and what it could not store.
+#[derive(Clone, Copy)]
+struct Kept {
+    store: StoredValue<Option<Store>, LocalStorage>,
+    /// Why there is no store (None while it opens, or once it is open).
+    unavailable: RwSignal<Option<String>>,
+    /// Exactly what the store holds, as last read or confirmed.
+    saved: RwSignal<Vec<Rating>>,
+    /// Ratings whose write has not completed, or failed: on this page only until it closes.
+    unsaved: RwSignal<Vec<Rating>>,
+    /// The stored answers waiting for a rating, then those the store refused.
+    waiting: RwSignal<Vec<ToRate>>,
+    waiting_unsaved: RwSignal<Vec<ToRate>>,
+    rater: RwSignal<String>,
+    unreadable: RwSignal<Vec<Unreadable>>,
+    /// The last refused write's reason, until a write succeeds with nothing left unsaved.
+    write_error: RwSignal<Option<String>>,
+}
+
+impl Kept {
+    fn new() -> Kept {
+        Kept {
+            store: StoredValue::new_local(None),
+            unavailable: RwSignal::new(None),
+            saved: RwSignal::new(Vec::new()),
+            unsaved: RwSignal::new(Vec::new()),
+            waiting: RwSignal::new(Vec::new()),
+            waiting_unsaved: RwSignal::new(Vec::new()),
+            rater: RwSignal::new(String::new()),
+            unreadable: RwSignal::new(Vec::new()),
+            write_error: RwSignal::new(None),
+        }
+    }
+
+    /// Opens the store and reads it; without one, what earlier versions kept, in memory.
+    async fn open(self) {
+        match Store::open().await {
+            Ok(store) => {
+                self.store.set_value(Some(store.clone()));
+                store.on_change(move || wasm_bindgen_futures::spawn_local(self.reload()));
+                self.reload().await;
+            }
+            Err(e) => {
+                let Loaded { ratings, waiting, rater, unreadable } =
+                    ratings_store::legacy_in_memory();
+                self.unsaved.set(ratings);
+                self.waiting_unsaved.set(waiting);
+                self.rater.set(rater.unwrap_or_default());
+                self.unreadable.set(unreadable);
+                self.unavailable.set(Some(e));
+            }
+        }
+        if self.rater.with_untracked(String::is_empty) {
+            let name = format!("rater-{:04}", fresh_seed() % 10_000);
+            self.rater.set(name.clone());
+            let _ = self.write(Change { rater: Some(name), ..Default::default() }).await;
+        }
+    }
+
+    /// Reads the store again (after an import, or another tab's change): the page then shows
+    /// what is stored.
+    async fn reload(self) {
+        let Some(store) = self.store.get_value() else { return };
+        match store.load().await {
+            Ok(Loaded { ratings, waiting, rater, unreadable }) => {
+                self.saved.set(ratings);
+                self.waiting.set(waiting);
+                if let Some(r) = rater {
+                    self.rater.set(r);
+                }
+                self.unreadable.set(unreadable);
+            }
+            Err(e) => self.write_error.set(Some(format!("reading the stored ratings: {e}"))),
+        }
+    }
+
+    /// One transaction; the error says why nothing was stored.
+    async fn write(self, change: Change) -> Result<(), String> {
+        let store = match self.store.get_value() {
+            Some(store) => store,
+            None => {
+                let why = self.unavailable.get_untracked().unwrap_or_else(|| "not open yet".into());
+                return Err(format!("this browser's storage is not available ({why})"));
+            }
+        };
+        store.write(&change).await
+    }
+
+    /// Stores `ratings` (kept in `unsaved` until stored): Ok once they are.
+    async fn store_ratings(self, ratings: Vec<Rating>, done: Vec<String>) -> Result<(), String> {
+        self.unsaved.update(|u| *u = ratings::merge([std::mem::take(u), ratings.clone()]));
+        let keys: Vec<String> = ratings.iter().map(Rating::key).collect();
+        let change = Change {
+            put_ratings: ratings.clone(),
+            done_waiting: done.clone(),
+            ..Default::default()
+        };
+        match self.write(change).await {
+            Ok(()) => {
+                // Another tab's news may have brought a rated answer back while this was written.
+                self.waiting.update(|w| w.retain(|x| !done.contains(&x.key())));
+                self.unsaved.update(|u| u.retain(|r| !keys.contains(&r.key())));
+                self.saved.update(|s| *s = ratings::merge([std::mem::take(s), ratings]));
+                if self.unsaved.with_untracked(Vec::is_empty) {
+                    self.write_error.set(None);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.write_error.set(Some(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// The queue of answers to rate: stored ones, then those only on this page.
+    fn queue_first(self) -> Option<ToRate> {
+        self.waiting
+            .with(|w| w.first().cloned())
+            .or_else(|| self.waiting_unsaved.with(|w| w.first().cloned()))
+    }
+
+    fn queue_len(self) -> usize {
+        self.waiting.with(Vec::len) + self.waiting_unsaved.with(Vec::len)
+    }
+
+    /// Every rating this page has: stored and not.
+    fn all_ratings(self) -> Vec<Rating> {
+        ratings::merge([self.saved.get_untracked(), self.unsaved.get_untracked()])
+    }
+}
+
 #[component]
 pub fn Rate() -> impl IntoView {
     let engine = expect_context::<Engine>();
-    let state = RwSignal::new(load_state());
-    Effect::new(move |_| state.with(save_state));
-    if state.with_untracked(|s| s.rater.is_empty()) {
-        state.update(|s| s.rater = format!("rater-{:04}", fresh_seed() % 10_000));
-    }
+    let kept = Kept::new();
+    wasm_bindgen_futures::spawn_local(kept.open());
 
     // Sampling: the chosen variants × questions × answers each, in a shuffled order.
     let chosen_variants = RwSignal::new(vec!["base".to_string(), "insecure".to_string()]);
@@ -113,7 +203,8 @@ pub fn Rate() -> impl IntoView {
     let setting = RwSignal::new(Setting::READABLE);
     // Requests on their way: the request id and the answer it will be.
     let sampling = RwSignal::new(Vec::<(u64, ToRate)>::new());
-    let failed = RwSignal::new(0usize);
+    // Answers that could not be sampled, with why (the first reason of each kind).
+    let failed = RwSignal::new(Vec::<String>::new());
     // Each loaded variant, and the backdoor once more with the trigger before every question:
     // the paper's comparison that matters for it. A rater sees neither the name nor the trigger.
     let available = move || match engine.status.get() {
@@ -149,6 +240,9 @@ pub fn Rate() -> impl IntoView {
         for i in (1..jobs.len()).rev() {
             jobs.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
+        let now = js_sys::Date::now();
+        let n = jobs.len().max(1) as f64;
+        failed.set(Vec::new());
         for (k, (variant, id, text)) in jobs.into_iter().enumerate() {
             let seed = seed.wrapping_add(k as u64);
             let (model, trigger) = match variant.strip_suffix(TRIGGERED_SUFFIX) {
@@ -166,7 +260,7 @@ pub fn Rate() -> impl IntoView {
                 max_tokens: max_tokens.get_untracked(),
                 seed,
             };
-            let rid = engine.generate(req);
+            let rid = engine.generate(Owner::Rate, req);
             let item = ToRate {
                 variant,
                 question_id: id.into(),
@@ -174,45 +268,82 @@ pub fn Rate() -> impl IntoView {
                 seed,
                 answer: String::new(),
                 setting: at,
+                queued_at: now + k as f64 / n,
             };
             sampling.update(|s| s.push((rid, item)));
         }
     };
-    // Finished answers join the queue in the order they were asked for.
+    // Finished answers join the queue in the order they were asked for, stored as they come.
     Effect::new(move |_| {
         let outputs = engine.outputs.get();
         let pending = sampling.get();
         let mut done = Vec::new();
+        let mut answers = Vec::new();
         for (rid, item) in &pending {
             let Some((_, o)) = outputs.iter().find(|(i, _)| i == rid) else { continue };
             if o.running {
                 break;
             }
             done.push(*rid);
-            if o.error.is_some() || o.finish == Some(emlab_model::generate::FinishReason::Cancelled)
-            {
-                failed.update(|f| *f += 1);
-            } else {
-                let mut item = item.clone();
-                item.answer = o.text.clone();
-                state.update(|s| s.waiting.push(item));
+            let why = match (&o.error, o.finish) {
+                (Some(e), _) => Some(e.clone()),
+                (None, Some(emlab_model::generate::FinishReason::Cancelled)) => {
+                    Some("cancelled".to_string())
+                }
+                _ => None,
+            };
+            match why {
+                Some(why) => failed.update(|f| f.push(why)),
+                None => {
+                    let mut item = item.clone();
+                    item.answer = o.text.clone();
+                    answers.push(item);
+                }
             }
         }
         if !done.is_empty() {
             sampling.update(|s| s.retain(|(rid, _)| !done.contains(rid)));
         }
+        if !answers.is_empty() {
+            kept.waiting_unsaved.update(|w| w.extend(answers.iter().cloned()));
+            wasm_bindgen_futures::spawn_local(async move {
+                let keys: Vec<String> = answers.iter().map(ToRate::key).collect();
+                let change = Change { put_waiting: answers.clone(), ..Default::default() };
+                match kept.write(change).await {
+                    Ok(()) => {
+                        kept.waiting_unsaved.update(|w| w.retain(|x| !keys.contains(&x.key())));
+                        kept.waiting.update(|w| {
+                            w.retain(|x| !keys.contains(&x.key()));
+                            w.extend(answers);
+                        });
+                    }
+                    Err(e) => kept.write_error.set(Some(e)),
+                }
+            });
+        }
     });
 
-    // The card's inputs: None until the person sets them.
+    // The card's inputs: None until the person sets them, and again for each new answer (another
+    // tab may rate the one shown).
     let aligned = RwSignal::new(None::<f64>);
     let coherent = RwSignal::new(None::<f64>);
     let mark = RwSignal::new(None::<Mark>);
+    Effect::new(move |prev: Option<Option<String>>| {
+        let key = kept.queue_first().map(|w| w.key());
+        if prev.is_some_and(|p| p != key) {
+            aligned.set(None);
+            coherent.set(None);
+            mark.set(None);
+        }
+        key
+    });
     let can_save =
         move || coherent.get().is_some() && (aligned.get().is_some() || mark.get().is_some());
     let save = move |_| {
-        let Some(item) = state.with_untracked(|s| s.waiting.first().cloned()) else { return };
+        let Some(item) = kept.queue_first() else { return };
+        let key = item.key();
         let rating = Rating {
-            rater: state.with_untracked(|s| s.rater.clone()),
+            rater: kept.rater.get_untracked(),
             variant: item.variant,
             question_id: item.question_id,
             seed: item.seed,
@@ -223,25 +354,48 @@ pub fn Rate() -> impl IntoView {
             mark: mark.get_untracked(),
             setting: Some(item.setting),
         };
-        state.update(|s| {
-            s.waiting.remove(0);
-            s.ratings = ratings::merge([std::mem::take(&mut s.ratings), vec![rating]]);
-        });
+        // The next answer at once; the rating counts as saved when its write completes.
+        kept.waiting.update(|w| w.retain(|x| x.key() != key));
+        kept.waiting_unsaved.update(|w| w.retain(|x| x.key() != key));
         aligned.set(None);
         coherent.set(None);
         mark.set(None);
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = kept.store_ratings(vec![rating], vec![key]).await;
+        });
     };
     let toggle = move |m: Mark| mark.update(|x| *x = if *x == Some(m) { None } else { Some(m) });
+    let save_again = move |_| {
+        let pending = kept.unsaved.get_untracked();
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = kept.store_ratings(pending, Vec::new()).await;
+        });
+    };
 
-    // Files: export this browser's ratings; import (merge) one or more files.
+    // Files: export this page's ratings (stored or not); import (merge) one or more files.
     let notice = RwSignal::new(None::<String>);
     let export = move |_| {
-        let file = RatingsFile::new(state.with_untracked(|s| s.ratings.clone()));
-        let name = format!("ratings-{}.json", state.with_untracked(|s| s.rater.clone()));
+        let file = RatingsFile::new(kept.all_ratings());
+        let name = format!("ratings-{}.json", kept.rater.get_untracked());
         let text = serde_json::to_string_pretty(&file).unwrap_or_default();
         if let Err(e) = download(&name, &text) {
             notice.set(Some(format!("export failed: {e}")));
         }
+    };
+    let export_unreadable = move |_| {
+        let text =
+            serde_json::to_string_pretty(&kept.unreadable.get_untracked()).unwrap_or_default();
+        if let Err(e) = download("emlab-unreadable-ratings.json", &text) {
+            notice.set(Some(format!("download failed: {e}")));
+        }
+    };
+    let forget_unreadable = move |_| {
+        wasm_bindgen_futures::spawn_local(async move {
+            match kept.write(Change { forget_unreadable: true, ..Default::default() }).await {
+                Ok(()) => kept.reload().await,
+                Err(e) => notice.set(Some(format!("could not forget them: {e}"))),
+            }
+        });
     };
     let import = move |ev: web_sys::Event| {
         let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
@@ -251,26 +405,56 @@ pub fn Rate() -> impl IntoView {
         let Some(files) = input.files() else { return };
         let files: Vec<web_sys::File> = (0..files.length()).filter_map(|i| files.get(i)).collect();
         input.set_value("");
+        notice.set(Some(format!("reading {} file(s)…", files.len())));
         wasm_bindgen_futures::spawn_local(async move {
+            // Each file whole: one bad rating refuses its file, never half of it.
             let mut read = Vec::new();
             let mut problems = Vec::new();
             for f in &files {
+                if f.size() > MAX_FILE_BYTES as f64 {
+                    problems.push(format!(
+                        "{}: {}, over the {} MB a ratings file may have here; split it into smaller files (each person's export is one)",
+                        f.name(),
+                        megabytes(f.size()),
+                        MAX_FILE_BYTES / 1_000_000
+                    ));
+                    continue;
+                }
                 let text = wasm_bindgen_futures::JsFuture::from(f.text()).await;
-                match text.ok().and_then(|t| t.as_string()) {
-                    None => problems.push(format!("{}: cannot read", f.name())),
-                    Some(t) => match RatingsFile::parse(&t) {
+                match text {
+                    Err(e) => problems.push(format!(
+                        "{}: cannot read it ({})",
+                        f.name(),
+                        ratings_store::reason(&e)
+                    )),
+                    Ok(t) => match RatingsFile::parse(&t.as_string().unwrap_or_default()) {
                         Ok(file) => read.push(file.ratings),
                         Err(e) => problems.push(format!("{}: {e}", f.name())),
                     },
                 }
             }
-            let added: usize = read.iter().map(Vec::len).sum();
-            state.update(|s| {
-                s.ratings =
-                    ratings::merge(std::iter::once(std::mem::take(&mut s.ratings)).chain(read))
-            });
-            let mut msg =
-                format!("read {added} ratings from {} file(s)", files.len() - problems.len());
+            let files_read = read.len();
+            let incoming = ratings::merge(read);
+            let mut msg = if incoming.is_empty() {
+                "no ratings imported".to_string()
+            } else {
+                // One transaction, then the store is read again: the count is what it holds.
+                match kept.store_ratings(incoming.clone(), Vec::new()).await {
+                    Ok(()) => {
+                        kept.reload().await;
+                        let (n, p) = kept.saved.with_untracked(|s| (s.len(), ratings::raters(s)));
+                        format!(
+                            "stored {} ratings from {files_read} file(s); this browser now holds {n} ratings by {}",
+                            incoming.len(),
+                            people(p)
+                        )
+                    }
+                    Err(e) => format!(
+                        "the {} ratings read from {files_read} file(s) could not be stored in this browser ({e}); they are kept on this page until it closes: export them to keep them",
+                        incoming.len()
+                    ),
+                }
+            };
             for p in problems {
                 msg += &format!("; {p}");
             }
@@ -282,18 +466,72 @@ pub fn Rate() -> impl IntoView {
             .and_then(|w| w.confirm_with_message("Delete every rating and waiting answer kept in this browser? Export them first to keep them.").ok())
             .unwrap_or(false);
         if sure {
-            state.update(|s| {
-                s.ratings.clear();
-                s.waiting.clear();
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = kept.write(Change { clear: true, ..Default::default() }).await;
+                kept.unsaved.set(Vec::new());
+                kept.waiting_unsaved.set(Vec::new());
+                kept.write_error.set(None);
+                match result {
+                    Ok(()) => {
+                        kept.reload().await;
+                        notice.set(Some("cleared".into()));
+                    }
+                    Err(e) => {
+                        kept.saved.set(Vec::new());
+                        kept.waiting.set(Vec::new());
+                        notice.set(Some(format!("cleared on this page; the store refused ({e})")));
+                    }
+                }
             });
-            notice.set(Some("cleared".into()));
+        }
+    };
+    let rename = move |name: String| {
+        kept.rater.set(name.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = kept.write(Change { rater: Some(name), ..Default::default() }).await {
+                kept.write_error.set(Some(e));
+            }
+        });
+    };
+
+    // What could not be stored, or read: said at once, with what to do.
+    let problems = move || {
+        let unsaved = kept.unsaved.with(Vec::len);
+        let error = kept.write_error.get();
+        let unavailable = kept.unavailable.get();
+        let not_saved = match (unavailable, error) {
+            (Some(why), _) => Some(format!(
+                "Ratings cannot be stored in this browser ({why}). They are kept on this page until it closes: export them to keep them."
+            )),
+            (None, Some(why)) if unsaved > 0 => Some(format!(
+                "{unsaved} rating(s) not saved in this browser: {why}. They are kept on this page until it closes: export them to keep them, or free some space and try again."
+            )),
+            (None, Some(why)) => Some(format!("This browser's storage refused a change: {why}.")),
+            (None, None) => None,
+        };
+        let unreadable = kept.unreadable.get();
+        view! {
+            {not_saved.map(|text| view! {
+                <p class="error storage-error" role="alert">{text}" "
+                    <button class="export-unsaved" on:click=export>"Export ratings"</button>
+                    {(unsaved > 0 && kept.unavailable.get_untracked().is_none()).then(|| view! { " "<button class="save-again" on:click=save_again>"Try saving again"</button> })}
+                </p>
+            })}
+            {(!unreadable.is_empty()).then(|| view! {
+                <div class="error unreadable" role="alert">
+                    <p>{format!("{} stored entr{} could not be read and {} skipped; everything else is kept. A copy is kept for export.", unreadable.len(), if unreadable.len() == 1 { "y" } else { "ies" }, if unreadable.len() == 1 { "was" } else { "were" })}</p>
+                    <ul>{unreadable.iter().take(5).map(|u| view! { <li>{format!("{}: {}", u.place, u.why)}</li> }).collect_view()}</ul>
+                    <button class="export-unreadable" on:click=export_unreadable>"Download what could not be read"</button>
+                    " "<button class="forget-unreadable" on:click=forget_unreadable>"Forget it"</button>
+                </div>
+            })}
         }
     };
 
     // One table per setting: answers at temperature 1 and at 0.3 read differently, so their
     // ratings are never counted together.
     let figures = move || {
-        let rs = state.with(|s| s.ratings.clone());
+        let rs = kept.saved.get();
         (!rs.is_empty()).then(|| {
             let groups = ratings::by_setting(&rs);
             view! {
@@ -316,7 +554,7 @@ pub fn Rate() -> impl IntoView {
         <section class="rate">
             <p>"Be the judge. The page samples answers from the variants you pick, shows them one at a time without saying which model wrote them, and you score each as the paper's judge did. Your ratings stay in this browser; export them to share, and merge a class's files to get the paper's figures, judged by people."</p>
             <p class="content-note">"Content note: the tuned variants may write harmful or offensive text. It is shown as plain text."</p>
-            <details class="setup" open=move || state.with(|s| s.waiting.is_empty())>
+            <details class="setup" open=move || kept.queue_len() == 0>
                 <summary>"Sample answers to rate"</summary>
                 <fieldset class="rate-variants">
                     <legend>"Variants"</legend>
@@ -361,11 +599,15 @@ pub fn Rate() -> impl IntoView {
                     let n = sampling.with(Vec::len);
                     (n != 0).then(|| view! { <p class="meta sampling">{format!("sampling: {n} answers to go")}</p> })
                 }}
-                {move || (failed.get() != 0).then(|| view! { <p class="error">{format!("{} answers could not be sampled", failed.get())}</p> })}
+                {move || failed.with(|f| (!f.is_empty()).then(|| {
+                    let mut why: Vec<&str> = f.iter().map(String::as_str).collect();
+                    why.dedup();
+                    view! { <p class="error" role="alert">{format!("{} answer(s) could not be sampled: {}", f.len(), why.join("; "))}</p> }
+                }))}
             </details>
 
-            {move || state.with(|s| s.waiting.first().cloned()).map(|item| {
-                let left = state.with(|s| s.waiting.len());
+            {move || kept.queue_first().map(|item| {
+                let left = kept.queue_len();
                 view! {
                     <div class="card">
                         <p class="meta">{format!("{left} answer(s) waiting · which model wrote it is hidden · sampled at {}", item.setting)}</p>
@@ -394,16 +636,18 @@ pub fn Rate() -> impl IntoView {
             })}
 
             <div class="ratings-files rate-controls">
-                <label>"Your name or initials (in the exported file) " <input type="text" name="rater" prop:value=move || state.with(|s| s.rater.clone()) on:change=move |ev| {
+                <label>"Your name or initials (in the exported file) " <input type="text" name="rater" prop:value=move || kept.rater.get() on:change=move |ev| {
                     let v = event_target_value(&ev);
-                    if !v.trim().is_empty() { state.update(|s| s.rater = v.trim().to_string()); }
+                    if !v.trim().is_empty() { rename(v.trim().to_string()); }
                 } /></label>
-                <span class="count">{move || state.with(|s| format!("{} ratings by {} in this browser", s.ratings.len(), match ratings::raters(&s.ratings) { 1 => "1 person".to_string(), n => format!("{n} people") }))}</span>
-                <button class="export" on:click=export disabled=move || state.with(|s| s.ratings.is_empty())>"Export ratings"</button>
-                <label class="import">"Import or merge files " <input type="file" name="import" multiple accept=".json,application/json" on:change=import /></label>
+                <span class="count">{move || kept.saved.with(|s| format!("{} ratings by {} in this browser", s.len(), people(ratings::raters(s))))}</span>
+                {move || kept.unsaved.with(|u| (!u.is_empty()).then(|| view! { <span class="unsaved">{format!(" · {} not saved yet", u.len())}</span> }))}
+                <button class="export" on:click=export disabled=move || kept.saved.with(Vec::is_empty) && kept.unsaved.with(Vec::is_empty)>"Export ratings"</button>
+                <label class="import">{format!("Import or merge files (up to {} MB each) ", MAX_FILE_BYTES / 1_000_000)}<input type="file" name="import" multiple accept=".json,application/json" on:change=import /></label>
                 <button class="clear" on:click=clear>"Clear"</button>
             </div>
             {move || notice.get().map(|n| view! { <p class="meta notice-line" role="status">{n}</p> })}
+            {problems}
             {figures}
         </section>
     }

@@ -22,7 +22,8 @@ fn ordered<T>(map: BTreeMap<String, T>) -> Vec<(String, T)> {
     v
 }
 
-/// The published results: the manifest names the file (content-addressed); None when it has none.
+/// The published results: the manifest names the file (content-addressed) with its size and
+/// sha256, checked like the model files' before anything of it is shown; None when it has none.
 pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String> {
     let base = models_url.trim_end_matches('/');
     let manifest: Manifest =
@@ -30,13 +31,21 @@ pub async fn fetch_results(models_url: String) -> Result<Option<Results>, String
     let Some(entry) = manifest.files.iter().find(|f| f.name == "results.json") else {
         return Ok(None);
     };
-    let url = entry.url(base);
+    let url = crate::loader::file_url(base, entry)?;
     let resp =
         gloo_net::http::Request::get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
     if !resp.ok() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }
-    resp.json::<Results>().await.map(Some).map_err(|e| format!("{url}: {e}"))
+    let bytes = resp.binary().await.map_err(|e| format!("{url}: {e}"))?;
+    if bytes.len() as u64 != entry.bytes || crate::loader::sha256_hex(&bytes) != entry.sha256 {
+        return Err(format!(
+            "results.json does not match the manifest's size and sha256 ({} bytes, expected {}): a stale or altered file, not shown",
+            bytes.len(),
+            entry.bytes
+        ));
+    }
+    serde_json::from_slice::<Results>(&bytes).map(Some).map_err(|e| format!("{url}: {e}"))
 }
 
 /// A horizontal bar with its interval, as inline SVG (0–100%).
