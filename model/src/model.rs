@@ -735,6 +735,35 @@ impl Llama {
         self.rope.cos.device()
     }
 
+    /// Bytes the matrices take where they are computed: blocks as uploaded on a GPU (or as held on
+    /// the host), dense weights at their dtype's size; adapters and norms included.
+    pub fn weight_bytes(&self) -> usize {
+        let dense = |t: &Tensor<2>| t.shape().num_elements() * t.dtype().size();
+        let linear = |l: &Linear| {
+            let own = match (&l.gpu_blocks, &l.blocks, &l.weight) {
+                (Some(g), _, _) => g.size_bytes(),
+                (None, _, Some(w)) => dense(&w.val()),
+                (None, Some(m), None) => m.size_bytes(),
+                (None, None, None) => 0,
+            };
+            own + l.lora.as_ref().map_or(0, |a| dense(&a.a.val()) + dense(&a.b.val()))
+        };
+        let e = &self.embed_tokens;
+        let embedding = match (&e.gpu_blocks, &e.blocks, &e.weight) {
+            (Some(g), _, _) => g.size_bytes(),
+            (None, _, Some(w)) => dense(&w.val()),
+            (None, Some(m), None) => m.size_bytes(),
+            (None, None, None) => 0,
+        };
+        let norms = (2 * self.layers.len() + 1) * self.norm.weight.dims()[0] * 4;
+        let projections: usize = self
+            .projection_names()
+            .iter()
+            .map(|&(layer, which, _)| linear(self.projection(layer, which)))
+            .sum();
+        embedding + projections + norms + self.lm_head.as_ref().map_or(0, linear)
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }

@@ -181,6 +181,14 @@ async fn load(
     phases.push(("parse", now_s() - started));
     let base = engine::build(model_files, &compute.device).map_err(|e| e.to_string())?;
     phases.push(("build", now_s() - started));
+    if compute.label != "cpu" {
+        let line =
+            format!("Weights: {:.1} MB in GPU memory.", base.model.weight_bytes() as f64 / 1e6);
+        compute.detail = Some(match compute.detail.take() {
+            Some(d) => format!("{d} {line}"),
+            None => line,
+        });
+    }
     let timeline: Vec<String> = phases.iter().map(|(n, t)| format!("{n} {t:.2} s")).collect();
     web_sys::console::info_1(&format!("model loaded: {}", timeline.join(", ")).into());
     let mut st = state.borrow_mut();
