@@ -277,4 +277,42 @@ mod tests {
         let json = r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 1e308, "target_modules": ["q_proj"], "use_rslora": false}"#;
         assert!(config_from_peft(json).unwrap_err().contains("lora_alpha"));
     }
+
+    /// An adapter made for another base (its tensors a size off, or one layer too many) is one
+    /// clear error that names the tensor, over blocks as over dense weights; the right shapes load.
+    #[test]
+    fn an_adapter_for_another_base_is_one_clear_error() {
+        let blocks = crate::cpu_decode::tests::quantized_model();
+        for model in [blocks.clone(), merge(blocks)] {
+            check_shapes(model);
+        }
+    }
+
+    fn check_shapes(model: Llama) {
+        use crate::weights::HostTensor;
+        let cfg =
+            LoraConfig { rank: 4, target_modules: vec!["q_proj".into()], ..Default::default() };
+        let adapter = |grow: usize, extra_layer: bool| {
+            let mut w = Weights::default();
+            let mut put = |name: &str, layer: usize| {
+                let [d_in, d_out] = model.projection(0, 0).dims();
+                let (a, b) = peft_names(&format!("model.layers.{layer}.self_attn.{name}"));
+                let zeros = |shape: [usize; 2]| HostTensor {
+                    shape: shape.to_vec(),
+                    data: vec![0.0; shape[0] * shape[1]],
+                };
+                w.tensors.insert(a, zeros([cfg.rank, d_in + grow]));
+                w.tensors.insert(b, zeros([d_out, cfg.rank]));
+            };
+            for layer in 0..model.layers.len() + extra_layer as usize {
+                put("q_proj", layer);
+            }
+            w
+        };
+        assert!(from_peft(model.clone(), &cfg, adapter(0, false)).is_ok());
+        let err = from_peft(model.clone(), &cfg, adapter(8, false)).unwrap_err().to_string();
+        assert!(err.contains("q_proj.lora_A") && err.contains("different base model"), "{err}");
+        let err = from_peft(model.clone(), &cfg, adapter(0, true)).unwrap_err().to_string();
+        assert!(err.contains("matches no layer") && err.contains("different base model"), "{err}");
+    }
 }
