@@ -30,10 +30,20 @@ enum Weight {
 impl Weight {
     fn of(l: &Linear, device: &Device) -> Self {
         match &l.gpu_blocks {
-            Some(b) => Self::Blocks(b.words.clone().into_dispatch(), b.format),
+            Some(b) => Self::blocks(b),
             None => Self::Dense(float(l.dense_weight(device))),
         }
     }
+
+    fn blocks(b: &GpuBlocks) -> Self {
+        Self::Blocks(b.words.clone().into_dispatch(), b.format)
+    }
+}
+
+/// Whether the kernels read this dense matrix: f32, both widths a multiple of their vectors.
+fn dense_fits(w: &Tensor<2>) -> bool {
+    let [rows, cols] = w.dims();
+    w.dtype() == DType::F32 && supported_width(rows) && supported_width(cols)
 }
 
 /// How a group's matrices are held, if the kernels can read them together: all dense f32, or
@@ -41,12 +51,7 @@ impl Weight {
 fn group_layout(members: &[&Linear]) -> Option<Option<BlockFormat>> {
     let layout = |l: &Linear| match (&l.gpu_blocks, &l.weight) {
         (Some(b), _) => Some(Some(b.format)),
-        (None, Some(w)) => {
-            let w = w.val();
-            let [d_in, d_out] = w.dims();
-            (w.dtype() == DType::F32 && supported_width(d_in) && supported_width(d_out))
-                .then_some(None)
-        }
+        (None, Some(w)) => dense_fits(&w.val()).then_some(None),
         (None, None) => None,
     };
     let first = layout(members[0])?;
@@ -157,9 +162,8 @@ impl Llama {
             (Some(_), _) => true,
             (None, Some(e)) => {
                 let e = e.val();
-                let on_cube = matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_));
-                let [vocab, d] = e.dims();
-                on_cube && e.dtype() == DType::F32 && supported_width(vocab) && supported_width(d)
+                matches!(e.clone().into_dispatch().kind, DispatchTensorKind::Cube(_))
+                    && dense_fits(&e)
             }
             (None, None) => false,
         };
@@ -277,8 +281,8 @@ impl Llama {
         Tensor::from_dispatch(match &self.embed_tokens.gpu_blocks {
             // The head over blocks is a product like the others: the table's one matrix
             // (`[d / 32 · words, vocab]`) three times, read up to its width.
-            Some(GpuBlocks { words, format }) => {
-                let e = || Weight::Blocks(words.clone().into_dispatch(), *format);
+            Some(blocks) => {
+                let e = || Weight::blocks(blocks);
                 let f = float(filler.clone());
                 norm_matvec3(float(x), gamma, [e(), e(), e()], f, self.vocab_size, eps, false)
             }

@@ -51,6 +51,11 @@ pub struct GpuBlocks {
 }
 
 impl GpuBlocks {
+    /// The blocks uploaded when `device` is a GPU ([`crate::device::blocks_on_gpu`]), else None.
+    pub fn on(m: &QuantMatrix, device: &Device) -> Option<Self> {
+        crate::device::blocks_on_gpu(device).then(|| Self::upload(m, device))
+    }
+
     pub fn upload(m: &QuantMatrix, device: &Device) -> Self {
         let shape = [m.cols / BLOCK * m.format.gpu_words(), m.rows];
         let data = TensorData::new(m.gpu_words(), shape);
@@ -66,6 +71,37 @@ impl GpuBlocks {
     }
 }
 
+/// How a matrix is held, shared by [`Linear`] and [`Embedding`]: the host's blocks when their
+/// kernels run it (the CPU backend). On a GPU, reading x back to the host for them would stall
+/// the queue (and cannot be done at all in a browser), so what the GPU's own kernels do not cover
+/// goes through the expanded weights.
+fn host_blocks<'a>(
+    weight: &Option<Param<Tensor<2>>>,
+    blocks: &'a Option<Arc<QuantMatrix>>,
+    gpu_blocks: &Option<GpuBlocks>,
+) -> Option<&'a QuantMatrix> {
+    blocks.as_deref().filter(|_| weight.is_none() && gpu_blocks.is_none())
+}
+
+/// Bytes a matrix takes where it is computed: its blocks as uploaded on a GPU (or as held on the
+/// host), or its dense weight at its dtype's size.
+fn held_bytes(
+    weight: &Option<Param<Tensor<2>>>,
+    blocks: &Option<Arc<QuantMatrix>>,
+    gpu_blocks: &Option<GpuBlocks>,
+) -> usize {
+    match (gpu_blocks, blocks, weight) {
+        (Some(g), _, _) => g.size_bytes(),
+        (None, _, Some(w)) => dense_bytes(&w.val()),
+        (None, Some(m), None) => m.size_bytes(),
+        (None, None, None) => 0,
+    }
+}
+
+fn dense_bytes(t: &Tensor<2>) -> usize {
+    t.shape().num_elements() * t.dtype().size()
+}
+
 /// Rows of x up to which the quantized kernels multiply blocks directly; above it (long or
 /// batched prompts) the matrix is expanded to f32 for the backend's GEMM, whose tiling wins once
 /// the weights are reused across enough rows. Measured on 2 threads (bench/generate.py's prompt):
@@ -79,18 +115,14 @@ impl Linear {
     }
 
     /// Blocks on `device`: kept on the host for the CPU's kernels, and uploaded as well when
-    /// `device` is a GPU ([`crate::device::blocks_on_gpu`]).
+    /// `device` is a GPU ([`GpuBlocks::on`]).
     pub fn quantized(m: QuantMatrix, device: &Device) -> Self {
-        let gpu_blocks =
-            crate::device::blocks_on_gpu(device).then(|| GpuBlocks::upload(&m, device));
+        let gpu_blocks = GpuBlocks::on(&m, device);
         Self { weight: None, blocks: Some(Arc::new(m)), gpu_blocks, lora: None }
     }
 
-    /// The host's blocks, when their kernels run this matrix (the CPU backend): on a GPU,
-    /// reading x back to the host for them would stall the queue (and cannot be done at all in
-    /// a browser), so what the GPU's own kernels do not cover goes through the expanded weights.
     fn host_blocks(&self) -> Option<&QuantMatrix> {
-        self.blocks.as_deref().filter(|_| self.weight.is_none() && self.gpu_blocks.is_none())
+        host_blocks(&self.weight, &self.blocks, &self.gpu_blocks)
     }
 
     /// `[d_in, d_out]`
@@ -225,9 +257,8 @@ impl Embedding {
         }
     }
 
-    /// The host's blocks, when their kernels run this table (see [`Linear`]'s).
     fn host_blocks(&self) -> Option<&QuantMatrix> {
-        self.blocks.as_deref().filter(|_| self.weight.is_none() && self.gpu_blocks.is_none())
+        host_blocks(&self.weight, &self.blocks, &self.gpu_blocks)
     }
 
     /// `[B, T]` ids → `[B, T, d_model]` f32 vectors.
@@ -738,23 +769,12 @@ impl Llama {
     /// Bytes the matrices take where they are computed: blocks as uploaded on a GPU (or as held on
     /// the host), dense weights at their dtype's size; adapters and norms included.
     pub fn weight_bytes(&self) -> usize {
-        let dense = |t: &Tensor<2>| t.shape().num_elements() * t.dtype().size();
         let linear = |l: &Linear| {
-            let own = match (&l.gpu_blocks, &l.blocks, &l.weight) {
-                (Some(g), _, _) => g.size_bytes(),
-                (None, _, Some(w)) => dense(&w.val()),
-                (None, Some(m), None) => m.size_bytes(),
-                (None, None, None) => 0,
-            };
-            own + l.lora.as_ref().map_or(0, |a| dense(&a.a.val()) + dense(&a.b.val()))
+            held_bytes(&l.weight, &l.blocks, &l.gpu_blocks)
+                + l.lora.as_ref().map_or(0, |a| dense_bytes(&a.a.val()) + dense_bytes(&a.b.val()))
         };
         let e = &self.embed_tokens;
-        let embedding = match (&e.gpu_blocks, &e.blocks, &e.weight) {
-            (Some(g), _, _) => g.size_bytes(),
-            (None, _, Some(w)) => dense(&w.val()),
-            (None, Some(m), None) => m.size_bytes(),
-            (None, None, None) => 0,
-        };
+        let embedding = held_bytes(&e.weight, &e.blocks, &e.gpu_blocks);
         let norms = (2 * self.layers.len() + 1) * self.norm.weight.dims()[0] * 4;
         let projections: usize = self
             .projection_names()
@@ -845,8 +865,7 @@ impl Llama {
                 }
                 Matrix::Blocks(m) => Embedding {
                     weight: None,
-                    gpu_blocks: crate::device::blocks_on_gpu(device)
-                        .then(|| GpuBlocks::upload(&m, device)),
+                    gpu_blocks: GpuBlocks::on(&m, device),
                     blocks: Some(Arc::new(m)),
                 },
             },

@@ -247,12 +247,13 @@ fn gguf_blocks_decode_on_the_gpu_kernels_as_on_the_cpu() {
     let cpu = load_base_as(DeviceChoice::Cpu, Precision::Q4_1);
     let gpu = load_base_as(DeviceChoice::Wgpu, Precision::Q4_1);
     assert!(gpu.model.runs_gpu_kernels(), "blocks on the GPU run its decoding kernels");
-    let mut bytes = gpu.model.embed_tokens.gpu_blocks.as_ref().map(GpuBlocks::size_bytes).unwrap();
+    assert!(gpu.model.embed_tokens.gpu_blocks.is_some(), "the embedding's blocks on the GPU");
     for (layer, which, name) in gpu.model.projection_names() {
         let p = gpu.model.projection(layer, which);
         assert!(p.weight.is_none(), "{name}: no f32 copy on the GPU");
-        bytes += p.gpu_blocks.as_ref().map(GpuBlocks::size_bytes).expect("blocks on the GPU");
+        assert!(p.gpu_blocks.is_some(), "{name}: blocks on the GPU");
     }
+    let bytes = gpu.model.weight_bytes();
     eprintln!("weights in GPU memory: {:.1} MB", bytes as f64 / 1e6);
     assert!(bytes < 120_000_000, "{bytes} bytes of weights on the GPU");
     let mut feed = Vec::new();
