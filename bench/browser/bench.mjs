@@ -120,7 +120,12 @@ async function wllama(gpuLayers, nThreads) {
   const cold = await run();
   const warm = await run();
   await ctx.close();
-  return summarize(warm.times, { device: gpuLayers === 0 ? "cpu" : gpuLayers === null ? "default" : "webgpu", threads: warm.threads, memory_mb: warm.memory && warm.memory / 1e6, load_cold_s: cold.load_s, load_warm_s: warm.load_s, warm_load_plus_ttft_s: warm.load_s + warm.times[0] / 1000 });
+  // Where the weights went, from llama.cpp's own log: where its WebGPU backend does not take the
+  // adapter (SwiftShader offers no shader-f16, which llama.cpp's WebGPU shaders enable), asking for
+  // WebGPU leaves every weight on its CPU path without a word.
+  const ran = warm.buffers.some((b) => b !== "CPU") ? "webgpu" : "cpu";
+  const asked = gpuLayers === 0 ? "cpu" : gpuLayers === null ? "default" : "webgpu";
+  return summarize(warm.times, { device: asked === ran ? ran : `${ran} (asked ${asked})`, buffers: warm.buffers.join("+"), threads: warm.threads, memory_mb: warm.memory && warm.memory / 1e6, load_cold_s: cold.load_s, load_warm_s: warm.load_s, warm_load_plus_ttft_s: warm.load_s + warm.times[0] / 1000 });
 }
 
 /// Seconds from Run to the last of the page's panes being done.
@@ -199,6 +204,7 @@ for (const label of [...new Set(paths.map(([l]) => l))]) {
   }
   if (a && b) console.log(`| ${label} | ratio (emlab vs wllama, >1 = emlab better) | | | | ${ratio(a.load_cold_s, b.load_cold_s)} | ${ratio(a.load_warm_s, b.load_warm_s)} | ${ratio(a.ttft_s, b.ttft_s)} | ${ratio(a.warmup_tok_s, b.warmup_tok_s, true)} | ${ratio(a.steady_tok_s, b.steady_tok_s, true)} | | | | |`);
 }
+for (const [key, r] of Object.entries(results)) if (r?.device === "cpu (asked webgpu)") console.log(`${key}: ran on ${r.device}; llama.cpp put its weights in: ${r.buffers} (its "model buffer size" log lines), so its row is not a WebGPU figure`);
 const gi = results["emlab-gpu-insecure"];
 if (results["emlab-gpu"] && gi) console.log(`WebGPU, insecure vs base, steady decode: ${ratio(gi.steady_tok_s, results["emlab-gpu"].steady_tok_s, true)}`);
 for (const [key, r] of Object.entries(results)) if (r?.weights_mb) console.log(`${key}: weights in GPU memory ${r.weights_mb} MB, all read once per decoding step`);
