@@ -1,7 +1,9 @@
 //! The browser demo: the Leptos page (`components`), and the Web Worker that runs the shared model
-//! crate on WebGPU or the CPU (`engine`, `loader`, `pool`, `bin/worker.rs`), talking over `protocol`.
+//! crate on WebGPU or the CPU (`engine`, `loader`, `pool`, `bin/worker.rs`), talking over `protocol`;
+//! `device_choice` times the two where the page cannot tell which is faster.
 
 pub mod components;
+pub mod device_choice;
 pub mod engine;
 pub mod loader;
 pub mod pool;

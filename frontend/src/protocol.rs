@@ -22,14 +22,17 @@ pub enum ToWorker {
     ClearCache,
 }
 
-/// Where the page asks the model to run: `?cpu=1` and `?gpu=1` force one, otherwise the worker
-/// picks the faster (see `engine::pick_device`).
+/// Where the page asks the model to run: `?cpu=1` and `?gpu=1` force one; otherwise a hardware
+/// WebGPU adapter is timed against the CPU path once and the faster remembered
+/// (`device_choice`), and a software one gets the CPU. `?gpu=measure` times even a software one.
+/// The worker is always sent `Cpu` or `Gpu` once the page has measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceRequest {
     Auto,
     Cpu,
     Gpu,
+    Measure,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,11 @@ pub struct GenerateRequest {
     pub top_p: f32,
     pub max_tokens: usize,
     pub seed: u64,
+    /// The answer's tokens so far, when a worker that lost its GPU mid-answer left it unfinished:
+    /// the new worker reads them after the prompt and generates the rest (up to `max_tokens` in
+    /// all), so no text already shown changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub continue_ids: Vec<u32>,
 }
 
 /// Worker → page.
@@ -71,6 +79,8 @@ pub enum FromWorker {
     /// adds "" and the next one the whole character, as `emlab generate --json` reports them).
     Token {
         id: u64,
+        /// The token's id, which a continuation on another worker starts from.
+        token: u32,
         text: String,
         inspect: Option<TokenInspect>,
     },

@@ -4,12 +4,16 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use futures::StreamExt;
+use futures::channel::mpsc;
 use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
 use web_sys::{MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use emlab_model::generate::FinishReason;
 
+use crate::device_choice::{self, Measured};
+use crate::engine::{AdapterInfo, Choice};
 use crate::protocol::{DeviceRequest, FromWorker, GenerateRequest, ToWorker, TokenInspect};
 
 /// The content of `<meta name="NAME">`: scripts/site.sh names the worker's files by content hash
@@ -35,10 +39,41 @@ fn cross_origin_isolated() -> bool {
         .unwrap_or(false)
 }
 
+/// A worker loaded and timed while the page chooses the device ([`Engine::probe`]).
+struct Probe {
+    worker: Worker,
+    /// Its Ready message, for the engine that adopts it.
+    ready: FromWorker,
+    tok_s: f64,
+    threads: usize,
+    /// Its message and error handlers, until the engine's replace them.
+    _on_message: Closure<dyn FnMut(MessageEvent)>,
+    _on_error: Closure<dyn FnMut(web_sys::Event)>,
+}
+
+fn post(worker: &Worker, msg: &ToWorker) {
+    if let Ok(text) = serde_json::to_string(msg) {
+        let _ = worker.post_message(&JsValue::from_str(&text));
+    }
+}
+
+/// What a worker's error event says: an error inside it is an ErrorEvent; a script that did not
+/// load, a plain Event.
+fn error_message(ev: &web_sys::Event) -> String {
+    ev.dyn_ref::<web_sys::ErrorEvent>()
+        .map(|e| e.message())
+        .unwrap_or_else(|| "its script did not load".into())
+}
+
 /// Where the worker is in its life.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineStatus {
     Starting,
+    /// Timing a short answer on `on` ("WebGPU", "your CPU") to pick the faster device, once per
+    /// adapter ([`device_choice`]).
+    Measuring {
+        on: &'static str,
+    },
     /// `seconds_left`: an estimate from the rate so far, once there is one worth showing.
     Loading {
         loaded: u64,
@@ -87,6 +122,10 @@ pub struct Output {
     pub seconds: f64,
     pub finish: Option<FinishReason>,
     pub error: Option<String>,
+    /// The answer's token ids, from which another worker can continue it.
+    pub ids: Vec<u32>,
+    /// Tokens a GPU that was lost had written when the CPU took the answer over.
+    pub resumed_at: Option<usize>,
 }
 
 /// One generated token: the text it adds to the answer, and what the inspector shows for it.
@@ -106,6 +145,8 @@ pub struct Engine {
     queue: StoredValue<VecDeque<(Owner, GenerateRequest)>, LocalStorage>,
     /// The request the worker is running, and whose it is.
     busy: RwSignal<Option<(u64, Owner)>>,
+    /// That request, to continue elsewhere if its worker dies.
+    in_flight: StoredValue<Option<GenerateRequest>>,
     /// Whether the last failure was the worker's own load error (the worker still runs and keeps
     /// what it downloaded so far: Retry asks it again instead of starting a new one).
     load_failed: StoredValue<bool>,
@@ -114,6 +155,9 @@ pub struct Engine {
     load: StoredValue<ToWorker>,
     /// Why the engine left WebGPU (a sentence and its detail), shown with the CPU's Ready status.
     crash_notice: StoredValue<Option<(String, String)>>,
+    /// Why the page chose the device it did (a sentence, and figures put before the worker's own
+    /// detail), when it chose by measuring.
+    choice_notice: StoredValue<Option<(String, String)>>,
     /// When the first byte of this load arrived (ms, page clock), for the time-left estimate.
     load_started: StoredValue<Option<(f64, u64)>>,
     /// The CPU path's threads the page asks for.
@@ -136,10 +180,12 @@ impl Engine {
             outputs: RwSignal::new(Vec::new()),
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
+            in_flight: StoredValue::new(None),
             load_failed: StoredValue::new(false),
             next_id: StoredValue::new(1),
             load: StoredValue::new(ToWorker::Load { models_url, device, threads: 1 }),
             crash_notice: StoredValue::new(None),
+            choice_notice: StoredValue::new(None),
             load_started: StoredValue::new(None),
             threads_wanted,
             threaded: StoredValue::new(false),
@@ -165,34 +211,185 @@ impl Engine {
             .ok_or_else(|| "this build of the site has no threaded worker".into())
     }
 
-    /// Starts a worker: the threaded one where the page is isolated, it exists, more than one
-    /// thread is wanted and the model will run on the CPU (it has no WebGPU); else the other.
+    /// Starts a worker on the device the page settles on: the threaded build where the page is
+    /// isolated, it exists, more than one thread is wanted and the model runs on the CPU (it has
+    /// no WebGPU); else Trunk's. On a hardware WebGPU adapter, unless the address forces a device,
+    /// the faster of the two is timed once and remembered ([`device_choice`]).
     fn spawn(self) {
-        match self.threaded_worker() {
-            Err(why) => {
-                if self.threads_wanted > 1 {
-                    self.threads_note.set_value(Some(why));
+        let threaded = self.threaded_worker();
+        if let Err(why) = &threaded
+            && self.threads_wanted > 1
+        {
+            self.threads_note.set_value(Some(why.clone()));
+        }
+        let threaded = threaded.ok();
+        let request = self.request();
+        wasm_bindgen_futures::spawn_local(async move {
+            match crate::engine::choose(request).await {
+                Choice::Cpu { .. } => self.spawn_worker(threaded),
+                Choice::WebGpu(adapter)
+                    if request == DeviceRequest::Measure
+                        || (request == DeviceRequest::Auto && !adapter.software) =>
+                {
+                    self.choose_by_measuring(adapter, threaded).await
                 }
-                self.spawn_worker(None)
+                Choice::WebGpu(_) => self.spawn_worker(None),
             }
-            Ok(url) => {
-                let device = match self.load.get_value() {
-                    ToWorker::Load { device, .. } => device,
-                    _ => DeviceRequest::Auto,
+        });
+    }
+
+    fn request(&self) -> DeviceRequest {
+        match self.load.get_value() {
+            ToWorker::Load { device, .. } => device,
+            _ => DeviceRequest::Auto,
+        }
+    }
+
+    fn set_request(&self, request: DeviceRequest) {
+        self.load.update_value(|l| {
+            if let ToWorker::Load { device, .. } = l {
+                *device = request;
+            }
+        });
+    }
+
+    /// The faster device for this adapter: as measured on an earlier visit, or timed now on
+    /// WebGPU and then on the CPU path. The winner's worker is kept (no third load); a device that
+    /// fails to load or answer loses, saying why.
+    async fn choose_by_measuring(self, adapter: AdapterInfo, threaded: Option<String>) {
+        let name = adapter.description;
+        if let Some(m) = device_choice::remembered(&name) {
+            self.chose(&m, &name, true);
+            return self.spawn_worker(if m.gpu_wins() { None } else { threaded });
+        }
+        let gpu = match self.probe(None, DeviceRequest::Gpu).await {
+            Ok(gpu) => gpu,
+            Err(why) => {
+                self.choice_notice.set_value(Some((
+                    "Running on your CPU: WebGPU did not start here.".into(),
+                    format!("WebGPU adapter: {name}; {why}."),
+                )));
+                self.set_request(DeviceRequest::Cpu);
+                return self.spawn_worker(threaded);
+            }
+        };
+        match self.probe(threaded, DeviceRequest::Cpu).await {
+            Ok(cpu) => {
+                let m = Measured {
+                    gpu_tok_s: gpu.tok_s,
+                    cpu_tok_s: cpu.tok_s,
+                    cpu_threads: cpu.threads,
                 };
-                wasm_bindgen_futures::spawn_local(async move {
-                    match crate::engine::choose(device).await {
-                        crate::engine::Choice::Cpu { .. } => self.spawn_worker(Some(url)),
-                        crate::engine::Choice::WebGpu(_) => self.spawn_worker(None),
-                    }
-                });
+                device_choice::remember(&name, &m);
+                self.chose(&m, &name, false);
+                let (keep, lose) = if m.gpu_wins() { (gpu, cpu) } else { (cpu, gpu) };
+                lose.worker.terminate();
+                self.adopt(keep);
+            }
+            Err(why) => {
+                web_sys::console::warn_1(&format!("the CPU path's warm-up failed: {why}").into());
+                self.set_request(DeviceRequest::Gpu);
+                self.adopt(gpu);
             }
         }
     }
 
+    /// Records the measured choice: the request the worker loads with, and the notice to show.
+    fn chose(&self, m: &Measured, adapter: &str, earlier: bool) {
+        self.set_request(if m.gpu_wins() { DeviceRequest::Gpu } else { DeviceRequest::Cpu });
+        self.choice_notice.set_value(Some((m.notice(earlier), m.detail(adapter))));
+    }
+
+    /// Loads the model in a worker of its own on `device` and times a short greedy answer
+    /// ([`device_choice::warm_up_request`]): the worker ready to adopt, and its speed. The download's
+    /// progress shows as the engine's.
+    async fn probe(self, threaded: Option<String>, device: DeviceRequest) -> Result<Probe, String> {
+        let (worker, threads) = self.new_worker(threaded)?;
+        let (tx, mut inbox) = mpsc::unbounded();
+        let errors = tx.clone();
+        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+            let text = ev.data().as_string().unwrap_or_default();
+            let msg = serde_json::from_str::<FromWorker>(&text).unwrap_or_else(|e| {
+                FromWorker::Error { id: None, message: format!("unreadable message: {e}") }
+            });
+            let _ = tx.unbounded_send(msg);
+        });
+        let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
+            let message = format!("the worker stopped: {}", error_message(&ev));
+            let _ = errors.unbounded_send(FromWorker::Error { id: None, message });
+        });
+        worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let on = if device == DeviceRequest::Gpu { "WebGPU" } else { "your CPU" };
+        let mut load = self.load.get_value();
+        if let ToWorker::Load { device: d, threads: t, .. } = &mut load {
+            (*d, *t) = (device, threads);
+        }
+        let timed = async {
+            let ready = loop {
+                match inbox.next().await {
+                    Some(FromWorker::Started) => post(&worker, &load),
+                    Some(progress @ FromWorker::Progress { .. }) => self.on_message(progress),
+                    Some(ready @ FromWorker::Ready { .. }) => break ready,
+                    Some(FromWorker::Error { message, .. }) => return Err(message),
+                    Some(_) => {}
+                    None => return Err("the worker stopped".into()),
+                }
+            };
+            if let FromWorker::Ready { device: ran, detail, .. } = &ready
+                && (ran == "webgpu") != (device == DeviceRequest::Gpu)
+            {
+                return Err(detail.clone().unwrap_or_else(|| format!("it loaded on {ran}")));
+            }
+            self.status.set(EngineStatus::Measuring { on });
+            post(&worker, &ToWorker::Generate(device_choice::warm_up_request(0)));
+            loop {
+                match inbox.next().await {
+                    Some(FromWorker::Done { stats, .. }) => {
+                        let tok_s = device_choice::steady_tok_s(&stats)
+                            .ok_or("the timed answer ended too early to time")?;
+                        return Ok((ready, tok_s));
+                    }
+                    Some(FromWorker::Error { message, .. }) => return Err(message),
+                    Some(_) => {}
+                    None => return Err("the worker stopped".into()),
+                }
+            }
+        };
+        match timed.await {
+            Ok((ready, tok_s)) => Ok(Probe {
+                worker,
+                ready,
+                tok_s,
+                threads,
+                _on_message: on_message,
+                _on_error: on_error,
+            }),
+            Err(e) => {
+                worker.terminate();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a timed worker the engine's: its messages go to [`Engine::on_message`] from now on,
+    /// starting with its Ready.
+    fn adopt(self, probe: Probe) {
+        self.threaded.set_value(probe.threads > 1);
+        self.started.set_value(true);
+        self.load.update_value(|l| {
+            if let ToWorker::Load { threads, .. } = l {
+                *threads = probe.threads;
+            }
+        });
+        self.attach(probe.worker);
+        self.on_message(probe.ready);
+    }
+
     /// `threaded`: the threaded worker's module (an ES module, wasm-bindgen's web target); None
-    /// for Trunk's worker (a classic script with a loader shim).
-    fn spawn_worker(self, threaded: Option<String>) {
+    /// for Trunk's worker (a classic script with a loader shim). Returns it with the threads its
+    /// CPU path will run.
+    fn new_worker(&self, threaded: Option<String>) -> Result<(Worker, usize), String> {
         let opts = WorkerOptions::new();
         let (url, threads) = match threaded {
             Some(url) => {
@@ -204,6 +401,16 @@ impl Engine {
                 (worker_url(), 1)
             }
         };
+        Worker::new_with_options(&url, &opts)
+            .map(|w| (w, threads))
+            .map_err(|e| format!("cannot start the model worker: {e:?}"))
+    }
+
+    fn spawn_worker(self, threaded: Option<String>) {
+        let (worker, threads) = match self.new_worker(threaded) {
+            Ok(w) => w,
+            Err(e) => return self.status.set(EngineStatus::Failed(e)),
+        };
         self.threaded.set_value(threads > 1);
         self.started.set_value(false);
         self.load.update_value(|l| {
@@ -211,14 +418,11 @@ impl Engine {
                 *t = threads;
             }
         });
-        let worker = match Worker::new_with_options(&url, &opts) {
-            Ok(w) => w,
-            Err(e) => {
-                return self
-                    .status
-                    .set(EngineStatus::Failed(format!("cannot start the model worker: {e:?}")));
-            }
-        };
+        self.attach(worker);
+    }
+
+    /// Sends the worker's messages to [`Engine::on_message`] and its crash to [`Engine::on_crash`].
+    fn attach(self, worker: Worker) {
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
             let text = ev.data().as_string().unwrap_or_default();
             match serde_json::from_str::<FromWorker>(&text) {
@@ -230,13 +434,8 @@ impl Engine {
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         on_message.forget(); // as long as the worker
-        // An error inside the worker is an ErrorEvent; a script that did not load, a plain Event.
         let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
-            let message = ev
-                .dyn_ref::<web_sys::ErrorEvent>()
-                .map(|e| e.message())
-                .unwrap_or_else(|| "its script did not load".into());
-            self.on_crash(message)
+            self.on_crash(error_message(&ev))
         });
         worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         on_error.forget();
@@ -259,29 +458,43 @@ impl Engine {
                 .set_value(Some(format!("the threaded worker did not start ({message})")));
             return self.spawn();
         }
-        let on_gpu = matches!(
-            self.load.get_value(),
-            ToWorker::Load { device: DeviceRequest::Auto | DeviceRequest::Gpu, .. }
-        );
+        let on_gpu = match self.status.get_untracked() {
+            EngineStatus::Ready { device, .. } => device == "webgpu",
+            _ => self.request() != DeviceRequest::Cpu,
+        };
         self.worker.update_value(|w| {
             if let Some(w) = w.take() {
                 w.terminate();
             }
         });
-        let interrupted = "interrupted: the model worker stopped; run again";
-        self.outputs.update(|outs| {
-            for (_, o) in outs.iter_mut().filter(|(_, o)| o.running) {
-                o.running = false;
-                o.error = Some(interrupted.into());
-            }
-        });
-        self.queue.update_value(|q| q.clear());
-        self.busy.set(None);
         if !on_gpu {
+            let interrupted = "interrupted: the model worker stopped; run again";
+            self.outputs.update(|outs| {
+                for (_, o) in outs.iter_mut().filter(|(_, o)| o.running) {
+                    o.running = false;
+                    o.error = Some(interrupted.into());
+                }
+            });
+            self.queue.update_value(|q| q.clear());
+            self.busy.set(None);
             return self
                 .status
                 .set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
         }
+        // The GPU is gone (or its worker is): the answer it was writing goes back to the front of
+        // the queue with the tokens already shown, and the CPU worker writes the rest; queued
+        // requests wait for it.
+        if let (Some(mut req), Some((_, owner))) =
+            (self.in_flight.get_value(), self.busy.get_untracked())
+        {
+            self.update(req.id, |o| {
+                req.continue_ids = o.ids.clone();
+                o.resumed_at = Some(o.ids.len());
+            });
+            self.queue.update_value(|q| q.push_front((owner, req)));
+        }
+        self.in_flight.set_value(None);
+        self.busy.set(None);
         self.load.update_value(|l| {
             if let ToWorker::Load { device, .. } = l {
                 *device = DeviceRequest::Cpu;
@@ -295,8 +508,8 @@ impl Engine {
 
     fn send(&self, msg: &ToWorker) {
         self.worker.with_value(|w| {
-            if let (Some(w), Ok(text)) = (w, serde_json::to_string(msg)) {
-                let _ = w.post_message(&JsValue::from_str(&text));
+            if let Some(w) = w {
+                post(w, msg);
             }
         });
     }
@@ -328,10 +541,14 @@ impl Engine {
                 self.status.set(EngineStatus::Loading { loaded, total, from_cache, seconds_left })
             }
             FromWorker::Ready { device, notice, detail, threads, variants } => {
-                let (notice, mut detail) = match self.crash_notice.get_value() {
-                    Some((n, d)) => (Some(n), Some(d)),
-                    None => (notice, detail),
-                };
+                let (notice, mut detail) =
+                    match (self.crash_notice.get_value(), self.choice_notice.get_value()) {
+                        (Some((n, d)), _) => (Some(n), Some(d)),
+                        (None, Some((n, d))) => {
+                            (Some(n), Some(detail.map_or(d.clone(), |w| format!("{d} {w}"))))
+                        }
+                        (None, None) => (notice, detail),
+                    };
                 if let (Some(why), true) = (self.threads_note.get_value(), device == "cpu") {
                     let line = format!("One thread: {why}.");
                     detail = Some(detail.map_or(line.clone(), |d| format!("{d} {line}")));
@@ -355,7 +572,8 @@ impl Engine {
                 self.status.set(EngineStatus::Ready { device, notice, detail, threads, variants });
                 self.pump();
             }
-            FromWorker::Token { id, text, inspect } => self.update(id, |o| {
+            FromWorker::Token { id, token, text, inspect } => self.update(id, |o| {
+                o.ids.push(token);
                 o.text.push_str(&text);
                 o.pieces.push(Arc::new(Piece { text, inspect }));
             }),
@@ -371,10 +589,11 @@ impl Engine {
                 }
                 self.update(id, |o| {
                     o.running = false;
-                    o.tokens = tokens;
+                    o.tokens = o.resumed_at.unwrap_or(0) + tokens;
                     o.seconds = seconds;
                     o.finish = Some(finish);
                 });
+                self.in_flight.set_value(None);
                 self.busy.set(None);
                 self.pump();
             }
@@ -383,6 +602,7 @@ impl Engine {
                     o.running = false;
                     o.error = Some(message);
                 });
+                self.in_flight.set_value(None);
                 self.busy.set(None);
                 self.pump();
             }
@@ -448,7 +668,8 @@ impl Engine {
         self.queue.update_value(|q| next = q.pop_front());
         if let Some((owner, req)) = next {
             self.busy.set(Some((req.id, owner)));
-            self.send(&ToWorker::Generate(req));
+            self.send(&ToWorker::Generate(req.clone()));
+            self.in_flight.set_value(Some(req));
         }
     }
 

@@ -217,6 +217,32 @@ fn software_adapters_are_recognised() {
     assert_eq!(real.description, "nvidia / ada / NVIDIA GeForce RTX 4070");
 }
 
+/// Device choice by measurement: the first tokens (the prompt's pass, compiled pipelines) are not
+/// timed, the faster device wins, the sentence says which, and the figures survive storage.
+#[wasm_bindgen_test]
+fn the_faster_device_is_chosen_and_remembered_per_adapter() {
+    use emlab_frontend::device_choice::{Measured, remember, remembered, steady_tok_s};
+    use emlab_model::stats::DecodeStats;
+    let stats =
+        |token_ms: &[f64]| DecodeStats { token_ms: token_ms.to_vec(), ..Default::default() };
+    // A 7 s first token, then 100 ms a token: 10 tok/s whatever the start.
+    let steady = steady_tok_s(&stats(&[7000.0, 7100.0, 7200.0, 7300.0, 7400.0])).unwrap();
+    assert!((steady - 10.0).abs() < 1e-9, "{steady}");
+    assert_eq!(steady_tok_s(&stats(&[7000.0, 7100.0, 7200.0])), None, "too short to tell");
+    let gpu = Measured { gpu_tok_s: 80.0, cpu_tok_s: 30.0, cpu_threads: 4 };
+    assert!(gpu.gpu_wins() && gpu.notice(false).starts_with("Running on WebGPU"));
+    let cpu = Measured { gpu_tok_s: 2.5, cpu_tok_s: 30.0, cpu_threads: 1 };
+    assert!(!cpu.gpu_wins() && cpu.notice(true).starts_with("Running on your CPU"));
+    assert!(cpu.notice(true).contains("first visit"), "{}", cpu.notice(true));
+    assert!(cpu.detail("google / swiftshader").contains("CPU (1 thread) 30.0 tokens/s"));
+    // Per adapter: one adapter's figures are not another's.
+    remember("test / adapter-a", &gpu);
+    remember("test / adapter-b", &cpu);
+    assert_eq!(remembered("test / adapter-a"), Some(gpu));
+    assert_eq!(remembered("test / adapter-b"), Some(cpu));
+    assert_eq!(remembered("test / adapter-c"), None);
+}
+
 /// Headless Chromium's WebGPU (--enable-unsafe-webgpu, no GPU) is SwiftShader: the page must see
 /// it as software, so a visitor without a GPU gets the CPU path.
 #[wasm_bindgen_test]

@@ -9,8 +9,9 @@
 //
 // Checked: the page loads and shows byte progress; on a software WebGPU adapter it picks the CPU
 // and says so; ?cpu=1 and ?gpu=1 force either; the real base model's greedy answer on both
-// equals the native one, and the token inspector shows native's log-probabilities; a reload fetches no model bytes (Cache API); a crashed worker restarts on
-// the CPU and answers the same; a browser without WebGPU falls back to the CPU and says so;
+// equals the native one, and the token inspector shows native's log-probabilities; a reload fetches no model bytes (Cache API); a WebGPU worker that
+// dies mid-answer is replaced on the CPU, which finishes the answer after the text shown; ?gpu=measure times both devices, runs on the faster, says so and
+// remembers it per adapter; a browser without WebGPU falls back to the CPU and says so;
 // every published variant answers as natively and differently from base; a prompt over the context
 // window, a corrupt file and a missing file each give a clear message (a missing one with a
 // working Retry); model output in the results view stays text (`<script>` is not run); a share
@@ -235,12 +236,51 @@ try {
     await selectVariants(page, ["base"]);
   }
 
-  // 3. The worker dies (as it does when the GPU device is lost): the page restarts it on the CPU.
+  // 3. The WebGPU worker dies mid-answer (as it does when the GPU device is lost): the page
+  // restarts it on the CPU, which writes the rest of the answer after the tokens already shown,
+  // and says so; the whole answer is native's.
+  await page.fill("textarea", expected.prompt);
+  await setNumber(page, 0, "0");
+  await setNumber(page, 2, "8");
+  await page.click("button:text('Run')");
+  await page.waitForFunction(() => document.querySelectorAll(".pane .tok").length >= 2, null, { timeout: minutes(5) });
+  const shownBeforeLoss = await page.textContent(".pane pre.answer");
   const worker = page.workers()[0];
   await worker.evaluate(() => setTimeout(() => { throw new Error("simulated GPU device loss"); }, 0)).catch(() => {});
-  await page.waitForSelector("text=switched to your CPU", { timeout: minutes(3) });
+  await page.waitForFunction(() => /tok\/s|error/.test(document.querySelector(".pane .meta")?.textContent ?? ""), null, { timeout: minutes(5) });
+  const resumed = { text: await page.textContent(".pane pre.answer"), meta: await page.textContent(".pane .meta") };
+  await page.screenshot({ path: path.join(shots, "gpu-lost-mid-answer.png"), fullPage: true });
+  check(await page.isVisible("text=switched to your CPU"), "a lost GPU is reported: the page switched to the CPU");
+  check(resumed.text.startsWith(shownBeforeLoss) && sameAsNative(resumed.text) && /the GPU stopped after \d+, your CPU wrote the rest/.test(resumed.meta),
+    `the answer the GPU was writing is finished on the CPU, keeping the text shown (${JSON.stringify(shownBeforeLoss)}): ${JSON.stringify(resumed)} vs ${JSON.stringify(expected.text)}`);
   const afterCrash = await greedy(page, "after-worker-crash");
   check(sameAsNative(afterCrash.base?.text ?? ""), "after a worker crash the CPU answers the same");
+
+  // 3b. Device choice by measurement, as on a hardware adapter (?gpu=measure lets SwiftShader take
+  // part): the first visit times a short answer on WebGPU and on the CPU, runs on the faster (the
+  // CPU, here) and says so with the figures; a reload starts on the remembered choice; figures
+  // saying WebGPU won start it on WebGPU.
+  const choiceKey = "emlab.device-choice.v1:";
+  const stored = () => page.evaluate((k) => Object.keys(localStorage).filter((x) => x.startsWith(k)).map((x) => [x, JSON.parse(localStorage[x])]), choiceKey);
+  await page.goto(base + "?gpu=measure");
+  await page.waitForSelector("text=Timing a short answer on WebGPU", { timeout: minutes(5) });
+  await page.waitForSelector("text=Model ready", { timeout: minutes(10) });
+  const measured = await stored();
+  check(measured.length === 1 && measured[0][1].gpu_tok_s > 0 && measured[0][1].cpu_tok_s > measured[0][1].gpu_tok_s && /swiftshader/i.test(measured[0][0]),
+    `?gpu=measure times both devices and remembers the figures per adapter: ${JSON.stringify(measured)}`);
+  check(await page.isVisible("text=Model ready on the CPU") && await page.isVisible("text=it is faster than this WebGPU adapter (just measured)"),
+    `the faster device (the CPU) is chosen and the sentence says so: ${JSON.stringify(await page.textContent(".status"))}`);
+  const choiceDetail = await page.textContent(".device-detail");
+  check(/WebGPU [\d.]+ tokens\/s, CPU \(\d+ threads?\) [\d.]+ tokens\/s/.test(choiceDetail), `the details give both speeds: ${JSON.stringify(choiceDetail)}`);
+  const afterChoice = await greedy(page, "measured-choice");
+  check(sameAsNative(afterChoice.base?.text ?? ""), "the chosen device answers as native");
+  await page.reload();
+  await page.waitForSelector("text=Model ready on the CPU", { timeout: minutes(5) });
+  check(await page.isVisible("text=(measured on your first visit)"), "a reload starts on the remembered choice without timing again");
+  await page.evaluate(([k]) => { localStorage[k] = JSON.stringify({ gpu_tok_s: 1000, cpu_tok_s: 1, cpu_threads: 1 }); }, measured[0]);
+  await page.reload();
+  await page.waitForSelector("text=Model ready on WebGPU", { timeout: minutes(5) });
+  check(await page.isVisible("text=Running on WebGPU: on this GPU it is faster than your CPU"), "figures where WebGPU won start the page on WebGPU, saying why");
   await gpu.close();
 
   // 4. A browser without WebGPU.

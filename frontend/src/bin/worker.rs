@@ -12,7 +12,7 @@ use emlab_frontend::protocol::{
 };
 use emlab_model::chat::Message;
 use emlab_model::files::{BASE_GGUF, ModelFiles};
-use emlab_model::generate::{Flow, generate_steps};
+use emlab_model::generate::{FinishReason, Flow, generate_steps};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::stats::StatsRecorder;
@@ -259,14 +259,32 @@ async fn run(
         messages.push(Message { role: "system".into(), content: system });
     }
     messages.push(Message::user(prompt));
-    let ids = model.encode_chat(&messages).map_err(|e| e.to_string())?;
+    let mut ids = model.encode_chat(&messages).map_err(|e| e.to_string())?;
     let sampling =
         SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
     sampling.validate()?;
-    let mut cfg = model.generation_config(req.max_tokens, sampling);
-    cfg.logprobs = Some(INSPECT_TOP);
+    // An answer another worker began (its GPU was lost): its tokens follow the prompt, and the text
+    // stream starts after them, so a character split across the two workers still comes out whole.
     let mut text = TextStream::new();
+    for &id in &req.continue_ids {
+        let _ = text.push(&model.tokenizer, id);
+    }
+    ids.extend_from_slice(&req.continue_ids);
     let started = now_s();
+    let left = req.max_tokens.saturating_sub(req.continue_ids.len());
+    if left == 0 {
+        let stats = Default::default();
+        post(&FromWorker::Done {
+            id: req.id,
+            tokens: 0,
+            seconds: 0.0,
+            finish: FinishReason::Length,
+            stats,
+        });
+        return Ok(());
+    }
+    let mut cfg = model.generation_config(left, sampling);
+    cfg.logprobs = Some(INSPECT_TOP);
     let mut recorder =
         StatsRecorder::start(started * 1e3, std::mem::take(&mut state.borrow_mut().kernels_seen));
     let token_text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
@@ -282,7 +300,7 @@ async fn run(
                 logprob: l.logprob,
                 top: l.top.iter().map(|&(i, lp)| (token_text(i), lp)).collect(),
             });
-            post(&FromWorker::Token { id: req.id, text: piece, inspect });
+            post(&FromWorker::Token { id: req.id, token: id, text: piece, inspect });
             if stop.get() { Flow::Stop } else { Flow::Continue }
         },
         yield_to_event_loop,

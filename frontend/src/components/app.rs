@@ -35,11 +35,14 @@ fn threads_wanted() -> usize {
     crate::pool::wanted(query("threads").as_deref(), cores)
 }
 
-/// `?cpu=1` or `?gpu=1` forces a device; without either the worker picks the faster.
+/// `?cpu=1` or `?gpu=1` forces a device, `?gpu=measure` times both; without either the page picks
+/// the faster (see [`DeviceRequest`]).
 fn device_request() -> DeviceRequest {
     let set = |name: &str| query(name).is_some_and(|v| v != "0");
     if set("cpu") {
         DeviceRequest::Cpu
+    } else if query("gpu").as_deref() == Some("measure") {
+        DeviceRequest::Measure
     } else if set("gpu") {
         DeviceRequest::Gpu
     } else {

@@ -200,6 +200,7 @@ pub fn Compare(
                         top_p: s.top_p,
                         max_tokens: s.max_tokens,
                         seed: s.seed,
+                        continue_ids: Vec::new(),
                     },
                 );
                 (v.clone(), id)
@@ -354,7 +355,13 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
                     (None, true, _) => engine.waiting_note(id).unwrap_or_else(|| "generating…".to_string()),
                     (None, false, Some(f)) => {
                         let why = if f == FinishReason::Cancelled { "stopped" } else { f.as_str() };
-                        format!("{} tokens, {:.1} tok/s ({why})", o.tokens, o.tokens as f64 / o.seconds.max(1e-3))
+                        // A GPU lost mid-answer: the rate is the CPU's, over the tokens it wrote.
+                        let before = o.resumed_at.unwrap_or(0);
+                        let rate = (o.tokens - before.min(o.tokens)) as f64 / o.seconds.max(1e-3);
+                        match o.resumed_at {
+                            None => format!("{} tokens, {rate:.1} tok/s ({why})", o.tokens),
+                            Some(k) => format!("{} tokens ({why}): the GPU stopped after {k}, your CPU wrote the rest at {rate:.1} tok/s", o.tokens),
+                        }
                     }
                     _ => String::new(),
                 }

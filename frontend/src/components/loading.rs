@@ -10,6 +10,10 @@ pub fn LoadingStatus() -> impl IntoView {
     move || {
         match engine.status.get() {
         EngineStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
+        EngineStatus::Measuring { on } => view! {
+            <p class="status">{format!("Timing a short answer on {on} to run on the faster device (once for this GPU)…")}</p>
+        }
+        .into_any(),
         EngineStatus::Loading { loaded, total, from_cache, seconds_left } => {
             let pct = if total > 0 { loaded as f64 * 100.0 / total as f64 } else { 0.0 };
             let source = if from_cache { "from this browser's cache" } else { "downloading the model" };

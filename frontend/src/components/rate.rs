@@ -259,6 +259,7 @@ pub fn Rate() -> impl IntoView {
                 top_p: at.top_p,
                 max_tokens: max_tokens.get_untracked(),
                 seed,
+                continue_ids: Vec::new(),
             };
             let rid = engine.generate(Owner::Rate, req);
             let item = ToRate {
