@@ -10,11 +10,15 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 
-use crate::cpu_decode::HostWeights;
-use crate::model::MASK_BIAS;
+use crate::host_weights::HostWeights;
 
 /// Capacities are multiples of this many positions.
 pub const CACHE_BLOCK: usize = 128;
+
+/// Added to attention scores of masked keys (padding, slots not written yet). Finite (not -inf) so
+/// that a fully masked row, as a padding query has, yields a finite softmax instead of NaNs that
+/// would spread through V.
+pub const MASK_BIAS: f32 = -1.0e4;
 
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {

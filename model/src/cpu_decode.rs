@@ -9,62 +9,42 @@
 
 use burn::prelude::*;
 
+use crate::host_weights::{HostLora, HostWeights};
 use crate::model::{Batch, KvCache, Linear, Llama, PROJECTIONS, RmsNorm};
 use crate::quant::QuantMatrix;
-
-/// What a decoding step reads from burn tensors, copied to the host once per generation (per
-/// cache), not per token: the norms' weights and the LoRA matrices.
-#[derive(Debug)]
-pub struct HostWeights {
-    /// Per layer: the input and post-attention norms.
-    norms: Vec<[Vec<f32>; 2]>,
-    final_norm: Vec<f32>,
-    /// Per layer, per projection (in [`PROJECTIONS`] order): A `[d_in, r]`,
-    /// B `[r, d_out]`, scale.
-    lora: Vec<[Option<HostLora>; PROJECTIONS.len()]>,
-}
-
-#[derive(Debug)]
-struct HostLora {
-    a: Vec<f32>,
-    b: Vec<f32>,
-    rank: usize,
-    scale: f32,
-}
 
 fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().expect("f32 data")
 }
 
-impl HostWeights {
-    fn of(model: &Llama) -> Self {
-        let lora = |l: &Linear| {
-            l.lora.as_ref().map(|lora| {
-                let flat = |t: Tensor<2>| host(t.reshape([-1]));
-                HostLora {
-                    a: flat(lora.a.val()),
-                    b: flat(lora.b.val()),
-                    rank: lora.a.dims()[1],
-                    scale: lora.scale as f32,
-                }
+/// The host copies a decoding step reads, made from the model at a generation's first step.
+fn host_weights(model: &Llama) -> HostWeights {
+    let lora = |l: &Linear| {
+        l.lora.as_ref().map(|lora| {
+            let flat = |t: Tensor<2>| host(t.reshape([-1]));
+            HostLora {
+                a: flat(lora.a.val()),
+                b: flat(lora.b.val()),
+                rank: lora.a.dims()[1],
+                scale: lora.scale as f32,
+            }
+        })
+    };
+    HostWeights {
+        norms: model
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    host(l.input_layernorm.weight.val()),
+                    host(l.post_attention_layernorm.weight.val()),
+                ]
             })
-        };
-        HostWeights {
-            norms: model
-                .layers
-                .iter()
-                .map(|l| {
-                    [
-                        host(l.input_layernorm.weight.val()),
-                        host(l.post_attention_layernorm.weight.val()),
-                    ]
-                })
-                .collect(),
-            final_norm: host(model.norm.weight.val()),
-            lora: (0..model.layers.len())
-                .map(|i| std::array::from_fn(|j| lora(model.projection(i, j))))
-                .collect(),
-        }
+            .collect(),
+        final_norm: host(model.norm.weight.val()),
+        lora: (0..model.layers.len())
+            .map(|i| (0..PROJECTIONS.len()).map(|j| lora(model.projection(i, j))).collect())
+            .collect(),
     }
 }
 
@@ -112,7 +92,7 @@ impl Llama {
         let embed = self.embed_tokens.blocks.as_deref().expect("blocks (cpu_decode_supported)");
         let ids: Vec<usize> =
             ints(batch.tokens).into_iter().map(|id| id.min(embed.rows - 1)).collect();
-        let weights = cache.host_weights(|| HostWeights::of(self));
+        let weights = cache.host_weights(|| host_weights(self));
 
         cache.prepare(t);
         let (slot, cap) = (cache.len(), cache.capacity());

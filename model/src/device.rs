@@ -54,18 +54,6 @@ impl Precision {
             Self::F32 | Self::Q4_1 => FloatDType::F32,
         }
     }
-
-    /// The fastest precision a model directory can run in on `device`: its GGUF's blocks when
-    /// they can run there (decoding 2.4× faster than f32 at batch 1, logits within 1e-4 of f32;
-    /// docs/performance.md), else f32. Merged models have no `model.gguf`, so they load in f32.
-    #[cfg(not(target_family = "wasm"))]
-    pub fn fastest(dir: &std::path::Path, device: &Device) -> Self {
-        if runs_blocks(device) && dir.join(crate::files::GGUF_FILE).is_file() {
-            Self::Q4_1
-        } else {
-            Self::F32
-        }
-    }
 }
 
 impl FromStr for Precision {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::Error;
 use crate::chat::ChatTemplate;
 use crate::config::LlamaConfig;
+use crate::device::Precision;
 use crate::gguf::Gguf;
 use crate::tokenizer::{Tokenizer, tokenizer_json_from_gguf};
 use crate::weights::Weights;
@@ -83,6 +84,18 @@ pub fn durable_rename(from: &Path, to: &Path) -> Result<(), Error> {
 /// The source GGUF, kept in the base model's directory for the q4_1 path.
 pub const GGUF_FILE: &str = "model.gguf";
 
+/// The fastest precision a model directory can run in on `device`: its GGUF's blocks when they
+/// can run there (decoding 2.4× faster than f32 at batch 1, logits within 1e-4 of f32;
+/// docs/performance.md), else f32. Merged models have no `model.gguf`, so they load in f32.
+#[cfg(not(target_family = "wasm"))]
+pub fn fastest_precision(dir: &Path, device: &burn::prelude::Device) -> Precision {
+    if crate::device::runs_blocks(device) && dir.join(GGUF_FILE).is_file() {
+        Precision::Q4_1
+    } else {
+        Precision::F32
+    }
+}
+
 pub fn default_model_dir() -> PathBuf {
     cache_dir().join("models").join("smollm2-135m-instruct")
 }
@@ -137,7 +150,7 @@ impl ModelFiles {
     }
 
     /// As [`ModelFiles::from_gguf`], with its Q4_1 and Q8_0 matrices kept as blocks
-    /// ([`crate::device::Precision::Q4_1`]) that point into `bytes`, which they keep alive.
+    /// ([`Precision::Q4_1`]) that point into `bytes`, which they keep alive.
     pub fn from_gguf_blocks(name: &str, bytes: Arc<Vec<u8>>) -> Result<Self, Error> {
         Self::read_gguf(name, &bytes, Some(&bytes))
     }
@@ -165,8 +178,8 @@ impl ModelFiles {
     /// the converted weights by `model-export fetch`) with the blocks as they are, or, for a model
     /// without one (a merged adapter, another model), its safetensors with every matrix rounded
     /// to the same block formats ([`Weights::quantize_matrices`]); else its safetensors.
-    pub fn load_dir_as(dir: &Path, precision: crate::device::Precision) -> Result<Self, Error> {
-        if precision != crate::device::Precision::Q4_1 {
+    pub fn load_dir_as(dir: &Path, precision: Precision) -> Result<Self, Error> {
+        if precision != Precision::Q4_1 {
             return Self::load_dir(dir);
         }
         let p = dir.join(GGUF_FILE);

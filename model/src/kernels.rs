@@ -30,7 +30,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::model::MASK_BIAS;
+use crate::cache::MASK_BIAS;
 use crate::quant::{BLOCK, BlockFormat};
 
 /// Invocations per workgroup. No kernel here shares anything within a workgroup.

@@ -5,7 +5,8 @@
 //! - [`config`], [`weights`], [`files`]: hyper-parameters, host-side tensors, model directories
 //! - [`tokenizer`], [`chat`]: byte-level BPE and the ChatML template
 //! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache;
-//!   `cpu_decode`: its cached pass on the CPU over the GGUF's blocks, outside burn's ops
+//!   `cpu_decode`: its cached pass on the CPU over the GGUF's blocks, outside burn's ops, reading
+//!   `host_weights` (host copies the cache keeps per generation)
 //! - [`sampling`], [`generate`]: token sampling and the decoding loop (the only one: a batch of
 //!   rows stepped together), [`prefix`]: a prompt prefix requests share; [`stats`]: per-token figures
 
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod gguf;
 #[cfg(feature = "gpu-kernels")]
 mod gpu_decode;
+mod host_weights;
 #[cfg(feature = "gpu-kernels")]
 pub mod kernels;
 pub mod lora;

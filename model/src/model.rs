@@ -16,14 +16,11 @@ use burn::tensor::activation::{silu, softmax};
 
 use crate::Error;
 pub use crate::cache::KvCache;
+use crate::cache::MASK_BIAS;
 use crate::config::LlamaConfig;
 use crate::quant::{BLOCK, BlockFormat, QuantMatrix};
 use crate::sampling::Rng;
 use crate::weights::{HostTensor, Matrix, Weights, expected_shapes};
-
-/// Added to attention scores of masked keys. Finite (not -inf) so that a fully masked row, as a
-/// padding query has, yields a finite softmax instead of NaNs that would spread through V.
-pub const MASK_BIAS: f32 = -1.0e4;
 
 /// y = x·W (+ a LoRA side path). W is either a dense `[d_in, d_out]` tensor or the GGUF's blocks
 /// (`[d_out, d_in]`). A dense W may be stored in lower precision than the activations (f16 halves

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use backend::inference::{load_adapter, load_chat_model_on};
 use clap::Args;
 use emlab_model::device::{DeviceChoice, Precision};
-use emlab_model::files::default_model_dir;
+use emlab_model::files::{default_model_dir, fastest_precision};
 use emlab_model::generate::GenerationConfig;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
@@ -84,7 +84,7 @@ impl SamplingArgs {
 }
 
 impl ModelArgs {
-    /// Loads in `--dtype`, by default the fastest exact-enough one (`Precision::fastest`).
+    /// Loads in `--dtype`, by default the fastest exact-enough one (`files::fastest_precision`).
     pub fn load(&self) -> Result<ChatModel> {
         self.load_or(None)
     }
@@ -98,7 +98,7 @@ impl ModelArgs {
         backend::set_threads(self.threads)?;
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
         let device = emlab_model::device::init(self.device)?;
-        let dtype = self.dtype.or(default).unwrap_or_else(|| Precision::fastest(&dir, &device));
+        let dtype = self.dtype.or(default).unwrap_or_else(|| fastest_precision(&dir, &device));
         let model = load_chat_model_on(&dir, &device, dtype, !self.quiet)?;
         match &self.adapter {
             Some(adapter) => load_adapter(model, adapter),
