@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
+python3 scripts/import_cycles.py  # no file of a crate imports, through others, from itself
 cargo clippy --workspace --exclude emlab-frontend --all-targets -- -D warnings
 cargo clippy -p emlab-frontend --target wasm32-unknown-unknown --all-targets -- -D warnings
 # The threaded worker's build is without WebGPU (scripts/worker-threads.sh; its `threads` feature
