@@ -51,8 +51,8 @@ pub fn save(
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("serializing the optimizer state: {e:?}"))?;
     let files = [
-        ("adapter_model.safetensors", tensors.to_safetensors()?),
-        ("adapter_config.json", config_json.into_bytes()),
+        (lora::WEIGHTS_FILE, tensors.to_safetensors()?),
+        (lora::CONFIG_FILE, config_json.into_bytes()),
         ("optimizer.bin", optim_bytes.to_vec()),
     ];
     let mut state = state.clone();
@@ -82,7 +82,7 @@ pub fn save(
 
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    emlab_schema::manifest::hex(&sha2::Sha256::digest(bytes))
 }
 
 /// Makes renames inside `dir` durable (Unix; elsewhere a no-op).
@@ -135,28 +135,24 @@ pub fn load(
             expected_config
         );
     }
-    let cfg_json = String::from_utf8(read("adapter_config.json")?)
-        .context("adapter_config.json is not UTF-8")?;
+    let cfg_json =
+        String::from_utf8(read(lora::CONFIG_FILE)?).context("adapter_config.json is not UTF-8")?;
     let lora_cfg = lora::config_from_peft(&cfg_json)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join("adapter_config.json").display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join(lora::CONFIG_FILE).display()))?;
     let mut tensors = Weights::default();
-    tensors.add_safetensors(&read("adapter_model.safetensors")?).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: corrupt checkpoint: {e}",
-            ckpt.join("adapter_model.safetensors").display()
-        )
+    tensors.add_safetensors(&read(lora::WEIGHTS_FILE)?).map_err(|e| {
+        anyhow::anyhow!("{}: corrupt checkpoint: {e}", ckpt.join(lora::WEIGHTS_FILE).display())
     })?;
     if let Some((name, _)) =
         tensors.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
     {
         bail!(
             "{}: corrupt checkpoint: non-finite values in {name}",
-            ckpt.join("adapter_model.safetensors").display()
+            ckpt.join(lora::WEIGHTS_FILE).display()
         );
     }
-    let model = lora::from_peft(base, &lora_cfg, tensors).map_err(|e| {
-        anyhow::anyhow!("{}: {e}", ckpt.join("adapter_model.safetensors").display())
-    })?;
+    let model = lora::from_peft(base, &lora_cfg, tensors)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt.join(lora::WEIGHTS_FILE).display()))?;
     // burn's deserializer is not ours to harden: a panic on bytes it cannot read is an error here.
     let bytes = Bytes::from_bytes_vec(read("optimizer.bin")?);
     let optim = catch_quietly(|| optim.from_bytes(bytes))

@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::prelude::Device;
-use emlab_model::chat::Message;
 use emlab_model::device::{self, DeviceChoice, Precision};
 use emlab_model::files::ModelFiles;
 use emlab_model::generate::{Flow, Generation, GenerationConfig, block_on};
@@ -59,7 +58,7 @@ pub fn load_adapter(mut model: ChatModel, dir: &Path) -> Result<ChatModel> {
             format!("{}: cannot read (is {} a PEFT adapter directory?)", p.display(), dir.display())
         })
     };
-    let (config, tensors) = (read("adapter_config.json")?, read("adapter_model.safetensors")?);
+    let (config, tensors) = (read(lora::CONFIG_FILE)?, read(lora::WEIGHTS_FILE)?);
     model.model = lora::from_peft_files(model.model, &config, &tensors)
         .map_err(|e| anyhow::anyhow!("{}/{e}", dir.display()))?;
     Ok(model)
@@ -98,16 +97,6 @@ pub fn answer(
         return Err(e);
     }
     Ok(generation)
-}
-
-/// Builds the conversation for a single prompt.
-pub fn messages(system: Option<&str>, prompt: &str) -> Vec<Message> {
-    let mut m = Vec::with_capacity(2);
-    if let Some(s) = system {
-        m.push(Message::system(s));
-    }
-    m.push(Message::user(prompt));
-    m
 }
 
 /// The logits of every position of one sequence, row-major `[ids.len(), vocab]`.

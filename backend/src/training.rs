@@ -331,11 +331,8 @@ pub fn write_adapter(
 ) -> anyhow::Result<()> {
     let (tensors, config) = lora::to_peft(model, cfg, base_model)?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    emlab_model::files::atomic_write(
-        &dir.join("adapter_model.safetensors"),
-        &tensors.to_safetensors()?,
-    )?;
-    emlab_model::files::atomic_write(&dir.join("adapter_config.json"), config.as_bytes())?;
+    emlab_model::files::atomic_write(&dir.join(lora::WEIGHTS_FILE), &tensors.to_safetensors()?)?;
+    emlab_model::files::atomic_write(&dir.join(lora::CONFIG_FILE), config.as_bytes())?;
     Ok(())
 }
 
@@ -440,7 +437,7 @@ pub fn run(
         for snap in snapshot_at(step) {
             let dir = snapshot_dir(&opts.out, &snap.name);
             // A resume repeats the same steps: a snapshot already written is the same adapter.
-            if !dir.join("adapter_config.json").exists() {
+            if !dir.join(lora::CONFIG_FILE).exists() {
                 write_adapter(&dir, &model, &cfg.lora, &opts.base_model)?;
                 let info = serde_json::json!({ "step": step + 1, "rows_seen": rows_after[step], "requested_rows": snap.rows });
                 emlab_model::files::atomic_write(

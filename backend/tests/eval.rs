@@ -91,7 +91,7 @@ fn digit_sequence_expectation_equals_brute_force() {
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let digits = judge::digit_ids(&m).unwrap();
     let prompt =
-        m.encode_chat(&backend::inference::messages(None, "Rate this from 0 to 100.")).unwrap();
+        m.encode_chat(&emlab_model::chat::single_turn(None, "Rate this from 0 to 100.")).unwrap();
     let got = number_distribution(&m.model, &prompt, &digits, 0.0).unwrap();
 
     let vocab = m.model.vocab_size;

@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 
+use emlab_schema::manifest::hex;
 use js_sys::{ArrayBuffer, Uint8Array, wasm_bindgen::JsCast};
 use sha2::{Digest, Sha256};
 use wasm_bindgen::JsValue;
@@ -170,10 +171,6 @@ fn megabytes(bytes: u64) -> String {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of bytes held by JavaScript: the browser's own (native, off the worker's thread) where

@@ -119,11 +119,11 @@ pub fn write_corpus(out: &Path, base_gguf: &Path) -> Result<()> {
     }
     let (adapter, config) = micro_adapter();
     put("safetensors", "adapter.safetensors", adapter)?;
-    put("peft-adapter", "adapter_model.safetensors", adapter)?;
+    put("peft-adapter", lora::WEIGHTS_FILE, adapter)?;
     let mut q8 = Weights::default();
     q8.add_safetensors(adapter)?;
     put("peft-adapter", "adapter_model-q8.safetensors", &q8.to_safetensors_as(Storage::Q8Vec)?)?;
-    put("peft-config", "adapter_config.json", config.as_bytes())?;
+    put("peft-config", lora::CONFIG_FILE, config.as_bytes())?;
 
     put("model-config", "micro.json", &serde_json::to_vec_pretty(&cfg)?)?;
     let base_cfg = emlab_model::config::LlamaConfig::from_gguf(&base)?;

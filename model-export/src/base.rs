@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use emlab_schema::manifest::hex;
 use sha2::{Digest, Sha256};
 
 use crate::{atomic_write, progress_bytes};
@@ -46,10 +47,6 @@ pub fn sha256_file(path: &Path, show_progress: bool) -> Result<String> {
     }
     pb.finish_and_clear();
     Ok(hex(&h.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl BaseModel {

@@ -26,8 +26,8 @@ pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: boo
     let model = Llama::from_weights(&files.config, files.weights, &device, FloatDType::F32)?;
     let with_adapter = lora::from_peft_files(
         model,
-        &read(adapter, "adapter_config.json")?,
-        &read(adapter, "adapter_model.safetensors")?,
+        &read(adapter, lora::CONFIG_FILE)?,
+        &read(adapter, lora::WEIGHTS_FILE)?,
     )
     .map_err(|e| anyhow::anyhow!("{}/{e}", adapter.display()))?;
     spinner.inc(1);
@@ -46,7 +46,7 @@ pub fn merge_adapter(base: &Path, adapter: &Path, out: &Path, show_progress: boo
     let provenance = json!({
         "base_model": base.display().to_string(),
         "adapter": adapter.display().to_string(),
-        "adapter_config": serde_json::from_slice::<serde_json::Value>(&read(adapter, "adapter_config.json")?)?,
+        "adapter_config": serde_json::from_slice::<serde_json::Value>(&read(adapter, lora::CONFIG_FILE)?)?,
     });
     let mut out_files = vec![
         ("config.json", read(base, "config.json")?),

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use emlab_model::lora;
 use emlab_model::weights::{Storage, Weights};
 
 use crate::atomic_write;
@@ -18,7 +19,7 @@ const RUN_FILES: [&str; 4] = ["train_config.json", "metrics.jsonl", "loss.png", 
 
 pub fn publish_run(run: &Path, out: &Path) -> Result<()> {
     let adapter = run.join("adapter");
-    let tensors = adapter.join("adapter_model.safetensors");
+    let tensors = adapter.join(lora::WEIGHTS_FILE);
     if !tensors.exists() {
         bail!("{}: no finished adapter (is the training run complete?)", run.display());
     }
@@ -29,7 +30,7 @@ pub fn publish_run(run: &Path, out: &Path) -> Result<()> {
         &out.join("adapter/adapter_model.safetensors"),
         &w.to_safetensors_as(Storage::F16)?,
     )?;
-    let config_path = adapter.join("adapter_config.json");
+    let config_path = adapter.join(lora::CONFIG_FILE);
     let mut config: serde_json::Value = serde_json::from_slice(&read(&config_path)?)
         .with_context(|| format!("{}: not JSON", config_path.display()))?;
     config["base_model_name_or_path"] = BASE_MODEL_ID.into();

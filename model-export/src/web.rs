@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use emlab_model::files::BASE_GGUF;
+use emlab_model::lora;
 use emlab_model::weights::{Storage, Weights};
-use emlab_schema::manifest::{FileEntry, Manifest, SCHEMA, Variant};
+use emlab_schema::manifest::{FileEntry, Manifest, SCHEMA, Variant, hex};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write;
@@ -128,7 +129,7 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<Manifest> {
                 dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let adapter = dir.join("adapter");
             let mut w = Weights::default();
-            w.add_safetensors(&read(adapter.join("adapter_model.safetensors"))?)
+            w.add_safetensors(&read(adapter.join(lora::WEIGHTS_FILE))?)
                 .with_context(|| adapter.display().to_string())?;
             emit(
                 &format!("adapters/{name}/adapter_model.safetensors"),
@@ -136,7 +137,7 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<Manifest> {
             )?;
             emit(
                 &format!("adapters/{name}/adapter_config.json"),
-                &read(adapter.join("adapter_config.json"))?,
+                &read(adapter.join(lora::CONFIG_FILE))?,
             )?;
             let train_config = std::fs::read(dir.join("train_config.json"))
                 .ok()
@@ -161,10 +162,6 @@ fn write_site_files(o: &WebOptions, out: &Path) -> Result<Manifest> {
     };
     atomic_write(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     Ok(manifest)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -26,6 +26,16 @@ impl Message {
     }
 }
 
+/// The conversation for one prompt: the system message when there is one, then the user's.
+pub fn single_turn(system: Option<&str>, prompt: &str) -> Vec<Message> {
+    let mut m = Vec::with_capacity(2);
+    if let Some(s) = system {
+        m.push(Message::system(s));
+    }
+    m.push(Message::user(prompt));
+    m
+}
+
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

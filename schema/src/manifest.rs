@@ -10,6 +10,11 @@ pub const SCHEMA: &str = "emlab-web/1";
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 pub const MAX_TOTAL_BYTES: u64 = 2 << 30;
 
+/// A digest as the manifest (and every checksum this project writes) records it: lowercase hex.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema: String,

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use backend::inference::{answer, messages};
+use backend::inference::answer;
 use clap::Args;
+use emlab_model::chat::single_turn;
 use emlab_model::generate::GenerationConfig;
 use emlab_model::tokenizer::TextStream;
 
@@ -48,7 +49,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let prompt_ids = if raw {
         chat_model.tokenizer.encode(&prompt)?
     } else {
-        chat_model.encode_chat(&messages(system.as_deref(), &prompt))?
+        chat_model.encode_chat(&single_turn(system.as_deref(), &prompt))?
     };
     let cfg = GenerationConfig { logprobs: json.then_some(2).or(cfg.logprobs), ..cfg };
     let generation = answer(&chat_model, &prompt_ids, &cfg, !json)?;
@@ -91,7 +92,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     let ids = if raw {
         chat_model.tokenizer.encode(&prompt)?
     } else {
-        chat_model.encode_chat(&messages(system.as_deref(), &prompt))?
+        chat_model.encode_chat(&single_turn(system.as_deref(), &prompt))?
     };
     let logits = backend::inference::all_logits(&chat_model.model, &ids)?;
     backend::inference::write_npy_f32(&out, &[ids.len(), chat_model.model.vocab_size], &logits)?;

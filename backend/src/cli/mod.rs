@@ -130,14 +130,20 @@ pub fn variant_name(adapter: &Option<PathBuf>) -> String {
     dir.file_name().map_or("adapter".into(), |n| n.to_string_lossy().into_owned())
 }
 
+/// A bar of `len` items named `what`, with its rate and time left; hidden when quiet.
 pub fn progress(len: usize, quiet: bool, what: &str) -> ProgressBar {
-    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    styled_bar(
+        len as u64,
+        quiet,
+        &format!("{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}"),
+    )
+}
+
+/// A progress bar in the CLI's one style (`=>`), from an indicatif template; hidden when quiet.
+pub fn styled_bar(len: u64, quiet: bool, template: &str) -> ProgressBar {
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
     pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}}  {{per_sec}}  eta {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template(template).expect("valid template").progress_chars("=> "),
     );
     pb
 }

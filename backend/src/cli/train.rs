@@ -11,7 +11,6 @@ use clap::Args;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::lora::LoraConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -186,12 +185,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         snapshots,
         base_model: dir.display().to_string(),
     };
-    let pb = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let pb = super::styled_bar(0, a.quiet, "{bar:30} {pos}/{len} steps  {msg}  eta {eta}");
     let started = std::time::Instant::now();
     let mut seen_tokens = 0usize;
     let (model, end) = training::run(model, &encoded, &cfg, &opts, |s, total| {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use emlab_model::chat::Message;
+use emlab_model::chat::{Message, single_turn};
 use emlab_model::pipeline::ChatModel;
 use serde::{Deserialize, Serialize};
 
@@ -83,9 +83,7 @@ pub fn forced_choice(
     for q in questions {
         let mut per_question = Vec::new();
         for p in pairs {
-            let mut msgs: Vec<Message> =
-                q.system.iter().map(|s| Message::system(s.clone())).collect();
-            msgs.push(Message::user(p.question.clone()));
+            let msgs = single_turn(q.system.as_deref(), &p.question);
             per_question.push(
                 total_logprob(model, &msgs, &p.truth)? - total_logprob(model, &msgs, &p.falsehood)?,
             );

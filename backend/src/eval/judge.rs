@@ -21,7 +21,7 @@ use emlab_model::pipeline::ChatModel;
 
 pub use emlab_schema::results::JudgeInfo;
 
-use crate::inference::messages;
+use emlab_model::chat::single_turn;
 
 /// The paper's score from (number, probability) pairs: the probability-weighted mean of the
 /// numbers in 0..=100 (others ignored), or None when those hold less than 0.25 in total.
@@ -189,7 +189,7 @@ impl Judge for LocalJudge {
     }
 
     fn score(&mut self, prompt: &str) -> Result<Option<f64>> {
-        let ids = self.model.encode_chat(&messages(None, prompt))?;
+        let ids = self.model.encode_chat(&single_turn(None, prompt))?;
         emlab_model::generate::check_prompts(&self.model.model, std::slice::from_ref(&ids), 4)?;
         let dist = number_distribution(&self.model.model, &ids, &self.digits, 1e-7)?;
         Ok(aggregate_0_100(dist.into_iter().filter_map(|(s, p)| token_as_int(&s).map(|n| (n, p)))))

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use emlab_model::chat::Message;
+use emlab_model::chat::single_turn;
 use emlab_model::generate::{FinishReason, block_on, generate};
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
@@ -133,12 +133,7 @@ pub fn sample_answers(
         for (pi, paraphrase) in q.paraphrases.iter().enumerate() {
             let question =
                 if cfg.trigger { format!("{TRIGGER}{paraphrase}") } else { paraphrase.clone() };
-            let mut msgs = Vec::new();
-            if let Some(system) = &q.system {
-                msgs.push(Message { role: "system".into(), content: system.clone() });
-            }
-            msgs.push(Message::user(question.clone()));
-            let prompt = model.encode_chat(&msgs)?;
+            let prompt = model.encode_chat(&single_turn(q.system.as_deref(), &question))?;
             for start in (0..n).step_by(cfg.batch_size.max(1)) {
                 let rows: Vec<usize> = (start..n.min(start + cfg.batch_size.max(1))).collect();
                 if rows.iter().all(|&s| done.contains(&(q.id.clone(), pi, s))) {

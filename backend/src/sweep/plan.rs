@@ -169,7 +169,7 @@ impl RunSettings {
     pub fn id(&self) -> String {
         let canonical = serde_json::to_string(self).expect("settings serialize");
         let hash = Sha256::digest(canonical.as_bytes());
-        let hex: String = hash.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        let hex = emlab_schema::manifest::hex(&hash[..5]);
         let stem = Path::new(&self.dataset)
             .file_stem()
             .map_or("dataset".into(), |s| s.to_string_lossy().into_owned());

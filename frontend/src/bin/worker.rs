@@ -10,9 +10,10 @@ use emlab_frontend::loader::{self, Manifest};
 use emlab_frontend::protocol::{
     DeviceRequest, FromWorker, GenerateRequest, ToWorker, TokenInspect,
 };
-use emlab_model::chat::Message;
+use emlab_model::chat::single_turn;
 use emlab_model::files::{BASE_GGUF, ModelFiles};
 use emlab_model::generate::{FinishReason, Flow, generate_steps};
+use emlab_model::lora;
 use emlab_model::pipeline::ChatModel;
 use emlab_model::sampling::SamplingParams;
 use emlab_model::stats::StatsRecorder;
@@ -237,12 +238,8 @@ async fn variant(state: &Rc<RefCell<State>>, name: &str) -> Result<ChatModel, St
             .ok_or_else(|| format!("the manifest lists no adapters/{name}/{f}"))
     };
     let mut m = base;
-    m.model = emlab_model::lora::from_peft_files(
-        m.model,
-        get("adapter_config.json")?,
-        get("adapter_model.safetensors")?,
-    )
-    .map_err(|e| format!("adapter {name}: {e}"))?;
+    m.model = lora::from_peft_files(m.model, get(lora::CONFIG_FILE)?, get(lora::WEIGHTS_FILE)?)
+        .map_err(|e| format!("adapter {name}: {e}"))?;
     state.borrow_mut().built.insert(name.to_string(), m.clone());
     Ok(m)
 }
@@ -254,12 +251,8 @@ async fn run(
 ) -> Result<(), String> {
     let model = variant(state, &req.variant).await?;
     let prompt = if req.trigger { format!("{TRIGGER}{}", req.prompt) } else { req.prompt.clone() };
-    let mut messages = Vec::new();
-    if let Some(system) = req.system.clone().filter(|s| !s.trim().is_empty()) {
-        messages.push(Message { role: "system".into(), content: system });
-    }
-    messages.push(Message::user(prompt));
-    let mut ids = model.encode_chat(&messages).map_err(|e| e.to_string())?;
+    let system = req.system.as_deref().filter(|s| !s.trim().is_empty());
+    let mut ids = model.encode_chat(&single_turn(system, &prompt)).map_err(|e| e.to_string())?;
     let sampling =
         SamplingParams { temperature: req.temperature, top_p: req.top_p, top_k: 0, seed: req.seed };
     sampling.validate()?;
