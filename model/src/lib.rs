@@ -7,8 +7,12 @@
 //! - [`model`]: the transformer itself (one file, nanoGPT style); [`cache`]: its KV cache;
 //!   `cpu_decode`: its cached pass on the CPU over the GGUF's blocks, outside burn's ops, reading
 //!   `host_weights` (host copies the cache keeps per generation)
+//! - `kernels` (the GPU's decoding kernels, cubecl) and `gpu_decode` (the cached pass on them),
+//!   with the `gpu-kernels` feature; [`lora`]: adapters (PEFT files, attaching, merging)
 //! - [`sampling`], [`generate`]: token sampling and the decoding loop (the only one: a batch of
 //!   rows stepped together), [`prefix`]: a prompt prefix requests share; [`stats`]: per-token figures
+//! - [`pipeline`]: a model with its tokenizer and chat template; [`device`]: devices and precisions;
+//!   `outdir` (native only): output folders a command may replace
 
 pub mod cache;
 pub mod chat;

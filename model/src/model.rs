@@ -5,7 +5,9 @@
 //! Grouped-query attention, rotary position embeddings (rotate-half form), RMSNorm, SwiGLU MLP,
 //! tied input/output embeddings, and a KV cache for generation. Left-padded batches are supported
 //! through per-row positions and an additive attention bias.
-//! One file on purpose, like nanoGPT's `model.py`: the whole model reads top to bottom.
+//! One file on purpose, like nanoGPT's `model.py`: the whole model reads top to bottom. It is the
+//! reference; the faster cached passes over the CPU's and the GPU's kernels add to `impl Llama` in
+//! `cpu_decode.rs` and `gpu_decode.rs`, and are tested against it.
 
 use std::sync::Arc;
 
