@@ -39,14 +39,14 @@ fn cross_origin_isolated() -> bool {
         .unwrap_or(false)
 }
 
-/// A worker loaded and timed while the page chooses the device ([`Engine::probe`]).
+/// A worker loaded and timed while the page chooses the device ([`ModelWorker::probe`]).
 struct Probe {
     worker: Worker,
-    /// Its Ready message, for the engine that adopts it.
+    /// Its Ready message, for the handle that adopts it.
     ready: FromWorker,
     tok_s: f64,
     threads: usize,
-    /// Its message and error handlers, until the engine's replace them.
+    /// Its message and error handlers, until the handle's replace them.
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_error: Closure<dyn FnMut(web_sys::Event)>,
 }
@@ -67,7 +67,7 @@ fn error_message(ev: &web_sys::Event) -> String {
 
 /// Where the worker is in its life.
 #[derive(Debug, Clone, PartialEq)]
-pub enum EngineStatus {
+pub enum WorkerStatus {
     Starting,
     /// Timing a short answer on `on` ("WebGPU", "your CPU") to pick the faster device, once per
     /// adapter ([`device_choice`]).
@@ -135,12 +135,13 @@ pub struct Piece {
     pub inspect: Option<TokenInspect>,
 }
 
-/// A handle the components share (through context): status, outputs by request id, and a queue
-/// of requests that run one after another.
+/// The page's handle on the model worker, which the components share (through context): its
+/// status, outputs by request id, and a queue of requests that run one after another. (The
+/// worker's own side, where the model runs, is `engine.rs` and `bin/worker.rs`.)
 #[derive(Clone, Copy)]
-pub struct Engine {
+pub struct ModelWorker {
     worker: StoredValue<Option<Worker>, LocalStorage>,
-    pub status: RwSignal<EngineStatus>,
+    pub status: RwSignal<WorkerStatus>,
     pub outputs: RwSignal<Vec<(u64, Output)>>,
     queue: StoredValue<VecDeque<(Owner, GenerateRequest)>, LocalStorage>,
     /// The request the worker is running, and whose it is.
@@ -153,7 +154,7 @@ pub struct Engine {
     next_id: StoredValue<u64>,
     /// What to load once the worker says it is listening.
     load: StoredValue<ToWorker>,
-    /// Why the engine left WebGPU (a sentence and its detail), shown with the CPU's Ready status.
+    /// Why the model left WebGPU (a sentence and its detail), shown with the CPU's Ready status.
     crash_notice: StoredValue<Option<(String, String)>>,
     /// Why the page chose the device it did (a sentence, and figures put before the worker's own
     /// detail), when it chose by measuring.
@@ -169,14 +170,14 @@ pub struct Engine {
     threads_note: StoredValue<Option<String>>,
 }
 
-impl Engine {
+impl ModelWorker {
     /// Starts the worker and asks it to load the models: the threaded build (scripts/worker-threads.sh)
     /// where the page is cross-origin isolated and more than one thread is wanted, else Trunk's
     /// single-threaded one.
-    pub fn start(models_url: String, device: DeviceRequest, threads_wanted: usize) -> Engine {
-        let engine = Engine {
+    pub fn start(models_url: String, device: DeviceRequest, threads_wanted: usize) -> ModelWorker {
+        let model = ModelWorker {
             worker: StoredValue::new_local(None),
-            status: RwSignal::new(EngineStatus::Starting),
+            status: RwSignal::new(WorkerStatus::Starting),
             outputs: RwSignal::new(Vec::new()),
             queue: StoredValue::new_local(VecDeque::new()),
             busy: RwSignal::new(None),
@@ -192,8 +193,8 @@ impl Engine {
             started: StoredValue::new(false),
             threads_note: StoredValue::new(None),
         };
-        engine.spawn();
-        engine
+        model.spawn();
+        model
     }
 
     /// The threaded worker's module, or why the page runs the single-threaded one.
@@ -302,7 +303,7 @@ impl Engine {
 
     /// Loads the model in a worker of its own on `device` and times a short greedy answer
     /// ([`device_choice::warm_up_request`]): the worker ready to adopt, and its speed. The download's
-    /// progress shows as the engine's.
+    /// progress shows as the handle's.
     async fn probe(self, threaded: Option<String>, device: DeviceRequest) -> Result<Probe, String> {
         let (worker, threads) = self.new_worker(threaded)?;
         let (tx, mut inbox) = mpsc::unbounded();
@@ -341,7 +342,7 @@ impl Engine {
             {
                 return Err(detail.clone().unwrap_or_else(|| format!("it loaded on {ran}")));
             }
-            self.status.set(EngineStatus::Measuring { on });
+            self.status.set(WorkerStatus::Measuring { on });
             post(&worker, &ToWorker::Generate(device_choice::warm_up_request(0)));
             loop {
                 match inbox.next().await {
@@ -372,7 +373,7 @@ impl Engine {
         }
     }
 
-    /// Makes a timed worker the engine's: its messages go to [`Engine::on_message`] from now on,
+    /// Makes a timed worker the handle's: its messages go to [`ModelWorker::on_message`] from now on,
     /// starting with its Ready.
     fn adopt(self, probe: Probe) {
         self.threaded.set_value(probe.threads > 1);
@@ -409,7 +410,7 @@ impl Engine {
     fn spawn_worker(self, threaded: Option<String>) {
         let (worker, threads) = match self.new_worker(threaded) {
             Ok(w) => w,
-            Err(e) => return self.status.set(EngineStatus::Failed(e)),
+            Err(e) => return self.status.set(WorkerStatus::Failed(e)),
         };
         self.threaded.set_value(threads > 1);
         self.started.set_value(false);
@@ -421,7 +422,7 @@ impl Engine {
         self.attach(worker);
     }
 
-    /// Sends the worker's messages to [`Engine::on_message`] and its crash to [`Engine::on_crash`].
+    /// Sends the worker's messages to [`ModelWorker::on_message`] and its crash to [`ModelWorker::on_crash`].
     fn attach(self, worker: Worker) {
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
             let text = ev.data().as_string().unwrap_or_default();
@@ -429,7 +430,7 @@ impl Engine {
                 Ok(msg) => self.on_message(msg),
                 Err(e) => self
                     .status
-                    .set(EngineStatus::Failed(format!("unreadable message from the worker: {e}"))),
+                    .set(WorkerStatus::Failed(format!("unreadable message from the worker: {e}"))),
             }
         });
         worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
@@ -459,7 +460,7 @@ impl Engine {
             return self.spawn();
         }
         let on_gpu = match self.status.get_untracked() {
-            EngineStatus::Ready { device, .. } => device == "webgpu",
+            WorkerStatus::Ready { device, .. } => device == "webgpu",
             _ => self.request() != DeviceRequest::Cpu,
         };
         self.worker.update_value(|w| {
@@ -479,7 +480,7 @@ impl Engine {
             self.busy.set(None);
             return self
                 .status
-                .set(EngineStatus::Failed(format!("the model worker crashed: {message}")));
+                .set(WorkerStatus::Failed(format!("the model worker crashed: {message}")));
         }
         // The GPU is gone (or its worker is): the answer it was writing goes back to the front of
         // the queue with the tokens already shown, and the CPU worker writes the rest; queued
@@ -502,7 +503,7 @@ impl Engine {
         });
         self.crash_notice
             .set_value(Some(("The GPU stopped working; switched to your CPU.".into(), message)));
-        self.status.set(EngineStatus::Starting);
+        self.status.set(WorkerStatus::Starting);
         self.spawn();
     }
 
@@ -524,7 +525,7 @@ impl Engine {
                 let now = js_sys::Date::now();
                 let (t0, at0) = match self.load_started.get_value() {
                     Some(start)
-                        if matches!(self.status.get_untracked(), EngineStatus::Loading { .. }) =>
+                        if matches!(self.status.get_untracked(), WorkerStatus::Loading { .. }) =>
                     {
                         start
                     }
@@ -538,7 +539,7 @@ impl Engine {
                     loaded - at0.min(loaded),
                     total - loaded.min(total),
                 );
-                self.status.set(EngineStatus::Loading { loaded, total, from_cache, seconds_left })
+                self.status.set(WorkerStatus::Loading { loaded, total, from_cache, seconds_left })
             }
             FromWorker::Ready { device, notice, detail, threads, variants } => {
                 let (notice, mut detail) =
@@ -569,7 +570,7 @@ impl Engine {
                         &JsValue::from_f64(threads as f64),
                     );
                 }
-                self.status.set(EngineStatus::Ready { device, notice, detail, threads, variants });
+                self.status.set(WorkerStatus::Ready { device, notice, detail, threads, variants });
                 self.pump();
             }
             FromWorker::Token { id, token, text, inspect } => self.update(id, |o| {
@@ -608,7 +609,7 @@ impl Engine {
             }
             FromWorker::Error { id: None, message } => {
                 self.load_failed.set_value(true);
-                self.status.set(EngineStatus::Failed(message))
+                self.status.set(WorkerStatus::Failed(message))
             }
             FromWorker::CacheCleared => {}
         }
@@ -660,7 +661,7 @@ impl Engine {
 
     /// Sends the next queued request when the worker is free and ready.
     fn pump(&self) {
-        let ready = matches!(self.status.get_untracked(), EngineStatus::Ready { .. });
+        let ready = matches!(self.status.get_untracked(), WorkerStatus::Ready { .. });
         if !ready || self.busy.get_untracked().is_some() {
             return;
         }
@@ -703,7 +704,7 @@ impl Engine {
         if alive && self.load_failed.get_value() {
             self.load_failed.set_value(false);
             self.load_started.set_value(None);
-            self.status.set(EngineStatus::Starting);
+            self.status.set(WorkerStatus::Starting);
             return self.send(&self.load.get_value());
         }
         self.load_failed.set_value(false);
@@ -712,7 +713,7 @@ impl Engine {
                 w.terminate();
             }
         });
-        self.status.set(EngineStatus::Starting);
+        self.status.set(WorkerStatus::Starting);
         self.spawn();
     }
 

@@ -8,7 +8,7 @@ use super::loading::LoadingStatus;
 use super::rate::Rate;
 use super::results::ResultsView;
 use crate::protocol::DeviceRequest;
-use crate::worker_client::{Engine, EngineStatus};
+use crate::worker_client::{ModelWorker, WorkerStatus};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Tab {
@@ -53,8 +53,8 @@ fn device_request() -> DeviceRequest {
 #[component]
 pub fn App() -> impl IntoView {
     let url = models_url();
-    let engine = Engine::start(url.clone(), device_request(), threads_wanted());
-    provide_context(engine);
+    let worker = ModelWorker::start(url.clone(), device_request(), threads_wanted());
+    provide_context(worker);
     let tab = RwSignal::new(Tab::Compare);
     // A share link (`?prompt=…&variants=…`) sets up the comparison and runs it once the model is
     // loaded.
@@ -65,7 +65,7 @@ pub fn App() -> impl IntoView {
     let setup = RwSignal::new(shared.map(|s| s.comparison).unwrap_or_default());
     let run_now = RwSignal::new(0u32);
     Effect::new(move |_| {
-        if matches!(engine.status.get(), EngineStatus::Ready { .. }) && run_when_ready.get_value() {
+        if matches!(worker.status.get(), WorkerStatus::Ready { .. }) && run_when_ready.get_value() {
             run_when_ready.set_value(false);
             run_now.update(|n| *n += 1);
         }

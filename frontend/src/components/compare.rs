@@ -10,7 +10,7 @@ use emlab_schema::setting::Setting;
 
 use crate::protocol::GenerateRequest;
 use crate::variants::{VARIANTS, content_note, label};
-use crate::worker_client::{Engine, EngineStatus, Owner};
+use crate::worker_client::{ModelWorker, Owner, WorkerStatus};
 
 /// What the compare view runs; the lesson sets it to show a finding.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,14 +173,14 @@ pub fn Compare(
     /// What a share link asked for and did not get (out-of-range numbers), shown until changed.
     notices: RwSignal<Vec<String>>,
 ) -> impl IntoView {
-    let engine = expect_context::<Engine>();
+    let worker = expect_context::<ModelWorker>();
     let panes: RwSignal<Vec<(String, u64)>> = RwSignal::new(Vec::new());
-    let available = move || match engine.status.get() {
-        EngineStatus::Ready { variants, .. } => variants,
+    let available = move || match worker.status.get() {
+        WorkerStatus::Ready { variants, .. } => variants,
         _ => vec!["base".to_string()],
     };
     let run = move || {
-        engine.stop(Owner::Compare);
+        worker.stop(Owner::Compare);
         let s = setup.get_untracked();
         let have = available();
         let ids = s
@@ -188,7 +188,7 @@ pub fn Compare(
             .iter()
             .filter(|v| have.contains(v))
             .map(|v| {
-                let id = engine.generate(
+                let id = worker.generate(
                     Owner::Compare,
                     GenerateRequest {
                         id: 0,
@@ -288,8 +288,8 @@ pub fn Compare(
                     on:change=move |ev| setup.update(|s| s.max_tokens = event_target_value(&ev).parse().unwrap_or(120)) /></label>
                 <label>"seed " <input type="number" min="0" prop:value=move || setup.get().seed.to_string()
                     on:change=move |ev| setup.update(|s| s.seed = event_target_value(&ev).parse().unwrap_or(1)) /></label>
-                <button on:click=move |_| run() disabled=move || !matches!(engine.status.get(), EngineStatus::Ready { .. })>"Run"</button>
-                <button on:click=move |_| engine.stop(Owner::Compare)>"Stop"</button>
+                <button on:click=move |_| run() disabled=move || !matches!(worker.status.get(), WorkerStatus::Ready { .. })>"Run"</button>
+                <button on:click=move |_| worker.stop(Owner::Compare)>"Stop"</button>
                 <button on:click=move |_| copy_link() title="A link that opens this comparison and runs it">"Copy link"</button>
             </div>
             {move || link.get().map(|url| view! {
@@ -309,9 +309,9 @@ pub fn Compare(
 /// shows its probability and the alternatives the model weighed.
 #[component]
 fn Pane(variant: String, id: u64) -> impl IntoView {
-    let engine = expect_context::<Engine>();
-    let out = move || engine.output(id).unwrap_or_default();
-    let count = Memo::new(move |_| engine.piece_count(id));
+    let worker = expect_context::<ModelWorker>();
+    let out = move || worker.output(id).unwrap_or_default();
+    let count = Memo::new(move |_| worker.piece_count(id));
     let selected: RwSignal<Option<usize>> = RwSignal::new(None);
     let pick = move |ev: web_sys::Event| {
         let n = ev
@@ -341,7 +341,7 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
             <pre class="answer" on:mouseover=move |ev| pick(ev.into()) on:click=move |ev| pick(ev.into())>
                 <For each=move || 0..count.get() key=|n| *n let:n>
                     {
-                        let piece = engine.piece(id, n);
+                        let piece = worker.piece(id, n);
                         let text = piece.as_ref().map(|p| p.text.clone()).unwrap_or_default();
                         let logprob = piece.and_then(|p| p.inspect.as_ref().map(|i| i.logprob.to_string()));
                         view! { <span class="tok" data-n=n data-logprob=logprob class:selected=move || selected.get() == Some(n)>{text}</span> }
@@ -352,7 +352,7 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
                 let o = out();
                 match (o.error, o.running, o.finish) {
                     (Some(e), _, _) => format!("error: {e}"),
-                    (None, true, _) => engine.waiting_note(id).unwrap_or_else(|| "generating…".to_string()),
+                    (None, true, _) => worker.waiting_note(id).unwrap_or_else(|| "generating…".to_string()),
                     (None, false, Some(f)) => {
                         let why = if f == FinishReason::Cancelled { "stopped" } else { f.as_str() };
                         // A GPU lost mid-answer: the rate is the CPU's, over the tokens it wrote.
@@ -370,7 +370,7 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
                 <div class="inspector" aria-live="polite">
                     <button on:click=move |_| step(false) aria-label="Previous token">"◀"</button>
                     <button on:click=move |_| step(true) aria-label="Next token">"▶"</button>
-                    {move || match selected.get().and_then(|n| engine.piece(id, n).map(|p| (n, p))) {
+                    {move || match selected.get().and_then(|n| worker.piece(id, n).map(|p| (n, p))) {
                         None => view! { <span class="hint">"Hover, tap or step through the tokens to see their probabilities."</span> }.into_any(),
                         Some((n, p)) => match p.inspect.clone() {
                             None => view! { <span class="hint">{format!("token {}", n + 1)}</span> }.into_any(),

@@ -2,19 +2,19 @@
 
 use leptos::prelude::*;
 
-use crate::worker_client::{Engine, EngineStatus};
+use crate::worker_client::{ModelWorker, WorkerStatus};
 
 #[component]
 pub fn LoadingStatus() -> impl IntoView {
-    let engine = expect_context::<Engine>();
+    let worker = expect_context::<ModelWorker>();
     move || {
-        match engine.status.get() {
-        EngineStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
-        EngineStatus::Measuring { on } => view! {
+        match worker.status.get() {
+        WorkerStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
+        WorkerStatus::Measuring { on } => view! {
             <p class="status">{format!("Timing a short answer on {on} to run on the faster device (once for this GPU)…")}</p>
         }
         .into_any(),
-        EngineStatus::Loading { loaded, total, from_cache, seconds_left } => {
+        WorkerStatus::Loading { loaded, total, from_cache, seconds_left } => {
             let pct = if total > 0 { loaded as f64 * 100.0 / total as f64 } else { 0.0 };
             let source = if from_cache { "from this browser's cache" } else { "downloading the model" };
             let left = seconds_left.map(|s| format!(", about {} left", duration(s))).unwrap_or_default();
@@ -26,7 +26,7 @@ pub fn LoadingStatus() -> impl IntoView {
             }
             .into_any()
         }
-        EngineStatus::Ready { device, notice, detail, threads, .. } => view! {
+        WorkerStatus::Ready { device, notice, detail, threads, .. } => view! {
             <div class="status">
                 {match (device.as_str(), threads) {
                     ("webgpu", _) => "Model ready on WebGPU.".to_string(),
@@ -34,13 +34,13 @@ pub fn LoadingStatus() -> impl IntoView {
                     (_, n) => format!("Model ready on the CPU ({n} threads)."),
                 }}
                 {notice.map(|n| view! { <span class="notice">" " {n}</span> })}
-                " "<button class="link" on:click=move |_| engine.clear_cache()>"Clear cached model"</button>
+                " "<button class="link" on:click=move |_| worker.clear_cache()>"Clear cached model"</button>
                 {detail.map(|d| view! { <details class="device-detail"><summary>"details"</summary><span>{d}</span></details> })}
             </div>
         }
         .into_any(),
-        EngineStatus::Failed(message) => view! {
-            <p class="error" role="alert">{message}" "<button on:click=move |_| engine.retry()>"Retry"</button></p>
+        WorkerStatus::Failed(message) => view! {
+            <p class="error" role="alert">{message}" "<button on:click=move |_| worker.retry()>"Retry"</button></p>
         }
         .into_any(),
     }

@@ -20,7 +20,7 @@ use super::results::JudgedRates;
 use crate::protocol::GenerateRequest;
 use crate::ratings_store::{self, Change, Loaded, Store, ToRate, Unreadable};
 use crate::variants::label;
-use crate::worker_client::{Engine, EngineStatus, Owner};
+use crate::worker_client::{ModelWorker, Owner, WorkerStatus};
 
 /// A seed nobody else is likely to pick: two students sampling at once get different answers.
 fn fresh_seed() -> u64 {
@@ -191,7 +191,7 @@ impl Kept {
 
 #[component]
 pub fn Rate() -> impl IntoView {
-    let engine = expect_context::<Engine>();
+    let worker = expect_context::<ModelWorker>();
     let kept = Kept::new();
     wasm_bindgen_futures::spawn_local(kept.open());
 
@@ -207,8 +207,8 @@ pub fn Rate() -> impl IntoView {
     let failed = RwSignal::new(Vec::<String>::new());
     // Each loaded variant, and the backdoor once more with the trigger before every question:
     // the paper's comparison that matters for it. A rater sees neither the name nor the trigger.
-    let available = move || match engine.status.get() {
-        EngineStatus::Ready { variants, .. } => variants
+    let available = move || match worker.status.get() {
+        WorkerStatus::Ready { variants, .. } => variants
             .into_iter()
             .flat_map(|v| {
                 let triggered = (v == "backdoor").then(|| format!("{v}{TRIGGERED_SUFFIX}"));
@@ -261,7 +261,7 @@ pub fn Rate() -> impl IntoView {
                 seed,
                 continue_ids: Vec::new(),
             };
-            let rid = engine.generate(Owner::Rate, req);
+            let rid = worker.generate(Owner::Rate, req);
             let item = ToRate {
                 variant,
                 question_id: id.into(),
@@ -276,7 +276,7 @@ pub fn Rate() -> impl IntoView {
     };
     // Finished answers join the queue in the order they were asked for, stored as they come.
     Effect::new(move |_| {
-        let outputs = engine.outputs.get();
+        let outputs = worker.outputs.get();
         let pending = sampling.get();
         let mut done = Vec::new();
         let mut answers = Vec::new();
