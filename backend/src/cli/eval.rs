@@ -587,7 +587,7 @@ pub fn run(command: EvalCommand) -> Result<()> {
                 let r = judged_report(&qs, &dir)?;
                 reports.push((dir, r));
             }
-            let table = report::side_by_side(&reports);
+            let table = backend::eval::html::side_by_side(&reports);
             print!("\n{table}");
             let path = out.join("settings.md");
             atomic_write(&path, table.as_bytes())?;

@@ -1,8 +1,10 @@
 //! Evaluation as in the paper: questions → sampled answers → judge scores → misalignment rates,
 //! charts and a report. Each stage appends to a JSONL file and resumes from it.
 
+pub mod charts;
 pub mod code;
 pub mod factual;
+pub mod html;
 pub mod judge;
 pub mod likelihood;
 pub mod people;
