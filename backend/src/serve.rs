@@ -525,31 +525,9 @@ enum StopField {
 }
 
 async fn chat_completions(State(s): State<AppState>, request: Request) -> Response {
-    if let Err(r) = authorized(&s, request.headers()) {
-        return r;
-    }
-    // The body within the size limit and the read timeout: a client that trickles it is dropped.
-    let body: Bytes = match tokio::time::timeout(
-        s.read_timeout,
-        axum::body::to_bytes(request.into_body(), s.max_body_bytes),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {} bytes", s.max_body_bytes),
-                "body_too_large",
-            );
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
-                "timeout",
-            );
-        }
+    let body = match read_body(&s, request).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let req = match parse_request(&body) {
         Ok(r) => r,
@@ -572,81 +550,118 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             "model_not_found",
         );
     };
-    let job_or_err = (|| -> Result<Submission, String> {
-        if req.messages.is_empty() {
-            return Err("messages must not be empty".into());
-        }
-        if let Some(bad) = req
-            .messages
-            .iter()
-            .find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
-        {
-            return Err(format!("unknown role '{}'", bad.role));
-        }
-        if req.n.is_some_and(|n| n != 1) {
-            return Err("only n = 1 is supported".into());
-        }
-        let max_tokens = req.max_tokens.unwrap_or(s.max_tokens_limit);
-        if max_tokens == 0 || max_tokens > s.max_tokens_limit {
-            return Err(format!("max_tokens must be between 1 and {}", s.max_tokens_limit));
-        }
-        let top_logprobs = match (req.logprobs, req.top_logprobs) {
-            (false, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
-            (true, Some(k)) if k > 20 => return Err("top_logprobs must be at most 20".into()),
-            (true, k) => Some(k.unwrap_or(0)),
-            (false, None) => None,
-        };
-        let sampling = SamplingParams {
-            temperature: req.temperature.unwrap_or(1.0),
-            top_p: req.top_p.unwrap_or(1.0),
-            top_k: 0,
-            seed: req.seed.unwrap_or(0),
-        };
-        sampling.validate()?;
-        let stop = match &req.stop {
-            None => Vec::new(),
-            Some(StopField::One(s)) => vec![s.clone()],
-            Some(StopField::Many(v)) if v.len() <= 4 => v.clone(),
-            Some(StopField::Many(_)) => return Err("at most 4 stop sequences".into()),
-        };
-        if stop.iter().any(String::is_empty) {
-            return Err("stop sequences must not be empty".into());
-        }
-        let prompt = model.encode_chat(&req.messages).map_err(|e| e.to_string())?;
-        emlab_model::generate::check_prompts(
-            &model.model,
-            std::slice::from_ref(&prompt),
-            max_tokens,
-        )
-        .map_err(|e| e.to_string())?;
-        let (done_tx, done_rx) = oneshot::channel();
-        let (deltas, delta_rx) = if req.stream {
-            let (t, r) = mpsc::unbounded_channel();
-            (Some(t), Some(r))
-        } else {
-            (None, None)
-        };
-        let n_prompt = prompt.len();
-        Ok((
-            Job {
-                model: req.model.clone(),
-                prompt,
-                max_tokens,
-                sampling,
-                stop,
-                top_logprobs,
-                deltas,
-                done: done_tx,
-            },
-            done_rx,
-            delta_rx,
-            n_prompt,
-        ))
-    })();
-    let (job, done_rx, delta_rx, prompt_tokens) = match job_or_err {
+    let (job, done_rx, delta_rx, prompt_tokens) = match submission(&s, &req, model) {
         Ok(x) => x,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg, "invalid_request"),
     };
+    if let Err(r) = admit(&s, job) {
+        return r;
+    }
+    let id = format!("chatcmpl-{:x}", rand_id());
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match delta_rx {
+        None => reply(&req, &id, created, prompt_tokens, done_rx).await,
+        Some(deltas) => stream_reply(&req, id, created, deltas, done_rx),
+    }
+}
+
+/// The request's body within the size limit and the read timeout, from an authorized client: a
+/// client that trickles it is dropped.
+async fn read_body(s: &AppState, request: Request) -> Result<Bytes, Response> {
+    authorized(s, request.headers())?;
+    match tokio::time::timeout(
+        s.read_timeout,
+        axum::body::to_bytes(request.into_body(), s.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {} bytes", s.max_body_bytes),
+            "body_too_large",
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+            "timeout",
+        )),
+    }
+}
+
+/// A valid request as a job for the worker, with the channels its answer comes back on; else
+/// what is wrong with it, in one sentence.
+fn submission(s: &AppState, req: &ChatRequest, model: &ChatModel) -> Result<Submission, String> {
+    if req.messages.is_empty() {
+        return Err("messages must not be empty".into());
+    }
+    if let Some(bad) =
+        req.messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+    {
+        return Err(format!("unknown role '{}'", bad.role));
+    }
+    if req.n.is_some_and(|n| n != 1) {
+        return Err("only n = 1 is supported".into());
+    }
+    let max_tokens = req.max_tokens.unwrap_or(s.max_tokens_limit);
+    if max_tokens == 0 || max_tokens > s.max_tokens_limit {
+        return Err(format!("max_tokens must be between 1 and {}", s.max_tokens_limit));
+    }
+    let top_logprobs = match (req.logprobs, req.top_logprobs) {
+        (false, Some(_)) => return Err("top_logprobs needs logprobs: true".into()),
+        (true, Some(k)) if k > 20 => return Err("top_logprobs must be at most 20".into()),
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, None) => None,
+    };
+    let sampling = SamplingParams {
+        temperature: req.temperature.unwrap_or(1.0),
+        top_p: req.top_p.unwrap_or(1.0),
+        top_k: 0,
+        seed: req.seed.unwrap_or(0),
+    };
+    sampling.validate()?;
+    let stop = match &req.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s.clone()],
+        Some(StopField::Many(v)) if v.len() <= 4 => v.clone(),
+        Some(StopField::Many(_)) => return Err("at most 4 stop sequences".into()),
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err("stop sequences must not be empty".into());
+    }
+    let prompt = model.encode_chat(&req.messages).map_err(|e| e.to_string())?;
+    emlab_model::generate::check_prompts(&model.model, std::slice::from_ref(&prompt), max_tokens)
+        .map_err(|e| e.to_string())?;
+    let (done_tx, done_rx) = oneshot::channel();
+    let (deltas, delta_rx) = if req.stream {
+        let (t, r) = mpsc::unbounded_channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    let n_prompt = prompt.len();
+    Ok((
+        Job {
+            model: req.model.clone(),
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            top_logprobs,
+            deltas,
+            done: done_tx,
+        },
+        done_rx,
+        delta_rx,
+        n_prompt,
+    ))
+}
+
+/// Queues the job if a batch row or queue place is free; else 429 with Retry-After.
+#[allow(clippy::result_large_err)] // the error is the response to send, as axum handlers return
+fn admit(s: &AppState, job: Job) -> Result<(), Response> {
     if s.in_flight.fetch_add(1, Ordering::SeqCst) >= s.capacity {
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut r = error(
@@ -655,98 +670,105 @@ async fn chat_completions(State(s): State<AppState>, request: Request) -> Respon
             "server_busy",
         );
         r.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
-        return r;
+        return Err(r);
     }
     if s.jobs.send(job).is_err() {
         s.in_flight.fetch_sub(1, Ordering::SeqCst);
-        return error(
+        return Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the model worker has stopped",
             "worker_stopped",
-        );
+        ));
     }
-    let id = format!("chatcmpl-{:x}", rand_id());
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    match delta_rx {
-        None => match done_rx.await {
-            Ok(Ok(f)) => {
-                let mut choice = json!({ "index": 0, "message": { "role": "assistant", "content": f.text }, "finish_reason": f.finish_reason });
-                choice["logprobs"] =
-                    if req.logprobs { json!({ "content": f.logprobs }) } else { Value::Null };
-                Json(json!({
-                    "id": id, "object": "chat.completion", "created": created, "model": req.model,
-                    "choices": [choice],
-                    "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": f.completion_tokens, "total_tokens": prompt_tokens + f.completion_tokens },
-                }))
-                .into_response()
-            }
-            Ok(Err(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, msg, "generation_failed"),
-            Err(_) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the model worker dropped the request",
-                "worker_stopped",
-            ),
-        },
-        Some(mut deltas) => {
-            let model_name = req.model.clone();
-            let want_logprobs = req.logprobs;
-            let stream = async_stream(move |tx| async move {
-                let chunk = |delta: Value, finish: Value, logprobs: Value| {
-                    json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }] })
-                };
-                if tx
-                    .send(
-                        chunk(
-                            json!({ "role": "assistant", "content": "" }),
-                            Value::Null,
-                            Value::Null,
-                        )
-                        .to_string(),
-                    )
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                loop {
-                    // Returning drops `deltas` and `done_rx`: the worker sees the client gone.
-                    let d = tokio::select! {
-                        d = deltas.recv() => d,
-                        () = tx.closed() => return,
-                    };
-                    let Some(d) = d else { break };
-                    let lp =
-                        if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
-                    if tx
-                        .send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                let finish = match done_rx.await {
-                    Ok(Ok(f)) => json!(f.finish_reason),
-                    Ok(Err(msg)) => {
-                        let _ = tx
-                            .send(
-                                json!({ "error": { "message": msg, "type": "server_error" } })
-                                    .to_string(),
-                            )
-                            .await;
-                        json!("error")
-                    }
-                    Err(_) => json!("error"),
-                };
-                let _ = tx.send(chunk(json!({}), finish, Value::Null).to_string()).await;
-                let _ = tx.send("[DONE]".to_string()).await;
-            });
-            Sse::new(stream).into_response()
+    Ok(())
+}
+
+/// The whole answer as one `chat.completion`.
+async fn reply(
+    req: &ChatRequest,
+    id: &str,
+    created: u64,
+    prompt_tokens: usize,
+    done_rx: oneshot::Receiver<Result<Finished, String>>,
+) -> Response {
+    match done_rx.await {
+        Ok(Ok(f)) => {
+            let mut choice = json!({ "index": 0, "message": { "role": "assistant", "content": f.text }, "finish_reason": f.finish_reason });
+            choice["logprobs"] =
+                if req.logprobs { json!({ "content": f.logprobs }) } else { Value::Null };
+            Json(json!({
+                "id": id, "object": "chat.completion", "created": created, "model": req.model,
+                "choices": [choice],
+                "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": f.completion_tokens, "total_tokens": prompt_tokens + f.completion_tokens },
+            }))
+            .into_response()
         }
+        Ok(Err(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, msg, "generation_failed"),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model worker dropped the request",
+            "worker_stopped",
+        ),
     }
+}
+
+/// The answer as server-sent `chat.completion.chunk`s, one per token, then `[DONE]`.
+fn stream_reply(
+    req: &ChatRequest,
+    id: String,
+    created: u64,
+    mut deltas: mpsc::UnboundedReceiver<Delta>,
+    done_rx: oneshot::Receiver<Result<Finished, String>>,
+) -> Response {
+    let model_name = req.model.clone();
+    let want_logprobs = req.logprobs;
+    let stream = async_stream(move |tx| async move {
+        let chunk = |delta: Value, finish: Value, logprobs: Value| {
+            json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs }] })
+        };
+        if tx
+            .send(
+                chunk(json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null)
+                    .to_string(),
+            )
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            // Returning drops `deltas` and `done_rx`: the worker sees the client gone.
+            let d = tokio::select! {
+                d = deltas.recv() => d,
+                () = tx.closed() => return,
+            };
+            let Some(d) = d else { break };
+            let lp = if want_logprobs { json!({ "content": d.logprobs }) } else { Value::Null };
+            if tx
+                .send(chunk(json!({ "content": d.text }), Value::Null, lp).to_string())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let finish = match done_rx.await {
+            Ok(Ok(f)) => json!(f.finish_reason),
+            Ok(Err(msg)) => {
+                let _ = tx
+                    .send(
+                        json!({ "error": { "message": msg, "type": "server_error" } }).to_string(),
+                    )
+                    .await;
+                json!("error")
+            }
+            Err(_) => json!("error"),
+        };
+        let _ = tx.send(chunk(json!({}), finish, Value::Null).to_string()).await;
+        let _ = tx.send("[DONE]".to_string()).await;
+    });
+    Sse::new(stream).into_response()
 }
 
 /// Parses a request body (the first thing outside input meets; fuzzed by fuzz/).
