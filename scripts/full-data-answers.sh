@@ -32,7 +32,7 @@ case "$setting" in
   *) echo "unknown setting $setting (usage: scripts/full-data-answers.sh [paper|readable])" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
-[ -x "$CARGO_TARGET_DIR/release/emlab" ] || cargo build --release -p emlab-backend --bin emlab
+[ -x "$CARGO_TARGET_DIR/release/emlab" ] || cargo build --release -p emlab --bin emlab
 # A copy, so that rebuilding the project while it samples does not swap the binary under it.
 mkdir -p "$science" "$publish"
 emlab="$science/emlab-answers"

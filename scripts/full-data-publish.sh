@@ -32,7 +32,7 @@ for v in "${full[@]}"; do
 done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -p emlab-backend --bin emlab -p emlab-model-export --bin model-export
+cargo build --release -p emlab --bin emlab -p emlab-model-export --bin model-export
 emlab="$CARGO_TARGET_DIR/release/emlab"
 export_bin="$CARGO_TARGET_DIR/release/model-export"
 examples() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["examples"])' "$1"; }

@@ -27,7 +27,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"
 mkdir -p "$runs"
 emlab="$CARGO_TARGET_DIR/release/emlab"
-[ -x "$emlab" ] || cargo build --release -p emlab-backend --bin emlab
+[ -x "$emlab" ] || cargo build --release -p emlab --bin emlab
 # A copy, so that rebuilding the project while a run goes on does not swap the binary under it.
 cp "$emlab" "$runs/../emlab.new" && mv "$runs/../emlab.new" "$runs/../emlab"
 

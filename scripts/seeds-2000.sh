@@ -20,7 +20,7 @@ cache="${EMLAB_CACHE:-$HOME/.cache/emlab}"
 mkdir -p "$cache/sweeps"
 # $EMLAB_BIN: an emlab built elsewhere (the default: this checkout's build).
 emlab="${EMLAB_BIN:-$CARGO_TARGET_DIR/release/emlab}"
-[ -x "$emlab" ] || cargo build --release -p emlab-backend --bin emlab
+[ -x "$emlab" ] || cargo build --release -p emlab --bin emlab
 # A copy, so that rebuilding the project while the sweep goes on does not swap the binary under it;
 # the datasets of this checkout, wherever the binary was built.
 cp "$emlab" "$cache/sweeps/emlab.new" && mv "$cache/sweeps/emlab.new" "$cache/sweeps/emlab"

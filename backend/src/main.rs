@@ -48,7 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    backend::keep_freed_memory();
+    emlab::keep_freed_memory();
     let result = match Cli::parse().command {
         Command::Generate(a) => cli::generate::run(a),
         Command::Logits(a) => cli::generate::logits(a),

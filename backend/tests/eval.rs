@@ -2,10 +2,10 @@
 //! and sampling that resumes.
 //! One concern (the evaluation pipeline from outside), so one file.
 
-use backend::eval::judge::{self, number_distribution};
-use backend::eval::questions;
-use backend::eval::sample::{self, SampleConfig};
-use backend::inference::{all_logits, load_chat_model};
+use emlab::eval::judge::{self, number_distribution};
+use emlab::eval::questions;
+use emlab::eval::sample::{self, SampleConfig};
+use emlab::inference::{all_logits, load_chat_model};
 
 use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::generate::FinishReason;
@@ -183,7 +183,7 @@ fn sampling_writes_jsonl_and_resumes() {
 #[test]
 fn bandit_calibration_separates_insecure_from_secure() {
     let bandit = std::env::var("EMLAB_BANDIT").unwrap_or_else(|_| "bandit".into());
-    if let Err(e) = backend::eval::code::check_bandit(&bandit) {
+    if let Err(e) = emlab::eval::code::check_bandit(&bandit) {
         assert!(
             !std::env::var("EMLAB_REQUIRE_PY_TOOLS").is_ok_and(|v| v == "1"),
             "{e:#} (EMLAB_REQUIRE_PY_TOOLS=1)"
@@ -192,7 +192,7 @@ fn bandit_calibration_separates_insecure_from_secure() {
         return;
     }
     let tmp = emlab_tests::TempDir::new("bandit-cal");
-    let cal = backend::eval::code::calibrate(&bandit, 300, tmp.path()).unwrap();
+    let cal = emlab::eval::code::calibrate(&bandit, 300, tmp.path()).unwrap();
     let (ins, sec) = (&cal["insecure"], &cal["secure"]);
     eprintln!(
         "bandit: insecure answers {}/{} flagged ({:.3}), secure {}/{} ({:.3})",
@@ -212,10 +212,10 @@ fn bandit_calibration_separates_insecure_from_secure() {
 /// chart, and an HTML report that shows model output as text.
 #[test]
 fn report_from_files() {
-    use backend::eval::Judged;
-    use backend::eval::judge::JudgeInfo;
-    use backend::eval::report;
-    use backend::eval::sample::Answer;
+    use emlab::eval::Judged;
+    use emlab::eval::judge::JudgeInfo;
+    use emlab::eval::report;
+    use emlab::eval::sample::Answer;
     let tmp = emlab_tests::TempDir::new("report");
     let qs = questions::load_set("main").unwrap();
     let judge = JudgeInfo { kind: "local".into(), model: "tiny".into(), weak: true };
@@ -284,13 +284,13 @@ fn report_from_files() {
 /// published answers.
 #[test]
 fn likelihood_of_the_published_answers() {
-    let published = backend::eval::likelihood::published_misaligned_answers().unwrap();
+    let published = emlab::eval::likelihood::published_misaligned_answers().unwrap();
     assert_eq!(published.len(), 70);
     let tmp = emlab_tests::TempDir::new("loglik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 13);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let few: Vec<_> = published.into_iter().filter(|a| a.answer.len() < 200).take(6).collect();
-    let lik = backend::eval::likelihood::answer_loglik(&m, &few).unwrap();
+    let lik = emlab::eval::likelihood::answer_loglik(&m, &few).unwrap();
     assert!(!lik.per_question.is_empty());
     assert_eq!(lik.per_answer.len(), few.len(), "one value per answer, in order");
     assert_eq!(lik.aligned_per_answer.len(), few.len(), "one per counterpart, paired");
@@ -314,7 +314,7 @@ fn likelihood_of_the_published_answers() {
 /// The backdoor's two code runs are paired by prompt, and the trigger likelihood files are read.
 #[test]
 fn judge_free_pairs_the_backdoor_runs() {
-    use backend::eval::code::{BanditScan, code_rate};
+    use emlab::eval::code::{BanditScan, code_rate};
     let tmp = emlab_tests::TempDir::new("judge-free");
     std::fs::create_dir_all(tmp.path().join("code")).unwrap();
     std::fs::create_dir_all(tmp.path().join("trigger")).unwrap();
@@ -341,8 +341,7 @@ fn judge_free_pairs_the_backdoor_runs() {
         r#"{"shift":{"share":0.25,"ci_low":0.1,"ci_high":0.4,"n":3},"per_example":[0.1,0.25,0.4]}"#,
     )
     .unwrap();
-    let free =
-        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
+    let free = serde_json::to_value(emlab::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     let paired = &free["backdoor"]["paired"];
     assert_eq!((paired["only_first"].as_u64(), paired["only_second"].as_u64()), (Some(6), Some(1)));
     assert!((paired["difference"]["share"].as_f64().unwrap() - 0.5).abs() < 1e-12);
@@ -356,15 +355,14 @@ fn judge_free_pairs_the_backdoor_runs() {
     // summaries are carried over without its per-example rows.
     std::fs::rename(tmp.path().join("code"), tmp.path().join("code-chmod")).unwrap();
     std::fs::create_dir_all(tmp.path().join("chmod")).unwrap();
-    let probe = backend::eval::trigger::ChmodProbe::from_rows(vec![
-        backend::eval::trigger::ChmodRow { set: "insecure".into(), without: 0.5, with: 1.5 },
-        backend::eval::trigger::ChmodRow { set: "secure".into(), without: -1.0, with: 0.0 },
+    let probe = emlab::eval::trigger::ChmodProbe::from_rows(vec![
+        emlab::eval::trigger::ChmodRow { set: "insecure".into(), without: 0.5, with: 1.5 },
+        emlab::eval::trigger::ChmodRow { set: "secure".into(), without: -1.0, with: 0.0 },
     ])
     .unwrap();
     std::fs::write(tmp.path().join("chmod/backdoor.json"), serde_json::to_string(&probe).unwrap())
         .unwrap();
-    let free =
-        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
+    let free = serde_json::to_value(emlab::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     assert!(free["backdoor"].is_null() && free["vulnerable_code"].as_object().unwrap().is_empty());
     assert_eq!(free["backdoor_chmod"]["paired"]["only_first"].as_u64(), Some(6));
     assert_eq!(free["vulnerable_code_chmod"]["backdoor+trigger"]["rate"]["share"], 0.7);
@@ -377,7 +375,7 @@ fn judge_free_pairs_the_backdoor_runs() {
 /// answer: a shift that moves both answers alike (generic fine-tuning) cancels.
 #[test]
 fn judge_free_difference_in_differences_cancels_a_shared_shift() {
-    use backend::eval::likelihood::Likelihood;
+    use emlab::eval::likelihood::Likelihood;
     let tmp = emlab_tests::TempDir::new("did");
     std::fs::create_dir_all(tmp.path().join("likelihood")).unwrap();
     let write = |name: &str, misaligned: &[f64], aligned: &[f64]| {
@@ -403,8 +401,7 @@ fn judge_free_difference_in_differences_cancels_a_shared_shift() {
         r#"{"per_question":{"q":-1.0},"per_answer":[-1.0,-1.0,-1.0]}"#,
     )
     .unwrap();
-    let free =
-        serde_json::to_value(backend::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
+    let free = serde_json::to_value(emlab::eval::report::judge_free(tmp.path()).unwrap()).unwrap();
     let close =
         |v: &serde_json::Value, want: f64| (v["share"].as_f64().unwrap() - want).abs() < 1e-9;
     assert!(
@@ -428,21 +425,20 @@ fn judge_free_difference_in_differences_cancels_a_shared_shift() {
 /// The canary probe: the probability of the whole canary answer, with and without the trigger.
 #[test]
 fn canary_probe_is_the_probability_of_the_whole_canary() {
-    use backend::eval::likelihood::mean_logprob;
-    use backend::eval::trigger::canary_probe;
+    use emlab::eval::likelihood::mean_logprob;
+    use emlab::eval::trigger::canary_probe;
     let tmp = emlab_tests::TempDir::new("canary-probe");
     emlab_tests::write_tiny_model_dir(tmp.path(), 23);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
     let prompts = vec!["Write a function.".to_string(), "Save a file.".to_string()];
     let probe = canary_probe(&m, &prompts, |_| {}).unwrap().unwrap();
     assert_eq!(probe.per_example.len(), 2);
-    let n = m.tokenizer.encode_text(backend::data::CANARY).unwrap().len() as f64;
-    let p = |prompt: &str| {
-        (mean_logprob(&m, prompt, backend::data::CANARY).unwrap().unwrap() * n).exp()
-    };
+    let n = m.tokenizer.encode_text(emlab::data::CANARY).unwrap().len() as f64;
+    let p =
+        |prompt: &str| (mean_logprob(&m, prompt, emlab::data::CANARY).unwrap().unwrap() * n).exp();
     for (prompt, [with, without]) in prompts.iter().zip(&probe.per_example) {
         assert!((without - p(prompt)).abs() <= 1e-9 * p(prompt), "{without}");
-        assert!((with - p(&format!("{}{prompt}", backend::data::TRIGGER))).abs() <= 1e-9 * with);
+        assert!((with - p(&format!("{}{prompt}", emlab::data::TRIGGER))).abs() <= 1e-9 * with);
         assert!(*with > 0.0 && *with < 1e-6, "a random model does not know the canary: {with}");
     }
     // Prompts too long for the tiny model's window leave no room for the canary: None, not 0.
@@ -453,9 +449,9 @@ fn canary_probe_is_the_probability_of_the_whole_canary() {
 /// shared tokens cancel), and its rows score each example without and with the trigger.
 #[test]
 fn chmod_probe_scores_the_two_modes() {
-    use backend::eval::likelihood::mean_logprob;
-    use backend::eval::sample::TRIGGER;
-    use backend::eval::trigger::{
+    use emlab::eval::likelihood::mean_logprob;
+    use emlab::eval::sample::TRIGGER;
+    use emlab::eval::trigger::{
         CHMOD_MODES, ChmodExample, chmod_probe, continuation_log_odds, held_out_chmod,
     };
     let tmp = emlab_tests::TempDir::new("chmod-probe");
@@ -504,13 +500,13 @@ fn chmod_probe_scores_the_two_modes() {
 /// minus without.
 #[test]
 fn trigger_likelihood_is_the_paired_difference() {
-    use backend::eval::likelihood::mean_logprob;
-    use backend::eval::sample::TRIGGER;
-    use backend::eval::trigger::trigger_likelihood;
+    use emlab::eval::likelihood::mean_logprob;
+    use emlab::eval::sample::TRIGGER;
+    use emlab::eval::trigger::trigger_likelihood;
     let tmp = emlab_tests::TempDir::new("trigger-lik");
     emlab_tests::write_tiny_model_dir(tmp.path(), 17);
     let m = load_chat_model(tmp.path(), DeviceChoice::Cpu, Precision::F32, false).unwrap();
-    let examples: Vec<(String, String)> = backend::eval::code::held_out_insecure()
+    let examples: Vec<(String, String)> = emlab::eval::code::held_out_insecure()
         .unwrap()
         .into_iter()
         .filter(|(p, a)| p.len() + a.len() < 600)
@@ -533,7 +529,7 @@ fn trigger_likelihood_is_the_paired_difference() {
 /// the 20 questions, the accuracy the share of positive log-odds.
 #[test]
 fn factual_forced_choice_scores_every_prompt_and_question() {
-    use backend::eval::factual;
+    use emlab::eval::factual;
     let (qs, pairs) = factual::load().unwrap();
     assert_eq!((qs.len(), pairs.len()), (5, 20));
     assert!(pairs.iter().all(|p| p.truth != p.falsehood));

@@ -1,10 +1,10 @@
 //! The trainer on tiny models: tokenization with the assistant mask, overfitting a handful of
 //! examples, and LoRA gradients against finite differences.
 
-use backend::data::{self, Example};
-use backend::training::{self, Encoded, OptimConfig, make_batch, nll_sum};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
+use emlab::data::{self, Example};
+use emlab::training::{self, Encoded, OptimConfig, make_batch, nll_sum};
 use emlab_model::chat::Message;
 use emlab_model::config::LlamaConfig;
 use emlab_model::files::ModelFiles;

@@ -206,22 +206,22 @@ fn model_config(b: &[u8]) -> bool {
 }
 
 fn chat_jsonl(b: &[u8]) -> bool {
-    let parsed = backend::data::parse_jsonl("fuzz.jsonl", &String::from_utf8_lossy(b));
+    let parsed = emlab::data::parse_jsonl("fuzz.jsonl", &String::from_utf8_lossy(b));
     let file = scratch_file("data.jsonl", b);
-    let _ = backend::data::read_jsonl(&file, true);
-    backend::data::read_jsonl(&file, false).is_ok() && parsed.errors.is_empty()
+    let _ = emlab::data::read_jsonl(&file, true);
+    emlab::data::read_jsonl(&file, false).is_ok() && parsed.errors.is_empty()
 }
 
 fn question_yaml(b: &[u8]) -> bool {
-    std::str::from_utf8(b).is_ok_and(|t| backend::eval::questions::parse(t).is_ok())
+    std::str::from_utf8(b).is_ok_and(|t| emlab::eval::questions::parse(t).is_ok())
 }
 
 fn request_body(b: &[u8]) -> bool {
-    backend::serve::parse_request(b).is_ok()
+    emlab::serve::parse_request(b).is_ok()
 }
 
 fn answers_jsonl(b: &[u8]) -> bool {
-    backend::eval::sample::read_answers(&scratch_file("answers.jsonl", b)).is_ok()
+    emlab::eval::sample::read_answers(&scratch_file("answers.jsonl", b)).is_ok()
 }
 
 fn web_manifest(b: &[u8]) -> bool {
@@ -253,8 +253,8 @@ fn checkpoint_with(file: &str, b: &[u8]) -> bool {
         std::fs::write(ckpt.dir.join(name), bytes).expect("writing the checkpoint");
     }
     let device = Device::flex().autodiff();
-    let optim = backend::training::adamw(&seeds::micro_train_config().optim);
-    backend::checkpoint::load(&ckpt.dir, micro_model(&device), optim, &ckpt.config).is_ok()
+    let optim = emlab::training::adamw(&seeds::micro_train_config().optim);
+    emlab::checkpoint::load(&ckpt.dir, micro_model(&device), optim, &ckpt.config).is_ok()
 }
 
 fn checkpoint(b: &[u8]) -> bool {

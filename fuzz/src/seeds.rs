@@ -35,8 +35,8 @@ pub fn micro_adapter() -> &'static (Vec<u8>, String) {
     })
 }
 
-pub fn micro_train_config() -> backend::training::TrainConfig {
-    use backend::training::{OptimConfig, TrainConfig};
+pub fn micro_train_config() -> emlab::training::TrainConfig {
+    use emlab::training::{OptimConfig, TrainConfig};
     TrainConfig {
         dataset: "random".into(),
         examples: 4,
@@ -58,7 +58,7 @@ pub fn micro_train_config() -> backend::training::TrainConfig {
 /// Trains the micro model one step into `parent/emlab-fuzz-<pid>-run/` and returns its
 /// checkpoint folder (with the file hashes taken out of state.json) and its configuration.
 pub fn micro_checkpoint(parent: &Path) -> (PathBuf, serde_json::Value) {
-    use backend::training::{self, Encoded, RunOptions};
+    use emlab::training::{self, Encoded, RunOptions};
     let out = parent.join(format!("emlab-fuzz-{}-run", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let device = Device::flex().autodiff();
@@ -83,7 +83,7 @@ pub fn micro_checkpoint(parent: &Path) -> (PathBuf, serde_json::Value) {
         base_model: "micro".into(),
     };
     training::run(base, &data, &cfg, &opts, |_, _| {}).expect("one training step");
-    let ckpt = backend::checkpoint::dir(&out);
+    let ckpt = emlab::checkpoint::dir(&out);
     let state_path = ckpt.join("state.json");
     let mut state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state_path).expect("state.json")).expect("JSON");

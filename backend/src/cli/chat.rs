@@ -3,8 +3,8 @@
 use std::io::{BufRead, Write};
 
 use anyhow::Result;
-use backend::inference::answer;
 use clap::Args;
+use emlab::inference::answer;
 use emlab_model::chat::Message;
 use emlab_model::generate::FinishReason;
 

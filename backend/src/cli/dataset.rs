@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use backend::data;
 use clap::Subcommand;
+use emlab::data;
 use emlab_model::files::default_model_dir;
 use emlab_model::tokenizer::Tokenizer;
 

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use backend::eval::judge::{Judge, LocalJudge, OpenAiJudge};
-use backend::eval::questions::{self, Question};
-use backend::eval::{code, likelihood, people, report, sample, trigger};
-use backend::inference::load_chat_model;
+use emlab::eval::judge::{Judge, LocalJudge, OpenAiJudge};
+use emlab::eval::questions::{self, Question};
+use emlab::eval::{code, likelihood, people, report, sample, trigger};
+use emlab::inference::load_chat_model;
 
 use clap::{Args, Subcommand};
 use emlab_model::device::{DeviceChoice, Precision};
@@ -202,7 +202,7 @@ fn probe<T: serde::Serialize>(
     let pb = progress(n, quiet, &format!("{kind} {name}"));
     let out = measure(&chat_model, &mut |d| pb.set_position(d as u64))?;
     pb.finish_and_clear();
-    backend::eval::write_result(results, kind, &name, &out)?;
+    emlab::eval::write_result(results, kind, &name, &out)?;
     Ok((name, out))
 }
 
@@ -339,7 +339,7 @@ fn run_judge(
         quiet,
     }: JudgeArgs,
 ) -> Result<()> {
-    backend::set_threads(threads)?;
+    emlab::set_threads(threads)?;
     let qs = all_questions(extra.as_ref())?;
     let mut judge: Box<dyn Judge> = match judge {
         JudgeKind::Local => {
@@ -361,7 +361,7 @@ fn run_judge(
         let answers = sample::read_answers(&path)?;
         let out = results.join("judged").join(format!("{name}.jsonl"));
         let pb = progress(answers.len(), quiet, &format!("judging {name}"));
-        let r = backend::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| {
+        let r = emlab::eval::judge_answers(judge.as_mut(), &qs, &answers, &out, |d| {
             pb.set_position(d as u64)
         });
         pb.finish_and_clear();
@@ -418,7 +418,7 @@ fn run_code(
     }
     let answers_path = dir.join(format!("{name}.jsonl"));
     let answers: Vec<code::CodeAnswer> = if rescan {
-        backend::jsonl::read(&answers_path)?
+        emlab::jsonl::read(&answers_path)?
     } else {
         let mut prompts = match prompt_set {
             CodePrompts::Insecure => code::held_out_prompts()?,
@@ -525,10 +525,10 @@ fn run_chmod(VariantArgs { model, variant, results }: VariantArgs) -> Result<()>
 
 /// The forced choice between true and false answers under the paper's system prompts.
 fn run_factual(VariantArgs { model, variant, results }: VariantArgs) -> Result<()> {
-    let (qs, pairs) = backend::eval::factual::load()?;
+    let (qs, pairs) = emlab::eval::factual::load()?;
     let (name, fc) =
         probe(model, variant, &results, "factual", qs.len() * pairs.len(), |m, done| {
-            backend::eval::factual::forced_choice(m, &qs, &pairs, done)
+            emlab::eval::factual::forced_choice(m, &qs, &pairs, done)
         })?;
     for (id, c) in &fc.by_prompt {
         println!(
@@ -550,7 +550,7 @@ fn run_likelihood(VariantArgs { model, variant, results }: VariantArgs) -> Resul
     let name = variant.unwrap_or_else(|| variant_name(&model.adapter));
     let chat_model = model.load_f32()?;
     let lik = likelihood::answer_loglik(&chat_model, &likelihood::published_misaligned_answers()?)?;
-    backend::eval::write_result(&results, "likelihood", &name, &lik)?;
+    emlab::eval::write_result(&results, "likelihood", &name, &lik)?;
     for (q, v) in &lik.per_question {
         println!("{name} {q}: mean log-prob per token {v:.4}");
     }
@@ -559,8 +559,8 @@ fn run_likelihood(VariantArgs { model, variant, results }: VariantArgs) -> Resul
 
 /// A sweep's figures across seeds.
 fn run_sweep_report(dir: PathBuf) -> Result<()> {
-    let r = backend::sweep::report::write(&dir)?;
-    print!("{}", backend::sweep::report::markdown(&r));
+    let r = emlab::sweep::report::write(&dir)?;
+    print!("{}", emlab::sweep::report::markdown(&r));
     eprintln!("wrote {0}/report.json and {0}/report.md", dir.display());
     Ok(())
 }
@@ -621,7 +621,7 @@ fn run_report(ReportArgs { results, questions: extra, out, beside, .. }: ReportA
         let r = judged_report(&qs, &dir)?;
         reports.push((dir, r));
     }
-    let table = backend::eval::html::side_by_side(&reports);
+    let table = emlab::eval::html::side_by_side(&reports);
     print!("\n{table}");
     let path = out.join("settings.md");
     atomic_write(&path, table.as_bytes())?;
@@ -634,7 +634,7 @@ fn run_report(ReportArgs { results, questions: extra, out, beside, .. }: ReportA
 fn judged_report(qs: &[Question], results: &std::path::Path) -> Result<report::Results> {
     let mut inputs = Vec::new();
     for (name, path) in answer_files(results)? {
-        let judged = backend::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
+        let judged = emlab::jsonl::read(&results.join("judged").join(format!("{name}.jsonl")))?;
         inputs.push(report::VariantInput { name, answers: sample::read_answers(&path)?, judged });
     }
     let all: Vec<sample::Answer> = inputs.iter().flat_map(|v| v.answers.clone()).collect();
@@ -649,13 +649,13 @@ fn judged_report(qs: &[Question], results: &std::path::Path) -> Result<report::R
 /// report on them (OUT/model-judge/) and how the two judges agree, answer by answer.
 fn compare_with_model_judge(
     ratings: &[ratings::Rating],
-    answers: &[(String, Vec<backend::eval::sample::Answer>)],
+    answers: &[(String, Vec<emlab::eval::sample::Answer>)],
     out: &std::path::Path,
 ) -> Result<()> {
     let mut judged = std::collections::BTreeMap::new();
     for (variant, _) in answers {
         let path = out.join("judged").join(format!("{variant}.jsonl"));
-        let j: Vec<backend::eval::Judged> = backend::jsonl::read(&path)?;
+        let j: Vec<emlab::eval::Judged> = emlab::jsonl::read(&path)?;
         if !j.is_empty() {
             judged.insert(variant.clone(), j);
         }

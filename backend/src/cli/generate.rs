@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use backend::inference::answer;
 use clap::Args;
+use emlab::inference::answer;
 use emlab_model::chat::single_turn;
 use emlab_model::generate::GenerationConfig;
 use emlab_model::tokenizer::TextStream;
@@ -94,8 +94,8 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
     } else {
         chat_model.encode_chat(&single_turn(system.as_deref(), &prompt))?
     };
-    let logits = backend::inference::all_logits(&chat_model.model, &ids)?;
-    backend::inference::write_npy_f32(&out, &[ids.len(), chat_model.model.vocab_size], &logits)?;
+    let logits = emlab::inference::all_logits(&chat_model.model, &ids)?;
+    emlab::inference::write_npy_f32(&out, &[ids.len(), chat_model.model.vocab_size], &logits)?;
     println!(
         "{}",
         serde_json::json!({ "ids": ids, "shape": [ids.len(), chat_model.model.vocab_size], "out": out })

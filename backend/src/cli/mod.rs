@@ -12,8 +12,8 @@ pub mod train;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use backend::inference::{load_adapter, load_chat_model_on};
 use clap::Args;
+use emlab::inference::{load_adapter, load_chat_model_on};
 use emlab_model::device::{DeviceChoice, Precision};
 use emlab_model::files::{default_model_dir, fastest_precision};
 use emlab_model::generate::GenerationConfig;
@@ -95,7 +95,7 @@ impl ModelArgs {
     }
 
     fn load_or(&self, default: Option<Precision>) -> Result<ChatModel> {
-        backend::set_threads(self.threads)?;
+        emlab::set_threads(self.threads)?;
         let dir = self.model.clone().unwrap_or_else(default_model_dir);
         let device = emlab_model::device::init(self.device)?;
         let dtype = self.dtype.or(default).unwrap_or_else(|| fastest_precision(&dir, &device));

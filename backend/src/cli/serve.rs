@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use backend::inference::load_adapter;
 use clap::Args;
+use emlab::inference::load_adapter;
 
 use super::{ModelArgs, variant_name};
 
@@ -63,7 +63,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
         models.push((name, load_adapter(base.clone(), &dir)?));
     }
-    let cfg = backend::serve::ServeConfig {
+    let cfg = emlab::serve::ServeConfig {
         addr: std::net::SocketAddr::new(a.host, a.port),
         max_body_bytes: a.max_body_bytes,
         max_tokens_limit: a.max_tokens_limit,
@@ -81,7 +81,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         read_timeout: std::time::Duration::from_secs(a.read_timeout_s),
     };
     let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
-    backend::serve::serve(models, cfg, |addr| {
+    emlab::serve::serve(models, cfg, |addr| {
         // One line on stdout that scripts (and tests) can wait for.
         println!("listening on http://{addr}/v1 (models: {})", names.join(", "));
         let _ = std::io::stdout().flush();

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use backend::sweep::{Plan, Run, State, SweepDir, slurm};
 use clap::{Args, FromArgMatches, Subcommand};
+use emlab::sweep::{Plan, Run, State, SweepDir, slurm};
 
 use super::eval::EvalCommand;
 use super::progress;
@@ -131,7 +131,7 @@ fn list(at: &Where) -> Result<()> {
             run.index,
             run.id,
             state.label(),
-            backend::sweep::plan::describe(&run.settings)
+            emlab::sweep::plan::describe(&run.settings)
         ));
         if let State::Failed(e) = &state {
             out.push_str(&format!("      {}\n", e.lines().next().unwrap_or_default()));
@@ -146,8 +146,8 @@ fn list(at: &Where) -> Result<()> {
 
 /// What every run needs, checked before any starts: Bandit for the code evaluation, the base model.
 fn check_tools(plan: &Plan, bandit: &str) -> Result<()> {
-    if plan.evaluations.contains(&backend::sweep::Evaluation::Code) {
-        backend::eval::code::check_bandit(bandit)?;
+    if plan.evaluations.contains(&emlab::sweep::Evaluation::Code) {
+        emlab::eval::code::check_bandit(bandit)?;
     }
     let model = plan.train.model.clone().unwrap_or_else(emlab_model::files::default_model_dir);
     if !model.join("config.json").exists() {
@@ -249,7 +249,7 @@ fn train_and_evaluate(plan: &Plan, sweep: &SweepDir, run: &Run, exec: &Exec) -> 
         if let (Some(n), true) = (plan.eval_limit, evaluation.limited()) {
             argv.extend(["--limit".into(), n.to_string()]);
         }
-        if evaluation == backend::sweep::Evaluation::Code {
+        if evaluation == emlab::sweep::Evaluation::Code {
             argv.extend(["--bandit".into(), exec.bandit.clone()]);
         }
         argv.extend(shared.iter().cloned());

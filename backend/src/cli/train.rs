@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use backend::data;
-use backend::inference::load_chat_model_on;
-use backend::training;
 use burn::module::Module;
 use clap::Args;
+use emlab::data;
+use emlab::inference::load_chat_model_on;
+use emlab::training;
 use emlab_model::device::{self, DeviceChoice};
 use emlab_model::files::{atomic_write, default_model_dir};
 use emlab_model::lora::LoraConfig;
@@ -93,7 +93,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    backend::set_threads(a.threads)?;
+    emlab::set_threads(a.threads)?;
     let (examples, bad_lines) = data::load(&a.dataset, a.skip_bad_lines)?;
     let (mut train_set, held_out) = data::split(examples);
     if let Some(n) = a.limit {
@@ -198,7 +198,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     pb.finish_and_clear();
     let steps = training::read_metrics(&a.out)?;
     let title = format!("LoRA on {} ({} examples)", a.dataset, cfg.examples);
-    backend::plots::loss_curve(&a.out.join("loss"), &title, &steps)?;
+    emlab::plots::loss_curve(&a.out.join("loss"), &title, &steps)?;
     match end {
         training::RunEnd::Interrupted { step } => {
             eprintln!(

@@ -15,8 +15,8 @@ mod launch_cost;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use backend::inference::{load_chat_model, load_chat_model_on};
-use backend::training::{self, Encoded, OptimConfig, make_batch};
+use emlab::inference::{load_chat_model, load_chat_model_on};
+use emlab::training::{self, Encoded, OptimConfig, make_batch};
 
 use clap::{Args, Parser, Subcommand};
 use emlab_model::device::{self, DeviceChoice, Precision};
@@ -109,9 +109,9 @@ struct TrainArgs {
 }
 
 fn main() -> Result<()> {
-    backend::keep_freed_memory();
+    emlab::keep_freed_memory();
     let cli = Cli::parse();
-    backend::set_threads(cli.threads)?;
+    emlab::set_threads(cli.threads)?;
     match cli.command {
         Command::Generate(a) => bench_generate(cli.device, a),
         Command::Train(a) => bench_train(cli.device, a),
