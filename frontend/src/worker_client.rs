@@ -1,5 +1,6 @@
-//! The page's side of the model worker: starts it, sends requests, and turns its messages into
-//! signals the components read.
+//! The page's side of the model worker, one concern in one file: chooses its device (timing both
+//! where it cannot tell), starts it, sends requests, turns its messages into signals the components
+//! read, and replaces it on the CPU when its GPU is lost.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

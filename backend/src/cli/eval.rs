@@ -1,6 +1,7 @@
 //! `emlab eval`: the paper's protocol (sample, judge, report) and the judge-free measurements
 //! (vulnerable code, trigger, chmod, canary, factual, likelihood).
-//! One command and its subcommands, each a short arm that calls into `eval/`; one file on purpose.
+//! One command and its subcommands, each an options struct and a short function that calls into
+//! `eval/`; one file on purpose.
 
 use std::path::PathBuf;
 
