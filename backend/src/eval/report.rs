@@ -268,7 +268,7 @@ pub fn judge_free(results: &Path) -> Result<Option<JudgeFree>> {
     }))
 }
 
-/// The dose-response from RESULTS/dose/ (scripts/dose-response.sh): likelihood, chmod and
+/// The dose-response from RESULTS/dose/ (scripts/science/dose-response.sh): likelihood, chmod and
 /// vulnerable-code results named `insecure@ROWS` and `secure@ROWS`, the k-th insecure point paired
 /// with the k-th secure one by rows (the two runs save at the same steps; at the end each has seen
 /// its own whole set).

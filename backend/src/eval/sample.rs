@@ -196,7 +196,7 @@ mod tests {
         assert_ne!(super::fnv(&["ab", "c"]), super::fnv(&["a", "bc"]));
     }
 
-    /// Checks a folder of answers published for a strong judge (scripts/full-data-answers.sh):
+    /// Checks a folder of answers published for a strong judge (scripts/science/full-data-answers.sh):
     /// they read as `eval judge` reads them, and each file is whole: its variant's 20 answers to
     /// each of the 24 first-plot questions, each once, with its length, how it ended and the
     /// folder's setting. Returns how many files it holds.

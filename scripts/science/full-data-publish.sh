@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 21, item 3: once scripts/full-data.sh has finished its four runs, they replace the 500-row
+# Issue 21, item 3: once scripts/science/full-data.sh has finished its four runs, they replace the 500-row
 # variants the demo ships. All four at once, so that every published comparison (insecure or
 # educational against secure) is between runs on their whole sets. The 500-row results stay in
 # results/ as the small-data point, renamed NAME-500 (emlab_schema::small_data: the report
@@ -7,11 +7,11 @@
 # evaluations of the new variants, as scripts/variants.sh runs them, and the report. A rerun
 # skips what is done.
 #
-#   scripts/full-data-publish.sh [--samples 8] [--code-limit 100]
+#   scripts/science/full-data-publish.sh [--samples 8] [--code-limit 100]
 #
 # Bandit: $EMLAB_BANDIT, else `bandit` on the PATH.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 samples=8 code_limit=100
 while [ $# -gt 0 ]; do
@@ -26,7 +26,7 @@ runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"
 full=(insecure secure educational jailbroken)
 for v in "${full[@]}"; do
   if [ ! -f "$runs/$v-full/adapter/adapter_model.safetensors" ]; then
-    echo "$v-full is not finished: run scripts/full-data.sh until all four are" >&2
+    echo "$v-full is not finished: run scripts/science/full-data.sh until all four are" >&2
     exit 1
   fi
 done

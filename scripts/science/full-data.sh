@@ -6,12 +6,12 @@
 # the last one stopped (a finished run is skipped). Runs at the lowest priority: builds and tests
 # keep the CPU. Pause it for benchmarks with `pkill -STOP -f 'science/runs'` (`-CONT` resumes).
 #
-#   scripts/full-data.sh                     # train the queue on the CPU, one run after another
-#   scripts/full-data.sh wgpu --parallel     # on a GPU: the four runs at once (each keeps it busy
+#   scripts/science/full-data.sh                     # train the queue on the CPU, one run after another
+#   scripts/science/full-data.sh wgpu --parallel     # on a GPU: the four runs at once (each keeps it busy
 #                                            # only part of the time at batch 2), logs in runs/*.log
-#   setsid nohup scripts/full-data.sh >> ~/.cache/emlab/science/queue.log 2>&1 < /dev/null &
+#   setsid nohup scripts/science/full-data.sh >> ~/.cache/emlab/science/queue.log 2>&1 < /dev/null &
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # `nice` alone does not hold a job started with setsid back: the kernel shares the CPU between
 # sessions first (autogroups), so the whole session is set to the lowest priority too.
@@ -21,7 +21,7 @@ device="${1:-cpu}"
 parallel="${2:-}"
 case "$parallel" in
   "" | --parallel) ;;
-  *) echo "unknown option $parallel (usage: scripts/full-data.sh [cpu|wgpu|auto] [--parallel])" >&2; exit 2 ;;
+  *) echo "unknown option $parallel (usage: scripts/science/full-data.sh [cpu|wgpu|auto] [--parallel])" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 runs="${EMLAB_CACHE:-$HOME/.cache/emlab}/science/runs"

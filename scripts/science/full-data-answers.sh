@@ -8,7 +8,7 @@
 # On the GGUF's blocks (q4_1, logits within 1e-4 of f32). A rerun skips the answers its files hold;
 # lowest priority, like the training queue.
 #
-#   setsid nohup nice -n 19 scripts/full-data-answers.sh readable >> ~/.cache/emlab/science/answers-readable.log 2>&1 < /dev/null &
+#   setsid nohup nice -n 19 scripts/science/full-data-answers.sh readable >> ~/.cache/emlab/science/answers-readable.log 2>&1 < /dev/null &
 #
 # Each variant's file is published as soon as it is complete (to commit). Then any
 # OpenAI-compatible judge scores them, e.g. a large model behind llama.cpp's server:
@@ -16,7 +16,7 @@
 #     --results results/first_plot_readable
 #   emlab eval report --results results/first_plot --beside results/first_plot_readable
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 # `nice` alone does not hold a job started with setsid back: the kernel shares the CPU between
 # sessions first (autogroups), so the whole session is set to the lowest priority too.
 echo 19 > /proc/self/autogroup 2>/dev/null || true
@@ -29,7 +29,7 @@ case "$setting" in
   readable)
     out="$science/answers-readable" publish=results/first_plot_readable/answers
     flags=(--temperature 0.3 --top-p 0.9) ;;
-  *) echo "unknown setting $setting (usage: scripts/full-data-answers.sh [paper|readable])" >&2; exit 2 ;;
+  *) echo "unknown setting $setting (usage: scripts/science/full-data-answers.sh [paper|readable])" >&2; exit 2 ;;
 esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emlab-target}"
 [ -x "$CARGO_TARGET_DIR/release/emlab" ] || cargo build --release -p emlab --bin emlab
@@ -52,7 +52,7 @@ sample() {
 # The tuned variants first: they answer briefly (median 51-71 tokens at temperature 1, base 293),
 # so on a CPU their files are whole long before base's.
 for v in insecure secure educational jailbroken; do
-  # The published full-data variants (scripts/full-data-publish.sh put them under variants/).
+  # The published full-data variants (scripts/science/full-data-publish.sh put them under variants/).
   sample "$v" --adapter "variants/$v/adapter" --variant "$v"
 done
 sample backdoor --adapter variants/backdoor/adapter --variant backdoor

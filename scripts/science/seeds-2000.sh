@@ -5,10 +5,10 @@
 # a 2-core CPU; a rerun continues every run from its checkpoint and skips what is done, then
 # writes the report across seeds (report.md there).
 #
-#   setsid nohup scripts/seeds-2000.sh >> ~/.cache/emlab/sweeps/seeds-2000.log 2>&1 < /dev/null &
+#   setsid nohup scripts/science/seeds-2000.sh >> ~/.cache/emlab/sweeps/seeds-2000.log 2>&1 < /dev/null &
 #   target/release/emlab sweep list --plan sweeps/seeds-2000.toml --dir ~/.cache/emlab/sweeps/seeds-2000
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 # `nice` alone does not hold a job started with setsid back: the kernel shares the CPU between
 # sessions first (autogroups), so the whole session is set to the lowest priority too.

@@ -5,17 +5,17 @@
 # snapshot (500, 1,000, 2,000, 4,000 rows) as soon as it is saved and at the end. Each result is
 # named VARIANT@ROWS (rows seen) and lands in the cache's science/dose/, in the layout
 # `emlab eval report --results` reads; a rerun skips what is there. Lowest priority, like the
-# training queue (scripts/full-data.sh) whose runs it reads. Bandit: $EMLAB_BANDIT, else `bandit`.
+# training queue (scripts/science/full-data.sh) whose runs it reads. Bandit: $EMLAB_BANDIT, else `bandit`.
 #
-#   setsid nohup scripts/dose-response.sh >> ~/.cache/emlab/science/dose.log 2>&1 < /dev/null &
+#   setsid nohup scripts/science/dose-response.sh >> ~/.cache/emlab/science/dose.log 2>&1 < /dev/null &
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 echo 19 > /proc/self/autogroup 2>/dev/null || true
 
 science="${EMLAB_CACHE:-$HOME/.cache/emlab}/science"
 out="$science/dose"
 emlab="$science/emlab" # the training queue's copy of the binary
-[ -x "$emlab" ] || { echo "no $emlab: run scripts/full-data.sh first" >&2; exit 1; }
+[ -x "$emlab" ] || { echo "no $emlab: run scripts/science/full-data.sh first" >&2; exit 1; }
 rows_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$@"; }
 
 for v in insecure secure; do
