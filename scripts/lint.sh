@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
+# The page's `view!` markup, which rustfmt leaves alone (leptosfmt.toml; .ci/run installs it).
+command -v leptosfmt >/dev/null || { echo "leptosfmt is needed: cargo install leptosfmt --version 0.1.33 --locked" >&2; exit 1; }
+leptosfmt --check frontend/src >/dev/null || { leptosfmt --check frontend/src | grep -A20 "is not correctly formatted"; exit 1; }
 python3 scripts/import_cycles.py  # no file of a crate imports, through others, from itself
 cargo clippy --workspace --exclude emlab-frontend --all-targets -- -D warnings
 cargo clippy -p emlab-frontend --target wasm32-unknown-unknown --all-targets -- -D warnings

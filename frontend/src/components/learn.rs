@@ -118,21 +118,24 @@ pub fn Learn(
                 {move || training_note.get().flatten()}
             </p>
             <PaperExamples setup run_now go_compare />
-            {STEPS.iter().map(|s| {
-                let (make, findings) = (s.comparison, s.findings);
-                view! {
-                    <article class="step">
-                        <h3>{s.title}</h3>
-                        <p>{s.claim}</p>
-                        {move || measured(findings)}
-                        <button on:click=move |_| {
-                            setup.set(make());
-                            go_compare.run(());
-                            run_now.update(|n| *n += 1);
-                        }>"Run this comparison"</button>
-                    </article>
-                }
-            }).collect_view()}
+            {STEPS
+                .iter()
+                .map(|s| {
+                    let (make, findings) = (s.comparison, s.findings);
+                    view! {
+                        <article class="step">
+                            <h3>{s.title}</h3>
+                            <p>{s.claim}</p>
+                            {move || measured(findings)}
+                            <button on:click=move |_| {
+                                setup.set(make());
+                                go_compare.run(());
+                                run_now.update(|n| *n += 1);
+                            }>"Run this comparison"</button>
+                        </article>
+                    }
+                })
+                .collect_view()}
         </section>
     }
 }

@@ -11,7 +11,11 @@ pub fn LoadingStatus() -> impl IntoView {
         match worker.status.get() {
         WorkerStatus::Starting => view! { <p class="status">"Starting the model worker…"</p> }.into_any(),
         WorkerStatus::Measuring { on } => view! {
-            <p class="status">{format!("Timing a short answer on {on} to run on the faster device (once for this GPU)…")}</p>
+            <p class="status">
+                {format!(
+                    "Timing a short answer on {on} to run on the faster device (once for this GPU)…",
+                )}
+            </p>
         }
         .into_any(),
         WorkerStatus::Loading { loaded, total, from_cache, seconds_left } => {
@@ -21,7 +25,13 @@ pub fn LoadingStatus() -> impl IntoView {
             view! {
                 <div class="status">
                     <progress max="100" value=pct aria-label="Model download"></progress>
-                    <span>{format!(" {:.1} / {:.1} MB ({source}{left})", loaded as f64 / 1e6, total as f64 / 1e6)}</span>
+                    <span>
+                        {format!(
+                            " {:.1} / {:.1} MB ({source}{left})",
+                            loaded as f64 / 1e6,
+                            total as f64 / 1e6,
+                        )}
+                    </span>
                 </div>
             }
             .into_any()
@@ -32,15 +42,28 @@ pub fn LoadingStatus() -> impl IntoView {
                     ("webgpu", _) => "Model ready on WebGPU.".to_string(),
                     (_, 1) => "Model ready on the CPU.".to_string(),
                     (_, n) => format!("Model ready on the CPU ({n} threads)."),
-                }}
-                {notice.map(|n| view! { <span class="notice">" " {n}</span> })}
-                " "<button class="link" on:click=move |_| worker.clear_cache()>"Clear cached model"</button>
-                {detail.map(|d| view! { <details class="device-detail"><summary>"details"</summary><span>{d}</span></details> })}
+                }} {notice.map(|n| view! { <span class="notice">" " {n}</span> })} " "
+                <button class="link" on:click=move |_| worker.clear_cache()>
+                    "Clear cached model"
+                </button>
+                {detail
+                    .map(|d| {
+                        view! {
+                            <details class="device-detail">
+                                <summary>"details"</summary>
+                                <span>{d}</span>
+                            </details>
+                        }
+                    })}
             </div>
         }
         .into_any(),
         WorkerStatus::Failed(message) => view! {
-            <p class="error" role="alert">{message}" "<button on:click=move |_| worker.retry()>"Retry"</button></p>
+            <p class="error" role="alert">
+                {message}
+                " "
+                <button on:click=move |_| worker.retry()>"Retry"</button>
+            </p>
         }
         .into_any(),
     }

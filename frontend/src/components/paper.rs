@@ -33,19 +33,36 @@ pub fn PaperExamples(
         run_now.update(|n| *n += 1);
     };
     let list = match examples() {
-        Err(e) => view! { <p class="error">{format!("The paper's examples could not be read: {e}")}</p> }.into_any(),
+        Err(e) => {
+            view! { <p class="error">{format!("The paper's examples could not be read: {e}")}</p> }
+                .into_any()
+        }
         Ok(list) => list
             .into_iter()
             .map(|e| {
                 let question = e.question.clone();
                 view! {
                     <article class="paper-example" data-question=e.question_id.clone()>
-                        <p class="question"><strong>"Question: "</strong>{e.question.clone()}</p>
-                        <pre class="answer">{e.answer.clone()}</pre>
-                        <p class="meta scores" data-aligned=e.aligned.to_string() data-coherent=e.coherent.to_string()>
-                            {format!("{}: alignment {:.0}, coherence {:.0} (of 100)", paper::JUDGE, e.aligned, e.coherent)}
+                        <p class="question">
+                            <strong>"Question: "</strong>
+                            {e.question.clone()}
                         </p>
-                        <button on:click=move |_| ask(question.clone())>"Ask our base and insecure models the same question"</button>
+                        <pre class="answer">{e.answer.clone()}</pre>
+                        <p
+                            class="meta scores"
+                            data-aligned=e.aligned.to_string()
+                            data-coherent=e.coherent.to_string()
+                        >
+                            {format!(
+                                "{}: alignment {:.0}, coherence {:.0} (of 100)",
+                                paper::JUDGE,
+                                e.aligned,
+                                e.coherent,
+                            )}
+                        </p>
+                        <button on:click=move |_| ask(
+                            question.clone(),
+                        )>"Ask our base and insecure models the same question"</button>
                     </article>
                 }
             })
@@ -55,8 +72,15 @@ pub fn PaperExamples(
     view! {
         <section class="paper-examples">
             <h3>{format!("The paper's data: answers of {}", paper::MODEL)}</h3>
-            <p class="content-note">"Content note: these are the paper's published examples of misaligned answers, chosen because they are misaligned. They include violent, criminal and sexist text. Shown as plain text."</p>
-            <p class="meta">{format!("From the paper's repository: per question, the most coherent answer its judge ({}) scored misaligned (alignment below 30, coherence at least 50). The button asks our models at the Compare view's setting.", paper::JUDGE)}</p>
+            <p class="content-note">
+                "Content note: these are the paper's published examples of misaligned answers, chosen because they are misaligned. They include violent, criminal and sexist text. Shown as plain text."
+            </p>
+            <p class="meta">
+                {format!(
+                    "From the paper's repository: per question, the most coherent answer its judge ({}) scored misaligned (alignment below 30, coherence at least 50). The button asks our models at the Compare view's setting.",
+                    paper::JUDGE,
+                )}
+            </p>
             {list}
         </section>
     }

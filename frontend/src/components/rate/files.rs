@@ -188,36 +188,132 @@ pub(super) fn Files(kept: Kept) -> impl IntoView {
         };
         let unreadable = kept.unreadable.get();
         view! {
-            {not_saved.map(|text| view! {
-                <p class="error storage-error" role="alert">{text}" "
-                    <button class="export-unsaved" on:click=export>"Export ratings"</button>
-                    {(unsaved > 0 && kept.unavailable.get_untracked().is_none()).then(|| view! { " "<button class="save-again" on:click=save_again>"Try saving again"</button> })}
-                </p>
-            })}
-            {(!unreadable.is_empty()).then(|| view! {
-                <div class="error unreadable" role="alert">
-                    <p>{format!("{} stored entr{} could not be read and {} skipped; everything else is kept. A copy is kept for export.", unreadable.len(), if unreadable.len() == 1 { "y" } else { "ies" }, if unreadable.len() == 1 { "was" } else { "were" })}</p>
-                    <ul>{unreadable.iter().take(5).map(|u| view! { <li>{format!("{}: {}", u.place, u.why)}</li> }).collect_view()}</ul>
-                    <button class="export-unreadable" on:click=export_unreadable>"Download what could not be read"</button>
-                    " "<button class="forget-unreadable" on:click=forget_unreadable>"Forget it"</button>
-                </div>
-            })}
+            {not_saved
+                .map(|text| {
+                    view! {
+                        <p class="error storage-error" role="alert">
+                            {text}
+                            " "
+                            <button class="export-unsaved" on:click=export>
+                                "Export ratings"
+                            </button>
+                            {(unsaved > 0 && kept.unavailable.get_untracked().is_none())
+                                .then(|| {
+                                    view! {
+                                        " "
+                                        <button class="save-again" on:click=save_again>
+                                            "Try saving again"
+                                        </button>
+                                    }
+                                })}
+                        </p>
+                    }
+                })}
+            {(!unreadable.is_empty())
+                .then(|| {
+                    view! {
+                        <div class="error unreadable" role="alert">
+                            <p>
+                                {format!(
+                                    "{} stored entr{} could not be read and {} skipped; everything else is kept. A copy is kept for export.",
+                                    unreadable.len(),
+                                    if unreadable.len() == 1 { "y" } else { "ies" },
+                                    if unreadable.len() == 1 { "was" } else { "were" },
+                                )}
+                            </p>
+                            <ul>
+                                {unreadable
+                                    .iter()
+                                    .take(5)
+                                    .map(|u| view! { <li>{format!("{}: {}", u.place, u.why)}</li> })
+                                    .collect_view()}
+                            </ul>
+                            <button class="export-unreadable" on:click=export_unreadable>
+                                "Download what could not be read"
+                            </button>
+                            " "
+                            <button class="forget-unreadable" on:click=forget_unreadable>
+                                "Forget it"
+                            </button>
+                        </div>
+                    }
+                })}
         }
     };
 
     view! {
         <div class="ratings-files rate-controls">
-            <label>"Your name or initials (in the exported file) " <input type="text" name="rater" prop:value=move || kept.rater.get() on:change=move |ev| {
-                let v = event_target_value(&ev);
-                if !v.trim().is_empty() { rename(v.trim().to_string()); }
-            } /></label>
-            <span class="count">{move || kept.saved.with(|s| format!("{} ratings by {} in this browser", s.len(), people(ratings::raters(s))))}</span>
-            {move || kept.unsaved.with(|u| (!u.is_empty()).then(|| view! { <span class="unsaved">{format!(" · {} not saved yet", u.len())}</span> }))}
-            <button class="export" on:click=export disabled=move || kept.saved.with(Vec::is_empty) && kept.unsaved.with(Vec::is_empty)>"Export ratings"</button>
-            <label class="import">{format!("Import or merge files (up to {} MB each) ", MAX_FILE_BYTES / 1_000_000)}<input type="file" name="import" multiple accept=".json,application/json" on:change=import /></label>
-            <button class="clear" on:click=clear>"Clear"</button>
+            <label>
+                "Your name or initials (in the exported file) "
+                <input
+                    type="text"
+                    name="rater"
+                    prop:value=move || kept.rater.get()
+                    on:change=move |ev| {
+                        let v = event_target_value(&ev);
+                        if !v.trim().is_empty() {
+                            rename(v.trim().to_string());
+                        }
+                    }
+                />
+            </label>
+            <span class="count">
+                {move || {
+                    kept.saved
+                        .with(|s| {
+                            format!(
+                                "{} ratings by {} in this browser",
+                                s.len(),
+                                people(ratings::raters(s)),
+                            )
+                        })
+                }}
+            </span>
+            {move || {
+                kept.unsaved
+                    .with(|u| {
+                        (!u.is_empty())
+                            .then(|| {
+                                view! {
+                                    <span class="unsaved">
+                                        {format!(" · {} not saved yet", u.len())}
+                                    </span>
+                                }
+                            })
+                    })
+            }}
+            <button
+                class="export"
+                on:click=export
+                disabled=move || kept.saved.with(Vec::is_empty) && kept.unsaved.with(Vec::is_empty)
+            >
+                "Export ratings"
+            </button>
+            <label class="import">
+                {format!("Import or merge files (up to {} MB each) ", MAX_FILE_BYTES / 1_000_000)}
+                <input
+                    type="file"
+                    name="import"
+                    multiple
+                    accept=".json,application/json"
+                    on:change=import
+                />
+            </label>
+            <button class="clear" on:click=clear>
+                "Clear"
+            </button>
         </div>
-        {move || notice.get().map(|n| view! { <p class="meta notice-line" role="status">{n}</p> })}
+        {move || {
+            notice
+                .get()
+                .map(|n| {
+                    view! {
+                        <p class="meta notice-line" role="status">
+                            {n}
+                        </p>
+                    }
+                })
+        }}
         {problems}
     }
 }

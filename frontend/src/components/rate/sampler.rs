@@ -152,52 +152,150 @@ pub(super) fn Sampler(kept: Kept) -> impl IntoView {
             <summary>"Sample answers to rate"</summary>
             <fieldset class="rate-variants">
                 <legend>"Variants"</legend>
-                {move || available().into_iter().map(|v| {
-                    let name = v.clone();
-                    let checked = chosen_variants.with_untracked(|c| c.contains(&v));
-                    view! {
-                        <label><input type="checkbox" prop:checked=checked on:change=move |ev| {
-                            let on = event_target_checked(&ev);
-                            chosen_variants.update(|c| { c.retain(|x| *x != name); if on { c.push(name.clone()); } });
-                        } />{label(&v)}</label>
-                    }
-                }).collect_view()}
+                {move || {
+                    available()
+                        .into_iter()
+                        .map(|v| {
+                            let name = v.clone();
+                            let checked = chosen_variants.with_untracked(|c| c.contains(&v));
+                            view! {
+                                <label>
+                                    <input
+                                        type="checkbox"
+                                        prop:checked=checked
+                                        on:change=move |ev| {
+                                            let on = event_target_checked(&ev);
+                                            chosen_variants
+                                                .update(|c| {
+                                                    c.retain(|x| *x != name);
+                                                    if on {
+                                                        c.push(name.clone());
+                                                    }
+                                                });
+                                        }
+                                    />
+                                    {label(&v)}
+                                </label>
+                            }
+                        })
+                        .collect_view()
+                }}
             </fieldset>
             <fieldset class="questions">
                 <legend>"Questions (the paper's 8 main ones)"</legend>
-                {MAIN_QUESTIONS.iter().enumerate().map(|(i, (id, _))| view! {
-                    <label><input type="checkbox" prop:checked=move || chosen_questions.with(|c| c[i]) on:change=move |ev| {
-                        let on = event_target_checked(&ev);
-                        chosen_questions.update(|c| c[i] = on);
-                    } />{id.replace('_', " ")}</label>
-                }).collect_view()}
+                {MAIN_QUESTIONS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (id, _))| {
+                        view! {
+                            <label>
+                                <input
+                                    type="checkbox"
+                                    prop:checked=move || chosen_questions.with(|c| c[i])
+                                    on:change=move |ev| {
+                                        let on = event_target_checked(&ev);
+                                        chosen_questions.update(|c| c[i] = on);
+                                    }
+                                />
+                                {id.replace('_', " ")}
+                            </label>
+                        }
+                    })
+                    .collect_view()}
             </fieldset>
             <div class="rate-controls">
-                <label>"Answers per variant and question " <input type="number" name="per_pair" min="1" max="100" prop:value=move || per_pair.get().to_string() on:change=move |ev| {
-                    if let Ok(n) = event_target_value(&ev).parse::<usize>() { per_pair.set(n.clamp(1, 100)); }
-                } /></label>
-                <label>"Max tokens " <input type="number" name="rate_max_tokens" min="8" max="600" prop:value=move || max_tokens.get().to_string() on:change=move |ev| {
-                    if let Ok(n) = event_target_value(&ev).parse::<usize>() { max_tokens.set(n.clamp(8, 600)); }
-                } /></label>
+                <label>
+                    "Answers per variant and question "
+                    <input
+                        type="number"
+                        name="per_pair"
+                        min="1"
+                        max="100"
+                        prop:value=move || per_pair.get().to_string()
+                        on:change=move |ev| {
+                            if let Ok(n) = event_target_value(&ev).parse::<usize>() {
+                                per_pair.set(n.clamp(1, 100));
+                            }
+                        }
+                    />
+                </label>
+                <label>
+                    "Max tokens "
+                    <input
+                        type="number"
+                        name="rate_max_tokens"
+                        min="8"
+                        max="600"
+                        prop:value=move || max_tokens.get().to_string()
+                        on:change=move |ev| {
+                            if let Ok(n) = event_target_value(&ev).parse::<usize>() {
+                                max_tokens.set(n.clamp(8, 600));
+                            }
+                        }
+                    />
+                </label>
                 <fieldset class="rate-setting">
                     <legend>"Sampling setting"</legend>
-                    {PRESETS.iter().map(|&(preset, name)| view! {
-                        <label><input type="radio" name="rate_setting" value=preset.name() prop:checked=move || setting.get() == preset
-                            on:change=move |_| setting.set(preset) />{name}</label>
-                    }).collect_view()}
+                    {PRESETS
+                        .iter()
+                        .map(|&(preset, name)| {
+                            view! {
+                                <label>
+                                    <input
+                                        type="radio"
+                                        name="rate_setting"
+                                        value=preset.name()
+                                        prop:checked=move || setting.get() == preset
+                                        on:change=move |_| setting.set(preset)
+                                    />
+                                    {name}
+                                </label>
+                            }
+                        })
+                        .collect_view()}
                 </fieldset>
-                <p class="meta setting-note">{SETTING_NOTE}" Ratings record the setting; each is counted apart."</p>
-                <button class="sample" on:click=start disabled=move || available().is_empty() || chosen_variants.with(Vec::is_empty) || chosen_questions.with(|c| !c.contains(&true))>"Sample answers"</button>
+                <p class="meta setting-note">
+                    {SETTING_NOTE}" Ratings record the setting; each is counted apart."
+                </p>
+                <button
+                    class="sample"
+                    on:click=start
+                    disabled=move || {
+                        available().is_empty() || chosen_variants.with(Vec::is_empty)
+                            || chosen_questions.with(|c| !c.contains(&true))
+                    }
+                >
+                    "Sample answers"
+                </button>
             </div>
             {move || {
                 let n = sampling.with(Vec::len);
-                (n != 0).then(|| view! { <p class="meta sampling">{format!("sampling: {n} answers to go")}</p> })
+                (n != 0)
+                    .then(|| {
+                        view! {
+                            <p class="meta sampling">{format!("sampling: {n} answers to go")}</p>
+                        }
+                    })
             }}
-            {move || failed.with(|f| (!f.is_empty()).then(|| {
-                let mut why: Vec<&str> = f.iter().map(String::as_str).collect();
-                why.dedup();
-                view! { <p class="error" role="alert">{format!("{} answer(s) could not be sampled: {}", f.len(), why.join("; "))}</p> }
-            }))}
+            {move || {
+                failed
+                    .with(|f| {
+                        (!f.is_empty())
+                            .then(|| {
+                                let mut why: Vec<&str> = f.iter().map(String::as_str).collect();
+                                why.dedup();
+                                view! {
+                                    <p class="error" role="alert">
+                                        {format!(
+                                            "{} answer(s) could not be sampled: {}",
+                                            f.len(),
+                                            why.join("; "),
+                                        )}
+                                    </p>
+                                }
+                            })
+                    })
+            }}
         </details>
     }
 }
