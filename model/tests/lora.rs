@@ -3,10 +3,11 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::{Distribution, FloatDType};
+use burn::tensor::FloatDType;
 use emlab_model::config::LlamaConfig;
 use emlab_model::lora::{self, LoraConfig};
 use emlab_model::model::{Batch, Llama};
+use emlab_model::sampling::Rng;
 
 fn tiny(cfg: &LlamaConfig, seed: u64) -> Llama {
     Llama::from_weights(cfg, Llama::random_weights(cfg, seed), &Device::flex(), FloatDType::F32)
@@ -23,14 +24,16 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Gives every adapter a random B, as training would.
+/// Gives every adapter a random B, as training would: U(±0.1), from the project's seeded stream,
+/// so that the test sees the same adapter on every run (burn's `Tensor::random` is not seeded).
 fn perturb(mut m: Llama) -> Llama {
+    let mut rng = Rng::new(11);
     for (layer, which, _) in m.projection_names() {
         if let Some(l) = m.projection_mut(layer, which).lora.as_mut() {
             let [r, out] = l.b.dims();
-            l.b = Param::from_tensor(Tensor::random(
-                [r, out],
-                Distribution::Normal(0.0, 0.05),
+            let b: Vec<f32> = (0..r * out).map(|_| (rng.next_f64() * 0.2 - 0.1) as f32).collect();
+            l.b = Param::from_tensor(Tensor::from_data(
+                TensorData::new(b, [r, out]),
                 &Device::flex(),
             ));
         }
