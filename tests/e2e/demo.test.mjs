@@ -239,16 +239,20 @@ try {
   // 3. The WebGPU worker dies mid-answer (as it does when the GPU device is lost): the page
   // restarts it on the CPU, which writes the rest of the answer after the tokens already shown,
   // and says so; the whole answer is native's.
+  // Base alone (the page keeps one variant ticked, so a second pass unticks what the first could not).
+  await selectVariants(page, ["base"]);
+  await selectVariants(page, ["base"]);
+  const basePane = ".pane[data-variant=base]";
   await page.fill("textarea", expected.prompt);
   await setNumber(page, 0, "0");
   await setNumber(page, 2, "8");
   await page.click("button:text('Run')");
-  await page.waitForFunction(() => document.querySelectorAll(".pane .tok").length >= 2, null, { timeout: minutes(5) });
-  const shownBeforeLoss = await page.textContent(".pane pre.answer");
+  await page.waitForFunction((pane) => document.querySelectorAll(`${pane} .tok`).length >= 2, basePane, { timeout: minutes(5) });
+  const shownBeforeLoss = await page.textContent(`${basePane} pre.answer`);
   const worker = page.workers()[0];
   await worker.evaluate(() => setTimeout(() => { throw new Error("simulated GPU device loss"); }, 0)).catch(() => {});
-  await page.waitForFunction(() => /tok\/s|error/.test(document.querySelector(".pane .meta")?.textContent ?? ""), null, { timeout: minutes(5) });
-  const resumed = { text: await page.textContent(".pane pre.answer"), meta: await page.textContent(".pane .meta") };
+  await page.waitForFunction((pane) => /tok\/s|error/.test(document.querySelector(`${pane} .meta`)?.textContent ?? ""), basePane, { timeout: minutes(5) });
+  const resumed = { text: await page.textContent(`${basePane} pre.answer`), meta: await page.textContent(`${basePane} .meta`), panes: await page.$$eval(".pane", (ps) => ps.map((p) => p.dataset.variant)) };
   await page.screenshot({ path: path.join(shots, "gpu-lost-mid-answer.png"), fullPage: true });
   check(await page.isVisible("text=switched to your CPU"), "a lost GPU is reported: the page switched to the CPU");
   check(resumed.text.startsWith(shownBeforeLoss) && sameAsNative(resumed.text) && /the GPU stopped after \d+, your CPU wrote the rest/.test(resumed.meta),
