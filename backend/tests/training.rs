@@ -127,11 +127,7 @@ fn lora_gradients_match_finite_differences() {
     let mut model = tiny_lora(&device, 2);
     let lin = model.projection_mut(1, 5);
     let lora_ = lin.lora.as_mut().unwrap();
-    lora_.b = burn::module::Param::from_tensor(Tensor::random(
-        lora_.b.dims(),
-        burn::tensor::Distribution::Normal(0.0, 0.3),
-        &device,
-    ));
+    lora_.b = seeded_b(lora_.b.dims(), 0.3, 2, &device);
     let batch = make_batch(&refs, &device);
     let loss = nll_sum(&model, &batch);
     let grads = loss.backward();
@@ -324,11 +320,7 @@ fn concurrent_micro_batches_equal_serial_accumulation() {
     // B off zero, so that A's gradients are not trivially zero.
     for (l, w) in [(0, 0), (1, 6)] {
         let a = model.projection_mut(l, w).lora.as_mut().unwrap();
-        a.b = burn::module::Param::from_tensor(Tensor::random(
-            a.b.dims(),
-            burn::tensor::Distribution::Normal(0.0, 0.3),
-            &device,
-        ));
+        a.b = seeded_b(a.b.dims(), 0.3, l as u64, &device);
     }
     let examples = random_examples(6, 21);
     let refs: Vec<&Encoded> = examples.iter().collect();
@@ -366,4 +358,21 @@ fn concurrent_micro_batches_equal_serial_accumulation() {
         "grad norm {} vs {norm}",
         stats.grad_norm
     );
+}
+
+/// A LoRA B off zero, as training leaves it, from the project's seeded stream (burn's
+/// `Tensor::random` is not seeded, so a test would see another B on every run): uniform with the
+/// spread of N(0, `std`).
+fn seeded_b(
+    dims: [usize; 2],
+    std: f64,
+    seed: u64,
+    device: &Device,
+) -> burn::module::Param<Tensor<2>> {
+    let mut rng = emlab_model::sampling::Rng::new(seed);
+    let half_width = std * 3f64.sqrt();
+    let b: Vec<f32> = (0..dims[0] * dims[1])
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) * half_width) as f32)
+        .collect();
+    burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(b, dims), device))
 }
