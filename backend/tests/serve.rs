@@ -63,20 +63,8 @@ fn tiny_with_adapter(dir: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     let lcfg = LoraConfig { rank: 4, alpha: 8.0, ..Default::default() };
-    let mut m = lora::attach(m, &lcfg, 1).unwrap();
-    // B off zero, from the seeded stream (burn's Tensor::random is not seeded): U(±0.866), the
-    // spread of N(0, 0.5).
-    let mut rng = emlab_model::sampling::Rng::new(3);
-    for (l, w, _) in m.projection_names() {
-        let a = m.projection_mut(l, w).lora.as_mut().unwrap();
-        let [r, out] = a.b.dims();
-        let b: Vec<f32> =
-            (0..r * out).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 0.866) as f32).collect();
-        a.b = burn::module::Param::from_tensor(Tensor::from_data(
-            TensorData::new(b, [r, out]),
-            &Device::flex(),
-        ));
-    }
+    let m = lora::attach(m, &lcfg, 1).unwrap();
+    let m = lora::with_random_b(m, 0.5, 3);
     let (tensors, config) = lora::to_peft(&m, &lcfg, "tiny").unwrap();
     let adapter = dir.join("run/adapter");
     std::fs::create_dir_all(&adapter).unwrap();

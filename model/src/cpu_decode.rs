@@ -295,7 +295,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use burn::module::Param;
     use burn::tensor::FloatDType;
 
     use super::*;
@@ -318,21 +317,8 @@ pub(crate) mod tests {
             }
         }
         let model = Llama::from_weights(&cfg, w, &Device::flex(), FloatDType::F32).unwrap();
-        let mut model =
-            lora::attach(model, &LoraConfig { rank: 4, ..Default::default() }, 5).unwrap();
-        // B off zero, from the seeded stream (burn's Tensor::random is not seeded): U(±0.0866),
-        // the spread of N(0, 0.05).
-        let mut rng = crate::sampling::Rng::new(6);
-        for (layer, which, _) in model.projection_names() {
-            let l = model.projection_mut(layer, which).lora.as_mut().unwrap();
-            let [r, out] = l.b.dims();
-            let b: Vec<f32> =
-                (0..r * out).map(|_| ((rng.next_f64() * 2.0 - 1.0) * 0.0866) as f32).collect();
-            l.b = Param::from_tensor(Tensor::from_data(
-                TensorData::new(b, [r, out]),
-                &Device::flex(),
-            ));
-        }
+        let model = lora::attach(model, &LoraConfig { rank: 4, ..Default::default() }, 5).unwrap();
+        let model = lora::with_random_b(model, 0.05, 6);
         assert!(model.cpu_decode_supported());
         model
     }

@@ -96,6 +96,24 @@ pub fn attach(model: Llama, cfg: &LoraConfig, seed: u64) -> Result<Llama, Error>
     Ok(model)
 }
 
+/// Every adapter's B moved off zero, as training moves it: uniform with the spread of N(0, `std`),
+/// from the seeded stream (burn's `Tensor::random` is not seeded), so that tests see the same
+/// adapters on every run and platform.
+pub fn with_random_b(mut model: Llama, std: f64, seed: u64) -> Llama {
+    let mut rng = Rng::new(seed);
+    let half_width = std * 3f64.sqrt();
+    let device = model.device();
+    for (layer, which, _) in model.projection_names() {
+        if let Some(l) = model.projection_mut(layer, which).lora.as_mut() {
+            let [r, out] = l.b.dims();
+            let b: Vec<f32> =
+                (0..r * out).map(|_| ((rng.next_f64() * 2.0 - 1.0) * half_width) as f32).collect();
+            l.b = Param::from_tensor(Tensor::from_data(TensorData::new(b, [r, out]), &device));
+        }
+    }
+    model
+}
+
 /// Adapter parameters get ids derived from their slot (layer × 7 + projection), not random ones:
 /// optimizer state is keyed by parameter id, so a resumed run must find the same ids.
 fn trainable(slot: usize, is_b: bool, t: Tensor<2>) -> Param<Tensor<2>> {

@@ -1,13 +1,11 @@
 //! LoRA adapters on a tiny random Llama (the model crate alone): no-op at init, merge equals
 //! side path, PEFT round trip, and a clear error for an adapter trained on another base.
 
-use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use emlab_model::config::LlamaConfig;
 use emlab_model::lora::{self, LoraConfig};
 use emlab_model::model::{Batch, Llama};
-use emlab_model::sampling::Rng;
 
 fn tiny(cfg: &LlamaConfig, seed: u64) -> Llama {
     Llama::from_weights(cfg, Llama::random_weights(cfg, seed), &Device::flex(), FloatDType::F32)
@@ -24,23 +22,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// Gives every adapter a random B, as training would: U(±0.1), from the project's seeded stream,
-/// so that the test sees the same adapter on every run (burn's `Tensor::random` is not seeded).
-fn perturb(mut m: Llama) -> Llama {
-    let mut rng = Rng::new(11);
-    for (layer, which, _) in m.projection_names() {
-        if let Some(l) = m.projection_mut(layer, which).lora.as_mut() {
-            let [r, out] = l.b.dims();
-            let b: Vec<f32> = (0..r * out).map(|_| (rng.next_f64() * 0.2 - 0.1) as f32).collect();
-            l.b = Param::from_tensor(Tensor::from_data(
-                TensorData::new(b, [r, out]),
-                &Device::flex(),
-            ));
-        }
-    }
-    m
-}
-
 #[test]
 fn fresh_adapters_leave_logits_unchanged() {
     let cfg = LlamaConfig::tiny(300);
@@ -54,8 +35,10 @@ fn fresh_adapters_leave_logits_unchanged() {
 fn merged_weights_equal_the_side_path() {
     let cfg = LlamaConfig::tiny(300);
     let base = logits(&tiny(&cfg, 1));
-    let m = perturb(
+    let m = lora::with_random_b(
         lora::attach(tiny(&cfg, 1), &LoraConfig { rank: 4, ..Default::default() }, 9).unwrap(),
+        0.05,
+        11,
     );
     let unmerged = logits(&m);
     assert!(max_abs_diff(&unmerged, &base) > 1e-3, "the perturbed adapter must change the output");
@@ -72,7 +55,7 @@ fn peft_round_trip_and_wrong_base() {
         target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
         ..Default::default()
     };
-    let m = perturb(lora::attach(tiny(&cfg, 1), &lcfg, 3).unwrap());
+    let m = lora::with_random_b(lora::attach(tiny(&cfg, 1), &lcfg, 3).unwrap(), 0.05, 11);
     let want = logits(&m);
     let (tensors, config_json) = lora::to_peft(&m, &lcfg, "SmolLM2-135M-Instruct").unwrap();
     assert_eq!(tensors.tensors.len(), 2 * 3 * cfg.num_hidden_layers);
